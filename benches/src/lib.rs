@@ -1,0 +1,1 @@
+//! Criterion micro-benchmarks for Updraft. The benchmarks themselves live in `benches/benches/`.

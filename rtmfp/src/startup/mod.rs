@@ -1,0 +1,1 @@
+//! (module filled in by its own change)

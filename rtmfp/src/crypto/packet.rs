@@ -676,6 +676,24 @@ mod tests {
         assert_eq!(dec.decode(&mut out[..n]).unwrap().sseq, Some(0));
     }
 
+    /// rtmfp-cpp's rule as a set: a number is rejected when already in the set; accepting `n`
+    /// adds `n` and, when `n > 32`, everything up to `n - 32`.
+    #[derive(Default)]
+    struct ReferenceWindow(std::collections::BTreeSet<u64>);
+
+    impl ReferenceWindow {
+        fn offer(&mut self, sseq: u64) -> bool {
+            if self.0.contains(&sseq) {
+                return false;
+            }
+            self.0.insert(sseq);
+            if sseq > SSEQ_WINDOW {
+                self.0.extend(0..=sseq - SSEQ_WINDOW);
+            }
+            true
+        }
+    }
+
     fn mode_strategy() -> impl Strategy<Value = PacketMode> {
         (
             proptest::option::of((any::<[u8; 32]>(), MIN_HMAC_LEN..=MAX_HMAC_LEN)),
@@ -732,6 +750,19 @@ mod tests {
             let result = dec.decode(&mut out).map(|d| d.sseq);
             if mode.hmac.is_some() {
                 prop_assert_eq!(result, Err(CryptoError::BadHmac));
+            }
+        }
+
+        #[test]
+        fn replay_window_matches_rtmfp_cpp(offers in proptest::collection::vec(0u64..120, 0..200)) {
+            let mut window = ReplayWindow::default();
+            let mut reference = ReferenceWindow::default();
+            for sseq in offers {
+                let accepted = window.check(sseq).is_ok();
+                if accepted {
+                    window.accept(sseq);
+                }
+                prop_assert_eq!(accepted, reference.offer(sseq), "sseq {}", sseq);
             }
         }
 

@@ -77,6 +77,10 @@ const PUBLIC_KEY_MARGIN_BITS: u32 = 24;
 /// A public key must have at least this many one bits and zero bits (RFC 7425 §4.6.2).
 const PUBLIC_KEY_MIN_BITS_EACH: u64 = 16;
 
+/// The top bit of the private exponent's first byte is always set, so the exponent has exactly
+/// its nominal length (rtmfp-cpp: `BN_rand` with `BN_RAND_TOP_ONE`).
+const PRIVATE_EXPONENT_TOP_BIT: u8 = 0x80;
+
 /// A Diffie-Hellman group of the Flash profile (RFC 7425 §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DhGroup {
@@ -207,7 +211,7 @@ impl DhKeyPair {
         let mut bytes = vec![0u8; group.private_exponent_bits().div_ceil(8) as usize];
         rng.fill_bytes(&mut bytes);
         if let Some(top) = bytes.first_mut() {
-            *top |= 0x80;
+            *top |= PRIVATE_EXPONENT_TOP_BIT;
         }
         let private = BigUint::from_bytes_be(&bytes);
         bytes.fill(0);

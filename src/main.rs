@@ -1,5 +1,7 @@
 //! The `updraft` command: the RTMFP server and its tools.
 
+mod pcap;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

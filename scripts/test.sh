@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs Updraft's whole test suite. Installs the Debian packages it needs when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+for tool in cc pkg-config; do
+  command -v "$tool" >/dev/null 2>&1 || need_pkgs+=("$tool")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  pkgs=()
+  for t in "${need_pkgs[@]}"; do
+    case "$t" in
+      cc) pkgs+=(gcc) ;;
+      pkg-config) pkgs+=(pkg-config) ;;
+    esac
+  done
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
+  else
+    echo "test.sh: missing ${pkgs[*]}; install them with: sudo apt-get install ${pkgs[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+
+if [ ! -d ../shared/fixtures ]; then
+  echo "test.sh: ../shared/fixtures (the captured datagrams) must sit beside the checkout" >&2
+  exit 1
+fi
+
+cargo test --workspace --all-targets
+# Doc tests run separately (--all-targets skips them).
+cargo test --workspace --doc

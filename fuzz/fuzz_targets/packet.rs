@@ -1,0 +1,9 @@
+//! Fuzz target: parse arbitrary bytes as a plain RTMFP packet and check the
+//! wire round-trip invariants (see `rtmfp::wire::fuzzing`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    rtmfp::wire::fuzzing::fuzz_packet(data);
+});

@@ -14,7 +14,7 @@ pub mod flash;
 pub mod flow;
 pub mod ids;
 pub mod params;
-pub mod session;
+
 pub mod startup;
 pub mod time;
 pub mod wire;

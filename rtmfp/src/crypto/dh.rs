@@ -225,6 +225,24 @@ impl DhKeyPair {
         }
     }
 
+    /// Rebuilds a key pair from a known private exponent (big-endian bytes), for example to
+    /// decode a captured session whose responder key is known (`updraft inspect --dh-private`).
+    /// Refuses an exponent of zero or one not below the prime.
+    pub fn from_private(group: DhGroup, private_be: &[u8]) -> Result<DhKeyPair, CryptoError> {
+        let private = BigUint::from_bytes_be(private_be);
+        if private.bits() == 0 || &private >= group.modulus() {
+            return Err(CryptoError::InvalidPublicKey);
+        }
+        let public = BigUint::from(DH_GENERATOR)
+            .modpow(&private, group.modulus())
+            .to_bytes_be();
+        Ok(DhKeyPair {
+            group,
+            private,
+            public,
+        })
+    }
+
     /// The group of this key pair.
     pub fn group(&self) -> DhGroup {
         self.group
@@ -251,6 +269,16 @@ mod tests {
 
     const COMMON_HEAD: &str = "ffffffffffffffffc90fdaa22168c234c4c6628b80dc1cd1";
     const COMMON_TAIL: &str = "ffffffffffffffff";
+
+    #[test]
+    fn from_private_reproduces_a_generated_pair() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let a = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let b = DhKeyPair::from_private(DhGroup::Modp1024, &a.private.to_bytes_be()).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert!(DhKeyPair::from_private(DhGroup::Modp1024, &[]).is_err());
+        assert!(DhKeyPair::from_private(DhGroup::Modp1024, &MODP_1024_PRIME).is_err());
+    }
 
     #[test]
     fn primes_have_the_published_shape() {

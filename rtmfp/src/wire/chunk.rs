@@ -209,6 +209,14 @@ pub struct PacketFragment<'a> {
 
 /// Packet Fragment flag: more fragments follow (RFC 7016 §2.3.1).
 const FRAGMENT_MORE: u8 = 0x80;
+/// Size of a flags byte (Packet Fragment, User Data; RFC 7016 §2.3.1, §2.3.11).
+const FLAGS_LEN: usize = 1;
+/// Size of a session ID field (IIKeying, RIKeying; RFC 7016 §2.3.7, §2.3.8).
+const SESSION_ID_LEN: usize = 4;
+/// Size of the ECN Report payload (rtmfp-cpp, experimental).
+const ECN_REPORT_LEN: usize = 1;
+/// Acknowledged sequence numbers per bitmap byte (RFC 7016 §2.3.13).
+const BITS_PER_BITMAP_BYTE: u64 = 8;
 
 impl<'a> PacketFragment<'a> {
     /// Parse a Packet Fragment payload. Reserved flag bits are ignored.
@@ -236,7 +244,7 @@ impl<'a> PacketFragment<'a> {
 impl ChunkBody for PacketFragment<'_> {
     const TYPE: ChunkType = ChunkType::PACKET_FRAGMENT;
     fn payload_len(&self) -> usize {
-        1 + vlu_len(self.packet_id) + vlu_len(self.fragment_num) + self.fragment.len()
+        FLAGS_LEN + vlu_len(self.packet_id) + vlu_len(self.fragment_num) + self.fragment.len()
     }
     fn validate(&self) -> Result<(), WireError> {
         if self.fragment.is_empty() {
@@ -491,7 +499,8 @@ impl<'a> IIKeying<'a> {
 impl ChunkBody for IIKeying<'_> {
     const TYPE: ChunkType = ChunkType::IIKEYING;
     fn payload_len(&self) -> usize {
-        4 + vlu_bytes_len(self.cookie_echo.len())
+        SESSION_ID_LEN
+            + vlu_bytes_len(self.cookie_echo.len())
             + vlu_bytes_len(self.certificate.len())
             + vlu_bytes_len(self.skic.len())
             + self.signature.len()
@@ -534,7 +543,7 @@ impl<'a> RIKeying<'a> {
 impl ChunkBody for RIKeying<'_> {
     const TYPE: ChunkType = ChunkType::RIKEYING;
     fn payload_len(&self) -> usize {
-        4 + vlu_bytes_len(self.skrc.len()) + self.signature.len()
+        SESSION_ID_LEN + vlu_bytes_len(self.skrc.len()) + self.signature.len()
     }
     fn emit_payload(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         w.put_u32(self.responder_session_id.0)?;
@@ -581,6 +590,14 @@ impl ChunkBody for PingReply<'_> {
 const UD_FLAG_OPT: u8 = 0x80;
 /// User Data flag bits holding the fragment position (RFC 7016 §2.3.11).
 const UD_FRA_MASK: u8 = 0x30;
+/// FRA value: whole message (RFC 7016 §2.3.11).
+const UD_FRA_WHOLE: u8 = 0x00;
+/// FRA value: first fragment (RFC 7016 §2.3.11).
+const UD_FRA_BEGIN: u8 = 0x10;
+/// FRA value: last fragment (RFC 7016 §2.3.11).
+const UD_FRA_END: u8 = 0x20;
+/// FRA value: middle fragment (RFC 7016 §2.3.11).
+const UD_FRA_MIDDLE: u8 = 0x30;
 /// User Data flag: abandoned (RFC 7016 §2.3.11).
 const UD_FLAG_ABN: u8 = 0x02;
 /// User Data flag: final sequence number of the flow (RFC 7016 §2.3.11).
@@ -588,25 +605,26 @@ const UD_FLAG_FIN: u8 = 0x01;
 
 /// Where a User Data fragment sits in its message (RFC 7016 §2.3.11, FRA bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
 pub enum Fragment {
     /// The whole message (0x00).
     #[default]
-    Whole = 0x00,
+    Whole = UD_FRA_WHOLE,
     /// The first fragment; more follow (0x10).
-    Begin = 0x10,
+    Begin = UD_FRA_BEGIN,
     /// The last fragment (0x20).
-    End = 0x20,
+    End = UD_FRA_END,
     /// A middle fragment (0x30).
-    Middle = 0x30,
+    Middle = UD_FRA_MIDDLE,
 }
 
 impl Fragment {
     /// Decode the FRA bits of a flags byte.
     pub fn from_bits(flags: u8) -> Self {
         match flags & UD_FRA_MASK {
-            0x10 => Fragment::Begin,
-            0x20 => Fragment::End,
-            0x30 => Fragment::Middle,
+            UD_FRA_BEGIN => Fragment::Begin,
+            UD_FRA_END => Fragment::End,
+            UD_FRA_MIDDLE => Fragment::Middle,
             _ => Fragment::Whole,
         }
     }
@@ -738,7 +756,8 @@ impl<'a> UserData<'a> {
 impl ChunkBody for UserData<'_> {
     const TYPE: ChunkType = ChunkType::USER_DATA;
     fn payload_len(&self) -> usize {
-        1 + vlu_len(self.flow_id.0)
+        FLAGS_LEN
+            + vlu_len(self.flow_id.0)
             + vlu_len(self.seq)
             + vlu_len(self.fsn_offset)
             + user_data_options_len(self.options)
@@ -787,7 +806,7 @@ impl<'a> NextUserData<'a> {
 impl ChunkBody for NextUserData<'_> {
     const TYPE: ChunkType = ChunkType::NEXT_USER_DATA;
     fn payload_len(&self) -> usize {
-        1 + user_data_options_len(self.options) + self.data.len()
+        FLAGS_LEN + user_data_options_len(self.options) + self.data.len()
     }
     fn validate(&self) -> Result<(), WireError> {
         validate_user_data_options(self.options)
@@ -887,8 +906,10 @@ impl<'a> BitmapAck<'a> {
             Some(&(_, to)) => {
                 // Validated above: to >= cum_ack + 2.
                 let bits = to - cum_ack - 1;
-                usize::try_from(bits.div_ceil(8)).map_err(|_| WireError::InvalidValue {
-                    field: "ack ranges",
+                usize::try_from(bits.div_ceil(BITS_PER_BITMAP_BYTE)).map_err(|_| {
+                    WireError::InvalidValue {
+                        field: "ack ranges",
+                    }
                 })
             }
         }
@@ -912,11 +933,11 @@ impl<'a> BitmapAck<'a> {
             let mut ranges = ranges.iter().peekable();
             for byte_index in 0..bitmap_len as u64 {
                 let mut byte = 0u8;
-                for k in 0..8u64 {
+                for k in 0..BITS_PER_BITMAP_BYTE {
                     // Bits past u64::MAX stay clear.
                     let Some(seq) = cum_ack
                         .checked_add(2)
-                        .and_then(|base| base.checked_add(byte_index * 8 + k))
+                        .and_then(|base| base.checked_add(byte_index * BITS_PER_BITMAP_BYTE + k))
                     else {
                         continue;
                     };
@@ -959,10 +980,10 @@ pub struct BitmapRanges<'a> {
 
 impl BitmapRanges<'_> {
     fn is_set(&self, bit: u64) -> bool {
-        let byte = usize::try_from(bit / 8)
+        let byte = usize::try_from(bit / BITS_PER_BITMAP_BYTE)
             .ok()
             .and_then(|i| self.bitmap.get(i));
-        byte.is_some_and(|b| b & (1 << (bit % 8)) != 0)
+        byte.is_some_and(|b| b & (1 << (bit % BITS_PER_BITMAP_BYTE)) != 0)
     }
 }
 
@@ -971,7 +992,7 @@ impl Iterator for BitmapRanges<'_> {
 
     fn next(&mut self) -> Option<(u64, u64)> {
         let base = self.base?;
-        let total = (self.bitmap.len() as u64).saturating_mul(8);
+        let total = (self.bitmap.len() as u64).saturating_mul(BITS_PER_BITMAP_BYTE);
         while self.bit < total && !self.is_set(self.bit) {
             self.bit += 1;
         }
@@ -1243,7 +1264,7 @@ impl EcnReport {
 impl ChunkBody for EcnReport {
     const TYPE: ChunkType = ChunkType::ECN_REPORT;
     fn payload_len(&self) -> usize {
-        1
+        ECN_REPORT_LEN
     }
     fn emit_payload(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         w.put_u8(self.ce_count)

@@ -78,11 +78,6 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    /// Look at the next byte without reading it.
-    pub fn peek_u8(&self) -> Option<u8> {
-        self.buf.get(self.pos).copied()
-    }
-
     /// Read `n` bytes as a borrowed slice.
     pub fn read_bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).ok_or(WireError::UnexpectedEnd)?;
@@ -357,6 +352,11 @@ mod tests {
         w.patch_u16(0, 0x1234).unwrap();
         assert_eq!(w.patch_u16(1, 0), Err(WireError::BufferTooSmall));
         assert_eq!(w.written(), &[0x12, 0x34]);
+        w.written_mut()[1] = 0x35;
+        assert_eq!(w.written(), &[0x12, 0x35]);
+        w.put_fill(0xFF, 1).unwrap();
+        assert_eq!(w.put_fill(0xFF, 1), Err(WireError::BufferTooSmall));
+        assert_eq!(w.written(), &[0x12, 0x35, 0xFF]);
     }
 
     proptest! {

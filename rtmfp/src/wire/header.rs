@@ -13,8 +13,12 @@ const FLAG_TSE: u8 = 0x04;
 /// Flag bits holding the mode (RFC 7016 §2.2.4).
 const MODE_MASK: u8 = 0x03;
 
+/// Size of the flags byte (RFC 7016 §2.2.4).
+const FLAGS_LEN: usize = 1;
+/// Size of the timestamp and of the timestamp echo (RFC 7016 §2.2.4).
+const TIMESTAMP_LEN: usize = 2;
 /// Largest header: flags and both timestamps (RFC 7016 §2.2.4).
-pub const MAX_HEADER_LEN: usize = 5;
+pub const MAX_HEADER_LEN: usize = FLAGS_LEN + 2 * TIMESTAMP_LEN;
 
 /// Packet mode (RFC 7016 §2.2.4). Mode 0 is forbidden.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,8 +118,9 @@ impl PacketHeader {
 
     /// Encoded size: 1, 3 or 5 bytes.
     pub fn encoded_len(&self) -> usize {
-        1 + 2 * usize::from(self.timestamp.is_some())
-            + 2 * usize::from(self.timestamp_echo.is_some())
+        FLAGS_LEN
+            + TIMESTAMP_LEN * usize::from(self.timestamp.is_some())
+            + TIMESTAMP_LEN * usize::from(self.timestamp_echo.is_some())
     }
 
     /// Write the header. Writes nothing if it does not fit.

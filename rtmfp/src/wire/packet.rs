@@ -54,6 +54,7 @@ impl<'a> Packet<'a> {
 #[derive(Debug, Clone)]
 pub struct RawChunks<'a> {
     reader: Reader<'a>,
+    done: bool,
 }
 
 impl<'a> RawChunks<'a> {
@@ -61,16 +62,18 @@ impl<'a> RawChunks<'a> {
     pub fn new(body: &'a [u8]) -> Self {
         RawChunks {
             reader: Reader::new(body),
+            done: false,
         }
     }
 
-    /// The bytes not yet iterated over (padding, once iteration has ended).
+    /// The bytes after the last chunk returned so far; once iteration has ended, the trailing
+    /// padding (or whatever could not be framed as a chunk).
     pub fn rest(&self) -> &'a [u8] {
         self.reader.clone().rest()
     }
 
     fn stop(&mut self) -> Option<(ChunkType, &'a [u8])> {
-        self.reader.rest();
+        self.done = true;
         None
     }
 }
@@ -79,7 +82,7 @@ impl<'a> Iterator for RawChunks<'a> {
     type Item = (ChunkType, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
+        while !self.done {
             if self.reader.remaining() < CHUNK_HEADER_LEN {
                 return self.stop();
             }
@@ -97,6 +100,7 @@ impl<'a> Iterator for RawChunks<'a> {
                 return Some((kind, payload));
             }
         }
+        None
     }
 }
 
@@ -200,7 +204,13 @@ mod tests {
         );
         let mut raw = RawChunks::new(&body);
         assert_eq!(raw.by_ref().count(), 2);
-        assert!(raw.rest().is_empty());
+        assert_eq!(raw.rest(), &[0x01, 0x00, 0x09]);
+        assert_eq!(raw.next(), None);
+        // Padding is left over after the last chunk.
+        let mut raw = RawChunks::new(&[0x0C, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(raw.next(), Some((ChunkType::CLOSE, &[][..])));
+        assert_eq!(raw.next(), None);
+        assert_eq!(raw.rest(), &[0xFF; 4]);
         // A malformed chunk yields an error and iteration continues.
         let body = [0x18, 0x00, 0x01, 0x81, 0x01, 0x00, 0x00];
         let chunks: Vec<_> = ChunkIter::new(&body).collect();

@@ -388,3 +388,67 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::crypto::NegotiationFlags;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn ephemeral_certificate_round_trips(groups in proptest::collection::vec(0u64..100_000, 0..MAX_CERT_GROUPS), r in any::<[u8; 32]>()) {
+            let mut randomness = [0u8; EXTRA_RANDOMNESS_LEN];
+            randomness[..32].copy_from_slice(&r);
+            let cert = build_ephemeral_certificate(&groups, &randomness);
+            let parsed = Certificate::parse(&cert).unwrap();
+            prop_assert!(parsed.accepts_ancillary_data);
+            prop_assert_eq!(parsed.ephemeral_groups, groups);
+        }
+
+        #[test]
+        fn static_key_certificate_round_trips(group in any::<u64>(), key in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let cert = build_static_key_certificate(group, &key);
+            let parsed = Certificate::parse(&cert).unwrap();
+            prop_assert_eq!(parsed.static_key(group), Some(&key[..]));
+        }
+
+        #[test]
+        fn key_component_round_trips(
+            group in any::<u64>(),
+            key in proptest::collection::vec(any::<u8>(), 0..600),
+            ephemeral in any::<bool>(),
+            with_randomness in any::<bool>(),
+            hmac in 0u8..8, hmac_len in 0u64..64, sseq in 0u8..8,
+        ) {
+            let dh = if ephemeral { DhChoice::Ephemeral(group, &key) } else { DhChoice::GroupSelect(group) };
+            let neg = KeyingNegotiation { hmac: NegotiationFlags(hmac), hmac_len, sseq: NegotiationFlags(sseq) };
+            let c = build_key_component(dh, with_randomness.then_some(&[7u8; EXTRA_RANDOMNESS_LEN]), neg);
+            let parsed = KeyComponent::parse(&c).unwrap();
+            prop_assert_eq!(parsed.group(), Some(group));
+            if ephemeral {
+                prop_assert_eq!(parsed.ephemeral_key, Some((group, &key[..])));
+            } else {
+                prop_assert_eq!(parsed.group_select, Some(group));
+            }
+            prop_assert_eq!(KeyingNegotiation::parse(&c).unwrap(), neg);
+        }
+
+        #[test]
+        fn epd_round_trips(url in proptest::collection::vec(any::<u8>(), 0..300), fp in any::<[u8; 32]>()) {
+            let u = build_url_epd(&url);
+            prop_assert_eq!(Epd::parse(&u).unwrap().ancillary_data, Some(&url[..]));
+            let f = build_fingerprint_epd(&fp);
+            prop_assert_eq!(Epd::parse(&f).unwrap().fingerprint, Some(&fp));
+        }
+
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Certificate::parse(&bytes);
+            let _ = Epd::parse(&bytes);
+            let _ = KeyComponent::parse(&bytes);
+        }
+    }
+}

@@ -224,6 +224,13 @@ impl<'w> Writer<'w> {
         self.value(v, 0)
     }
 
+    /// Appends one value through the AVM+ marker as AMF3 (fresh AMF3 reference tables), whatever
+    /// its type. AMF 0 §3.1.
+    pub fn write_avmplus(&mut self, v: &Value<'_>) -> Result<(), EncodeError> {
+        self.out.push(AVMPLUS_MARKER);
+        amf3::Writer::new(self.out).write_value(v)
+    }
+
     fn key(&mut self, s: &str) -> Result<(), EncodeError> {
         let len = u16::try_from(s.len()).map_err(|_| EncodeError::TooLong)?;
         self.out.extend_from_slice(&len.to_be_bytes());
@@ -443,6 +450,12 @@ mod tests {
         assert_eq!(r.read_value(), Ok(arr.clone()));
         assert_eq!(r.read_value(), Ok(arr));
         assert_eq!(r.remaining(), 0);
+        // Forced switch of a value that has an AMF0 form.
+        let mut out = Vec::new();
+        Writer::new(&mut out)
+            .write_avmplus(&Value::str("a"))
+            .expect("encode");
+        assert_eq!(out, [0x11, 0x06, 0x03, b'a']);
     }
 
     /// Decodes a captured AMF0 command payload and checks that re-encoding gives the same bytes.

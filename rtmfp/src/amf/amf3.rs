@@ -1,9 +1,10 @@
 //! AMF3 ("Action Message Format -- AMF 3", Adobe) reader and writer.
 //!
 //! The [`Reader`] keeps the three AMF3 reference tables (strings, objects, traits) for the life of
-//! the reader. Object references are resolved by cloning the referenced value; the clone is
-//! charged to a work budget proportional to the input length, a reference to an object still
-//! being decoded is a [`DecodeError::CyclicReference`], and nesting is bounded by [`MAX_DEPTH`].
+//! the reader. The object table holds positions, not values: an object reference is resolved by
+//! decoding the referenced value again, so the copy is charged to a work budget proportional to
+//! the input length and counts towards the nesting bound [`MAX_DEPTH`] where it is placed; a
+//! reference to an object still being decoded is a [`DecodeError::CyclicReference`].
 //!
 //! The [`Writer`] emits string and trait references; it never emits object references.
 
@@ -80,12 +81,12 @@ const INTEGER_MODULUS: i64 = 0x2000_0000;
 /// array. AMF 3 §3.8 (UTF-8-empty).
 const EMPTY_STRING: u8 = 0x01;
 
-/// A decoded value of the object reference table.
-#[derive(Debug)]
-struct Slot<'a> {
-    value: Value<'a>,
-    weight: usize,
-    height: usize,
+/// An entry of the object reference table: where the value's marker is, and whether its
+/// decoding has finished (a reference to an unfinished value is cyclic).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pos: usize,
+    done: bool,
 }
 
 /// Decoded traits. AMF 3 §3.12.
@@ -103,11 +104,13 @@ pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     strings: Vec<&'a str>,
-    /// `None` while the object is being decoded (a reference to it is cyclic).
-    objects: Vec<Option<Slot<'a>>>,
+    objects: Vec<Slot>,
     traits: Vec<Traits<'a>>,
     budget: usize,
     base_depth: usize,
+    /// Nesting of reference replays; while non-zero, no table grows (the replayed values were
+    /// already entered, at the same indices, when first decoded).
+    replaying: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -128,6 +131,7 @@ impl<'a> Reader<'a> {
             traits: Vec::new(),
             budget: WORK_BASE.saturating_add(WORK_PER_BYTE.saturating_mul(data.len())),
             base_depth: depth,
+            replaying: 0,
         }
     }
 
@@ -213,7 +217,7 @@ impl<'a> Reader<'a> {
                 .ok_or(DecodeError::InvalidReference);
         }
         let s = self.utf8(h >> 1)?;
-        if !s.is_empty() {
+        if !s.is_empty() && self.replaying == 0 {
             self.strings.push(s);
         }
         Ok(s)
@@ -226,47 +230,56 @@ impl<'a> Reader<'a> {
 
     /// Reads the U29 header of an object-table type: `Ok(bits)` for an inline value (the header
     /// shifted right by one), `Err(value)` for a resolved reference.
+    ///
+    /// A reference is resolved by decoding the referenced value again from its position, at the
+    /// current depth: the copy costs its full size in work budget and depth, and the reader
+    /// keeps no decoded values in its tables.
     fn header(&mut self, depth: usize) -> Result<Result<u32, Value<'a>>, DecodeError> {
         let h = self.u29()?;
         if h & INLINE_FLAG != 0 {
             return Ok(Ok(h >> 1));
         }
-        let idx = usize::try_from(h >> 1).map_err(|_| DecodeError::InvalidReference)?;
-        let slot = self
-            .objects
-            .get(idx)
-            .ok_or(DecodeError::InvalidReference)?
-            .as_ref()
-            .ok_or(DecodeError::CyclicReference)?;
-        if depth.saturating_add(slot.height) > MAX_DEPTH {
-            return Err(DecodeError::DepthExceeded);
+        let slot = usize::try_from(h >> 1)
+            .ok()
+            .and_then(|idx| self.objects.get(idx))
+            .copied()
+            .ok_or(DecodeError::InvalidReference)?;
+        if !slot.done {
+            return Err(DecodeError::CyclicReference);
         }
-        let (weight, value) = (slot.weight, slot.value.clone());
-        self.charge(weight)?;
-        Ok(Err(value))
+        let resume = self.pos;
+        self.pos = slot.pos;
+        self.replaying += 1;
+        let value = self.value(depth);
+        self.replaying -= 1;
+        self.pos = resume;
+        Ok(Err(value?))
     }
 
-    /// Reserves an object-table slot for a value being decoded.
-    fn reserve(&mut self) -> usize {
-        self.objects.push(None);
-        self.objects.len() - 1
+    /// Reserves an object-table slot for the value whose marker is at `start` (none while
+    /// replaying).
+    fn reserve(&mut self, start: usize) -> Option<usize> {
+        if self.replaying > 0 {
+            return None;
+        }
+        self.objects.push(Slot {
+            pos: start,
+            done: false,
+        });
+        Some(self.objects.len() - 1)
     }
 
-    /// Stores a fully decoded value in its reserved slot and returns it.
-    fn fill(&mut self, idx: usize, value: Value<'a>) -> Value<'a> {
-        if let Some(slot) = self.objects.get_mut(idx) {
-            *slot = Some(Slot {
-                weight: value.weight(),
-                height: value.height(),
-                value: value.clone(),
-            });
+    /// Marks a reserved slot as decoded and returns the value.
+    fn fill(&mut self, idx: Option<usize>, value: Value<'a>) -> Value<'a> {
+        if let Some(slot) = idx.and_then(|i| self.objects.get_mut(i)) {
+            slot.done = true;
         }
         value
     }
 
-    /// Pushes an already complete value (no children) into the object table.
-    fn push_complete(&mut self, value: Value<'a>) -> Value<'a> {
-        let idx = self.reserve();
+    /// Enters an already complete value (no children) into the object table.
+    fn push_complete(&mut self, start: usize, value: Value<'a>) -> Value<'a> {
+        let idx = self.reserve(start);
         self.fill(idx, value)
     }
 
@@ -275,6 +288,7 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::DepthExceeded);
         }
         self.charge(1)?;
+        let start = self.pos;
         let marker = self.u8()?;
         Ok(match marker {
             UNDEFINED_MARKER => Value::Undefined,
@@ -301,45 +315,48 @@ impl<'a> Reader<'a> {
                     } else {
                         Value::XmlDocument(s)
                     };
-                    self.push_complete(v)
+                    self.push_complete(start, v)
                 }
             },
             DATE_MARKER => match self.header(depth)? {
                 Err(v) => v,
                 Ok(_) => {
                     let millis = self.f64()?;
-                    self.push_complete(Value::Date {
-                        millis,
-                        timezone: 0,
-                    })
+                    self.push_complete(
+                        start,
+                        Value::Date {
+                            millis,
+                            timezone: 0,
+                        },
+                    )
                 }
             },
             ARRAY_MARKER => match self.header(depth)? {
                 Err(v) => v,
-                Ok(count) => self.array_body(count, depth)?,
+                Ok(count) => self.array_body(start, count, depth)?,
             },
             OBJECT_MARKER => match self.header(depth)? {
                 Err(v) => v,
-                Ok(bits) => self.object_body(bits, depth)?,
+                Ok(bits) => self.object_body(start, bits, depth)?,
             },
             BYTE_ARRAY_MARKER => match self.header(depth)? {
                 Err(v) => v,
                 Ok(len) => {
                     let len = usize::try_from(len).map_err(|_| DecodeError::UnexpectedEnd)?;
                     let bytes = self.take(len)?;
-                    self.push_complete(Value::ByteArray(Cow::Borrowed(bytes)))
+                    self.push_complete(start, Value::ByteArray(Cow::Borrowed(bytes)))
                 }
             },
             VECTOR_INT_MARKER | VECTOR_UINT_MARKER | VECTOR_DOUBLE_MARKER => {
                 match self.header(depth)? {
                     Err(v) => v,
-                    Ok(count) => self.number_vector(marker, count)?,
+                    Ok(count) => self.number_vector(start, marker, count)?,
                 }
             }
             VECTOR_OBJECT_MARKER => match self.header(depth)? {
                 Err(v) => v,
                 Ok(count) => {
-                    let idx = self.reserve();
+                    let idx = self.reserve(start);
                     let fixed = self.u8()? != 0;
                     let type_name = Cow::Borrowed(self.string()?);
                     let mut items = Vec::with_capacity(self.capacity(count, 1));
@@ -357,7 +374,7 @@ impl<'a> Reader<'a> {
             DICTIONARY_MARKER => match self.header(depth)? {
                 Err(v) => v,
                 Ok(count) => {
-                    let idx = self.reserve();
+                    let idx = self.reserve(start);
                     let weak_keys = self.u8()? != 0;
                     let mut entries = Vec::with_capacity(self.capacity(count, 2));
                     for _ in 0..count {
@@ -375,8 +392,13 @@ impl<'a> Reader<'a> {
 
     /// Array body after the header: associative part ended by the empty string, then `count`
     /// dense values. AMF 3 §3.11.
-    fn array_body(&mut self, count: u32, depth: usize) -> Result<Value<'a>, DecodeError> {
-        let idx = self.reserve();
+    fn array_body(
+        &mut self,
+        start: usize,
+        count: u32,
+        depth: usize,
+    ) -> Result<Value<'a>, DecodeError> {
+        let idx = self.reserve(start);
         let mut assoc = Vec::new();
         loop {
             let key = self.string()?;
@@ -395,9 +417,14 @@ impl<'a> Reader<'a> {
 
     /// Object body after the inline flag: traits (inline or by reference), then sealed values,
     /// then dynamic members, or an externalizable body. AMF 3 §3.12.
-    fn object_body(&mut self, bits: u32, depth: usize) -> Result<Value<'a>, DecodeError> {
+    fn object_body(
+        &mut self,
+        start: usize,
+        bits: u32,
+        depth: usize,
+    ) -> Result<Value<'a>, DecodeError> {
         let h = (bits << 1) | INLINE_FLAG;
-        let idx = self.reserve();
+        let idx = self.reserve(start);
         let traits = if h & TRAITS_INLINE_FLAG == 0 {
             let t = usize::try_from(h >> TRAITS_REF_SHIFT)
                 .ok()
@@ -413,7 +440,9 @@ impl<'a> Reader<'a> {
                 dynamic: false,
                 externalizable: true,
             };
-            self.traits.push(t.clone());
+            if self.replaying == 0 {
+                self.traits.push(t.clone());
+            }
             t
         } else {
             let dynamic = h & TRAITS_DYNAMIC_FLAG != 0;
@@ -429,7 +458,9 @@ impl<'a> Reader<'a> {
                 dynamic,
                 externalizable: false,
             };
-            self.traits.push(t.clone());
+            if self.replaying == 0 {
+                self.traits.push(t.clone());
+            }
             t
         };
         if traits.externalizable {
@@ -473,7 +504,12 @@ impl<'a> Reader<'a> {
     }
 
     /// `Vector.<int>`, `Vector.<uint>` or `Vector.<Number>` body. AMF 3 §3.15.
-    fn number_vector(&mut self, marker: u8, count: u32) -> Result<Value<'a>, DecodeError> {
+    fn number_vector(
+        &mut self,
+        start: usize,
+        marker: u8,
+        count: u32,
+    ) -> Result<Value<'a>, DecodeError> {
         let size = if marker == VECTOR_DOUBLE_MARKER { 8 } else { 4 };
         let fixed = self.u8()? != 0;
         let n = usize::try_from(count).map_err(|_| DecodeError::UnexpectedEnd)?;
@@ -502,7 +538,7 @@ impl<'a> Reader<'a> {
                     .collect(),
             }),
         };
-        Ok(self.push_complete(v))
+        Ok(self.push_complete(start, v))
     }
 }
 
@@ -974,7 +1010,7 @@ mod tests {
     }
 
     #[test]
-    fn object_reference_is_cloned() {
+    fn object_reference_is_copied() {
         // [ "s" bytes, ref to object 1 ]: array(0) containing bytearray(1) and a reference to 1.
         let bytes = [0x09, 0x05, 0x01, 0x0C, 0x03, 0xAA, 0x0C, 0x02];
         let ba = Value::ByteArray(Cow::Borrowed(&[0xAA]));

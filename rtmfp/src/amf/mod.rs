@@ -12,10 +12,10 @@
 //! Specs: "Action Message Format -- AMF 0" (Adobe, 2007) and "Action Message Format -- AMF 3"
 //! (Adobe, 2013). Section numbers below refer to those documents.
 //!
-//! Limits on untrusted input: nesting is bounded by [`MAX_DEPTH`]; AMF3 reference resolution clones
-//! the referenced value but charges its size to a work budget proportional to the input length
-//! ([`WORK_PER_BYTE`], [`WORK_BASE`]); pre-allocation never exceeds what the remaining bytes can
-//! hold.
+//! Limits on untrusted input: nesting is bounded by [`MAX_DEPTH`]; AMF3 reference resolution
+//! copies the referenced value (by decoding it again) and charges the copy to a work budget
+//! proportional to the input length ([`WORK_PER_BYTE`], [`WORK_BASE`]); pre-allocation never
+//! exceeds what the remaining bytes can hold.
 //!
 //! AMF0 "switch to AMF3" (marker 0x11): each switched value is decoded (and encoded) with fresh
 //! AMF3 reference tables, so readers and writers of this crate always agree.
@@ -29,8 +29,9 @@ pub mod amf3;
 /// readers and writers. Not from the specs: a safety bound for untrusted input.
 pub const MAX_DEPTH: usize = 64;
 
-/// Work budget units granted per input byte to an AMF3 reader (each materialized value, vector
-/// element or cloned node costs one unit). Bounds AMF3 "reference bombs".
+/// Work budget units granted per input byte to an AMF3 reader (each decoded value, including
+/// each value re-decoded to resolve a reference, and each vector element costs one unit). Bounds
+/// AMF3 "reference bombs".
 pub const WORK_PER_BYTE: usize = 8;
 
 /// Work budget units granted to every AMF3 reader regardless of input length.
@@ -298,51 +299,6 @@ impl<'a> Value<'a> {
             Value::Reference(r) => Value::Reference(r),
             Value::Unsupported => Value::Unsupported,
         }
-    }
-
-    /// Work units this value costs to materialize (nodes plus vector elements), as charged by
-    /// the AMF3 reader's budget.
-    pub(crate) fn weight(&self) -> usize {
-        fn members(m: &[Member<'_>]) -> usize {
-            m.iter().map(|(_, v)| v.weight()).sum()
-        }
-        1 + match self {
-            Value::Object(o) => members(&o.sealed) + o.dynamic.as_deref().map_or(0, members),
-            Value::EcmaArray(m) => members(m),
-            Value::Array(a) => members(&a.assoc) + a.dense.iter().map(Value::weight).sum::<usize>(),
-            Value::VectorInt(v) => v.items.len(),
-            Value::VectorUint(v) => v.items.len(),
-            Value::VectorDouble(v) => v.items.len(),
-            Value::VectorObject(v) => v.items.iter().map(Value::weight).sum(),
-            Value::Dictionary(d) => d.entries.iter().map(|(k, v)| k.weight() + v.weight()).sum(),
-            Value::Externalizable(e) => e.body.weight(),
-            _ => 0,
-        }
-    }
-
-    /// Container nesting height: 0 for scalars, 1 + the children's maximum for containers (the
-    /// quantity bounded by [`MAX_DEPTH`]).
-    pub(crate) fn height(&self) -> usize {
-        fn members(m: &[Member<'_>]) -> usize {
-            m.iter().map(|(_, v)| v.height()).max().unwrap_or(0)
-        }
-        let children = match self {
-            Value::Object(o) => members(&o.sealed).max(o.dynamic.as_deref().map_or(0, members)),
-            Value::EcmaArray(m) => members(m),
-            Value::Array(a) => {
-                members(&a.assoc).max(a.dense.iter().map(Value::height).max().unwrap_or(0))
-            }
-            Value::VectorObject(v) => v.items.iter().map(Value::height).max().unwrap_or(0),
-            Value::Dictionary(d) => d
-                .entries
-                .iter()
-                .map(|(k, v)| k.height().max(v.height()))
-                .max()
-                .unwrap_or(0),
-            Value::Externalizable(e) => e.body.height(),
-            _ => return 0,
-        };
-        children + 1
     }
 }
 
@@ -705,8 +661,6 @@ mod tests {
         assert_eq!(v.get("app").and_then(Value::as_str), Some("live"));
         assert_eq!(v.get("n").and_then(Value::as_f64), Some(3.0));
         assert_eq!(v.get("x"), None);
-        assert_eq!(v.height(), 1);
-        assert_eq!(v.weight(), 3);
         assert_eq!(v.clone().into_owned(), v);
         assert!(is_known_externalizable(CLASS_ARRAY_COLLECTION));
         assert!(!is_known_externalizable("com.example.Foo"));

@@ -206,7 +206,7 @@ impl<'a> Reader<'a> {
 
 /// An AMF0 writer appending to a `Vec<u8>`.
 ///
-/// On error the output holds a partial value; discard it.
+/// On error nothing of the failed value stays in the output.
 #[derive(Debug)]
 pub struct Writer<'w> {
     out: &'w mut Vec<u8>,
@@ -221,14 +221,18 @@ impl<'w> Writer<'w> {
     /// Appends one value, natively where it has an AMF0 form, otherwise through the AVM+ marker
     /// as AMF3 (with fresh AMF3 reference tables).
     pub fn write_value(&mut self, v: &Value<'_>) -> Result<(), EncodeError> {
-        self.value(v, 0)
+        let len = self.out.len();
+        self.value(v, 0).inspect_err(|_| self.out.truncate(len))
     }
 
     /// Appends one value through the AVM+ marker as AMF3 (fresh AMF3 reference tables), whatever
     /// its type. AMF 0 §3.1.
     pub fn write_avmplus(&mut self, v: &Value<'_>) -> Result<(), EncodeError> {
+        let len = self.out.len();
         self.out.push(AVMPLUS_MARKER);
-        amf3::Writer::new(self.out).write_value(v)
+        amf3::Writer::new(self.out)
+            .write_value(v)
+            .inspect_err(|_| self.out.truncate(len))
     }
 
     fn key(&mut self, s: &str) -> Result<(), EncodeError> {
@@ -546,6 +550,25 @@ mod tests {
         let mut deep = [0x0A, 0, 0, 0, 1].repeat(MAX_DEPTH + 2);
         deep.push(0x05);
         assert_eq!(read_one(&deep), Err(DecodeError::DepthExceeded));
+    }
+
+    #[test]
+    fn failed_write_leaves_output_unchanged() {
+        let mut out = vec![0xAA];
+        let bad = Value::Array(Array {
+            assoc: vec![],
+            dense: vec![
+                Value::Integer(1),
+                Value::Dictionary(super::super::Dictionary {
+                    weak_keys: false,
+                    entries: vec![(Value::Unsupported, Value::Null)],
+                }),
+            ],
+        });
+        let mut w = Writer::new(&mut out);
+        assert!(w.write_value(&bad).is_err());
+        assert!(w.write_avmplus(&bad).is_err());
+        assert_eq!(out, [0xAA]);
     }
 
     proptest! {

@@ -547,7 +547,7 @@ type TraitsKey = (String, Vec<String>, bool, bool);
 
 /// An AMF3 writer appending to a `Vec<u8>`, with string and trait reference tables.
 ///
-/// On error the output holds a partial value; discard it.
+/// On error nothing of the failed value stays in the output or the reference tables.
 #[derive(Debug)]
 pub struct Writer<'w> {
     out: &'w mut Vec<u8>,
@@ -579,7 +579,13 @@ impl<'w> Writer<'w> {
     /// [`EncodeError::NotRepresentable`]. A date's time zone is dropped; an integer outside the
     /// 29-bit range is written as a double.
     pub fn write_value(&mut self, v: &Value<'_>) -> Result<(), EncodeError> {
-        self.value(v, self.base_depth)
+        let (len, strings, traits) = (self.out.len(), self.strings.len(), self.traits.len());
+        self.value(v, self.base_depth).inspect_err(|_| {
+            // Entries are numbered in insertion order: drop those the failed value added.
+            self.out.truncate(len);
+            self.strings.retain(|_, idx| (*idx as usize) < strings);
+            self.traits.retain(|_, idx| (*idx as usize) < traits);
+        })
     }
 
     fn u29(&mut self, v: u32) -> Result<(), EncodeError> {
@@ -1090,10 +1096,19 @@ mod tests {
         assert_eq!(read_one(&[0x12]), Err(DecodeError::UnknownMarker(0x12)));
         assert_eq!(read_one(&[0x06, 0x03, 0xFF]), Err(DecodeError::InvalidUtf8));
         assert_eq!(read_one(&[0x05, 0x00]), Err(DecodeError::UnexpectedEnd));
+        // A failed value leaves neither bytes nor table entries behind.
         let mut out = Vec::new();
-        assert!(Writer::new(&mut out)
-            .write_value(&Value::Reference(1))
-            .is_err());
+        let mut w = Writer::new(&mut out);
+        let bad = Value::Array(Array {
+            assoc: vec![],
+            dense: vec![Value::str("s"), Value::Reference(1)],
+        });
+        assert_eq!(
+            w.write_value(&bad),
+            Err(EncodeError::NotRepresentable("AMF3"))
+        );
+        w.write_value(&Value::str("s")).expect("encode");
+        assert_eq!(out, [0x06, 0x03, b's']);
     }
 
     proptest! {

@@ -10,11 +10,12 @@
 
 pub mod amf;
 pub mod crypto;
+pub mod endpoint;
 pub mod flash;
 pub mod flow;
 pub mod ids;
 pub mod params;
-
+pub mod session;
 pub mod startup;
 pub mod time;
 pub mod wire;

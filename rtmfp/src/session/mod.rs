@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use crate::crypto::{CryptoError, PacketDecoder, PacketEncoder};
 use crate::ids::FlowId;
 use crate::params::{
-    CLOSE_RTX, FARCLOSE_LINGER, MAX_PING_BODY, MAX_SESSION_PACKET, MIN_KEEPALIVE, NEARCLOSE_TIMEOUT,
-    SESSION_IDLE_LIMIT,
+    CLOSE_RTX, FARCLOSE_LINGER, MAX_PING_BODY, MAX_SESSION_PACKET, MIN_KEEPALIVE,
+    NEARCLOSE_TIMEOUT, SESSION_IDLE_LIMIT,
 };
 use crate::time::Instant;
-use crate::wire::chunk::{Chunk, ChunkBody, Close, CloseAck, Ping, PingReply};
-use crate::wire::codec::{WireError, Writer};
-use crate::wire::header::{Mode, PacketHeader};
-use crate::wire::packet::ChunkIter;
+use crate::wire::{
+    Chunk, ChunkBody, ChunkIter, Close, CloseAck, Mode, PacketHeader, Ping, PingReply, Reader,
+    WireError, Writer,
+};
 
 use self::clock::{timestamp, TimestampState};
 use self::flows::{FlowError, FlowSet, SendOptions};
@@ -277,7 +277,10 @@ impl Session {
     /// A session that has just opened at `now`.
     pub fn new(now: Instant, params: SessionParams, config: SessionConfig) -> Self {
         let max_packet = config.max_packet.min(MAX_SESSION_PACKET);
-        let config = SessionConfig { max_packet, ..config };
+        let config = SessionConfig {
+            max_packet,
+            ..config
+        };
         Session {
             role: params.role,
             state: State::Open,
@@ -340,7 +343,11 @@ impl Session {
 
     /// Opens a send flow with `metadata`, optionally answering the far end's receive flow
     /// `associated` (RFC 7016 §2.3.11.1.2). Fails unless the session is open.
-    pub fn open_flow(&mut self, metadata: &[u8], associated: Option<FlowId>) -> Result<FlowId, SessionError> {
+    pub fn open_flow(
+        &mut self,
+        metadata: &[u8],
+        associated: Option<FlowId>,
+    ) -> Result<FlowId, SessionError> {
         if self.state != State::Open {
             return Err(SessionError::Closed);
         }
@@ -349,7 +356,13 @@ impl Session {
 
     /// Queues a message on a send flow. With `expiry`, the message is abandoned instead of being
     /// (re)transmitted after that time (partial reliability, RFC 7016 §3.6.2.7).
-    pub fn send(&mut self, now: Instant, flow: FlowId, data: &[u8], options: SendOptions) -> Result<(), SessionError> {
+    pub fn send(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        data: &[u8],
+        options: SendOptions,
+    ) -> Result<(), SessionError> {
         if self.state != State::Open {
             return Err(SessionError::Closed);
         }
@@ -376,7 +389,10 @@ impl Session {
     pub fn close(&mut self, now: Instant) {
         if self.state == State::Open {
             self.flows.abort_all();
-            self.state = State::NearClose { since: now, next_close: now };
+            self.state = State::NearClose {
+                since: now,
+                next_close: now,
+            };
             self.close_due = true;
         }
     }
@@ -407,7 +423,12 @@ impl Session {
 
     /// Handles a datagram addressed to this session, received from `from` at `now`. Decrypts in
     /// place. A refused datagram leaves the session as it was.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) -> Result<(), SessionError> {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &mut [u8],
+    ) -> Result<(), SessionError> {
         if self.state == State::Closed {
             return Err(SessionError::Closed);
         }
@@ -416,7 +437,7 @@ impl Session {
             return Err(SessionError::WrongSession);
         }
         let packet = &*decoded.packet;
-        let mut r = crate::wire::codec::Reader::new(packet);
+        let mut r = Reader::new(packet);
         let header = PacketHeader::parse(&mut r)?;
         // RFC 7016 §2.2.4: the far end's packets carry its mode; chunks in a packet of the wrong
         // mode are ignored.
@@ -458,11 +479,17 @@ impl Session {
                     user_data_seen = true;
                     self.flows.on_next_user_data(now, &mut ctx, nud)?;
                 }
-                Chunk::RangeAck(ack) if self.state == State::Open => self.flows.on_range_ack(now, ack),
-                Chunk::BitmapAck(ack) if self.state == State::Open => self.flows.on_bitmap_ack(now, ack),
-                Chunk::BufferProbe(p) if self.state == State::Open => self.flows.on_buffer_probe(p.flow_id),
+                Chunk::RangeAck(ack) if self.state == State::Open => {
+                    self.flows.on_range_ack(now, ack)
+                }
+                Chunk::BitmapAck(ack) if self.state == State::Open => {
+                    self.flows.on_bitmap_ack(now, ack)
+                }
+                Chunk::BufferProbe(p) if self.state == State::Open => {
+                    self.flows.on_buffer_probe(p.flow_id)
+                }
                 Chunk::FlowExceptionReport(x) if self.state == State::Open => {
-                    self.flows.on_exception(x.flow_id, x.exception_code)
+                    self.flows.on_exception(x.flow_id, x.exception)
                 }
                 Chunk::Close(_) => self.on_close_request(now),
                 Chunk::CloseAck(_) => self.on_close_ack(),
@@ -488,7 +515,10 @@ impl Session {
         // RFC 7016 §3.5.4: answer with the body unaltered, as soon as possible. A body over the
         // size we answer is ignored (rtmfp-cpp limit).
         if body.len() <= MAX_PING_BODY {
-            let mut reply = PendingReply { body: [0u8; MAX_PING_BODY], len: body.len() };
+            let mut reply = PendingReply {
+                body: [0u8; MAX_PING_BODY],
+                len: body.len(),
+            };
             reply.body[..body.len()].copy_from_slice(body);
             self.ping_reply = Some(reply);
         }
@@ -499,7 +529,10 @@ impl Session {
             if from != self.far_address && self.mobility.verify(now, &from, body) {
                 let old = self.far_address;
                 self.far_address = from;
-                self.events.push_back(Event::AddressChanged { from: old, to: from });
+                self.events.push_back(Event::AddressChanged {
+                    from: old,
+                    to: from,
+                });
             }
             return;
         }
@@ -528,14 +561,23 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state_deadline = match self.state {
             State::Closed => return None,
-            State::NearClose { since, next_close } => Some(next_close.min(since + NEARCLOSE_TIMEOUT)),
+            State::NearClose { since, next_close } => {
+                Some(next_close.min(since + NEARCLOSE_TIMEOUT))
+            }
             State::FarCloseLinger { since } => Some(since + FARCLOSE_LINGER),
             State::Open => None,
         };
         let idle = Some(self.last_received + self.config.idle_limit);
         let keepalive = self.next_keepalive();
-        let flows = if self.state == State::Open { self.flows.poll_timeout() } else { None };
-        [state_deadline, idle, keepalive, flows].into_iter().flatten().min()
+        let flows = if self.state == State::Open {
+            self.flows.poll_timeout()
+        } else {
+            None
+        };
+        [state_deadline, idle, keepalive, flows]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn next_keepalive(&self) -> Option<Instant> {
@@ -543,7 +585,9 @@ impl Session {
             return None;
         }
         let period = self.config.keepalive?;
-        let base = self.last_keepalive_sent.map_or(self.last_received, |s| s.max(self.last_received));
+        let base = self
+            .last_keepalive_sent
+            .map_or(self.last_received, |s| s.max(self.last_received));
         Some(base + period)
     }
 
@@ -558,7 +602,10 @@ impl Session {
                 }
                 if now >= next_close {
                     self.close_due = true;
-                    self.state = State::NearClose { since, next_close: now + CLOSE_RTX };
+                    self.state = State::NearClose {
+                        since,
+                        next_close: now + CLOSE_RTX,
+                    };
                 }
             }
             State::FarCloseLinger { since } => {
@@ -598,8 +645,13 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some((addr, challenge)) = self.mobility_probe.take() {
             if self.state == State::Open {
-                if let Some(len) = self.write_packet(now, buf, |_, w| Ping { body: &challenge }.emit(w).is_ok()) {
-                    return Some(Transmit { destination: addr, len });
+                if let Some(len) =
+                    self.write_packet(now, buf, |_, w| (Ping { body: &challenge }).emit(w).is_ok())
+                {
+                    return Some(Transmit {
+                        destination: addr,
+                        len,
+                    });
                 }
             }
         }
@@ -619,14 +671,14 @@ impl Session {
         }
         if let Some(reply) = self.ping_reply.take() {
             let body = reply.body.get(..reply.len).unwrap_or_default();
-            if PingReply { body }.emit(w).is_err() {
+            if (PingReply { body }).emit(w).is_err() {
                 self.ping_reply = Some(reply);
             }
         }
         if self.close_due && Close.emit(w).is_ok() {
             self.close_due = false;
         }
-        if self.keepalive_due && Ping { body: &[] }.emit(w).is_ok() {
+        if self.keepalive_due && (Ping { body: &[] }).emit(w).is_ok() {
             self.keepalive_due = false;
         }
         if self.state == State::Open {

@@ -1,0 +1,635 @@
+//! An endpoint: the startup pseudo-session (session ID 0) and the sessions it opened or
+//! accepted, demultiplexed by session ID (RFC 7016 §2.2.2). Both roles: it accepts sessions when
+//! given a [`Responder`], and opens them with [`Endpoint::connect`].
+//!
+//! The server's data plane shards sessions itself and runs the responder in the control plane;
+//! this endpoint is the simple, single-threaded composition used by clients, the load generator
+//! and the deterministic tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use rand_core::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::DhKeyPair;
+use crate::crypto::{read_session_id, PacketDecoder, PacketEncoder};
+use crate::ids::{PeerId, SessionId};
+use crate::params::MAX_STARTUP_PACKET;
+use crate::session::{Event, Role, Session, SessionConfig, SessionParams, Transmit};
+use crate::startup::initiator::{
+    Established, Initiator, InitiatorConfig, InitiatorState, StartupMessage,
+};
+use crate::startup::responder::{HelloDisposition, KeyingDisposition, Responder};
+use crate::time::Instant;
+use crate::wire::{
+    Chunk, ChunkBody, ChunkIter, CookieChange, IHello, IIKeying, Mode, PacketHeader, RHello,
+    RIKeying, Reader, Writer,
+};
+
+/// The signature the Flash profile sends in IIKeying and RIKeying: the single byte "X"
+/// (RFC 7425 §4.3.5.1; ignored on receipt).
+pub const FLASH_SIGNATURE: &[u8] = b"X";
+
+/// Something that happened on the endpoint, with the session handle it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// A session we opened is now open.
+    Connected {
+        /// The responder's fingerprint.
+        peer_id: PeerId,
+    },
+    /// A session we opened failed to open (ultimate open timeout or keying failure).
+    ConnectFailed,
+    /// The responder accepted a new session.
+    Accepted {
+        /// The initiator's peer ID.
+        peer_id: PeerId,
+        /// Its address.
+        from: SocketAddr,
+    },
+    /// An IHello named another endpoint by fingerprint (the caller may redirect or forward it).
+    Rendezvous {
+        /// The target peer ID.
+        peer_id: PeerId,
+        /// The initiator's address.
+        from: SocketAddr,
+        /// The initiator's tag.
+        tag: Vec<u8>,
+    },
+    /// A session event.
+    Session(Event),
+}
+
+/// Counters of what the endpoint dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams that failed decryption or authentication, or were malformed.
+    pub malformed: u64,
+    /// Datagrams for a session ID we do not have.
+    pub unknown_session: u64,
+    /// IIKeyings refused (bad cookie, keying or crypto).
+    pub keying_rejected: u64,
+    /// Retransmitted IIKeyings answered with the same RIKeying.
+    pub rikeying_repeated: u64,
+}
+
+struct Accepted {
+    near_session_id: u32,
+    skic_hash: [u8; 32],
+    rikeying: Vec<u8>,
+}
+
+/// An RTMFP endpoint with its sessions.
+pub struct Endpoint<R: RngCore> {
+    rng: R,
+    responder: Option<Responder>,
+    initiator_config: InitiatorConfig,
+    session_config: SessionConfig,
+    sessions: HashMap<u32, Session>,
+    opening: HashMap<u32, Initiator>,
+    /// IIKeying answers by (address, initiator session ID), to repeat them (RFC 7016 §3.5.1.1.2).
+    accepted: HashMap<(SocketAddr, u32), Accepted>,
+    startup_out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<(u32, EndpointEvent)>,
+    next_session_id: u32,
+    startup_encoder: PacketEncoder,
+    startup_decoder: PacketDecoder,
+    stats: EndpointStats,
+}
+
+impl<R: RngCore> core::fmt::Debug for Endpoint<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("sessions", &self.sessions.len())
+            .field("opening", &self.opening.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: RngCore> Endpoint<R> {
+    /// An endpoint that accepts sessions when `responder` is given and can open sessions.
+    pub fn new(
+        rng: R,
+        responder: Option<Responder>,
+        initiator_config: InitiatorConfig,
+        session_config: SessionConfig,
+    ) -> Self {
+        Endpoint {
+            rng,
+            responder,
+            initiator_config,
+            session_config,
+            sessions: HashMap::new(),
+            opening: HashMap::new(),
+            accepted: HashMap::new(),
+            startup_out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_session_id: 1,
+            startup_encoder: PacketEncoder::startup(),
+            startup_decoder: PacketDecoder::startup(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// Drop counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// Our responder, if we accept sessions.
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_ref()
+    }
+
+    fn allocate_session_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_session_id;
+            self.next_session_id = self.next_session_id.wrapping_add(1).max(1);
+            if !self.sessions.contains_key(&id) && !self.opening.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Starts opening a session to the endpoint named by `epd` at `addresses`; answers its
+    /// handle (our receive session ID).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        epd: Vec<u8>,
+        expected_fingerprint: Option<PeerId>,
+        addresses: &[SocketAddr],
+    ) -> u32 {
+        let id = self.allocate_session_id();
+        let init = Initiator::new(
+            now,
+            self.initiator_config.clone(),
+            epd,
+            expected_fingerprint,
+            addresses,
+            id,
+            &mut self.rng,
+        );
+        self.opening.insert(id, init);
+        id
+    }
+
+    /// A session by handle.
+    pub fn session(&self, handle: u32) -> Option<&Session> {
+        self.sessions.get(&handle)
+    }
+
+    /// A session by handle, to send on it or close it.
+    pub fn session_mut(&mut self, handle: u32) -> Option<&mut Session> {
+        self.sessions.get_mut(&handle)
+    }
+
+    /// Handles of the open sessions.
+    pub fn session_handles(&self) -> impl Iterator<Item = u32> + '_ {
+        self.sessions.keys().copied()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<(u32, EndpointEvent)> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        let mut closed = None;
+        let mut found = None;
+        for (&id, s) in self.sessions.iter_mut() {
+            if let Some(e) = s.poll_event() {
+                if matches!(e, Event::Closed { .. }) {
+                    closed = Some(id);
+                }
+                found = Some((id, EndpointEvent::Session(e)));
+                break;
+            }
+        }
+        if let Some(id) = closed {
+            self.accepted.retain(|_, a| a.near_session_id != id);
+        }
+        found
+    }
+
+    /// Handles a datagram from `from`, decrypting in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        let Ok(sid) = read_session_id(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if sid != SessionId::STARTUP.0 && !self.opening.contains_key(&sid) {
+            match self.sessions.get_mut(&sid) {
+                Some(s) => {
+                    if s.handle_datagram(now, from, datagram).is_err() {
+                        self.stats.malformed += 1;
+                    }
+                }
+                None => self.stats.unknown_session += 1,
+            }
+            return;
+        }
+        self.handle_startup(now, from, sid, datagram);
+    }
+
+    fn handle_startup(&mut self, now: Instant, from: SocketAddr, sid: u32, datagram: &mut [u8]) {
+        let Ok(decoded) = self.startup_decoder.decode(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let mut r = Reader::new(decoded.packet);
+        let Ok(header) = PacketHeader::parse(&mut r) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if header.mode != Mode::Startup {
+            self.stats.malformed += 1;
+            return;
+        }
+        for chunk in ChunkIter::new(r.rest()) {
+            let Ok(chunk) = chunk else {
+                self.stats.malformed += 1;
+                break;
+            };
+            match chunk {
+                Chunk::IHello(h) if sid == 0 => self.on_ihello(now, from, h.epd, h.tag),
+                Chunk::IIKeying(k) if sid == 0 => self.on_iikeying(now, from, &k),
+                Chunk::RHello(h) if sid == 0 => {
+                    let rng = &mut self.rng;
+                    if let Some(init) = self
+                        .opening
+                        .values_mut()
+                        .find(|i| i.tag()[..] == *h.tag_echo)
+                    {
+                        let _ = init.on_rhello(now, from, h.tag_echo, h.cookie, h.certificate, rng);
+                    }
+                }
+                Chunk::Redirect(rd) if sid == 0 => {
+                    if let Some(init) = self
+                        .opening
+                        .values_mut()
+                        .find(|i| i.tag()[..] == *rd.tag_echo)
+                    {
+                        let addrs = rd.addresses().filter_map(Result::ok).map(|a| a.addr);
+                        let _ = init.on_redirect(now, from, rd.tag_echo, addrs);
+                    }
+                }
+                Chunk::CookieChange(cc) => {
+                    if let Some(init) = self.opening.get_mut(&sid) {
+                        let _ = init.on_cookie_change(now, cc.old_cookie, cc.new_cookie);
+                    }
+                }
+                Chunk::RIKeying(k) => self.on_rikeying(now, from, sid, &k),
+                // Other chunks are not allowed in startup packets and are ignored (RFC 7016 §2.3).
+                _ => {}
+            }
+        }
+    }
+
+    fn on_ihello(&mut self, now: Instant, from: SocketAddr, epd: &[u8], tag: &[u8]) {
+        let Some(responder) = &self.responder else {
+            return;
+        };
+        match responder.on_ihello(now, &from, epd, tag) {
+            HelloDisposition::RHello { tag, cookie } => {
+                let chunk = RHello {
+                    tag_echo: tag,
+                    cookie: &cookie,
+                    certificate: responder.certificate(),
+                };
+                let packet = startup_packet(&mut self.startup_encoder, now, 0, &chunk);
+                if let Some(p) = packet {
+                    self.startup_out.push_back((from, p));
+                }
+            }
+            HelloDisposition::Rendezvous { peer_id, tag } => {
+                self.events.push_back((
+                    0,
+                    EndpointEvent::Rendezvous {
+                        peer_id,
+                        from,
+                        tag: tag.to_vec(),
+                    },
+                ));
+            }
+            HelloDisposition::Ignore => {}
+        }
+    }
+
+    /// Answers a Forwarded IHello received on one of our sessions as if the IHello had come
+    /// from `reply_to` (RFC 7016 §3.5.1.5). Does nothing unless we accept sessions.
+    pub fn answer_forwarded_ihello(
+        &mut self,
+        now: Instant,
+        reply_to: SocketAddr,
+        epd: &[u8],
+        tag: &[u8],
+    ) {
+        let Some(responder) = &self.responder else {
+            return;
+        };
+        if let HelloDisposition::RHello { tag, cookie } =
+            responder.on_forwarded_ihello(now, &reply_to, epd, tag)
+        {
+            let chunk = RHello {
+                tag_echo: tag,
+                cookie: &cookie,
+                certificate: responder.certificate(),
+            };
+            if let Some(p) = startup_packet(&mut self.startup_encoder, now, 0, &chunk) {
+                self.startup_out.push_back((reply_to, p));
+            }
+        }
+    }
+
+    fn on_iikeying(&mut self, now: Instant, from: SocketAddr, k: &IIKeying<'_>) {
+        let isid = k.initiator_session_id.0;
+        let skic_hash: [u8; 32] = Sha256::digest(k.skic).into();
+        // A retransmitted IIKeying gets the same RIKeying (RFC 7016 §3.5.1.1.2).
+        if let Some(a) = self.accepted.get(&(from, isid)) {
+            if a.skic_hash == skic_hash && self.sessions.contains_key(&a.near_session_id) {
+                self.stats.rikeying_repeated += 1;
+                self.startup_out.push_back((from, a.rikeying.clone()));
+            }
+            return;
+        }
+        let Some(responder) = &self.responder else {
+            return;
+        };
+        let request =
+            match responder.on_iikeying(now, &from, isid, k.cookie_echo, k.certificate, k.skic) {
+                KeyingDisposition::Accept(req) => req,
+                KeyingDisposition::CookieChange {
+                    initiator_session_id,
+                    new_cookie,
+                } => {
+                    let chunk = CookieChange {
+                        old_cookie: k.cookie_echo,
+                        new_cookie: &new_cookie,
+                    };
+                    if let Some(p) =
+                        startup_packet(&mut self.startup_encoder, now, initiator_session_id, &chunk)
+                    {
+                        self.startup_out.push_back((from, p));
+                    }
+                    return;
+                }
+                KeyingDisposition::Reject(_) => {
+                    self.stats.keying_rejected += 1;
+                    return;
+                }
+            };
+        let key_pair = DhKeyPair::generate(request.group, &mut self.rng);
+        let Ok(accepted) = responder.accept(&request, &key_pair) else {
+            self.stats.keying_rejected += 1;
+            return;
+        };
+        let (Ok(encoder), Ok(decoder)) = (
+            accepted.keys.encoder(accepted.negotiated.send),
+            accepted.keys.decoder(accepted.negotiated.receive),
+        ) else {
+            self.stats.keying_rejected += 1;
+            return;
+        };
+        let rsid = self.allocate_session_id();
+        let chunk = RIKeying {
+            responder_session_id: SessionId(rsid),
+            skrc: &accepted.skrc,
+            signature: FLASH_SIGNATURE,
+        };
+        let Some(rikeying) = startup_packet(&mut self.startup_encoder, now, isid, &chunk) else {
+            return;
+        };
+        let mut mobility_secret = [0u8; 32];
+        self.rng.fill_bytes(&mut mobility_secret);
+        let session = Session::new(
+            now,
+            SessionParams {
+                role: Role::Responder,
+                near_session_id: rsid,
+                far_session_id: isid,
+                far_address: from,
+                encoder,
+                decoder,
+                mobility_secret,
+            },
+            self.session_config.clone(),
+        );
+        self.sessions.insert(rsid, session);
+        self.accepted.insert(
+            (from, isid),
+            Accepted {
+                near_session_id: rsid,
+                skic_hash,
+                rikeying: rikeying.clone(),
+            },
+        );
+        self.startup_out.push_back((from, rikeying));
+        self.events.push_back((
+            rsid,
+            EndpointEvent::Accepted {
+                peer_id: request.peer_id,
+                from,
+            },
+        ));
+    }
+
+    fn on_rikeying(&mut self, now: Instant, from: SocketAddr, sid: u32, k: &RIKeying<'_>) {
+        let Some(init) = self.opening.get_mut(&sid) else {
+            return;
+        };
+        let Ok(est) = init.on_rikeying(from, k.responder_session_id.0, k.skrc) else {
+            return;
+        };
+        self.opening.remove(&sid);
+        self.open_initiated(now, sid, est);
+    }
+
+    fn open_initiated(&mut self, now: Instant, sid: u32, est: Established) {
+        let (Ok(encoder), Ok(decoder)) = (
+            est.keys.encoder(est.negotiated.send),
+            est.keys.decoder(est.negotiated.receive),
+        ) else {
+            self.events.push_back((sid, EndpointEvent::ConnectFailed));
+            return;
+        };
+        let mut mobility_secret = [0u8; 32];
+        self.rng.fill_bytes(&mut mobility_secret);
+        let session = Session::new(
+            now,
+            SessionParams {
+                role: Role::Initiator,
+                near_session_id: sid,
+                far_session_id: est.far_session_id,
+                far_address: est.far_address,
+                encoder,
+                decoder,
+                mobility_secret,
+            },
+            self.session_config.clone(),
+        );
+        self.sessions.insert(sid, session);
+        self.events.push_back((
+            sid,
+            EndpointEvent::Connected {
+                peer_id: est.far_peer_id,
+            },
+        ));
+    }
+
+    /// Writes the next datagram into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((dest, p)) = self.startup_out.pop_front() {
+            let n = p.len().min(buf.len());
+            buf[..n].copy_from_slice(&p[..n]);
+            return Some(Transmit {
+                destination: dest,
+                len: n,
+            });
+        }
+        let ids: Vec<u32> = self.opening.keys().copied().collect();
+        for id in ids {
+            let Some(init) = self.opening.get_mut(&id) else {
+                continue;
+            };
+            let msg = init
+                .poll_transmit(now)
+                .map(|(dest, m)| (dest, owned_message(&m)));
+            if let Some((dest, m)) = msg {
+                let packet = match &m {
+                    OwnedStartup::IHello { epd, tag } => {
+                        startup_packet(&mut self.startup_encoder, now, 0, &IHello { epd, tag })
+                    }
+                    OwnedStartup::IIKeying {
+                        isid,
+                        cookie,
+                        certificate,
+                        skic,
+                    } => startup_packet(
+                        &mut self.startup_encoder,
+                        now,
+                        0,
+                        &IIKeying {
+                            initiator_session_id: SessionId(*isid),
+                            cookie_echo: cookie,
+                            certificate,
+                            skic,
+                            signature: FLASH_SIGNATURE,
+                        },
+                    ),
+                };
+                if let Some(p) = packet {
+                    let n = p.len().min(buf.len());
+                    buf[..n].copy_from_slice(&p[..n]);
+                    return Some(Transmit {
+                        destination: dest,
+                        len: n,
+                    });
+                }
+            }
+        }
+        for s in self.sessions.values_mut() {
+            if let Some(t) = s.poll_transmit(now, buf) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The earliest time [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let a = self
+            .opening
+            .values()
+            .filter_map(Initiator::poll_timeout)
+            .min();
+        let b = self
+            .sessions
+            .values()
+            .filter_map(Session::poll_timeout)
+            .min();
+        a.into_iter().chain(b).min()
+    }
+
+    /// Runs timers due at `now`; forgets closed sessions whose events were all delivered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (&id, init) in self.opening.iter_mut() {
+            init.handle_timeout(now);
+            if init.state() == InitiatorState::Failed {
+                failed.push(id);
+            }
+        }
+        for id in failed {
+            self.opening.remove(&id);
+            self.events.push_back((id, EndpointEvent::ConnectFailed));
+        }
+        for s in self.sessions.values_mut() {
+            s.handle_timeout(now);
+        }
+    }
+
+    /// Forgets a closed session (after its `Closed` event was seen).
+    pub fn remove_closed(&mut self, handle: u32) {
+        if self
+            .sessions
+            .get(&handle)
+            .is_some_and(|s| s.state() == crate::session::State::Closed)
+        {
+            self.sessions.remove(&handle);
+        }
+    }
+}
+
+/// Writes one startup packet holding `chunk`, for session ID `sid`, under the default key.
+fn startup_packet<C: ChunkBody>(
+    encoder: &mut PacketEncoder,
+    now: Instant,
+    sid: u32,
+    chunk: &C,
+) -> Option<Vec<u8>> {
+    let mut plain = [0u8; MAX_STARTUP_PACKET];
+    let mut w = Writer::new(&mut plain);
+    let mut header = PacketHeader::new(Mode::Startup);
+    header.timestamp = Some(crate::session::clock::timestamp(now));
+    header.emit(&mut w).ok()?;
+    chunk.emit(&mut w).ok()?;
+    let len = w.position();
+    let mut out = vec![0u8; encoder.encoded_len(len)];
+    let n = encoder.encode(sid, &plain[..len], &mut out).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+enum OwnedStartup {
+    IHello {
+        epd: Vec<u8>,
+        tag: Vec<u8>,
+    },
+    IIKeying {
+        isid: u32,
+        cookie: Vec<u8>,
+        certificate: Vec<u8>,
+        skic: Vec<u8>,
+    },
+}
+
+fn owned_message(m: &StartupMessage<'_>) -> OwnedStartup {
+    match m {
+        StartupMessage::IHello { epd, tag } => OwnedStartup::IHello {
+            epd: epd.to_vec(),
+            tag: tag.to_vec(),
+        },
+        StartupMessage::IIKeying {
+            initiator_session_id,
+            cookie,
+            certificate,
+            skic,
+        } => OwnedStartup::IIKeying {
+            isid: *initiator_session_id,
+            cookie: cookie.to_vec(),
+            certificate: certificate.to_vec(),
+            skic: skic.to_vec(),
+        },
+    }
+}

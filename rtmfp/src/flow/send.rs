@@ -1,0 +1,586 @@
+//! The sending side of a flow (RFC 7016 §3.6.2): message queue, fragmentation at transmit time,
+//! sequence numbers and the forward sequence number, acknowledgement processing with NAK-based
+//! loss detection, retransmission, flow control with buffer probes, partial reliability
+//! (abandoning expired messages), FIN, and exception reports.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::ids::FlowId;
+use crate::params::{
+    BUFFER_BLOCK, INITIAL_FAR_WINDOW, NAKS_FOR_LOSS, PERSIST_MAX, PERSIST_MIN, SEND_FLOW_LINGER,
+};
+use crate::time::Instant;
+use crate::wire::{option_len, vlu_len, write_option, Fragment, Writer, CHUNK_HEADER_LEN};
+
+use super::options::{OPTION_METADATA, OPTION_RETURN_ASSOCIATION};
+
+/// Growth of the buffer-probe period (RFC 7016 §3.6.2.9.1; rtmfp-cpp uses √2).
+const PROBE_BACKOFF: f64 = core::f64::consts::SQRT_2;
+/// Bytes of a User Data chunk besides its VLUs, options and data: type, length, flags.
+const USER_DATA_FIXED: usize = CHUNK_HEADER_LEN + 1;
+/// Room left unused when a new fragment is cut, so that it still fits a packet when it is
+/// retransmitted with larger header fields (a timestamp echo, a longer fsnOffset VLU).
+const RETRANSMIT_SLACK: usize = 16;
+/// Largest queued (not yet acknowledged) bytes per flow; `send_message` refuses beyond it.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a message could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The flow is closing, closed or was rejected.
+    #[error("flow closed")]
+    Closed,
+    /// The queue is full.
+    #[error("send queue full")]
+    QueueFull,
+}
+
+/// An acknowledgement for this flow, from a Range or Bitmap Ack (RFC 7016 §2.3.13, §2.3.14).
+#[derive(Debug, Clone, Copy)]
+pub struct AckInfo<'a> {
+    /// The receiver's window in 1024-byte blocks.
+    pub buffer_blocks: u64,
+    /// Everything up to this sequence number is acknowledged.
+    pub cum_ack: u64,
+    /// Inclusive ranges acknowledged above `cum_ack`.
+    pub ranges: &'a [(u64, u64)],
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Newly acknowledged data bytes.
+    pub acked_bytes: usize,
+    /// The send time of the oldest fragment newly declared lost by NAKs, if any.
+    pub lost_sent_at: Option<Instant>,
+}
+
+/// One fragment to put on the wire, borrowed from the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentOut<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// `seq - forward sequence number`.
+    pub fsn_offset: u64,
+    /// Position in its message.
+    pub fragment: Fragment,
+    /// Abandoned: sent without data (RFC 7016 §3.6.2.7).
+    pub abandoned: bool,
+    /// Last sequence number of the flow.
+    pub fin: bool,
+    /// The User Data option list to include (metadata and return association), until the flow
+    /// is first acknowledged (RFC 7016 §3.6.1.3).
+    pub options: Option<&'a [u8]>,
+    /// The data.
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FragState {
+    /// Never sent.
+    New,
+    /// Sent, waiting for an ack.
+    InFlight { sent_at: Instant, naks: u32 },
+    /// Declared lost: to be retransmitted.
+    Lost,
+    /// Acknowledged.
+    Acked,
+}
+
+#[derive(Debug, Clone)]
+struct Frag {
+    seq: u64,
+    message: Rc<[u8]>,
+    start: usize,
+    end: usize,
+    position: Fragment,
+    expiry: Option<Instant>,
+    abandoned: bool,
+    fin: bool,
+    state: FragState,
+}
+
+impl Frag {
+    fn len(&self) -> usize {
+        if self.abandoned {
+            0
+        } else {
+            self.end - self.start
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    message: Rc<[u8]>,
+    /// Bytes already cut into fragments.
+    offset: usize,
+    expiry: Option<Instant>,
+}
+
+/// The send side of one flow.
+#[derive(Debug)]
+pub struct SendFlow {
+    id: FlowId,
+    options: Vec<u8>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// Fragments with a sequence number, oldest first, from the first not yet acknowledged.
+    frags: VecDeque<Frag>,
+    next_seq: u64,
+    far_window: usize,
+    options_acked: bool,
+    closing: bool,
+    fin_seq: Option<u64>,
+    completed_at: Option<Instant>,
+    exception: Option<u64>,
+    probe_next: Option<Instant>,
+    probe_interval: Duration,
+}
+
+impl SendFlow {
+    /// A new flow with its metadata and optional return flow association.
+    pub fn new(id: FlowId, metadata: Vec<u8>, associated: Option<FlowId>) -> Self {
+        let mut len = option_len(OPTION_METADATA, metadata.len());
+        if let Some(a) = associated {
+            len += option_len(OPTION_RETURN_ASSOCIATION, vlu_len(a.0));
+        }
+        let mut options = vec![0u8; len];
+        let mut w = Writer::new(&mut options);
+        let mut vlu = [0u8; 10];
+        // Sized exactly above, so these writes succeed.
+        let _ = write_option(&mut w, OPTION_METADATA, &metadata);
+        if let Some(a) = associated {
+            let n = vlu_len(a.0);
+            let _ = Writer::new(&mut vlu[..n]).put_vlu(a.0);
+            let _ = write_option(&mut w, OPTION_RETURN_ASSOCIATION, &vlu[..n]);
+        }
+        SendFlow {
+            id,
+            options,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            frags: VecDeque::new(),
+            next_seq: 1,
+            far_window: INITIAL_FAR_WINDOW,
+            options_acked: false,
+            closing: false,
+            fin_seq: None,
+            completed_at: None,
+            exception: None,
+            probe_next: None,
+            probe_interval: PERSIST_MIN,
+        }
+    }
+
+    /// The flow ID.
+    pub fn id(&self) -> FlowId {
+        self.id
+    }
+
+    /// Whether the flow still accepts messages.
+    pub fn is_open(&self) -> bool {
+        !self.closing && self.exception.is_none()
+    }
+
+    /// Queues a message (copied once). With `expiry`, it is abandoned after that time.
+    pub fn send_message(
+        &mut self,
+        _now: Instant,
+        data: &[u8],
+        expiry: Option<Instant>,
+    ) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        if self.unacked_bytes().saturating_add(data.len()) > MAX_QUEUED_BYTES {
+            return Err(SendError::QueueFull);
+        }
+        self.queued_bytes += data.len();
+        self.queue.push_back(Queued {
+            message: Rc::from(data),
+            offset: 0,
+            expiry,
+        });
+        Ok(())
+    }
+
+    /// Closes the flow: FIN after the queued data (RFC 7016 §3.6.2.8).
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// Bytes queued or sent and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.queued_bytes
+            + self
+                .frags
+                .iter()
+                .filter(|f| f.state != FragState::Acked)
+                .map(Frag::len)
+                .sum::<usize>()
+    }
+
+    /// Bytes in flight (sent, not acknowledged, not declared lost).
+    pub fn in_flight_bytes(&self) -> usize {
+        self.frags
+            .iter()
+            .filter(|f| matches!(f.state, FragState::InFlight { .. }))
+            .map(Frag::len)
+            .sum()
+    }
+
+    /// The forward sequence number: everything at or below it is acknowledged or abandoned.
+    fn fsn(&self) -> u64 {
+        self.frags
+            .iter()
+            .find(|f| f.state != FragState::Acked && !f.abandoned)
+            .map_or(self.next_seq, |f| f.seq)
+            .saturating_sub(1)
+    }
+
+    /// Abandons expired messages: their fragments go out as ABN, without data, and queued parts
+    /// are dropped (RFC 7016 §3.6.2.7).
+    fn abandon_expired(&mut self, now: Instant) {
+        for f in self.frags.iter_mut() {
+            if !f.abandoned && f.state != FragState::Acked && f.expiry.is_some_and(|e| e <= now) {
+                f.abandoned = true;
+                if matches!(f.state, FragState::InFlight { .. }) {
+                    f.state = FragState::Lost;
+                }
+            }
+        }
+        while let Some(q) = self.queue.front() {
+            if q.expiry.is_some_and(|e| e <= now) {
+                let started = q.offset > 0;
+                let remaining = q.message.len() - q.offset;
+                self.queued_bytes -= remaining;
+                let q = self.queue.pop_front();
+                // A message already partly sent gets one abandoned end fragment, so the
+                // receiver's reassembly of it ends.
+                if let (true, Some(q)) = (started, q) {
+                    let seq = self.take_seq();
+                    self.frags.push_back(Frag {
+                        seq,
+                        message: q.message,
+                        start: 0,
+                        end: 0,
+                        position: Fragment::End,
+                        expiry: q.expiry,
+                        abandoned: true,
+                        fin: false,
+                        state: FragState::New,
+                    });
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    fn suspended(&self) -> bool {
+        self.far_window == 0 && self.exception.is_none()
+    }
+
+    /// The next fragment to send, if any fits in `room` bytes of chunk (header included) and the
+    /// congestion `allowance` permits new bytes. The caller emits it, then calls
+    /// [`Self::on_fragment_sent`]. Retransmissions come first, then new data, then FIN.
+    pub fn poll_fragment(
+        &mut self,
+        now: Instant,
+        room: usize,
+        allowance: usize,
+    ) -> Option<FragmentOut<'_>> {
+        if self.exception.is_some() || self.completed_at.is_some() {
+            return None;
+        }
+        self.abandon_expired(now);
+        let fsn = self.fsn();
+        let opts_len = if self.options_acked {
+            0
+        } else {
+            self.options.len() + 1
+        };
+        // Retransmissions and abandoned notices first.
+        let idx = self
+            .frags
+            .iter()
+            .position(|f| f.state == FragState::Lost || (f.state == FragState::New && f.abandoned));
+        if let Some(i) = idx {
+            let f = &self.frags[i];
+            let overhead = USER_DATA_FIXED
+                + vlu_len(self.id.0)
+                + vlu_len(f.seq)
+                + vlu_len(f.seq.saturating_sub(fsn))
+                + opts_len;
+            if overhead + f.len() > room || (f.len() > 0 && allowance < f.len()) {
+                return None;
+            }
+            return Some(self.fragment_out(i, fsn));
+        }
+        if self.suspended() || self.in_flight_bytes() >= self.far_window || allowance == 0 {
+            return None;
+        }
+        let seq = self.next_seq;
+        let overhead =
+            USER_DATA_FIXED + vlu_len(self.id.0) + vlu_len(seq) + vlu_len(seq - fsn) + opts_len;
+        if let Some(q) = self.queue.front() {
+            let remaining = q.message.len() - q.offset;
+            let window_room = self.far_window - self.in_flight_bytes();
+            let max_data = room
+                .saturating_sub(overhead + RETRANSMIT_SLACK)
+                .min(allowance)
+                .min(window_room);
+            if max_data == 0 && remaining > 0 {
+                return None;
+            }
+            let take = remaining.min(max_data);
+            let start = q.offset;
+            let end = start + take;
+            let first = start == 0;
+            let last = end == q.message.len();
+            let position = match (first, last) {
+                (true, true) => Fragment::Whole,
+                (true, false) => Fragment::Begin,
+                (false, true) => Fragment::End,
+                (false, false) => Fragment::Middle,
+            };
+            let (message, expiry) = (q.message.clone(), q.expiry);
+            self.queued_bytes -= take;
+            if last {
+                self.queue.pop_front();
+            } else if let Some(q) = self.queue.front_mut() {
+                q.offset = end;
+            }
+            let fin = last && self.closing && self.queue.is_empty();
+            let seq = self.take_seq();
+            if fin {
+                self.fin_seq = Some(seq);
+            }
+            self.frags.push_back(Frag {
+                seq,
+                message,
+                start,
+                end,
+                position,
+                expiry,
+                abandoned: false,
+                fin,
+                state: FragState::New,
+            });
+            let i = self.frags.len() - 1;
+            return Some(self.fragment_out(i, fsn));
+        }
+        if self.closing && self.fin_seq.is_none() {
+            if overhead > room {
+                return None;
+            }
+            let seq = self.take_seq();
+            self.fin_seq = Some(seq);
+            self.frags.push_back(Frag {
+                seq,
+                message: Rc::from(&[][..]),
+                start: 0,
+                end: 0,
+                position: Fragment::Whole,
+                expiry: None,
+                abandoned: false,
+                fin: true,
+                state: FragState::New,
+            });
+            let i = self.frags.len() - 1;
+            return Some(self.fragment_out(i, fsn));
+        }
+        None
+    }
+
+    fn fragment_out(&self, i: usize, fsn: u64) -> FragmentOut<'_> {
+        let f = &self.frags[i];
+        FragmentOut {
+            seq: f.seq,
+            // An abandoned fragment the forward sequence number already passed carries offset 0:
+            // a Forward Sequence Number Update (RFC 7016 §3.6.2.7.1).
+            fsn_offset: f.seq.saturating_sub(fsn),
+            fragment: f.position,
+            abandoned: f.abandoned,
+            fin: f.fin,
+            options: (!self.options_acked).then_some(self.options.as_slice()),
+            data: if f.abandoned {
+                &[]
+            } else {
+                f.message.get(f.start..f.end).unwrap_or_default()
+            },
+        }
+    }
+
+    /// Records that the fragment `seq` returned by [`Self::poll_fragment`] was sent at `now`.
+    pub fn on_fragment_sent(&mut self, now: Instant, seq: u64) {
+        if let Some(f) = self.frags.iter_mut().find(|f| f.seq == seq) {
+            f.state = FragState::InFlight {
+                sent_at: now,
+                naks: 0,
+            };
+        }
+    }
+
+    /// Processes an acknowledgement (RFC 7016 §3.6.2.4, §3.6.2.5).
+    pub fn on_ack(&mut self, now: Instant, ack: AckInfo<'_>) -> AckOutcome {
+        let mut out = AckOutcome::default();
+        self.options_acked = true;
+        self.far_window = usize::try_from(ack.buffer_blocks)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(BUFFER_BLOCK);
+        if self.far_window > 0 {
+            self.probe_next = None;
+            self.probe_interval = PERSIST_MIN;
+        }
+        let acked =
+            |seq: u64| seq <= ack.cum_ack || ack.ranges.iter().any(|&(a, b)| a <= seq && seq <= b);
+        let mut highest_acked = None;
+        for f in self.frags.iter_mut() {
+            if f.state != FragState::Acked && f.state != FragState::New && acked(f.seq) {
+                out.acked_bytes += f.len();
+                f.state = FragState::Acked;
+                highest_acked = Some(f.seq);
+            }
+        }
+        // A fragment sent before an acknowledged one and still unacknowledged gets a NAK;
+        // three make it lost (RFC 7016 §3.6.2.5).
+        if let Some(h) = highest_acked {
+            for f in self.frags.iter_mut() {
+                if f.seq >= h {
+                    break;
+                }
+                if let FragState::InFlight { sent_at, naks } = f.state {
+                    let naks = naks + 1;
+                    if naks >= NAKS_FOR_LOSS {
+                        f.state = FragState::Lost;
+                        out.lost_sent_at = Some(
+                            out.lost_sent_at
+                                .map_or(sent_at, |t: Instant| t.min(sent_at)),
+                        );
+                    } else {
+                        f.state = FragState::InFlight { sent_at, naks };
+                    }
+                }
+            }
+        }
+        while self
+            .frags
+            .front()
+            .is_some_and(|f| f.state == FragState::Acked)
+        {
+            self.frags.pop_front();
+        }
+        if let Some(fin) = self.fin_seq {
+            if self.completed_at.is_none() && acked(fin) && self.frags.is_empty() {
+                self.completed_at = Some(now);
+            }
+        }
+        out
+    }
+
+    /// When the flow next needs [`Self::handle_timeout`] or has a probe due.
+    pub fn poll_timeout(&self, erto: Duration) -> Option<Instant> {
+        if self.exception.is_some() {
+            return None;
+        }
+        if let Some(done) = self.completed_at {
+            return Some(done + SEND_FLOW_LINGER);
+        }
+        let rto = self
+            .frags
+            .iter()
+            .filter_map(|f| match f.state {
+                FragState::InFlight { sent_at, .. } => Some(sent_at + erto),
+                _ => None,
+            })
+            .min();
+        let expiry = self
+            .frags
+            .iter()
+            .filter(|f| !f.abandoned && f.state != FragState::Acked)
+            .filter_map(|f| f.expiry)
+            .chain(self.queue.iter().filter_map(|q| q.expiry))
+            .min();
+        let probe = if self.suspended() {
+            self.probe_next
+        } else {
+            None
+        };
+        [rto, expiry, probe].into_iter().flatten().min()
+    }
+
+    /// Retransmission timeout: every fragment in flight for at least ERTO is lost. Answers
+    /// whether anything timed out.
+    pub fn handle_timeout(&mut self, now: Instant, erto: Duration) -> bool {
+        let mut any = false;
+        for f in self.frags.iter_mut() {
+            if let FragState::InFlight { sent_at, .. } = f.state {
+                if sent_at + erto <= now {
+                    f.state = FragState::Lost;
+                    any = true;
+                }
+            }
+        }
+        self.abandon_expired(now);
+        any
+    }
+
+    /// Whether a Buffer Probe is due (RFC 7016 §3.6.2.9.1): the window is zero and there is data.
+    /// The first probe MAY go at once when the window drops to zero.
+    pub fn probe_due(&mut self, now: Instant) -> bool {
+        if !self.suspended() || (self.queue.is_empty() && self.frags.is_empty()) {
+            return false;
+        }
+        now >= *self.probe_next.get_or_insert(now)
+    }
+
+    /// A Buffer Probe was sent: the period grows by √2, from max(1 s, ERTO) up to max(60 s, ERTO).
+    pub fn on_probe_sent(&mut self, now: Instant, erto: Duration) {
+        let floor = PERSIST_MIN.max(erto);
+        let ceiling = PERSIST_MAX.max(erto);
+        let interval = self.probe_interval.max(floor).min(ceiling);
+        self.probe_next = Some(now + interval);
+        self.probe_interval = interval.mul_f64(PROBE_BACKOFF).min(ceiling);
+    }
+
+    /// A Flow Exception Report: the receiver rejected the flow; stop sending (RFC 7016 §3.6.2.10).
+    /// Answers true the first time.
+    pub fn on_exception(&mut self, code: u64) -> bool {
+        if self.exception.is_some() {
+            return false;
+        }
+        self.exception = Some(code);
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.frags.clear();
+        true
+    }
+
+    /// The exception code the receiver reported, if any.
+    pub fn exception(&self) -> Option<u64> {
+        self.exception
+    }
+
+    /// Whether the flow is done: FIN acknowledged and lingered, or rejected.
+    pub fn is_finished(&self, now: Instant) -> bool {
+        self.exception.is_some()
+            || self
+                .completed_at
+                .is_some_and(|t| now >= t + SEND_FLOW_LINGER)
+    }
+
+    /// Whether FIN was acknowledged.
+    pub fn is_complete(&self) -> bool {
+        self.completed_at.is_some()
+    }
+}

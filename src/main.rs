@@ -1,8 +1,14 @@
 //! The `updraft` command: the RTMFP server and its tools.
 
+mod inspect;
+mod inspect_flash;
 mod pcap;
 
 use std::process::ExitCode;
+
+const USAGE: &str =
+    "usage: updraft inspect (--pcap FILE | --raw FILE...) [--dh-private HEX] [--keys ENC,DEC]
+       updraft --version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -11,8 +17,13 @@ fn main() -> ExitCode {
             println!("updraft {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Some("inspect") => ExitCode::from(inspect::run(&args[1..])),
+        Some("--help") | Some("-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("updraft: the server is not implemented yet (see issue 3); try `updraft --version`");
+            eprintln!("updraft: the server is not implemented yet; the protocol core and `updraft inspect` are.\n{USAGE}");
             ExitCode::from(2)
         }
     }

@@ -70,17 +70,28 @@ struct Bytes<'a> {
 impl Bytes<'_> {
     fn u32_at(&self, at: usize) -> Option<u32> {
         let b: [u8; 4] = self.data.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        Some(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Some(if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     }
     fn u16_at(&self, at: usize) -> Option<u16> {
         let b: [u8; 2] = self.data.get(at..at.checked_add(2)?)?.try_into().ok()?;
-        Some(if self.big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        Some(if self.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
     }
 }
 
 /// Reads every UDP datagram of a pcap or pcapng capture.
 pub fn read_capture(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
-    let magic_le = data.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(PcapError::BadMagic)?;
+    let magic_le = data
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(PcapError::BadMagic)?;
     match magic_le {
         PCAPNG_SHB => read_pcapng(data),
         m if m == PCAP_MAGIC_US || m == PCAP_MAGIC_NS => read_pcap(data, false, m == PCAP_MAGIC_NS),
@@ -99,13 +110,21 @@ fn read_pcap(data: &[u8], big_endian: bool, nanos: bool) -> Result<Vec<Datagram>
     let mut at = GLOBAL_HEADER_LEN;
     let mut out = Vec::new();
     while at < data.len() {
-        let (Some(sec), Some(frac), Some(incl)) = (b.u32_at(at), b.u32_at(at + 4), b.u32_at(at + 8)) else {
+        let (Some(sec), Some(frac), Some(incl)) =
+            (b.u32_at(at), b.u32_at(at + 4), b.u32_at(at + 8))
+        else {
             return Err(PcapError::Truncated(at));
         };
         let start = at + RECORD_HEADER_LEN;
-        let end = start.checked_add(incl as usize).ok_or(PcapError::Truncated(at))?;
+        let end = start
+            .checked_add(incl as usize)
+            .ok_or(PcapError::Truncated(at))?;
         let frame = data.get(start..end).ok_or(PcapError::Truncated(at))?;
-        let frac_us = if nanos { u64::from(frac) / 1000 } else { u64::from(frac) };
+        let frac_us = if nanos {
+            u64::from(frac) / 1000
+        } else {
+            u64::from(frac)
+        };
         let time_us = u64::from(sec) * 1_000_000 + frac_us;
         if let Some(d) = parse_frame(linktype, frame, time_us) {
             out.push(d);
@@ -121,7 +140,10 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
     let mut at = 0usize;
     let mut big_endian = false;
     while at < data.len() {
-        let le = Bytes { data, big_endian: false };
+        let le = Bytes {
+            data,
+            big_endian: false,
+        };
         let block_type_le = le.u32_at(at).ok_or(PcapError::Truncated(at))?;
         if block_type_le == PCAPNG_SHB {
             let bom = le.u32_at(at + 8).ok_or(PcapError::Truncated(at))?;
@@ -135,13 +157,17 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
             return Err(PcapError::Truncated(at));
         }
         match block_type {
-            PCAPNG_IDB => linktypes.push(u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?)),
+            PCAPNG_IDB => {
+                linktypes.push(u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?))
+            }
             PCAPNG_EPB => {
                 let iface = b.u32_at(at + 8).ok_or(PcapError::Truncated(at))? as usize;
                 let hi = b.u32_at(at + 12).ok_or(PcapError::Truncated(at))?;
                 let lo = b.u32_at(at + 16).ok_or(PcapError::Truncated(at))?;
                 let cap = b.u32_at(at + 20).ok_or(PcapError::Truncated(at))? as usize;
-                let frame = data.get(at + 28..(at + 28).saturating_add(cap)).ok_or(PcapError::Truncated(at))?;
+                let frame = data
+                    .get(at + 28..(at + 28).saturating_add(cap))
+                    .ok_or(PcapError::Truncated(at))?;
                 let ts = (u64::from(hi) << 32) | u64::from(lo);
                 if let Some(&lt) = linktypes.get(iface) {
                     if let Some(d) = parse_frame(lt, frame, ts) {
@@ -152,7 +178,9 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
             PCAPNG_SPB => {
                 let orig = b.u32_at(at + 8).ok_or(PcapError::Truncated(at))? as usize;
                 let cap = orig.min(len.saturating_sub(16));
-                let frame = data.get(at + 12..at + 12 + cap).ok_or(PcapError::Truncated(at))?;
+                let frame = data
+                    .get(at + 12..at + 12 + cap)
+                    .ok_or(PcapError::Truncated(at))?;
                 if let Some(&lt) = linktypes.first() {
                     if let Some(d) = parse_frame(lt, frame, 0) {
                         out.push(d);
@@ -200,7 +228,11 @@ fn parse_ip(ip: &[u8], time_us: u64) -> Option<Datagram> {
             let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
             let src = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?);
             let dst = Ipv4Addr::from(<[u8; 4]>::try_from(ip.get(16..20)?).ok()?);
-            (IpAddr::V4(src), IpAddr::V4(dst), ip.get(ihl..total.min(ip.len()))?)
+            (
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                ip.get(ihl..total.min(ip.len()))?,
+            )
         }
         6 => {
             if *ip.get(6)? != IPPROTO_UDP {
@@ -275,7 +307,28 @@ mod tests {
         f.extend_from_slice(&20u32.to_le_bytes());
         let mut frame = vec![0u8; 12];
         frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let mut ip = vec![0x45, 0, 0, 31, 0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0, 127, 0, 0, 1, 127, 0, 0, 2];
+        let mut ip = vec![
+            0x45,
+            0,
+            0,
+            31,
+            0,
+            0,
+            0,
+            0,
+            64,
+            IPPROTO_UDP,
+            0,
+            0,
+            127,
+            0,
+            0,
+            1,
+            127,
+            0,
+            0,
+            2,
+        ];
         ip.extend_from_slice(&[0x07, 0x8F, 0x30, 0x39, 0, 11, 0, 0, b'a', b'b', b'c']);
         frame.extend_from_slice(&ip);
         let pad = (4 - frame.len() % 4) % 4;
@@ -301,7 +354,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(read_capture(b""), Err(PcapError::BadMagic));
-        assert_eq!(read_capture(b"\x00\x01\x02\x03\x04"), Err(PcapError::BadMagic));
+        assert_eq!(
+            read_capture(b"\x00\x01\x02\x03\x04"),
+            Err(PcapError::BadMagic)
+        );
         let mut p = PCAP_MAGIC_US.to_le_bytes().to_vec();
         p.extend_from_slice(&[0u8; 20]);
         p.extend_from_slice(&[1, 2, 3]);

@@ -426,3 +426,108 @@ fn keepalive_pings_keep_an_idle_session_open() {
         "RTT measured from timestamp echoes"
     );
 }
+
+#[test]
+fn address_change_is_validated_before_the_server_follows_it() {
+    let mut p = Pair::new(
+        51,
+        Impairments::default(),
+        NegotiationPolicy::FLASH_COMPATIBLE,
+    );
+    let (ch, sh) = p.connect();
+    let flow = p
+        .client
+        .session_mut(ch)
+        .unwrap()
+        .open_flow(&nc_metadata(), None)
+        .unwrap();
+    // The client's NAT mapping changes: its packets now come from another port.
+    let old = p.client_addr;
+    p.client_addr = "127.0.0.1:50001".parse().unwrap();
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, &message(1, 100), SendOptions::default())
+        .unwrap();
+    assert!(
+        p.run_until(Duration::from_secs(10), |p| p.server_events.iter().any(
+            |(_, e)| matches!(e, EndpointEvent::Session(Event::AddressChanged { .. }))
+        ))
+    );
+    let changed = p.server_events.iter().find_map(|(_, e)| match e {
+        EndpointEvent::Session(Event::AddressChanged { from, to }) => Some((*from, *to)),
+        _ => None,
+    });
+    assert_eq!(changed, Some((old, p.client_addr)));
+    assert_eq!(p.server.session(sh).unwrap().far_address(), p.client_addr);
+    // Data still flows both ways.
+    assert!(p.run_until(Duration::from_secs(5), |p| !server_messages(p).is_empty()));
+}
+
+#[test]
+fn retransmitted_iikeying_gets_the_same_rikeying_and_one_session() {
+    let net = Impairments {
+        duplication: 1.0,
+        ..Impairments::default()
+    };
+    let mut p = Pair::new(52, net, NegotiationPolicy::FLASH_COMPATIBLE);
+    p.connect();
+    assert!(
+        p.server.stats().rikeying_repeated >= 1,
+        "{:?}",
+        p.server.stats()
+    );
+    assert_eq!(p.server.session_handles().count(), 1);
+    assert_eq!(p.client.session_handles().count(), 1);
+}
+
+#[test]
+fn garbage_datagrams_are_counted_and_sessions_stay_healthy() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut p = Pair::new(
+        53,
+        Impairments::default(),
+        NegotiationPolicy::FLASH_COMPATIBLE,
+    );
+    let (ch, sh) = p.connect();
+    let flow = p
+        .client
+        .session_mut(ch)
+        .unwrap()
+        .open_flow(&nc_metadata(), None)
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let attacker: std::net::SocketAddr = "127.0.0.9:4444".parse().unwrap();
+    let mut buf = vec![0u8; 1500];
+    for i in 0..20_000u32 {
+        let len = (rng.next_u32() % 1400) as usize;
+        rng.fill_bytes(&mut buf[..len]);
+        // Some aimed at the real session ID, some at the startup session, some anywhere.
+        match i % 3 {
+            0 => buf[..4.min(len)].copy_from_slice(&sh.to_be_bytes()[..4.min(len)]),
+            1 => buf[..4.min(len)].fill(0),
+            _ => {}
+        }
+        let now = p.now;
+        p.server.handle_datagram(now, attacker, &mut buf[..len]);
+    }
+    let stats = p.server.stats();
+    assert!(
+        stats.malformed + stats.unknown_session >= 19_000,
+        "{stats:?}"
+    );
+    assert_eq!(
+        p.server.session_handles().count(),
+        1,
+        "no state for garbage"
+    );
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, &message(1, 5000), SendOptions::default())
+        .unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| !server_messages(p).is_empty()));
+    assert_eq!(p.server.session(sh).unwrap().state(), State::Open);
+}

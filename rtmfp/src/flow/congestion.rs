@@ -90,9 +90,10 @@ impl Congestion {
         self.cwnd = self.cwnd.min(MAX_WINDOW);
     }
 
-    /// Data sent at `sent_at` was lost (3 NAKs, RFC 7016 §3.6.2.5): halve once per round.
+    /// Data sent at `sent_at` was lost (3 NAKs, RFC 7016 §3.6.2.5): halve once per round; losses
+    /// of data sent before the last reduction belong to it.
     pub fn on_loss(&mut self, sent_at: Instant, now: Instant) {
-        if self.recovery_start.is_some_and(|r| sent_at < r) {
+        if self.recovery_start.is_some_and(|r| sent_at <= r) {
             return;
         }
         self.ssthresh = (self.cwnd / 2).max(MIN_SSTHRESH);

@@ -363,3 +363,142 @@ impl RecvFlow {
             && self.ready.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn frag(seq: u64, fsn_offset: u64, fragment: Fragment, data: &[u8]) -> FragmentIn<'_> {
+        FragmentIn {
+            seq,
+            fsn_offset,
+            fragment,
+            abandoned: false,
+            fin: false,
+            data,
+        }
+    }
+
+    fn ranges(f: &RecvFlow) -> Vec<(u64, u64)> {
+        let mut r = [(0, 0); 8];
+        let n = f.ack_ranges(&mut r);
+        r[..n].to_vec()
+    }
+
+    #[test]
+    fn reassembles_in_order_from_reordered_fragments() {
+        let mut f = RecvFlow::new(64 * 1024);
+        f.on_fragment(t(0), frag(3, 3, Fragment::End, b"c"));
+        f.on_fragment(t(0), frag(1, 1, Fragment::Begin, b"a"));
+        assert_eq!(f.cum_ack(), 1);
+        assert_eq!(ranges(&f), vec![(3, 3)]);
+        assert_eq!(f.poll_message(), None);
+        f.on_fragment(t(0), frag(2, 2, Fragment::Middle, b"b"));
+        assert_eq!(f.cum_ack(), 3);
+        assert_eq!(f.poll_message(), Some(b"abc".to_vec()));
+        assert_eq!(f.poll_message(), None);
+    }
+
+    #[test]
+    fn ack_timing_follows_the_rfc() {
+        let mut f = RecvFlow::new(64 * 1024);
+        // New flow: immediate ack.
+        f.on_fragment(t(0), frag(1, 1, Fragment::Whole, b"x"));
+        f.on_packet_with_user_data(t(0));
+        assert!(f.ack_due(t(0)));
+        f.on_ack_sent(t(0));
+        // In order: delayed 200 ms ...
+        f.on_fragment(t(10), frag(2, 1, Fragment::Whole, b"x"));
+        f.on_packet_with_user_data(t(10));
+        assert!(!f.ack_due(t(10)));
+        assert_eq!(f.poll_timeout(), Some(t(210)));
+        f.handle_timeout(t(210));
+        assert!(f.ack_due(t(210)));
+        f.on_ack_sent(t(210));
+        // ... or at the second packet.
+        f.on_fragment(t(300), frag(3, 1, Fragment::Whole, b"x"));
+        f.on_packet_with_user_data(t(300));
+        f.on_fragment(t(301), frag(4, 1, Fragment::Whole, b"x"));
+        f.on_packet_with_user_data(t(301));
+        assert!(f.ack_due(t(301)));
+        f.on_ack_sent(t(301));
+        // A gap: immediate; a duplicate: immediate.
+        f.on_fragment(t(400), frag(6, 2, Fragment::Whole, b"x"));
+        assert!(f.ack_due(t(400)));
+        f.on_ack_sent(t(400));
+        f.on_fragment(t(401), frag(6, 2, Fragment::Whole, b"x"));
+        assert!(f.ack_due(t(401)));
+        f.on_ack_sent(t(401));
+        // A buffer probe: immediate.
+        f.on_buffer_probe();
+        assert!(f.ack_due(t(402)));
+    }
+
+    #[test]
+    fn forward_sequence_number_skips_holes_and_drops_broken_messages() {
+        let mut f = RecvFlow::new(64 * 1024);
+        f.on_fragment(t(0), frag(1, 1, Fragment::Begin, b"a"));
+        // 2 never comes; 4 says everything up to 3 is done (fsnOffset 1).
+        f.on_fragment(t(0), frag(4, 1, Fragment::Whole, b"w"));
+        assert_eq!(f.cum_ack(), 4);
+        assert_eq!(f.poll_message(), Some(b"w".to_vec()));
+        assert_eq!(f.poll_message(), None);
+        // A huge forward jump costs nothing.
+        f.on_fragment(t(0), frag(u64::MAX / 2, 1, Fragment::Whole, b"z"));
+        assert_eq!(f.cum_ack(), u64::MAX / 2);
+        assert_eq!(f.poll_message(), Some(b"z".to_vec()));
+    }
+
+    #[test]
+    fn buffer_bounds_memory_and_window_reopens_when_read() {
+        let mut f = RecvFlow::new(4 * BUFFER_BLOCK);
+        assert_eq!(f.buffer_blocks(), 4);
+        for seq in 1..=4 {
+            f.on_fragment(t(0), frag(seq, 1, Fragment::Whole, &[0; BUFFER_BLOCK]));
+        }
+        // Full: advertise 1 block (never 0 while open), and drop what does not fit.
+        assert_eq!(f.buffer_blocks(), 1);
+        f.on_fragment(t(0), frag(5, 1, Fragment::Whole, &[0; 10]));
+        assert_eq!(f.cum_ack(), 4);
+        while f.poll_message().is_some() {}
+        assert_eq!(f.buffer_blocks(), 4);
+        // Many empty fragments out of order cannot grow memory without bound.
+        for seq in (10..100_000).step_by(2) {
+            f.on_fragment(t(0), frag(seq, 6, Fragment::Whole, &[]));
+        }
+        assert!(f.stored.len() <= MAX_STORED_FRAGMENTS);
+    }
+
+    #[test]
+    fn rejection_and_fin() {
+        let mut f = RecvFlow::new(1024);
+        f.reject(5);
+        assert_eq!(f.rejection(), Some(5));
+        assert_eq!(f.buffer_blocks(), 0);
+        f.on_fragment(t(0), frag(1, 1, Fragment::Whole, b"x"));
+        assert_eq!(f.poll_message(), None);
+        assert!(f.ack_due(t(0)));
+
+        let mut f = RecvFlow::new(1024);
+        f.on_fragment(
+            t(0),
+            FragmentIn {
+                fin: true,
+                ..frag(2, 2, Fragment::Whole, b"b")
+            },
+        );
+        assert!(!f.take_finished());
+        f.on_fragment(t(1), frag(1, 1, Fragment::Whole, b"a"));
+        assert!(!f.take_finished(), "messages first");
+        assert_eq!(f.poll_message(), Some(b"a".to_vec()));
+        assert_eq!(f.poll_message(), Some(b"b".to_vec()));
+        assert!(f.take_finished());
+        assert!(!f.take_finished());
+        assert!(!f.is_finished(t(2)));
+        assert!(f.is_finished(t(1) + RECV_FLOW_LINGER));
+    }
+}

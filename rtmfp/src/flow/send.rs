@@ -584,3 +584,232 @@ impl SendFlow {
         self.completed_at.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOM: usize = 1100;
+    const ERTO: Duration = Duration::from_millis(250);
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn flow() -> SendFlow {
+        SendFlow::new(FlowId(3), b"TC\x04\x00".to_vec(), Some(FlowId(2)))
+    }
+
+    /// Sends everything that fits; answers (seq, fsn_offset, fragment, abandoned, fin, len, options?).
+    fn drain(f: &mut SendFlow, now: Instant) -> Vec<(u64, u64, Fragment, bool, bool, usize, bool)> {
+        let mut out = Vec::new();
+        while let Some(fr) = f.poll_fragment(now, ROOM, usize::MAX) {
+            out.push((
+                fr.seq,
+                fr.fsn_offset,
+                fr.fragment,
+                fr.abandoned,
+                fr.fin,
+                fr.data.len(),
+                fr.options.is_some(),
+            ));
+            let seq = fr.seq;
+            f.on_fragment_sent(now, seq);
+        }
+        out
+    }
+
+    fn ack(
+        f: &mut SendFlow,
+        now: Instant,
+        blocks: u64,
+        cum: u64,
+        ranges: &[(u64, u64)],
+    ) -> AckOutcome {
+        f.on_ack(
+            now,
+            AckInfo {
+                buffer_blocks: blocks,
+                cum_ack: cum,
+                ranges,
+            },
+        )
+    }
+
+    #[test]
+    fn fragments_messages_and_sends_options_until_first_ack() {
+        let mut f = flow();
+        f.send_message(t(0), &[1; 3000], None).unwrap();
+        f.send_message(t(0), &[2; 10], None).unwrap();
+        let sent = drain(&mut f, t(0));
+        let kinds: Vec<Fragment> = sent.iter().map(|s| s.2).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Fragment::Begin,
+                Fragment::Middle,
+                Fragment::End,
+                Fragment::Whole
+            ]
+        );
+        assert_eq!(sent.iter().map(|s| s.5).sum::<usize>(), 3010);
+        assert!(
+            sent.iter().all(|s| s.6),
+            "options ride on every fragment until acked"
+        );
+        assert_eq!(
+            sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(
+            sent.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4],
+            "FSN stays 0"
+        );
+        let out = ack(&mut f, t(50), 64, 4, &[]);
+        assert_eq!(out.acked_bytes, 3010);
+        f.send_message(t(50), &[3; 10], None).unwrap();
+        let sent = drain(&mut f, t(50));
+        assert_eq!(sent, vec![(5, 1, Fragment::Whole, false, false, 10, false)]);
+        assert_eq!(f.unacked_bytes(), 10);
+    }
+
+    #[test]
+    fn three_naks_make_a_loss_and_the_fragment_is_resent() {
+        let mut f = flow();
+        for i in 0..5u8 {
+            f.send_message(t(0), &[i; 100], None).unwrap();
+        }
+        drain(&mut f, t(0));
+        // Seq 1 missing; 2, 3, 4 acked one by one: three NAKs for 1.
+        assert_eq!(ack(&mut f, t(10), 64, 0, &[(2, 2)]).lost_sent_at, None);
+        assert_eq!(ack(&mut f, t(11), 64, 0, &[(2, 3)]).lost_sent_at, None);
+        assert_eq!(
+            ack(&mut f, t(12), 64, 0, &[(2, 4)]).lost_sent_at,
+            Some(t(0))
+        );
+        let resent = drain(&mut f, t(12));
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].0, 1);
+        assert_eq!(resent[0].5, 100);
+    }
+
+    #[test]
+    fn rto_retransmits_everything_in_flight() {
+        let mut f = flow();
+        f.send_message(t(0), &[7; 2500], None).unwrap();
+        assert_eq!(drain(&mut f, t(0)).len(), 3);
+        assert_eq!(f.poll_timeout(ERTO), Some(t(0) + ERTO));
+        assert!(!f.handle_timeout(t(100), ERTO));
+        assert!(f.handle_timeout(t(250), ERTO));
+        let again = drain(&mut f, t(250));
+        assert_eq!(again.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn zero_window_suspends_and_probes_back_off() {
+        let mut f = flow();
+        f.send_message(t(0), &[1; 100], None).unwrap();
+        drain(&mut f, t(0));
+        ack(&mut f, t(10), 0, 1, &[]);
+        f.send_message(t(10), &[2; 100], None).unwrap();
+        assert!(
+            drain(&mut f, t(10)).is_empty(),
+            "no new data into a zero window"
+        );
+        // The first probe may go at once; then 1 s, then √2 s, ...
+        assert!(f.probe_due(t(10)));
+        f.on_probe_sent(t(10), ERTO);
+        assert!(!f.probe_due(t(500)));
+        assert_eq!(f.poll_timeout(ERTO), Some(t(1010)));
+        assert!(f.probe_due(t(1010)));
+        f.on_probe_sent(t(1010), ERTO);
+        assert_eq!(
+            f.poll_timeout(ERTO),
+            Some(t(1010) + Duration::from_secs(1).mul_f64(PROBE_BACKOFF))
+        );
+        // An ack that opens the window ends the suspension.
+        ack(&mut f, t(2000), 8, 1, &[]);
+        assert!(!f.probe_due(t(5000)));
+        assert_eq!(drain(&mut f, t(2000)).len(), 1);
+    }
+
+    #[test]
+    fn probe_period_never_below_erto_nor_above_sixty_seconds() {
+        let mut f = flow();
+        f.send_message(t(0), &[1; 10], None).unwrap();
+        drain(&mut f, t(0));
+        ack(&mut f, t(1), 0, 1, &[]);
+        f.send_message(t(1), &[2; 10], None).unwrap();
+        let big_erto = Duration::from_secs(5);
+        f.on_probe_sent(t(1), big_erto);
+        assert_eq!(
+            f.poll_timeout(big_erto)
+                .map(|x| x.saturating_duration_since(t(1))),
+            Some(big_erto)
+        );
+        let mut now = t(1);
+        let mut last = Duration::ZERO;
+        for _ in 0..40 {
+            f.on_probe_sent(now, ERTO);
+            let next = f.poll_timeout(ERTO).unwrap();
+            last = next.saturating_duration_since(now);
+            assert!((PERSIST_MIN..=PERSIST_MAX).contains(&last));
+            now = next;
+        }
+        assert_eq!(last, PERSIST_MAX);
+    }
+
+    #[test]
+    fn expired_messages_are_abandoned_and_fin_completes() {
+        let mut f = flow();
+        f.send_message(t(0), &[1; 2000], Some(t(100))).unwrap();
+        let first = drain(&mut f, t(0));
+        assert_eq!(first.len(), 2);
+        // Lost, then expired: it goes out again as ABN without data, not as data.
+        assert!(f.handle_timeout(t(300), ERTO));
+        let abn = drain(&mut f, t(300));
+        assert_eq!(abn.len(), 2);
+        assert!(abn.iter().all(|s| s.3 && s.5 == 0));
+        // A queued message that expires before it is sent never gets a sequence number.
+        f.send_message(t(300), &[2; 10], Some(t(301))).unwrap();
+        f.close();
+        let fin = drain(&mut f, t(400));
+        assert_eq!(fin.len(), 1);
+        assert!(fin[0].4, "FIN");
+        assert_eq!(fin[0].5, 0);
+        assert_eq!(fin[0].0, 3);
+        assert_eq!(
+            fin[0].1, 1,
+            "abandoned fragments are behind the forward sequence number"
+        );
+        assert!(f.send_message(t(400), b"late", None).is_err());
+        ack(&mut f, t(450), 64, 3, &[]);
+        assert!(f.is_complete());
+        assert!(!f.is_finished(t(451)));
+        assert!(f.is_finished(t(450) + SEND_FLOW_LINGER));
+    }
+
+    #[test]
+    fn exception_report_stops_the_flow() {
+        let mut f = flow();
+        f.send_message(t(0), &[1; 10], None).unwrap();
+        drain(&mut f, t(0));
+        assert!(f.on_exception(7));
+        assert!(!f.on_exception(7), "reported once");
+        assert_eq!(f.exception(), Some(7));
+        assert!(f.send_message(t(1), b"x", None).is_err());
+        assert!(f.poll_fragment(t(1), ROOM, usize::MAX).is_none());
+        assert!(f.is_finished(t(1)));
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let mut f = flow();
+        let big = vec![0u8; 1024 * 1024];
+        for _ in 0..16 {
+            f.send_message(t(0), &big, None).unwrap();
+        }
+        assert_eq!(f.send_message(t(0), b"x", None), Err(SendError::QueueFull));
+    }
+}

@@ -15,16 +15,17 @@ use sha2::{Digest, Sha256};
 use crate::crypto::DhKeyPair;
 use crate::crypto::{read_session_id, PacketDecoder, PacketEncoder};
 use crate::ids::{PeerId, SessionId};
-use crate::params::MAX_STARTUP_PACKET;
+use crate::params::{MAX_STARTUP_PACKET, REDIRECT_THRESHOLD};
 use crate::session::{Event, Role, Session, SessionConfig, SessionParams, Transmit};
+use crate::startup::far_prevails_in_glare;
 use crate::startup::initiator::{
     Established, Initiator, InitiatorConfig, InitiatorState, StartupMessage,
 };
 use crate::startup::responder::{HelloDisposition, KeyingDisposition, Responder};
 use crate::time::Instant;
 use crate::wire::{
-    Chunk, ChunkBody, ChunkIter, CookieChange, IHello, IIKeying, Mode, PacketHeader, RHello,
-    RIKeying, Reader, Writer,
+    Address, Chunk, ChunkBody, ChunkIter, CookieChange, IHello, IIKeying, Mode, PacketHeader,
+    RHello, RIKeying, Reader, Redirect, Writer,
 };
 
 /// The signature the Flash profile sends in IIKeying and RIKeying: the single byte "X"
@@ -342,6 +343,18 @@ impl<R: RngCore> Endpoint<R> {
         }
     }
 
+    /// Answers an IHello (typically a [`EndpointEvent::Rendezvous`]) with a Redirect listing
+    /// `addresses`; none means "the address this came from" (RFC 7016 §2.3.5, §3.5.1.4).
+    pub fn redirect(&mut self, now: Instant, to: SocketAddr, tag: &[u8], addresses: &[Address]) {
+        let addresses = &addresses[..addresses.len().min(REDIRECT_THRESHOLD)];
+        let packet = startup_packet_with(&mut self.startup_encoder, now, 0, |w| {
+            Redirect::emit_with(w, tag, addresses).is_ok()
+        });
+        if let Some(p) = packet {
+            self.startup_out.push_back((to, p));
+        }
+    }
+
     fn on_iikeying(&mut self, now: Instant, from: SocketAddr, k: &IIKeying<'_>) {
         let isid = k.initiator_session_id.0;
         let skic_hash: [u8; 32] = Sha256::digest(k.skic).into();
@@ -352,6 +365,19 @@ impl<R: RngCore> Endpoint<R> {
                 self.startup_out.push_back((from, a.rikeying.clone()));
             }
             return;
+        }
+        // Glare (RFC 7016 §3.5.1.3, RFC 7425 §4.3.6): we are opening a session to the same
+        // address. The far end prevails only if its certificate sorts before ours.
+        let glare = self.opening.iter().find_map(|(&id, i)| {
+            (i.state() == InitiatorState::KeyingSent && i.responder_address() == Some(from))
+                .then(|| (id, i.certificate().map(<[u8]>::to_vec)))
+        });
+        if let Some((id, Some(near_cert))) = glare {
+            if !far_prevails_in_glare(&near_cert, k.certificate) {
+                return;
+            }
+            self.opening.remove(&id);
+            self.events.push_back((id, EndpointEvent::ConnectFailed));
         }
         let Some(responder) = &self.responder else {
             return;
@@ -588,12 +614,25 @@ fn startup_packet<C: ChunkBody>(
     sid: u32,
     chunk: &C,
 ) -> Option<Vec<u8>> {
+    startup_packet_with(encoder, now, sid, |w| chunk.emit(w).is_ok())
+}
+
+/// Writes one startup packet whose chunks `fill` writes, for session ID `sid`, under the
+/// default key.
+fn startup_packet_with(
+    encoder: &mut PacketEncoder,
+    now: Instant,
+    sid: u32,
+    fill: impl FnOnce(&mut Writer<'_>) -> bool,
+) -> Option<Vec<u8>> {
     let mut plain = [0u8; MAX_STARTUP_PACKET];
     let mut w = Writer::new(&mut plain);
     let mut header = PacketHeader::new(Mode::Startup);
     header.timestamp = Some(crate::session::clock::timestamp(now));
     header.emit(&mut w).ok()?;
-    chunk.emit(&mut w).ok()?;
+    if !fill(&mut w) {
+        return None;
+    }
     let len = w.position();
     let mut out = vec![0u8; encoder.encoded_len(len)];
     let n = encoder.encode(sid, &plain[..len], &mut out).ok()?;

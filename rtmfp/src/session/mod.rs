@@ -22,8 +22,8 @@ use crate::params::{
 };
 use crate::time::Instant;
 use crate::wire::{
-    Chunk, ChunkBody, ChunkIter, Close, CloseAck, Mode, PacketHeader, Ping, PingReply, Reader,
-    WireError, Writer,
+    Address, Chunk, ChunkBody, ChunkIter, Close, CloseAck, ForwardedIHello, Mode, PacketHeader,
+    Ping, PingReply, Reader, WireError, Writer,
 };
 
 use self::clock::{timestamp, TimestampState};
@@ -234,6 +234,17 @@ struct PendingReply {
     len: usize,
 }
 
+/// A Forwarded IHello waiting to be sent.
+#[derive(Debug, Clone)]
+struct PendingForward {
+    epd: Vec<u8>,
+    reply_to: Address,
+    tag: Vec<u8>,
+}
+
+/// Most Forwarded IHellos queued per session; more are dropped (the initiator retries).
+pub const MAX_PENDING_FORWARDS: usize = 8;
+
 /// One open session.
 pub struct Session {
     role: Role,
@@ -254,6 +265,8 @@ pub struct Session {
     last_keepalive_sent: Option<Instant>,
     unanswered_keepalives: u32,
     ping_reply: Option<PendingReply>,
+    /// Forwarded IHellos to send (RFC 7016 §3.5.1.5), oldest first, bounded.
+    forwards: VecDeque<PendingForward>,
     keepalive_due: bool,
     close_due: bool,
     close_ack_due: bool,
@@ -299,6 +312,7 @@ impl Session {
             last_keepalive_sent: None,
             unanswered_keepalives: 0,
             ping_reply: None,
+            forwards: VecDeque::new(),
             keepalive_due: false,
             close_due: false,
             close_ack_due: false,
@@ -382,6 +396,19 @@ impl Session {
     /// Bytes queued but not yet acknowledged on a send flow (for back-pressure).
     pub fn flow_backlog(&self, flow: FlowId) -> Option<usize> {
         self.flows.backlog(flow)
+    }
+
+    /// Forwards an IHello to the far end inside this session, so that it answers the initiator
+    /// at `reply_to` directly (RFC 7016 §2.3.3, §3.5.1.5). Bounded; extra ones are dropped, and
+    /// the initiator's IHello retransmissions make new ones.
+    pub fn forward_ihello(&mut self, epd: &[u8], reply_to: Address, tag: &[u8]) {
+        if self.state == State::Open && self.forwards.len() < MAX_PENDING_FORWARDS {
+            self.forwards.push_back(PendingForward {
+                epd: epd.to_vec(),
+                reply_to,
+                tag: tag.to_vec(),
+            });
+        }
     }
 
     /// Starts an orderly close (RFC 7016 §3.5.5): S_NEARCLOSE, flows aborted, Close Request now
@@ -677,6 +704,17 @@ impl Session {
         }
         if self.close_due && Close.emit(w).is_ok() {
             self.close_due = false;
+        }
+        while let Some(f) = self.forwards.front() {
+            let chunk = ForwardedIHello {
+                epd: &f.epd,
+                reply_address: f.reply_to,
+                tag: &f.tag,
+            };
+            if chunk.emit(w).is_err() {
+                break;
+            }
+            self.forwards.pop_front();
         }
         if self.keepalive_due && (Ping { body: &[] }).emit(w).is_ok() {
             self.keepalive_due = false;

@@ -203,6 +203,11 @@ impl Initiator {
         self.initiator_session_id
     }
 
+    /// The responder we are keying with, once an RHello was accepted.
+    pub fn responder_address(&self) -> Option<SocketAddr> {
+        self.keying.as_ref().map(|k| k.responder)
+    }
+
     /// Our certificate, once keying started.
     pub fn certificate(&self) -> Option<&[u8]> {
         self.keying.as_ref().map(|k| k.certificate.as_slice())

@@ -19,10 +19,12 @@ use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
 
 type Ep = Endpoint<ChaCha20Rng>;
+/// A node: its address, its endpoint, and the events it produced.
+type Node = (SocketAddr, Ep, Vec<(u32, EndpointEvent)>);
 
 struct Net {
     now: Instant,
-    nodes: Vec<(SocketAddr, Ep, Vec<(u32, EndpointEvent)>)>,
+    nodes: Vec<Node>,
     in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
     seq: u64,
     undeliverable: u64,

@@ -1012,3 +1012,31 @@ fn every_fixture_datagram_decodes_to_its_decoded_tsv_line() {
     );
     has("librtmfp-cumulus-connect", "play s1");
 }
+
+/// The fixtures deliver fragments in order; the reassembler also handles reordering, gaps and
+/// stray ends.
+#[test]
+fn reassembly_handles_reordering_and_gaps() {
+    let mut flow = FlowState::default();
+    // A message of three fragments arriving end, begin, middle: complete at the last one, shown
+    // at the begin fragment's slot.
+    assert_eq!(flow.accept(7, Fragment::End, b"c", (2, 0)), None);
+    assert_eq!(flow.accept(5, Fragment::Begin, b"a", (0, 1)), None);
+    assert_eq!(
+        flow.accept(6, Fragment::Middle, b"b", (1, 0)),
+        Some(((0, 1), b"abc".to_vec()))
+    );
+    assert!(flow.pieces.is_empty());
+    // A whole message needs nothing else.
+    assert_eq!(
+        flow.accept(8, Fragment::Whole, b"w", (3, 0)),
+        Some(((3, 0), b"w".to_vec()))
+    );
+    // A middle fragment after an end whose begin is missing stays pending; so does a begin
+    // followed by a gap.
+    assert_eq!(flow.accept(10, Fragment::End, b"x", (4, 0)), None);
+    assert_eq!(flow.accept(11, Fragment::Middle, b"y", (4, 1)), None);
+    assert_eq!(flow.accept(13, Fragment::Begin, b"p", (5, 0)), None);
+    assert_eq!(flow.accept(15, Fragment::End, b"r", (6, 0)), None);
+    assert_eq!(flow.pieces.len(), 4);
+}

@@ -3,6 +3,7 @@
 mod inspect;
 mod inspect_flash;
 mod pcap;
+mod server;
 
 use std::process::ExitCode;
 
@@ -22,9 +23,6 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("updraft: the server is not implemented yet; the protocol core and `updraft inspect` are.\n{USAGE}");
-            ExitCode::from(2)
-        }
+        _ => ExitCode::from(server::run(&args)),
     }
 }

@@ -1,0 +1,408 @@
+//! A single-process RTMFP server on one UDP socket: the protocol core's [`Endpoint`] behind a
+//! blocking socket, with the NetConnection commands a Flash client needs to connect
+//! (`connect`, `setPeerInfo`, `createStream`, `deleteStream`, and `_error` for unknown calls).
+//!
+//! This is the development server that the README's first command runs. The production data
+//! plane (pinned workers on recvmmsg/sendmmsg or AF_XDP, a separate control process, Lua
+//! applications, live streams) lives in the `dataplane`, `control` and `scripting` crates as
+//! they are built; until then NetStream publish and play are refused with a status that says so.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::endpoint::{Endpoint, EndpointEvent};
+use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEncoding};
+use rtmfp::flash::message::{TcMessage, UserControl};
+use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::ids::FlowId;
+use rtmfp::params::DEFAULT_PORT;
+use rtmfp::session::flows::SendOptions;
+use rtmfp::session::{Event, SessionConfig};
+use rtmfp::startup::initiator::InitiatorConfig;
+use rtmfp::startup::responder::{Responder, ResponderConfig};
+use rtmfp::time::Instant;
+
+/// Keepalive periods sent to clients after `setPeerInfo` (Cumulus defaults: 15 s and 10 s,
+/// RFC 7425 §5.3.4, in milliseconds on the wire).
+const SERVER_KEEPALIVE_MS: u32 = 15_000;
+/// See [`SERVER_KEEPALIVE_MS`].
+const PEER_KEEPALIVE_MS: u32 = 10_000;
+/// Largest datagram we receive.
+const MAX_DATAGRAM: usize = 8192;
+/// Longest the loop blocks in `recv_from` without a timer due.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Server options from the command line.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// UDP port.
+    pub port: u16,
+    /// Address to bind (default `::`, which also takes IPv4 on Linux).
+    pub bind: IpAddr,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            port: DEFAULT_PORT,
+            bind: IpAddr::from([0u16; 8]),
+        }
+    }
+}
+
+/// Parses `--port N` and `--bind ADDR`.
+pub fn parse_args(args: &[String]) -> Result<ServerOptions, String> {
+    let mut o = ServerOptions::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_string())),
+            None => (a.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag {
+            "--port" => o.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--bind" => o.bind = value()?.parse().map_err(|e| format!("--bind: {e}"))?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(o)
+}
+
+/// NetConnection state of one session.
+#[derive(Debug, Default)]
+struct Client {
+    /// Our reply flow for each of the client's flows.
+    replies: HashMap<FlowId, FlowId>,
+    /// The NetStream ID of each of the client's TC flows (0: the NetConnection).
+    streams: HashMap<FlowId, u64>,
+    next_stream_id: f64,
+}
+
+/// The server: an endpoint and its clients.
+pub struct Server {
+    endpoint: Endpoint<ChaCha20Rng>,
+    clients: HashMap<u32, Client>,
+    epoch: std::time::Instant,
+}
+
+impl Server {
+    /// A server with a fresh certificate and cookie secret from `seed_rng`.
+    pub fn new(mut seed_rng: ChaCha20Rng) -> Server {
+        let mut secret = [0u8; 32];
+        seed_rng.fill_bytes(&mut secret);
+        let mut randomness = [0u8; 64];
+        seed_rng.fill_bytes(&mut randomness);
+        let responder = Responder::new(
+            ResponderConfig {
+                groups: DhGroup::ALL.to_vec(),
+                policy: NegotiationPolicy::FLASH_COMPATIBLE,
+            },
+            secret,
+            &randomness,
+            Instant::ZERO,
+        );
+        let mut endpoint_seed = [0u8; 32];
+        seed_rng.fill_bytes(&mut endpoint_seed);
+        Server {
+            endpoint: Endpoint::new(
+                ChaCha20Rng::from_seed(endpoint_seed),
+                Some(responder),
+                InitiatorConfig::default(),
+                SessionConfig::default(),
+            ),
+            clients: HashMap::new(),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// The server's peer ID (fingerprint of its certificate).
+    pub fn fingerprint(&self) -> String {
+        self.endpoint
+            .responder()
+            .map(|r| hex_string(&r.fingerprint().0))
+            .unwrap_or_default()
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Serves on `socket` until an I/O error other than a timeout.
+    pub fn serve(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let now = self.now();
+            let wait = self
+                .endpoint
+                .poll_timeout()
+                .map_or(MAX_IDLE_WAIT, |t| {
+                    t.saturating_duration_since(now).min(MAX_IDLE_WAIT)
+                })
+                .max(Duration::from_millis(1));
+            socket.set_read_timeout(Some(wait))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let now = self.now();
+                    self.endpoint
+                        .handle_datagram(now, canonical(from), &mut buf[..n]);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            let now = self.now();
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+            self.process_events(now);
+            while let Some(t) = self.endpoint.poll_transmit(now, &mut buf) {
+                // A send error (unreachable peer, full buffer) loses one datagram; RTMFP
+                // retransmits, so it is not fatal.
+                if let Err(e) =
+                    socket.send_to(&buf[..t.len], destination_for(socket, t.destination))
+                {
+                    eprintln!("updraft: send to {}: {e}", t.destination);
+                }
+            }
+        }
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some((handle, event)) = self.endpoint.poll_event() {
+            match event {
+                EndpointEvent::Accepted { peer_id, from } => {
+                    eprintln!(
+                        "updraft: session {handle} from {from}, peer {}",
+                        hex_string(&peer_id.0)
+                    );
+                    self.clients.insert(
+                        handle,
+                        Client {
+                            next_stream_id: 1.0,
+                            ..Client::default()
+                        },
+                    );
+                }
+                EndpointEvent::Session(Event::Message { flow, data }) => {
+                    self.on_message(now, handle, flow, &data)
+                }
+                EndpointEvent::Session(Event::FlowOpened { flow, metadata, .. }) => {
+                    if let Ok(FlowMetadata::Tc { stream_id, .. }) = FlowMetadata::parse(&metadata) {
+                        self.clients
+                            .entry(handle)
+                            .or_default()
+                            .streams
+                            .insert(flow, stream_id);
+                    } else {
+                        // NetGroup and unknown flows are not served yet: reject them
+                        // (RFC 7016 §3.6.3.7, automatic rejection code 0).
+                        if let Some(s) = self.endpoint.session_mut(handle) {
+                            let _ = s.reject_flow(flow, 0);
+                        }
+                    }
+                }
+                EndpointEvent::Session(Event::Closed { reason }) => {
+                    eprintln!("updraft: session {handle} closed ({reason:?})");
+                    self.clients.remove(&handle);
+                    self.endpoint.remove_closed(handle);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, handle: u32, flow: FlowId, data: &[u8]) {
+        let Ok(tc) = TcMessage::parse(data) else {
+            return;
+        };
+        if !tc.kind.is_command() {
+            return;
+        }
+        let Ok(cmd) = Command::parse(&tc) else { return };
+        let replies: Vec<Vec<u8>> = match cmd.net_command() {
+            Ok(NetCommand::Connect(c)) => {
+                let enc = c.object_encoding();
+                eprintln!(
+                    "updraft: session {handle} connect app={:?} objectEncoding={enc:?}",
+                    c.app().unwrap_or("")
+                );
+                let result = Command::connect_success(
+                    cmd.transaction_id,
+                    enc,
+                    "Connection succeeded.",
+                    vec![],
+                );
+                result
+                    .to_message(ObjectEncoding::Amf0, 0)
+                    .into_iter()
+                    .collect()
+            }
+            Ok(NetCommand::SetPeerInfo(addrs)) => {
+                eprintln!("updraft: session {handle} setPeerInfo {addrs:?}");
+                let ka = UserControl::SetKeepalive {
+                    server_ms: SERVER_KEEPALIVE_MS,
+                    peer_ms: PEER_KEEPALIVE_MS,
+                };
+                vec![ka.to_message(0)]
+            }
+            Ok(NetCommand::CreateStream) => {
+                let client = self.clients.entry(handle).or_default();
+                let id = client.next_stream_id.max(1.0);
+                client.next_stream_id = id + 1.0;
+                Command::create_stream_result(cmd.transaction_id, id)
+                    .to_message(ObjectEncoding::Amf0, 0)
+                    .into_iter()
+                    .collect()
+            }
+            Ok(NetCommand::DeleteStream(_)) | Ok(NetCommand::CloseStream) => Vec::new(),
+            Ok(NetCommand::Publish { .. }) => refuse_stream(status::PUBLISH_BAD_NAME),
+            Ok(NetCommand::Play(_)) => refuse_stream(status::PLAY_FAILED),
+            _ if cmd.transaction_id != 0.0 => {
+                let description = format!("Method '{}' not found", cmd.name);
+                Command::error(
+                    cmd.transaction_id,
+                    status_object(
+                        status::LEVEL_ERROR,
+                        status::CALL_FAILED,
+                        &description,
+                        vec![],
+                    ),
+                )
+                .to_message(ObjectEncoding::Amf0, 0)
+                .into_iter()
+                .collect()
+            }
+            _ => Vec::new(),
+        };
+        if replies.is_empty() {
+            return;
+        }
+        let Some(session) = self.endpoint.session_mut(handle) else {
+            return;
+        };
+        let client = self.clients.entry(handle).or_default();
+        let reply_flow = match client.replies.get(&flow) {
+            Some(f) => *f,
+            None => {
+                // Reply on a flow with the same metadata, associated with the client's
+                // (RFC 7016 §2.3.11.1.2, RFC 7425 §5.1).
+                let stream_id = client.streams.get(&flow).copied().unwrap_or(0);
+                let metadata = FlowMetadata::Tc {
+                    stream_id,
+                    receive_intent: ReceiveIntent::Sequence,
+                };
+                let Ok(f) = session.open_flow(&metadata.to_vec(), Some(flow)) else {
+                    return;
+                };
+                client.replies.insert(flow, f);
+                f
+            }
+        };
+        for r in replies {
+            let _ = session.send(now, reply_flow, &r, SendOptions::default());
+        }
+    }
+}
+
+/// An `onStatus` error for NetStream commands this build does not serve yet.
+fn refuse_stream(code: &str) -> Vec<Vec<u8>> {
+    let description = "Live streaming is not available in this build of Updraft yet.";
+    Command::on_status(status_object(
+        status::LEVEL_ERROR,
+        code,
+        description,
+        Vec::new(),
+    ))
+    .to_message(ObjectEncoding::Amf0, 0)
+    .into_iter()
+    .collect()
+}
+
+/// IPv4-mapped IPv6 source addresses (from a dual-stack socket) as plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// On a dual-stack IPv6 socket, IPv4 destinations are written as IPv4-mapped addresses.
+fn destination_for(socket: &UdpSocket, dest: SocketAddr) -> SocketAddr {
+    match (socket.local_addr(), dest) {
+        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => dest,
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the server; answers the exit code.
+pub fn run(args: &[String]) -> u8 {
+    let opts = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("updraft: {e}");
+            return 2;
+        }
+    };
+    let socket = match UdpSocket::bind((opts.bind, opts.port)) {
+        Ok(s) => s,
+        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() => {
+            // No IPv6 on this host: serve IPv4 only.
+            eprintln!("updraft: IPv6 unavailable ({e}); binding 0.0.0.0");
+            match UdpSocket::bind((IpAddr::from([0u8; 4]), opts.port)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("updraft: cannot bind UDP port {}: {e}", opts.port);
+                    return 2;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("updraft: cannot bind UDP {}:{}: {e}", opts.bind, opts.port);
+            return 2;
+        }
+    };
+    let mut seed = [0u8; 32];
+    if let Err(e) = getrandom::getrandom(&mut seed) {
+        eprintln!("updraft: no system randomness: {e}");
+        return 1;
+    }
+    let mut server = Server::new(ChaCha20Rng::from_seed(seed));
+    let local = socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "updraft {}: mode single-process socket, 1 worker, UDP {local}, server peer ID {}",
+        env!("CARGO_PKG_VERSION"),
+        server.fingerprint()
+    );
+    match server.serve(&socket) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("updraft: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The `updraft` server over real UDP on loopback, driven by the protocol core's own initiator:
+//! handshake, NetConnection connect, setPeerInfo, createStream, an unknown call, and close.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant as WallInstant};
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rtmfp::amf::{Object, Value};
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::endpoint::{Endpoint, EndpointEvent};
+use rtmfp::flash::command::{Command, ObjectEncoding};
+use rtmfp::flash::message::{TcMessage, UserControl};
+use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::session::flows::SendOptions;
+use rtmfp::session::{Event, SessionConfig, State};
+use rtmfp::startup::components::build_url_epd;
+use rtmfp::startup::initiator::InitiatorConfig;
+use rtmfp::time::Instant;
+
+/// Kills the server when the test ends, however it ends.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `updraft --port 0 --bind 127.0.0.1` and reads the port from its start-up line.
+fn start_server() -> (ServerProcess, SocketAddr) {
+    let mut child = Process::new(env!("CARGO_BIN_EXE_updraft"))
+        .args(["--port", "0", "--bind", "127.0.0.1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start updraft");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("a start-up line").unwrap();
+    assert!(first.contains("mode single-process socket"), "{first}");
+    let addr = first
+        .split("UDP ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (ServerProcess(child), addr)
+}
+
+struct Client {
+    socket: UdpSocket,
+    endpoint: Endpoint<ChaCha20Rng>,
+    epoch: WallInstant,
+    events: Vec<(u32, EndpointEvent)>,
+}
+
+impl Client {
+    fn new() -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = InitiatorConfig {
+            groups: DhGroup::ALL.to_vec(),
+            policy: NegotiationPolicy::FLASH_COMPATIBLE,
+        };
+        Client {
+            socket,
+            endpoint: Endpoint::new(
+                ChaCha20Rng::seed_from_u64(9),
+                None,
+                config,
+                SessionConfig::default(),
+            ),
+            epoch: WallInstant::now(),
+            events: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    /// Pumps datagrams and timers until `done` or 5 s.
+    fn pump(&mut self, mut done: impl FnMut(&[(u32, EndpointEvent)]) -> bool) -> bool {
+        let deadline = WallInstant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 8192];
+        while WallInstant::now() < deadline {
+            let now = self.now();
+            while let Some(t) = self.endpoint.poll_transmit(now, &mut buf) {
+                self.socket.send_to(&buf[..t.len], t.destination).unwrap();
+            }
+            while let Some(e) = self.endpoint.poll_event() {
+                self.events.push(e);
+            }
+            if done(&self.events) {
+                return true;
+            }
+            self.socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+                let now = self.now();
+                self.endpoint.handle_datagram(now, from, &mut buf[..n]);
+            }
+            let now = self.now();
+            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                self.endpoint.handle_timeout(now);
+            }
+        }
+        false
+    }
+
+    /// The messages received so far.
+    fn messages(&self) -> Vec<Vec<u8>> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                EndpointEvent::Session(Event::Message { data, .. }) => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn command_reply(data: &[u8]) -> Option<(String, f64, Value<'static>)> {
+    let tc = TcMessage::parse(data).ok()?;
+    let c = Command::parse(&tc).ok()?;
+    Some((
+        c.name.to_string(),
+        c.transaction_id,
+        c.args.first().cloned().unwrap_or(Value::Null).into_owned(),
+    ))
+}
+
+#[test]
+fn flash_client_session_against_the_server_over_udp() {
+    let (_server, addr) = start_server();
+    let mut c = Client::new();
+    let now = c.now();
+    let h = c
+        .endpoint
+        .connect(now, build_url_epd(b"rtmfp://127.0.0.1/live"), None, &[addr]);
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
+
+    let nc = FlowMetadata::Tc {
+        stream_id: 0,
+        receive_intent: ReceiveIntent::Sequence,
+    }
+    .to_vec();
+    let now = c.now();
+    let s = c.endpoint.session_mut(h).unwrap();
+    let flow = s.open_flow(&nc, None).unwrap();
+    let connect = Command::new(
+        "connect",
+        1.0,
+        Value::Object(Object::anonymous(vec![
+            ("app".into(), Value::str("live")),
+            ("tcUrl".into(), Value::str("rtmfp://127.0.0.1/live")),
+            ("objectEncoding".into(), Value::Number(0.0)),
+        ])),
+        vec![],
+    );
+    for msg in [
+        connect.to_message(ObjectEncoding::Amf0, 0).unwrap(),
+        Command::new(
+            "setPeerInfo",
+            0.0,
+            Value::Null,
+            vec![Value::str("127.0.0.1:5000")],
+        )
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap(),
+        Command::new("createStream", 2.0, Value::Null, vec![])
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap(),
+        Command::new("noSuchMethod", 3.0, Value::Null, vec![])
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap(),
+    ] {
+        s.send(now, flow, &msg, SendOptions::default()).unwrap();
+    }
+    assert!(c.pump(|ev| ev
+        .iter()
+        .filter(|(_, e)| matches!(e, EndpointEvent::Session(Event::Message { .. })))
+        .count()
+        >= 4));
+    let msgs = c.messages();
+    let (name, txn, info) = command_reply(&msgs[0]).unwrap();
+    assert_eq!((name.as_str(), txn), ("_result", 1.0));
+    assert_eq!(
+        info.get("code").and_then(Value::as_str),
+        Some("NetConnection.Connect.Success")
+    );
+    assert_eq!(
+        info.get("objectEncoding").and_then(Value::as_f64),
+        Some(0.0)
+    );
+    // setPeerInfo is answered with the keepalive event 41, in milliseconds.
+    let tc = TcMessage::parse(&msgs[1]).unwrap();
+    assert_eq!(
+        UserControl::parse(tc.payload).unwrap(),
+        UserControl::SetKeepalive {
+            server_ms: 15_000,
+            peer_ms: 10_000
+        }
+    );
+    let (name, txn, id) = command_reply(&msgs[2]).unwrap();
+    assert_eq!((name.as_str(), txn), ("_result", 2.0));
+    assert_eq!(id.as_f64(), Some(1.0));
+    let (name, txn, info) = command_reply(&msgs[3]).unwrap();
+    assert_eq!((name.as_str(), txn), ("_error", 3.0));
+    assert_eq!(
+        info.get("code").and_then(Value::as_str),
+        Some("NetConnection.Call.Failed")
+    );
+
+    // An orderly close from the client is acknowledged.
+    let now = c.now();
+    c.endpoint.session_mut(h).unwrap().close(now);
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Session(Event::Closed { .. })))));
+    assert_eq!(c.endpoint.session(h).unwrap().state(), State::Closed);
+}

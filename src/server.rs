@@ -174,7 +174,7 @@ impl Server {
                 if let Err(e) =
                     socket.send_to(&buf[..t.len], destination_for(socket, t.destination))
                 {
-                    eprintln!("updraft: send to {}: {e}", t.destination);
+                    tracing::debug!(to = %t.destination, error = %e, "send failed");
                 }
             }
         }
@@ -184,10 +184,7 @@ impl Server {
         while let Some((handle, event)) = self.endpoint.poll_event() {
             match event {
                 EndpointEvent::Accepted { peer_id, from } => {
-                    eprintln!(
-                        "updraft: session {handle} from {from}, peer {}",
-                        hex_string(&peer_id.0)
-                    );
+                    tracing::info!(session = handle, %from, peer = %hex_string(&peer_id.0), "session opened");
                     self.clients.insert(
                         handle,
                         Client {
@@ -215,7 +212,7 @@ impl Server {
                     }
                 }
                 EndpointEvent::Session(Event::Closed { reason }) => {
-                    eprintln!("updraft: session {handle} closed ({reason:?})");
+                    tracing::info!(session = handle, ?reason, "session closed");
                     self.clients.remove(&handle);
                     self.endpoint.remove_closed(handle);
                 }
@@ -235,10 +232,7 @@ impl Server {
         let replies: Vec<Vec<u8>> = match cmd.net_command() {
             Ok(NetCommand::Connect(c)) => {
                 let enc = c.object_encoding();
-                eprintln!(
-                    "updraft: session {handle} connect app={:?} objectEncoding={enc:?}",
-                    c.app().unwrap_or("")
-                );
+                tracing::info!(session = handle, app = c.app().unwrap_or(""), encoding = ?enc, "connect");
                 let result = Command::connect_success(
                     cmd.transaction_id,
                     enc,
@@ -251,7 +245,7 @@ impl Server {
                     .collect()
             }
             Ok(NetCommand::SetPeerInfo(addrs)) => {
-                eprintln!("updraft: session {handle} setPeerInfo {addrs:?}");
+                tracing::debug!(session = handle, addresses = ?addrs, "setPeerInfo");
                 let ka = UserControl::SetKeepalive {
                     server_ms: SERVER_KEEPALIVE_MS,
                     peer_ms: PEER_KEEPALIVE_MS,
@@ -388,6 +382,13 @@ pub fn run(args: &[String]) -> u8 {
         eprintln!("updraft: no system randomness: {e}");
         return 1;
     }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UPDRAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let mut server = Server::new(ChaCha20Rng::from_seed(seed));
     let local = socket
         .local_addr()

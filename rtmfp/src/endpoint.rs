@@ -213,20 +213,35 @@ impl<R: RngCore> Endpoint<R> {
         found
     }
 
+    /// Counts and logs (at debug level) a datagram dropped as malformed.
+    fn malformed(&mut self, from: SocketAddr, reason: &dyn core::fmt::Display) {
+        self.stats.malformed += 1;
+        tracing::debug!(%from, %reason, "malformed datagram dropped");
+    }
+
+    /// Counts and logs (at debug level) a refused IIKeying.
+    fn keying_rejected(&mut self, from: SocketAddr, reason: &dyn core::fmt::Display) {
+        self.stats.keying_rejected += 1;
+        tracing::debug!(%from, %reason, "IIKeying refused");
+    }
+
     /// Handles a datagram from `from`, decrypting in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
-        let Ok(sid) = read_session_id(datagram) else {
-            self.stats.malformed += 1;
-            return;
+        let sid = match read_session_id(datagram) {
+            Ok(sid) => sid,
+            Err(e) => return self.malformed(from, &e),
         };
         if sid != SessionId::STARTUP.0 && !self.opening.contains_key(&sid) {
             match self.sessions.get_mut(&sid) {
                 Some(s) => {
-                    if s.handle_datagram(now, from, datagram).is_err() {
-                        self.stats.malformed += 1;
+                    if let Err(e) = s.handle_datagram(now, from, datagram) {
+                        self.malformed(from, &e);
                     }
                 }
-                None => self.stats.unknown_session += 1,
+                None => {
+                    self.stats.unknown_session += 1;
+                    tracing::debug!(%from, session_id = sid, "datagram for an unknown session dropped");
+                }
             }
             return;
         }
@@ -234,23 +249,25 @@ impl<R: RngCore> Endpoint<R> {
     }
 
     fn handle_startup(&mut self, now: Instant, from: SocketAddr, sid: u32, datagram: &mut [u8]) {
-        let Ok(decoded) = self.startup_decoder.decode(datagram) else {
-            self.stats.malformed += 1;
-            return;
+        let decoded = match self.startup_decoder.decode(datagram) {
+            Ok(d) => d,
+            Err(e) => return self.malformed(from, &e),
         };
         let mut r = Reader::new(decoded.packet);
-        let Ok(header) = PacketHeader::parse(&mut r) else {
-            self.stats.malformed += 1;
-            return;
+        let header = match PacketHeader::parse(&mut r) {
+            Ok(h) => h,
+            Err(e) => return self.malformed(from, &e),
         };
         if header.mode != Mode::Startup {
-            self.stats.malformed += 1;
-            return;
+            return self.malformed(from, &"session-mode packet with the startup key");
         }
         for chunk in ChunkIter::new(r.rest()) {
-            let Ok(chunk) = chunk else {
-                self.stats.malformed += 1;
-                break;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    self.malformed(from, &e);
+                    break;
+                }
             };
             match chunk {
                 Chunk::IHello(h) if sid == 0 => self.on_ihello(now, from, h.epd, h.tag),
@@ -400,22 +417,19 @@ impl<R: RngCore> Endpoint<R> {
                     }
                     return;
                 }
-                KeyingDisposition::Reject(_) => {
-                    self.stats.keying_rejected += 1;
-                    return;
-                }
+                KeyingDisposition::Reject(e) => return self.keying_rejected(from, &e),
             };
         let key_pair = DhKeyPair::generate(request.group, &mut self.rng);
-        let Ok(accepted) = responder.accept(&request, &key_pair) else {
-            self.stats.keying_rejected += 1;
-            return;
+        let accepted = match responder.accept(&request, &key_pair) {
+            Ok(a) => a,
+            Err(e) => return self.keying_rejected(from, &e),
         };
-        let (Ok(encoder), Ok(decoder)) = (
+        let (encoder, decoder) = match (
             accepted.keys.encoder(accepted.negotiated.send),
             accepted.keys.decoder(accepted.negotiated.receive),
-        ) else {
-            self.stats.keying_rejected += 1;
-            return;
+        ) {
+            (Ok(e), Ok(d)) => (e, d),
+            (Err(e), _) | (_, Err(e)) => return self.keying_rejected(from, &e),
         };
         let rsid = self.allocate_session_id();
         let chunk = RIKeying {

@@ -32,6 +32,11 @@ if [ ! -d ../shared/fixtures ]; then
   exit 1
 fi
 
-cargo test --workspace --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 # Doc tests run separately (--all-targets skips them).
-cargo test --workspace --doc
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --workspace --doc 2>&1 | tee -a "$log"
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

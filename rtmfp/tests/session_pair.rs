@@ -531,3 +531,26 @@ fn garbage_datagrams_are_counted_and_sessions_stay_healthy() {
     assert!(p.run_until(Duration::from_secs(5), |p| !server_messages(p).is_empty()));
     assert_eq!(p.server.session(sh).unwrap().state(), State::Open);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever the network does, every message arrives once, in order, intact.
+    #[test]
+    fn any_loss_duplication_and_reordering_delivers_exactly_once_in_order(
+        seed in 0u64..1_000_000,
+        loss in 0.0f64..0.3,
+        duplication in 0.0f64..0.3,
+        reorder in 0.0f64..0.5,
+        delay_ms in 1u64..80,
+    ) {
+        let net = Impairments {
+            loss,
+            duplication,
+            reorder,
+            delay: Duration::from_millis(delay_ms),
+            ..Impairments::default()
+        };
+        bulk_transfer(seed, net, NegotiationPolicy::FLASH_COMPATIBLE, 150);
+    }
+}

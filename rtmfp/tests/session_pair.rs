@@ -554,3 +554,95 @@ proptest::proptest! {
         bulk_transfer(seed, net, NegotiationPolicy::FLASH_COMPATIBLE, 150);
     }
 }
+
+#[test]
+fn a_rejected_flow_is_reported_to_its_sender_and_stops() {
+    let mut p = Pair::new(
+        61,
+        Impairments::default(),
+        NegotiationPolicy::FLASH_COMPATIBLE,
+    );
+    let (ch, sh) = p.connect();
+    let flow = p
+        .client
+        .session_mut(ch)
+        .unwrap()
+        .open_flow(b"GC", None)
+        .unwrap();
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, &message(1, 100), SendOptions::default())
+        .unwrap();
+    assert!(p
+        .run_until(Duration::from_secs(5), |p| p.server_events.iter().any(
+            |(_, e)| matches!(e, EndpointEvent::Session(Event::FlowOpened { .. }))
+        )));
+    let far = p
+        .server_events
+        .iter()
+        .find_map(|(_, e)| match e {
+            EndpointEvent::Session(Event::FlowOpened { flow, .. }) => Some(*flow),
+            _ => None,
+        })
+        .unwrap();
+    p.server
+        .session_mut(sh)
+        .unwrap()
+        .reject_flow(far, 7)
+        .unwrap();
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, &message(2, 100), SendOptions::default())
+        .unwrap();
+    assert!(
+        p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(
+            |(_, e)| matches!(
+                e,
+                EndpointEvent::Session(Event::FlowRejected { code: 7, .. })
+            )
+        ))
+    );
+    let now = p.now;
+    let s = p.client.session_mut(ch).unwrap();
+    assert!(
+        s.send(now, flow, b"more", SendOptions::default()).is_err(),
+        "a rejected flow takes no more data"
+    );
+    assert_eq!(s.flow_backlog(flow).unwrap_or(0), 0, "and keeps none");
+}
+
+#[test]
+fn a_flow_without_metadata_or_with_an_unknown_mandatory_option_is_rejected_automatically() {
+    let mut p = Pair::new(
+        62,
+        Impairments::default(),
+        NegotiationPolicy::FLASH_COMPATIBLE,
+    );
+    let (ch, _) = p.connect();
+    // An unknown return association: the receiver has no such send flow (RFC 7016 §2.3.11.1.2).
+    let flow = p
+        .client
+        .session_mut(ch)
+        .unwrap()
+        .open_flow(&nc_metadata(), Some(FlowId(99)))
+        .unwrap();
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, &message(1, 10), SendOptions::default())
+        .unwrap();
+    assert!(
+        p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(
+            |(_, e)| matches!(
+                e,
+                EndpointEvent::Session(Event::FlowRejected { code: 0, .. })
+            )
+        ))
+    );
+    assert!(server_messages(&mut p).is_empty());
+}

@@ -19,9 +19,10 @@ pub const INITIAL_WINDOW: usize = {
         b
     }
 };
-/// Window after a timeout with loss: one segment (RFC 7016 App. A.2, RFC 5681 §3.1). rtmfp-cpp
-/// uses two; we follow the RFC.
-pub const LOSS_WINDOW: usize = MSS;
+/// Window after a timeout with loss: two segments, as rtmfp-cpp. RFC 7016 App. A.2 (after
+/// RFC 5681 §3.1) says one, but receivers acknowledge every second packet (RFC 7016 §3.6.3.4.4),
+/// so a one-packet window waits out the 200 ms delayed ack after every timeout.
+pub const LOSS_WINDOW: usize = 2 * MSS;
 /// Smallest ssthresh (RFC 5681 §3.1: 2·SMSS).
 const MIN_SSTHRESH: usize = 2 * MSS;
 /// Largest window we grow to.

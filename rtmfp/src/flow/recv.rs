@@ -193,7 +193,7 @@ impl RecvFlow {
 
     fn drop_partial(&mut self) {
         if let Some(p) = self.partial.take() {
-            self.buffered -= p.len();
+            self.buffered = self.buffered.saturating_sub(p.len());
         }
     }
 
@@ -329,7 +329,7 @@ impl RecvFlow {
     /// The next whole message, in order.
     pub fn poll_message(&mut self) -> Option<Vec<u8>> {
         let m = self.ready.pop_front()?;
-        self.buffered -= m.len();
+        self.buffered = self.buffered.saturating_sub(m.len());
         Some(m)
     }
 

@@ -256,7 +256,7 @@ impl SendFlow {
             if q.expiry.is_some_and(|e| e <= now) {
                 let started = q.offset > 0;
                 let remaining = q.message.len() - q.offset;
-                self.queued_bytes -= remaining;
+                self.queued_bytes = self.queued_bytes.saturating_sub(remaining);
                 let q = self.queue.pop_front();
                 // A message already partly sent gets one abandoned end fragment, so the
                 // receiver's reassembly of it ends.
@@ -354,7 +354,7 @@ impl SendFlow {
                 (false, false) => Fragment::Middle,
             };
             let (message, expiry) = (q.message.clone(), q.expiry);
-            self.queued_bytes -= take;
+            self.queued_bytes = self.queued_bytes.saturating_sub(take);
             if last {
                 self.queue.pop_front();
             } else if let Some(q) = self.queue.front_mut() {

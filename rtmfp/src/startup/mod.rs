@@ -329,20 +329,32 @@ mod handshake_tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let server = addr("127.0.0.1:1935");
         let t0 = Instant::from_millis(10);
-        let cfg = InitiatorConfig { groups: vec![DhGroup::Modp1024], policy: NegotiationPolicy::FLASH_COMPATIBLE };
+        let cfg = InitiatorConfig {
+            groups: vec![DhGroup::Modp1024],
+            policy: NegotiationPolicy::FLASH_COMPATIBLE,
+        };
         let mut init = Initiator::new(t0, cfg, build_url_epd(b"u"), None, &[server], 5, &mut rng);
         let tag = *init.tag();
         let old = [1u8; 64];
-        init.on_rhello(t0, server, &tag, &old, resp.certificate(), &mut rng).unwrap();
+        init.on_rhello(t0, server, &tag, &old, resp.certificate(), &mut rng)
+            .unwrap();
         assert!(init.poll_transmit(t0).is_some());
         assert!(init.poll_transmit(t0).is_none());
         let new = [2u8; 64];
-        assert_eq!(init.on_cookie_change(t0, &[9u8; 64], &new), Err(InitiatorError::Unexpected), "old cookie must match");
+        assert_eq!(
+            init.on_cookie_change(t0, &[9u8; 64], &new),
+            Err(InitiatorError::Unexpected),
+            "old cookie must match"
+        );
         init.on_cookie_change(t0, &old, &new).unwrap();
         match init.poll_transmit(t0) {
             Some((_, StartupMessage::IIKeying { cookie, .. })) => assert_eq!(cookie, &new[..]),
             other => panic!("{other:?}"),
         }
-        assert_eq!(init.on_cookie_change(t0, &new, &[3u8; 64]), Err(InitiatorError::Unexpected), "only once");
+        assert_eq!(
+            init.on_cookie_change(t0, &new, &[3u8; 64]),
+            Err(InitiatorError::Unexpected),
+            "only once"
+        );
     }
 }

@@ -213,14 +213,14 @@ impl RecvFlow {
             }
             Fragment::Middle => match self.partial.as_mut() {
                 Some(p) => p.extend_from_slice(&s.data),
-                None => self.buffered -= s.data.len(),
+                None => self.buffered = self.buffered.saturating_sub(s.data.len()),
             },
             Fragment::End => match self.partial.take() {
                 Some(mut p) => {
                     p.extend_from_slice(&s.data);
                     self.ready.push_back(p);
                 }
-                None => self.buffered -= s.data.len(),
+                None => self.buffered = self.buffered.saturating_sub(s.data.len()),
             },
         }
     }

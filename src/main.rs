@@ -6,9 +6,10 @@ mod pcap;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: updraft inspect (--pcap FILE | --raw FILE...) [--dh-private HEX] [--keys ENC,DEC]
-       updraft --version";
+/// The usage text of `updraft`.
+fn usage() -> String {
+    format!("{}\nusage: updraft --version | --help", inspect::USAGE)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,11 +20,14 @@ fn main() -> ExitCode {
         }
         Some("inspect") => ExitCode::from(inspect::run(&args[1..])),
         Some("--help") | Some("-h") => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("updraft: the server is not implemented yet; the protocol core and `updraft inspect` are.\n{USAGE}");
+            eprintln!(
+                "updraft: the server is not implemented yet; the protocol core and `updraft inspect` are.\n{}",
+                usage()
+            );
             ExitCode::from(2)
         }
     }

@@ -37,6 +37,7 @@ const ETHERNET_HEADER_LEN: usize = 14;
 const SLL_HEADER_LEN: usize = 16;
 const SLL2_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
+const IPV4_MIN_HEADER_LEN: usize = 20;
 
 /// One UDP datagram from a capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,29 +87,50 @@ impl Bytes<'_> {
     }
 }
 
-/// Reads every UDP datagram of a pcap or pcapng capture.
-pub fn read_capture(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
+/// The UDP datagrams of a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The datagrams, in capture order.
+    pub datagrams: Vec<Datagram>,
+    /// Why reading stopped early, if it did: the datagrams before that point are kept.
+    pub error: Option<PcapError>,
+}
+
+/// Reads every UDP datagram of a pcap or pcapng capture. A file that is not a capture is an
+/// error; a capture cut short keeps the datagrams before the cut.
+pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     let magic_le = data
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or(PcapError::BadMagic)?;
-    match magic_le {
-        PCAPNG_SHB => read_pcapng(data),
-        m if m == PCAP_MAGIC_US || m == PCAP_MAGIC_NS => read_pcap(data, false, m == PCAP_MAGIC_NS),
-        m if m.swap_bytes() == PCAP_MAGIC_US || m.swap_bytes() == PCAP_MAGIC_NS => {
-            read_pcap(data, true, m.swap_bytes() == PCAP_MAGIC_NS)
+    let mut datagrams = Vec::new();
+    let result = match magic_le {
+        PCAPNG_SHB => read_pcapng(data, &mut datagrams),
+        m if m == PCAP_MAGIC_US || m == PCAP_MAGIC_NS => {
+            read_pcap(data, false, m == PCAP_MAGIC_NS, &mut datagrams)
         }
-        _ => Err(PcapError::BadMagic),
-    }
+        m if m.swap_bytes() == PCAP_MAGIC_US || m.swap_bytes() == PCAP_MAGIC_NS => {
+            read_pcap(data, true, m.swap_bytes() == PCAP_MAGIC_NS, &mut datagrams)
+        }
+        _ => return Err(PcapError::BadMagic),
+    };
+    Ok(Capture {
+        datagrams,
+        error: result.err(),
+    })
 }
 
-fn read_pcap(data: &[u8], big_endian: bool, nanos: bool) -> Result<Vec<Datagram>, PcapError> {
+fn read_pcap(
+    data: &[u8],
+    big_endian: bool,
+    nanos: bool,
+    out: &mut Vec<Datagram>,
+) -> Result<(), PcapError> {
     const GLOBAL_HEADER_LEN: usize = 24;
     const RECORD_HEADER_LEN: usize = 16;
     let b = Bytes { data, big_endian };
     let linktype = b.u32_at(20).ok_or(PcapError::Truncated(20))? & 0x0FFF_FFFF;
     let mut at = GLOBAL_HEADER_LEN;
-    let mut out = Vec::new();
     while at < data.len() {
         let (Some(sec), Some(frac), Some(incl)) =
             (b.u32_at(at), b.u32_at(at + 4), b.u32_at(at + 8))
@@ -131,11 +153,10 @@ fn read_pcap(data: &[u8], big_endian: bool, nanos: bool) -> Result<Vec<Datagram>
         }
         at = end;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
-    let mut out = Vec::new();
+fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
     let mut linktypes: Vec<u32> = Vec::new();
     let mut at = 0usize;
     let mut big_endian = false;
@@ -167,6 +188,7 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
                 let cap = b.u32_at(at + 20).ok_or(PcapError::Truncated(at))? as usize;
                 let frame = data
                     .get(at + 28..(at + 28).saturating_add(cap))
+                    .filter(|_| 28 + cap + 4 <= len)
                     .ok_or(PcapError::Truncated(at))?;
                 let ts = (u64::from(hi) << 32) | u64::from(lo);
                 if let Some(&lt) = linktypes.get(iface) {
@@ -191,7 +213,7 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
         }
         at += len;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn parse_frame(linktype: u32, frame: &[u8], time_us: u64) -> Option<Datagram> {
@@ -222,7 +244,7 @@ fn parse_ip(ip: &[u8], time_us: u64) -> Option<Datagram> {
     let (src, dst, udp) = match version {
         4 => {
             let ihl = usize::from(ip.first()? & 0x0F) * 4;
-            if *ip.get(9)? != IPPROTO_UDP {
+            if ihl < IPV4_MIN_HEADER_LEN || *ip.get(9)? != IPPROTO_UDP {
                 return None;
             }
             let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
@@ -273,7 +295,9 @@ mod tests {
             "librtmfp-cumulus-connect",
         ] {
             let pcap = std::fs::read(format!("{FIXTURES}/{name}.pcap")).expect("fixture pcap");
-            let datagrams = read_capture(&pcap).unwrap();
+            let capture = read_capture(&pcap).unwrap();
+            assert_eq!(capture.error, None, "{name}");
+            let datagrams = capture.datagrams;
             let mut files: Vec<_> = std::fs::read_dir(format!("{FIXTURES}/{name}"))
                 .unwrap()
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -343,7 +367,7 @@ mod tests {
         f.extend_from_slice(&frame);
         f.extend(std::iter::repeat_n(0, pad));
         f.extend_from_slice(&blen.to_le_bytes());
-        let d = read_capture(&f).unwrap();
+        let d = read_capture(&f).unwrap().datagrams;
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].payload, b"abc");
         assert_eq!(d[0].source, "127.0.0.1:1935".parse().unwrap());
@@ -361,6 +385,15 @@ mod tests {
         let mut p = PCAP_MAGIC_US.to_le_bytes().to_vec();
         p.extend_from_slice(&[0u8; 20]);
         p.extend_from_slice(&[1, 2, 3]);
-        assert!(read_capture(&p).is_err());
+        let cut = read_capture(&p).unwrap();
+        assert_eq!(cut.datagrams, vec![]);
+        assert_eq!(cut.error, Some(PcapError::Truncated(24)));
+        // A capture cut inside its second record keeps the first datagram.
+        let whole = std::fs::read(format!("{FIXTURES}/tcbench-rpc-tcserver.pcap")).unwrap();
+        let all = read_capture(&whole).unwrap().datagrams;
+        let first_record_end = 24 + 16 + 14 + 20 + 8 + all[0].payload.len();
+        let cut = read_capture(&whole[..first_record_end + 10]).unwrap();
+        assert_eq!(cut.datagrams, all[..1].to_vec());
+        assert_eq!(cut.error, Some(PcapError::Truncated(first_record_end)));
     }
 }

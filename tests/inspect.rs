@@ -8,11 +8,17 @@ use std::process::Command as Process;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value as Amf};
-use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy, PacketEncoder, SessionKeys};
+use rtmfp::crypto::{
+    derive_session_keys, negotiate, DhGroup, DhKeyPair, KeyingNegotiation, NegotiationPolicy,
+    PacketEncoder, SessionKeys,
+};
 use rtmfp::flash::command::{Command, ObjectEncoding};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::{FlowId, SessionId};
-use rtmfp::startup::components::{build_url_epd, EXTRA_RANDOMNESS_LEN};
+use rtmfp::startup::components::{
+    build_static_key_certificate, build_url_epd, Certificate, EXTRA_RANDOMNESS_LEN,
+    SKC_EXTRA_RANDOMNESS, SKC_HMAC_NEGOTIATION, SKC_SSEQ_NEGOTIATION,
+};
 use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
 use rtmfp::startup::responder::{HelloDisposition, KeyingDisposition, Responder, ResponderConfig};
 use rtmfp::time::Instant;
@@ -882,4 +888,136 @@ fn garbage_datagrams_give_one_error_line_each() {
     assert_eq!(run.status, 1);
     assert_eq!(run.lines.len(), 19);
     assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+}
+
+/// Like rtmfp-cpp in P2P (fixture fcclient-p2p-intro, datagram 023): the responder's DH key is
+/// the static key in its RHello certificate, and its SKRC carries none. `--dh-private` is that
+/// static key's private part.
+#[test]
+fn dh_private_works_with_a_static_responder_key() {
+    let group = DhGroup::Modp1024;
+    let private = fixed_private(31);
+    let pair = DhKeyPair::from_private(group, &private).unwrap();
+    let policy = NegotiationPolicy::RTMFP_CPP_DEFAULT;
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let now = Instant::from_millis(1);
+    let server: SocketAddr = "127.0.0.1:1935".parse().unwrap();
+    let certificate = build_static_key_certificate(group.id(), pair.public_key());
+    let mut initiator = Initiator::new(
+        now,
+        InitiatorConfig {
+            groups: vec![group],
+            policy,
+        },
+        build_url_epd(b"rtmfp://peer"),
+        None,
+        &[server],
+        ISID,
+        &mut rng,
+    );
+    let Some((_, StartupMessage::IHello { tag, .. })) = initiator.poll_transmit(now) else {
+        panic!("no IHello");
+    };
+    let tag = *tag;
+    let cookie = [9u8; 64];
+    let mut datagrams = vec![startup(
+        0,
+        &RHello {
+            tag_echo: &tag,
+            cookie: &cookie,
+            certificate: &certificate,
+        },
+    )];
+    initiator
+        .on_rhello(now, server, &tag, &cookie, &certificate, &mut rng)
+        .unwrap();
+    let Some((
+        _,
+        StartupMessage::IIKeying {
+            certificate: init_cert,
+            skic,
+            ..
+        },
+    )) = initiator.poll_transmit(now)
+    else {
+        panic!("no IIKeying");
+    };
+    let (init_cert, skic) = (init_cert.to_vec(), skic.to_vec());
+    datagrams.push(startup(
+        0,
+        &IIKeying {
+            initiator_session_id: SessionId(ISID),
+            cookie_echo: &cookie,
+            certificate: &init_cert,
+            skic: &skic,
+            signature: &[0x58],
+        },
+    ));
+    // The responder's SKRC: negotiation answer and extra randomness, no DH key.
+    let answer = negotiate(&policy, &KeyingNegotiation::parse(&skic).unwrap())
+        .unwrap()
+        .answer;
+    let mut buf = [0u8; 128];
+    let mut w = Writer::new(&mut buf);
+    write_option(&mut w, SKC_SSEQ_NEGOTIATION, &[answer.sseq.0]).unwrap();
+    write_option(&mut w, SKC_HMAC_NEGOTIATION, &[answer.hmac.0, 16]).unwrap();
+    write_option(&mut w, SKC_EXTRA_RANDOMNESS, &[7; EXTRA_RANDOMNESS_LEN]).unwrap();
+    let skrc = w.written().to_vec();
+    datagrams.push(startup(
+        ISID,
+        &RIKeying {
+            responder_session_id: SessionId(RSID),
+            skrc: &skrc,
+            signature: &[0x58],
+        },
+    ));
+    let initiator_key = Certificate::parse(&init_cert)
+        .unwrap()
+        .static_key(group.id())
+        .unwrap()
+        .to_vec();
+    let shared = pair.compute_shared_secret(&initiator_key).unwrap();
+    let keys = derive_session_keys(&shared, &skrc, &skic);
+    let established = initiator.on_rikeying(server, RSID, &skrc).unwrap();
+    assert_eq!(established.keys.receive_key(), keys.send_key());
+    let mut to_responder = established
+        .keys
+        .encoder(established.negotiated.send)
+        .unwrap();
+    let connect = Command::new("connect", 1.0, Amf::Null, vec![])
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    let header = PacketHeader::new(Mode::Initiator);
+    datagrams.push(seal(
+        &mut to_responder,
+        RSID,
+        &packet(
+            header,
+            &user_data(1, Fragment::Whole, Some(&tc_options()), &connect),
+        ),
+    ));
+
+    let dir = TempDir::new("static");
+    let files = dir.write(&datagrams);
+    let private_hex = format!(
+        "{},{}",
+        hex::encode(fixed_private(1)),
+        hex::encode(&private)
+    );
+    let mut args = vec!["--raw"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--dh-private", &private_hex]);
+    let run = inspect(&args);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let session = &run.lines[2]["chunks"][0]["session"];
+    assert_eq!(
+        session["initiator_to_responder"]["aes128_key"],
+        hex::encode(keys.receive_key()),
+        "{session}"
+    );
+    assert_eq!(session["initiator_to_responder"]["hmac_len"], 16);
+    let last = &run.lines[3];
+    assert_eq!(last["key"], "session", "{last}");
+    assert_eq!(last["sseq"], 0);
+    assert_eq!(last["chunks"][0]["message"]["command"], "connect");
 }

@@ -259,6 +259,47 @@ fn minimal(b: &[u8]) -> &[u8] {
     &b[zeros..]
 }
 
+/// A decrypted datagram.
+struct Found {
+    packet: Vec<u8>,
+    /// "default" or "session".
+    key: &'static str,
+    direction: Option<Direction>,
+    sseq: Option<u64>,
+}
+
+impl Found {
+    fn startup(packet: Vec<u8>) -> Self {
+        Found {
+            packet,
+            key: "default",
+            direction: None,
+            sseq: None,
+        }
+    }
+
+    fn session(packet: Vec<u8>, direction: Option<Direction>, sseq: Option<u64>) -> Self {
+        Found {
+            packet,
+            key: "session",
+            direction,
+            sseq,
+        }
+    }
+}
+
+/// The decoders of a keyed session and what to print about it.
+struct SessionSetup {
+    /// Initiator to responder: decoder and keys JSON.
+    i2r: (PacketDecoder, Value),
+    /// Responder to initiator: decoder and keys JSON.
+    r2i: (PacketDecoder, Value),
+    /// Which option the keys came from.
+    source: &'static str,
+    /// More members for the session JSON.
+    extra: Map<String, Value>,
+}
+
 /// The outcome of trying one decoder.
 enum Attempt {
     Decoded { packet: Vec<u8>, sseq: Option<u64> },
@@ -315,16 +356,11 @@ impl Inspector {
     /// (startup packets, and RIKeying and Cookie Change, which carry the initiator's session
     /// ID), then the session's decoders for other destinations (address mobility, raw files),
     /// then the `--keys` guesses. Answers the packet, its key name, direction and SSEQ.
-    #[allow(clippy::type_complexity)]
-    fn decrypt(
-        &mut self,
-        sid: u32,
-        d: &Datagram,
-    ) -> Result<(Vec<u8>, &'static str, Option<Direction>, Option<u64>), String> {
+    fn decrypt(&mut self, sid: u32, d: &Datagram) -> Result<Found, String> {
         let default_result = attempt(&PacketDecoder::startup(), &d.payload);
         if sid == 0 {
             return match default_result {
-                Attempt::Decoded { packet, .. } => Ok((packet, "default", None, None)),
+                Attempt::Decoded { packet, .. } => Ok(Found::startup(packet)),
                 Attempt::Failed(e) => Err(format!("startup packet: {e} with the default key")),
             };
         }
@@ -341,7 +377,7 @@ impl Inspector {
         for e in &matching {
             match attempt(&e.decoder, &d.payload) {
                 Attempt::Decoded { packet, sseq } => {
-                    return Ok((packet, "session", e.direction, sseq))
+                    return Ok(Found::session(packet, e.direction, sseq))
                 }
                 Attempt::Failed(err) => {
                     first_error.get_or_insert(err);
@@ -349,12 +385,12 @@ impl Inspector {
             }
         }
         if let Attempt::Decoded { packet, .. } = default_result {
-            return Ok((packet, "default", None, None));
+            return Ok(Found::startup(packet));
         }
         for e in &others {
             match attempt(&e.decoder, &d.payload) {
                 Attempt::Decoded { packet, sseq } => {
-                    return Ok((packet, "session", e.direction, sseq))
+                    return Ok(Found::session(packet, e.direction, sseq))
                 }
                 Attempt::Failed(err) => {
                     first_error.get_or_insert(err);
@@ -381,12 +417,7 @@ impl Inspector {
     /// With `--keys` and no handshake for this session ID: tries both keys, in the checksum
     /// mode with and without SSEQ and, with HMAC keys, HMAC with SSEQ at every valid trailer
     /// length (the default first). The first that decodes is kept for the session.
-    #[allow(clippy::type_complexity)]
-    fn guess_keys(
-        &mut self,
-        sid: u32,
-        d: &Datagram,
-    ) -> Option<(Vec<u8>, &'static str, Option<Direction>, Option<u64>)> {
+    fn guess_keys(&mut self, sid: u32, d: &Datagram) -> Option<Found> {
         let keys = self.keys?;
         let candidates = [
             (keys.decrypt, keys.hmac.map(|h| h.1), Direction::I2r),
@@ -414,7 +445,7 @@ impl Inspector {
                 let decoder = PacketDecoder::new(&aes, mode);
                 if let Attempt::Decoded { packet, sseq } = attempt(&decoder, &d.payload) {
                     self.add_session(sid, d.destination, Some(dir), decoder);
-                    return Some((packet, "session", Some(dir), sseq));
+                    return Some(Found::session(packet, Some(dir), sseq));
                 }
             }
         }
@@ -445,13 +476,13 @@ impl Inspector {
     fn decode(&mut self, d: &Datagram, obj: &mut Map<String, Value>) -> Result<(), String> {
         let sid = read_session_id(&d.payload).map_err(|e| e.to_string())?;
         obj.insert("session_id".into(), json!(format!("0x{sid:08x}")));
-        let (packet, key, dir, sseq) = self.decrypt(sid, d)?;
-        obj.insert("key".into(), json!(key));
-        if let Some(dir) = dir {
+        let found = self.decrypt(sid, d)?;
+        obj.insert("key".into(), json!(found.key));
+        if let Some(dir) = found.direction {
             obj.insert("direction".into(), json!(dir.name()));
         }
-        obj.insert("sseq".into(), json!(sseq));
-        let mut r = Reader::new(&packet);
+        obj.insert("sseq".into(), json!(found.sseq));
+        let mut r = Reader::new(&found.packet);
         let header = PacketHeader::parse(&mut r).map_err(|e| format!("packet header: {e}"))?;
         obj.insert("flags".into(), json!(format!("0x{:02x}", header.flags())));
         obj.insert(
@@ -579,17 +610,15 @@ impl Inspector {
             }
         };
         match result {
-            Ok((i2r, r2i, source, extra)) => {
-                out["keys_from"] = json!(source);
-                out["initiator_to_responder"] = i2r.1;
-                out["responder_to_initiator"] = r2i.1;
-                if let Value::Object(extra) = extra {
-                    for (k, v) in extra {
-                        out[k] = v;
-                    }
+            Ok(setup) => {
+                out["keys_from"] = json!(setup.source);
+                out["initiator_to_responder"] = setup.i2r.1;
+                out["responder_to_initiator"] = setup.r2i.1;
+                for (k, v) in setup.extra {
+                    out[k] = v;
                 }
-                self.add_session(rsid, responder, Some(Direction::I2r), i2r.0);
-                self.add_session(isid, initiator, Some(Direction::R2i), r2i.0);
+                self.add_session(rsid, responder, Some(Direction::I2r), setup.i2r.0);
+                self.add_session(isid, initiator, Some(Direction::R2i), setup.r2i.0);
             }
             Err(reason) => {
                 out["error"] = json!(reason);
@@ -600,77 +629,68 @@ impl Inspector {
         out
     }
 
-    /// The decoders for both directions of a session (initiator to responder, responder to
-    /// initiator), each with its JSON, where the keys came from and extra JSON.
-    #[allow(clippy::type_complexity)]
-    fn keys_for(
-        &self,
-        hs: &Handshake,
-        skrc: &[u8],
-    ) -> Result<
-        (
-            (PacketDecoder, Value),
-            (PacketDecoder, Value),
-            &'static str,
-            Value,
-        ),
-        String,
-    > {
+    /// The decoders for both directions of a session, from `--dh-private` or else `--keys`.
+    fn keys_for(&self, hs: &Handshake, skrc: &[u8]) -> Result<SessionSetup, String> {
         let initiator_neg = KeyingNegotiation::parse(&hs.skic).unwrap_or_default();
         let responder_neg = KeyingNegotiation::parse(skrc).unwrap_or_default();
         let to_responder = direction(&initiator_neg, &responder_neg);
         let to_initiator = direction(&responder_neg, &initiator_neg);
         let mut reasons = Vec::new();
         if !self.dh_private.is_empty() {
-            match self.derive(hs, skrc) {
-                Ok(keys) => {
-                    let (i2r_aes, r2i_aes) = (keys.receive_key(), keys.send_key());
-                    let m_i2r = packet_mode(Some(keys.rx_hmac_key), to_responder)?;
-                    let m_r2i = packet_mode(Some(keys.tx_hmac_key), to_initiator)?;
-                    return Ok((
-                        (
-                            PacketDecoder::new(&i2r_aes, m_i2r),
-                            direction_json(&i2r_aes, Some(&keys.rx_hmac_key), to_responder),
-                        ),
-                        (
-                            PacketDecoder::new(&r2i_aes, m_r2i),
-                            direction_json(&r2i_aes, Some(&keys.tx_hmac_key), to_initiator),
-                        ),
-                        "--dh-private",
-                        json!({
-                            "initiator_nonce": hex::encode(keys.far_nonce),
-                            "responder_nonce": hex::encode(keys.near_nonce),
-                        }),
-                    ));
-                }
+            let setup = self.derive(hs, skrc).and_then(|keys| {
+                let (i2r_aes, r2i_aes) = (keys.receive_key(), keys.send_key());
+                let m_i2r = packet_mode(Some(keys.rx_hmac_key), to_responder)?;
+                let m_r2i = packet_mode(Some(keys.tx_hmac_key), to_initiator)?;
+                let mut extra = Map::new();
+                extra.insert("initiator_nonce".into(), json!(hex::encode(keys.far_nonce)));
+                extra.insert(
+                    "responder_nonce".into(),
+                    json!(hex::encode(keys.near_nonce)),
+                );
+                Ok(SessionSetup {
+                    i2r: (
+                        PacketDecoder::new(&i2r_aes, m_i2r),
+                        direction_json(&i2r_aes, Some(&keys.rx_hmac_key), to_responder),
+                    ),
+                    r2i: (
+                        PacketDecoder::new(&r2i_aes, m_r2i),
+                        direction_json(&r2i_aes, Some(&keys.tx_hmac_key), to_initiator),
+                    ),
+                    source: "--dh-private",
+                    extra,
+                })
+            });
+            match setup {
+                Ok(setup) => return Ok(setup),
                 Err(e) => reasons.push(e),
             }
         }
         if let Some(k) = self.keys {
-            let modes = packet_mode(k.hmac.map(|h| h.1), to_responder)
-                .and_then(|m_i2r| Ok((m_i2r, packet_mode(k.hmac.map(|h| h.0), to_initiator)?)));
+            let (hmac_send, hmac_receive) = (k.hmac.map(|h| h.0), k.hmac.map(|h| h.1));
+            let modes = packet_mode(hmac_receive, to_responder)
+                .and_then(|m_i2r| Ok((m_i2r, packet_mode(hmac_send, to_initiator)?)));
             match modes {
                 Ok((m_i2r, m_r2i)) => {
-                    return Ok((
-                        (
+                    return Ok(SessionSetup {
+                        i2r: (
                             PacketDecoder::new(&k.decrypt, m_i2r),
                             direction_json(
                                 &k.decrypt,
-                                k.hmac.as_ref().map(|h| &h.1[..]),
+                                hmac_receive.as_ref().map(|h| &h[..]),
                                 to_responder,
                             ),
                         ),
-                        (
+                        r2i: (
                             PacketDecoder::new(&k.encrypt, m_r2i),
                             direction_json(
                                 &k.encrypt,
-                                k.hmac.as_ref().map(|h| &h.0[..]),
+                                hmac_send.as_ref().map(|h| &h[..]),
                                 to_initiator,
                             ),
                         ),
-                        "--keys",
-                        Value::Null,
-                    ))
+                        source: "--keys",
+                        extra: Map::new(),
+                    })
                 }
                 Err(e) => reasons.push(e),
             }
@@ -680,6 +700,7 @@ impl Inspector {
         }
         Err(reasons.join("; "))
     }
+
     fn chunk_json(
         &mut self,
         sid: u32,

@@ -1028,3 +1028,124 @@ pub fn run(args: &[String]) -> u8 {
     }
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtmfp::crypto::PacketEncoder;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+    /// librtmfp-cumulus-connect.keys.json: responder send and receive keys.
+    const CUMULUS_ENC: &str = "5584e5e9dbe9bb0480a3ad80ff6798c2";
+    const CUMULUS_DEC: &str = "f949687af1db0004a8340522b2c670a0";
+
+    fn cumulus() -> Vec<Datagram> {
+        let pcap = std::fs::read(format!("{FIXTURES}/librtmfp-cumulus-connect.pcap")).unwrap();
+        read_capture(&pcap).unwrap().datagrams
+    }
+
+    fn args() -> InspectArgs {
+        parse_args(&[
+            "--raw".into(),
+            "x".into(),
+            "--keys".into(),
+            format!("{CUMULUS_ENC},{CUMULUS_DEC}"),
+        ])
+        .unwrap()
+    }
+
+    /// Every plaintext byte of every session packet of a real capture, changed and encrypted
+    /// again with the session keys, so that the chunk, flow and AMF parsers see it: no panic,
+    /// one object per datagram.
+    #[test]
+    fn mutated_plaintext_never_panics() {
+        let datagrams = cumulus();
+        let keys = args().keys.unwrap();
+        for (i, original) in datagrams.iter().enumerate().skip(4) {
+            let key = if original.destination.port() == 19361 {
+                keys.decrypt
+            } else {
+                keys.encrypt
+            };
+            let mut copy = original.payload.clone();
+            let decoded = PacketDecoder::new(&key, PacketMode::STARTUP)
+                .decode(&mut copy)
+                .expect("fixture decodes");
+            let (sid, plain) = (decoded.session_id, decoded.packet.to_vec());
+            for at in 0..plain.len() {
+                for flip in [0x01, 0x80, 0xFF] {
+                    let mut inspector = Inspector::new(&args());
+                    // The handshake, so that flows and keys are set up as in the capture.
+                    for d in &datagrams[..4] {
+                        inspector.inspect(d);
+                    }
+                    let mut mutated = plain.clone();
+                    mutated[at] ^= flip;
+                    let mut encoder = PacketEncoder::new(&key, PacketMode::STARTUP);
+                    let mut out = vec![0u8; encoder.encoded_len(mutated.len())];
+                    let n = encoder.encode(sid, &mutated, &mut out).unwrap();
+                    out.truncate(n);
+                    let d = Datagram {
+                        payload: out,
+                        ..original.clone()
+                    };
+                    let v = inspector.inspect(&d);
+                    assert!(v.is_object(), "datagram {i} byte {at}");
+                    // Whatever the damage, the session key still decodes it.
+                    assert_eq!(v["key"], "session", "datagram {i} byte {at}: {v}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn take_message_goes_by_sequence_number() {
+        let mut f = BTreeMap::new();
+        f.insert(5, (Fragment::Middle, b"b".to_vec()));
+        assert_eq!(take_message(&mut f, 5), None);
+        f.insert(6, (Fragment::End, b"c".to_vec()));
+        assert_eq!(take_message(&mut f, 6), None);
+        f.insert(4, (Fragment::Begin, b"a".to_vec()));
+        assert_eq!(take_message(&mut f, 4), Some(b"abc".to_vec()));
+        assert!(f.is_empty());
+        // A gap keeps the pieces; an End before a Begin is not joined across.
+        f.insert(1, (Fragment::Begin, b"x".to_vec()));
+        f.insert(3, (Fragment::End, b"z".to_vec()));
+        assert_eq!(take_message(&mut f, 3), None);
+        f.insert(u64::MAX, (Fragment::End, vec![]));
+        assert_eq!(take_message(&mut f, u64::MAX), None);
+        f.insert(0, (Fragment::Middle, vec![]));
+        assert_eq!(take_message(&mut f, 0), None);
+        assert_eq!(f.len(), 4);
+    }
+
+    #[test]
+    fn direction_follows_the_component_flags() {
+        let flash = KeyingNegotiation {
+            hmac: NegotiationFlags(0x02),
+            hmac_len: 10,
+            sseq: NegotiationFlags(0x02),
+        };
+        let cumulus = KeyingNegotiation::default();
+        let cpp = KeyingNegotiation {
+            hmac: NegotiationFlags(0x07),
+            hmac_len: 16,
+            sseq: NegotiationFlags(0x07),
+        };
+        assert_eq!(direction(&flash, &cumulus), DirectionOptions::default());
+        assert_eq!(direction(&cumulus, &flash), DirectionOptions::default());
+        let both = DirectionOptions {
+            hmac_len: Some(16),
+            sseq: true,
+        };
+        assert_eq!(direction(&cpp, &cpp), both);
+        // A requesting receiver makes a send-on-request sender use its own length.
+        assert_eq!(
+            direction(&flash, &cpp),
+            DirectionOptions {
+                hmac_len: Some(10),
+                sseq: true
+            }
+        );
+    }
+}

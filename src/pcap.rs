@@ -157,7 +157,8 @@ fn read_pcap(
 }
 
 fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
-    let mut linktypes: Vec<u32> = Vec::new();
+    // Per interface: link type and timestamp units per second.
+    let mut interfaces: Vec<(u32, u64)> = Vec::new();
     let mut at = 0usize;
     let mut big_endian = false;
     while at < data.len() {
@@ -169,7 +170,7 @@ fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
         if block_type_le == PCAPNG_SHB {
             let bom = le.u32_at(at + 8).ok_or(PcapError::Truncated(at))?;
             big_endian = bom != PCAPNG_BOM;
-            linktypes.clear();
+            interfaces.clear();
         }
         let b = Bytes { data, big_endian };
         let block_type = b.u32_at(at).ok_or(PcapError::Truncated(at))?;
@@ -179,7 +180,9 @@ fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
         }
         match block_type {
             PCAPNG_IDB => {
-                linktypes.push(u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?))
+                let linktype = u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?);
+                let options = data.get(at + 16..at + len - 4).unwrap_or_default();
+                interfaces.push((linktype, ts_units_per_second(&b, options)));
             }
             PCAPNG_EPB => {
                 let iface = b.u32_at(at + 8).ok_or(PcapError::Truncated(at))? as usize;
@@ -191,8 +194,8 @@ fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
                     .filter(|_| 28 + cap + 4 <= len)
                     .ok_or(PcapError::Truncated(at))?;
                 let ts = (u64::from(hi) << 32) | u64::from(lo);
-                if let Some(&lt) = linktypes.get(iface) {
-                    if let Some(d) = parse_frame(lt, frame, ts) {
+                if let Some(&(lt, units)) = interfaces.get(iface) {
+                    if let Some(d) = parse_frame(lt, frame, to_micros(ts, units)) {
                         out.push(d);
                     }
                 }
@@ -203,7 +206,7 @@ fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
                 let frame = data
                     .get(at + 12..at + 12 + cap)
                     .ok_or(PcapError::Truncated(at))?;
-                if let Some(&lt) = linktypes.first() {
+                if let Some(&(lt, _)) = interfaces.first() {
                     if let Some(d) = parse_frame(lt, frame, 0) {
                         out.push(d);
                     }
@@ -214,6 +217,45 @@ fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
         at += len;
     }
     Ok(())
+}
+
+/// pcapng IDB option `if_tsresol` (pcapng §4.2).
+const PCAPNG_IF_TSRESOL: u16 = 9;
+/// pcapng end-of-options option code.
+const PCAPNG_OPT_ENDOFOPT: u16 = 0;
+/// Default pcapng timestamp resolution: microseconds.
+const MICROS_PER_SECOND: u64 = 1_000_000;
+
+/// Timestamp units per second of an interface, from its `if_tsresol` option: 10^-n seconds,
+/// or 2^-n when the top bit is set. Microseconds when absent or unusable.
+fn ts_units_per_second(b: &Bytes<'_>, options: &[u8]) -> u64 {
+    let opts = Bytes {
+        data: options,
+        big_endian: b.big_endian,
+    };
+    let mut at = 0;
+    while let (Some(code), Some(len)) = (opts.u16_at(at), opts.u16_at(at + 2)) {
+        if code == PCAPNG_OPT_ENDOFOPT {
+            break;
+        }
+        if code == PCAPNG_IF_TSRESOL && len == 1 {
+            let Some(&v) = options.get(at + 4) else { break };
+            let units = if v & 0x80 != 0 {
+                1u64.checked_shl(u32::from(v & 0x7F))
+            } else {
+                10u64.checked_pow(u32::from(v))
+            };
+            return units.filter(|&u| u > 0).unwrap_or(MICROS_PER_SECOND);
+        }
+        at += 4 + usize::from(len).div_ceil(4) * 4;
+    }
+    MICROS_PER_SECOND
+}
+
+/// A timestamp in `units` per second, in microseconds.
+fn to_micros(ts: u64, units: u64) -> u64 {
+    u64::try_from(u128::from(ts) * u128::from(MICROS_PER_SECOND) / u128::from(units))
+        .unwrap_or(u64::MAX)
 }
 
 fn parse_frame(linktype: u32, frame: &[u8], time_us: u64) -> Option<Datagram> {
@@ -373,6 +415,29 @@ mod tests {
         assert_eq!(d[0].source, "127.0.0.1:1935".parse().unwrap());
         assert_eq!(d[0].destination, "127.0.0.2:12345".parse().unwrap());
         assert_eq!(d[0].time_us, 5);
+    }
+
+    #[test]
+    fn pcapng_timestamp_resolution() {
+        let mut opts = Vec::new();
+        opts.extend_from_slice(&PCAPNG_IF_TSRESOL.to_le_bytes());
+        opts.extend_from_slice(&1u16.to_le_bytes());
+        opts.extend_from_slice(&[9, 0, 0, 0]);
+        opts.extend_from_slice(&[0, 0, 0, 0]);
+        let b = Bytes {
+            data: &[],
+            big_endian: false,
+        };
+        assert_eq!(ts_units_per_second(&b, &opts), 1_000_000_000);
+        assert_eq!(to_micros(1_500_000_000, 1_000_000_000), 1_500_000);
+        opts[4] = 0x80 | 10;
+        assert_eq!(ts_units_per_second(&b, &opts), 1024);
+        opts[4] = 0xFF;
+        assert_eq!(ts_units_per_second(&b, &opts), MICROS_PER_SECOND);
+        opts[4] = 200;
+        assert_eq!(ts_units_per_second(&b, &opts), MICROS_PER_SECOND);
+        assert_eq!(ts_units_per_second(&b, &opts[..3]), MICROS_PER_SECOND);
+        assert_eq!(ts_units_per_second(&b, &[]), MICROS_PER_SECOND);
     }
 
     #[test]

@@ -583,24 +583,30 @@ impl Inspector {
     /// session. `initiator` is where the RIKeying went, `responder` where it came from.
     fn on_rikeying(
         &mut self,
-        isid: u32,
+        sid: u32,
         rsid: u32,
         skrc: &[u8],
         responder: SocketAddr,
         initiator: SocketAddr,
     ) -> Value {
+        // The RIKeying goes to the initiator's session ID (RFC 7016 §2.2.2); should it carry 0,
+        // the handshake is found by the initiator's address alone. Without addresses (raw
+        // files), any handshake of this session ID.
+        let hs = self
+            .handshakes
+            .get_key_value(&(sid, initiator))
+            .or_else(|| {
+                self.handshakes
+                    .iter()
+                    .find(|((s, a), _)| if sid == 0 { *a == initiator } else { *s == sid })
+            });
+        let isid = hs.map_or(sid, |((s, _), _)| *s);
+        let hs = hs.map(|(_, h)| h);
         let mut out = json!({
             "initiator_session_id": format!("0x{isid:08x}"),
             "responder_session_id": format!("0x{rsid:08x}"),
             "responder": responder.to_string(),
             "initiator": initiator.to_string(),
-        });
-        let hs = self.handshakes.get(&(isid, initiator)).or_else(|| {
-            // Without addresses to match, any handshake of this initiator session ID.
-            self.handshakes
-                .iter()
-                .find(|((s, _), _)| *s == isid)
-                .map(|(_, h)| h)
         });
         let result = match hs {
             None => Err("no IIKeying seen for this RIKeying".to_string()),

@@ -1021,3 +1021,35 @@ fn dh_private_works_with_a_static_responder_key() {
     assert_eq!(last["sseq"], 0);
     assert_eq!(last["chunks"][0]["message"]["command"], "connect");
 }
+
+/// An RIKeying sent with session ID 0 instead of the initiator's: the handshake is found by
+/// the initiator's address (here none: raw files), and the session still decodes.
+#[test]
+fn rikeying_with_session_id_zero_still_keys_the_session() {
+    let private = fixed_private(41);
+    let mut made = make_session(
+        NegotiationPolicy::FLASH_COMPATIBLE,
+        DhGroup::Modp1024,
+        &private,
+    );
+    let mut copy = made.datagrams[3].clone();
+    let plain = rtmfp::crypto::PacketDecoder::startup()
+        .decode(&mut copy)
+        .unwrap()
+        .packet
+        .to_vec();
+    made.datagrams[3] = seal(&mut PacketEncoder::startup(), 0, &plain);
+    let dir = TempDir::new("rikeying-zero");
+    let files = dir.write(&made.datagrams);
+    let private_hex = hex::encode(&private);
+    let mut args = vec!["--raw"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--dh-private", &private_hex]);
+    let run = inspect(&args);
+    assert_eq!(run.lines[3]["session_id"], "0x00000000");
+    let session = &run.lines[3]["chunks"][0]["session"];
+    assert_eq!(session["initiator_session_id"], "0x02000000", "{session}");
+    for line in &run.lines[4..] {
+        assert_eq!(line["key"], "session", "{line}");
+    }
+}

@@ -59,7 +59,9 @@ pub fn message_json(bytes: &[u8]) -> Json {
 
     let tc = match TcMessage::parse(bytes) {
         Ok(tc) => tc,
-        Err(e) => return json!({"error": e.to_string(), "len": bytes.len()}),
+        Err(e) => {
+            return json!({"error": e.to_string(), "len": bytes.len(), "hex": hex_head(bytes)})
+        }
     };
     let mut out = json!({"type": format!("0x{:02x}", tc.kind.0), "timestamp": tc.timestamp, "len": tc.payload.len()});
     match tc.kind {
@@ -70,14 +72,30 @@ pub fn message_json(bytes: &[u8]) -> Json {
                 out["command_object"] = amf_json(&c.command_object);
                 out["args"] = c.args.iter().map(amf_json).collect();
             }
-            Err(e) => out["error"] = json!(e.to_string()),
+            Err(e) => {
+                // Show what reads before the fault: the name and transaction ID at least
+                // (MonaServer2 switches to AMF3 in the middle of an AMF0 object, for example).
+                let values = leading_values(tc.kind, tc.payload);
+                if let Some(Value::String(name)) = values.first() {
+                    out["command"] = json!(name);
+                }
+                if let Some(txid) = values.get(1).and_then(Value::as_f64) {
+                    out["transaction_id"] = json!(txid);
+                }
+                out["values_before_error"] = values.iter().map(amf_json).collect();
+                out["error"] = json!(e.to_string());
+                out["hex"] = hex_head(tc.payload);
+            }
         },
         k if k.is_data() => match DataMessage::parse(&tc) {
             Ok(d) => {
                 out["data"] = json!(d.handler);
                 out["values"] = d.values.iter().map(amf_json).collect();
             }
-            Err(e) => out["error"] = json!(e.to_string()),
+            Err(e) => {
+                out["error"] = json!(e.to_string());
+                out["hex"] = hex_head(tc.payload);
+            }
         },
         MessageType::USER_CONTROL => match UserControl::parse(tc.payload) {
             Ok(uc) => {
@@ -100,4 +118,34 @@ pub fn message_json(bytes: &[u8]) -> Json {
         _ => {}
     }
     out
+}
+
+/// Bytes shown of a message that does not parse.
+const UNPARSED_HEX_LIMIT: usize = 256;
+
+/// The first bytes of an unparsable message, hex.
+fn hex_head(bytes: &[u8]) -> Json {
+    json!(hex::encode(&bytes[..bytes.len().min(UNPARSED_HEX_LIMIT)]))
+}
+
+/// The AMF values of a command or data message up to the first one that does not read
+/// (RFC 7425 §5.1.1: AMF3 messages start with a 0x00 format selector, then AMF0).
+fn leading_values<'a>(
+    kind: rtmfp::flash::message::MessageType,
+    payload: &'a [u8],
+) -> Vec<Value<'a>> {
+    use rtmfp::flash::message::MessageType;
+    let body = match kind {
+        MessageType::AMF3_COMMAND | MessageType::AMF3_DATA => payload.get(1..).unwrap_or_default(),
+        _ => payload,
+    };
+    let mut reader = rtmfp::amf::amf0::Reader::new(body);
+    let mut values = Vec::new();
+    while reader.remaining() > 0 {
+        match reader.read_value() {
+            Ok(v) => values.push(v),
+            Err(_) => break,
+        }
+    }
+    values
 }

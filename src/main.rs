@@ -7,9 +7,13 @@ mod server;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: updraft inspect (--pcap FILE | --raw FILE...) [--dh-private HEX] [--keys ENC,DEC]
-       updraft --version";
+/// The usage text of `updraft`.
+fn usage() -> String {
+    format!(
+        "usage: updraft [--port N] [--bind ADDR]   serve RTMFP (default UDP [::]:1935)\n{}\nusage: updraft --version | --help",
+        inspect::USAGE
+    )
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
         }
         Some("inspect") => ExitCode::from(inspect::run(&args[1..])),
         Some("--help") | Some("-h") => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         _ => ExitCode::from(server::run(&args)),

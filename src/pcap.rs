@@ -37,6 +37,7 @@ const ETHERNET_HEADER_LEN: usize = 14;
 const SLL_HEADER_LEN: usize = 16;
 const SLL2_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
+const IPV4_MIN_HEADER_LEN: usize = 20;
 
 /// One UDP datagram from a capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,29 +87,50 @@ impl Bytes<'_> {
     }
 }
 
-/// Reads every UDP datagram of a pcap or pcapng capture.
-pub fn read_capture(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
+/// The UDP datagrams of a capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The datagrams, in capture order.
+    pub datagrams: Vec<Datagram>,
+    /// Why reading stopped early, if it did: the datagrams before that point are kept.
+    pub error: Option<PcapError>,
+}
+
+/// Reads every UDP datagram of a pcap or pcapng capture. A file that is not a capture is an
+/// error; a capture cut short keeps the datagrams before the cut.
+pub fn read_capture(data: &[u8]) -> Result<Capture, PcapError> {
     let magic_le = data
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or(PcapError::BadMagic)?;
-    match magic_le {
-        PCAPNG_SHB => read_pcapng(data),
-        m if m == PCAP_MAGIC_US || m == PCAP_MAGIC_NS => read_pcap(data, false, m == PCAP_MAGIC_NS),
-        m if m.swap_bytes() == PCAP_MAGIC_US || m.swap_bytes() == PCAP_MAGIC_NS => {
-            read_pcap(data, true, m.swap_bytes() == PCAP_MAGIC_NS)
+    let mut datagrams = Vec::new();
+    let result = match magic_le {
+        PCAPNG_SHB => read_pcapng(data, &mut datagrams),
+        m if m == PCAP_MAGIC_US || m == PCAP_MAGIC_NS => {
+            read_pcap(data, false, m == PCAP_MAGIC_NS, &mut datagrams)
         }
-        _ => Err(PcapError::BadMagic),
-    }
+        m if m.swap_bytes() == PCAP_MAGIC_US || m.swap_bytes() == PCAP_MAGIC_NS => {
+            read_pcap(data, true, m.swap_bytes() == PCAP_MAGIC_NS, &mut datagrams)
+        }
+        _ => return Err(PcapError::BadMagic),
+    };
+    Ok(Capture {
+        datagrams,
+        error: result.err(),
+    })
 }
 
-fn read_pcap(data: &[u8], big_endian: bool, nanos: bool) -> Result<Vec<Datagram>, PcapError> {
+fn read_pcap(
+    data: &[u8],
+    big_endian: bool,
+    nanos: bool,
+    out: &mut Vec<Datagram>,
+) -> Result<(), PcapError> {
     const GLOBAL_HEADER_LEN: usize = 24;
     const RECORD_HEADER_LEN: usize = 16;
     let b = Bytes { data, big_endian };
     let linktype = b.u32_at(20).ok_or(PcapError::Truncated(20))? & 0x0FFF_FFFF;
     let mut at = GLOBAL_HEADER_LEN;
-    let mut out = Vec::new();
     while at < data.len() {
         let (Some(sec), Some(frac), Some(incl)) =
             (b.u32_at(at), b.u32_at(at + 4), b.u32_at(at + 8))
@@ -131,12 +153,12 @@ fn read_pcap(data: &[u8], big_endian: bool, nanos: bool) -> Result<Vec<Datagram>
         }
         at = end;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
-    let mut out = Vec::new();
-    let mut linktypes: Vec<u32> = Vec::new();
+fn read_pcapng(data: &[u8], out: &mut Vec<Datagram>) -> Result<(), PcapError> {
+    // Per interface: link type and timestamp units per second.
+    let mut interfaces: Vec<(u32, u64)> = Vec::new();
     let mut at = 0usize;
     let mut big_endian = false;
     while at < data.len() {
@@ -148,7 +170,7 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
         if block_type_le == PCAPNG_SHB {
             let bom = le.u32_at(at + 8).ok_or(PcapError::Truncated(at))?;
             big_endian = bom != PCAPNG_BOM;
-            linktypes.clear();
+            interfaces.clear();
         }
         let b = Bytes { data, big_endian };
         let block_type = b.u32_at(at).ok_or(PcapError::Truncated(at))?;
@@ -158,7 +180,9 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
         }
         match block_type {
             PCAPNG_IDB => {
-                linktypes.push(u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?))
+                let linktype = u32::from(b.u16_at(at + 8).ok_or(PcapError::Truncated(at))?);
+                let options = data.get(at + 16..at + len - 4).unwrap_or_default();
+                interfaces.push((linktype, ts_units_per_second(&b, options)));
             }
             PCAPNG_EPB => {
                 let iface = b.u32_at(at + 8).ok_or(PcapError::Truncated(at))? as usize;
@@ -167,10 +191,11 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
                 let cap = b.u32_at(at + 20).ok_or(PcapError::Truncated(at))? as usize;
                 let frame = data
                     .get(at + 28..(at + 28).saturating_add(cap))
+                    .filter(|_| 28 + cap + 4 <= len)
                     .ok_or(PcapError::Truncated(at))?;
                 let ts = (u64::from(hi) << 32) | u64::from(lo);
-                if let Some(&lt) = linktypes.get(iface) {
-                    if let Some(d) = parse_frame(lt, frame, ts) {
+                if let Some(&(lt, units)) = interfaces.get(iface) {
+                    if let Some(d) = parse_frame(lt, frame, to_micros(ts, units)) {
                         out.push(d);
                     }
                 }
@@ -181,7 +206,7 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
                 let frame = data
                     .get(at + 12..at + 12 + cap)
                     .ok_or(PcapError::Truncated(at))?;
-                if let Some(&lt) = linktypes.first() {
+                if let Some(&(lt, _)) = interfaces.first() {
                     if let Some(d) = parse_frame(lt, frame, 0) {
                         out.push(d);
                     }
@@ -191,7 +216,46 @@ fn read_pcapng(data: &[u8]) -> Result<Vec<Datagram>, PcapError> {
         }
         at += len;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// pcapng IDB option `if_tsresol` (pcapng §4.2).
+const PCAPNG_IF_TSRESOL: u16 = 9;
+/// pcapng end-of-options option code.
+const PCAPNG_OPT_ENDOFOPT: u16 = 0;
+/// Default pcapng timestamp resolution: microseconds.
+const MICROS_PER_SECOND: u64 = 1_000_000;
+
+/// Timestamp units per second of an interface, from its `if_tsresol` option: 10^-n seconds,
+/// or 2^-n when the top bit is set. Microseconds when absent or unusable.
+fn ts_units_per_second(b: &Bytes<'_>, options: &[u8]) -> u64 {
+    let opts = Bytes {
+        data: options,
+        big_endian: b.big_endian,
+    };
+    let mut at = 0;
+    while let (Some(code), Some(len)) = (opts.u16_at(at), opts.u16_at(at + 2)) {
+        if code == PCAPNG_OPT_ENDOFOPT {
+            break;
+        }
+        if code == PCAPNG_IF_TSRESOL && len == 1 {
+            let Some(&v) = options.get(at + 4) else { break };
+            let units = if v & 0x80 != 0 {
+                1u64.checked_shl(u32::from(v & 0x7F))
+            } else {
+                10u64.checked_pow(u32::from(v))
+            };
+            return units.filter(|&u| u > 0).unwrap_or(MICROS_PER_SECOND);
+        }
+        at += 4 + usize::from(len).div_ceil(4) * 4;
+    }
+    MICROS_PER_SECOND
+}
+
+/// A timestamp in `units` per second, in microseconds.
+fn to_micros(ts: u64, units: u64) -> u64 {
+    u64::try_from(u128::from(ts) * u128::from(MICROS_PER_SECOND) / u128::from(units))
+        .unwrap_or(u64::MAX)
 }
 
 fn parse_frame(linktype: u32, frame: &[u8], time_us: u64) -> Option<Datagram> {
@@ -222,7 +286,7 @@ fn parse_ip(ip: &[u8], time_us: u64) -> Option<Datagram> {
     let (src, dst, udp) = match version {
         4 => {
             let ihl = usize::from(ip.first()? & 0x0F) * 4;
-            if *ip.get(9)? != IPPROTO_UDP {
+            if ihl < IPV4_MIN_HEADER_LEN || *ip.get(9)? != IPPROTO_UDP {
                 return None;
             }
             let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
@@ -273,7 +337,9 @@ mod tests {
             "librtmfp-cumulus-connect",
         ] {
             let pcap = std::fs::read(format!("{FIXTURES}/{name}.pcap")).expect("fixture pcap");
-            let datagrams = read_capture(&pcap).unwrap();
+            let capture = read_capture(&pcap).unwrap();
+            assert_eq!(capture.error, None, "{name}");
+            let datagrams = capture.datagrams;
             let mut files: Vec<_> = std::fs::read_dir(format!("{FIXTURES}/{name}"))
                 .unwrap()
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -343,12 +409,35 @@ mod tests {
         f.extend_from_slice(&frame);
         f.extend(std::iter::repeat_n(0, pad));
         f.extend_from_slice(&blen.to_le_bytes());
-        let d = read_capture(&f).unwrap();
+        let d = read_capture(&f).unwrap().datagrams;
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].payload, b"abc");
         assert_eq!(d[0].source, "127.0.0.1:1935".parse().unwrap());
         assert_eq!(d[0].destination, "127.0.0.2:12345".parse().unwrap());
         assert_eq!(d[0].time_us, 5);
+    }
+
+    #[test]
+    fn pcapng_timestamp_resolution() {
+        let mut opts = Vec::new();
+        opts.extend_from_slice(&PCAPNG_IF_TSRESOL.to_le_bytes());
+        opts.extend_from_slice(&1u16.to_le_bytes());
+        opts.extend_from_slice(&[9, 0, 0, 0]);
+        opts.extend_from_slice(&[0, 0, 0, 0]);
+        let b = Bytes {
+            data: &[],
+            big_endian: false,
+        };
+        assert_eq!(ts_units_per_second(&b, &opts), 1_000_000_000);
+        assert_eq!(to_micros(1_500_000_000, 1_000_000_000), 1_500_000);
+        opts[4] = 0x80 | 10;
+        assert_eq!(ts_units_per_second(&b, &opts), 1024);
+        opts[4] = 0xFF;
+        assert_eq!(ts_units_per_second(&b, &opts), MICROS_PER_SECOND);
+        opts[4] = 200;
+        assert_eq!(ts_units_per_second(&b, &opts), MICROS_PER_SECOND);
+        assert_eq!(ts_units_per_second(&b, &opts[..3]), MICROS_PER_SECOND);
+        assert_eq!(ts_units_per_second(&b, &[]), MICROS_PER_SECOND);
     }
 
     #[test]
@@ -361,6 +450,15 @@ mod tests {
         let mut p = PCAP_MAGIC_US.to_le_bytes().to_vec();
         p.extend_from_slice(&[0u8; 20]);
         p.extend_from_slice(&[1, 2, 3]);
-        assert!(read_capture(&p).is_err());
+        let cut = read_capture(&p).unwrap();
+        assert_eq!(cut.datagrams, vec![]);
+        assert_eq!(cut.error, Some(PcapError::Truncated(24)));
+        // A capture cut inside its second record keeps the first datagram.
+        let whole = std::fs::read(format!("{FIXTURES}/tcbench-rpc-tcserver.pcap")).unwrap();
+        let all = read_capture(&whole).unwrap().datagrams;
+        let first_record_end = 24 + 16 + 14 + 20 + 8 + all[0].payload.len();
+        let cut = read_capture(&whole[..first_record_end + 10]).unwrap();
+        assert_eq!(cut.datagrams, all[..1].to_vec());
+        assert_eq!(cut.error, Some(PcapError::Truncated(first_record_end)));
     }
 }

@@ -440,21 +440,7 @@ impl<R: RngCore> Endpoint<R> {
         let Some(rikeying) = startup_packet(&mut self.startup_encoder, now, isid, &chunk) else {
             return;
         };
-        let mut mobility_secret = [0u8; 32];
-        self.rng.fill_bytes(&mut mobility_secret);
-        let session = Session::new(
-            now,
-            SessionParams {
-                role: Role::Responder,
-                near_session_id: rsid,
-                far_session_id: isid,
-                far_address: from,
-                encoder,
-                decoder,
-                mobility_secret,
-            },
-            self.session_config.clone(),
-        );
+        let session = self.new_session(now, Role::Responder, rsid, isid, from, encoder, decoder);
         self.sessions.insert(rsid, session);
         self.accepted.insert(
             (from, isid),
@@ -485,6 +471,32 @@ impl<R: RngCore> Endpoint<R> {
         self.open_initiated(now, sid, est);
     }
 
+    /// A new open session with a fresh mobility secret.
+    #[allow(clippy::too_many_arguments)]
+    fn new_session(
+        &mut self,
+        now: Instant,
+        role: Role,
+        near_session_id: u32,
+        far_session_id: u32,
+        far_address: SocketAddr,
+        encoder: PacketEncoder,
+        decoder: PacketDecoder,
+    ) -> Session {
+        let mut mobility_secret = [0u8; 32];
+        self.rng.fill_bytes(&mut mobility_secret);
+        let params = SessionParams {
+            role,
+            near_session_id,
+            far_session_id,
+            far_address,
+            encoder,
+            decoder,
+            mobility_secret,
+        };
+        Session::new(now, params, self.session_config.clone())
+    }
+
     fn open_initiated(&mut self, now: Instant, sid: u32, est: Established) {
         let (Ok(encoder), Ok(decoder)) = (
             est.keys.encoder(est.negotiated.send),
@@ -493,20 +505,14 @@ impl<R: RngCore> Endpoint<R> {
             self.events.push_back((sid, EndpointEvent::ConnectFailed));
             return;
         };
-        let mut mobility_secret = [0u8; 32];
-        self.rng.fill_bytes(&mut mobility_secret);
-        let session = Session::new(
+        let session = self.new_session(
             now,
-            SessionParams {
-                role: Role::Initiator,
-                near_session_id: sid,
-                far_session_id: est.far_session_id,
-                far_address: est.far_address,
-                encoder,
-                decoder,
-                mobility_secret,
-            },
-            self.session_config.clone(),
+            Role::Initiator,
+            sid,
+            est.far_session_id,
+            est.far_address,
+            encoder,
+            decoder,
         );
         self.sessions.insert(sid, session);
         self.events.push_back((

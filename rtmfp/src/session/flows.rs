@@ -352,36 +352,42 @@ impl FlowSet {
 
     /// A Range Ack.
     pub fn on_range_ack(&mut self, now: Instant, ack: RangeAck<'_>) {
-        let mut ranges = [(0u64, 0u64); MAX_ACK_RANGES];
-        let mut n = 0;
-        for r in ack.ranges().take(MAX_ACK_RANGES) {
-            ranges[n] = r;
-            n += 1;
-        }
-        self.on_ack(
+        self.on_ack_ranges(
             now,
             ack.flow_id,
             ack.buffer_blocks,
             ack.cum_ack,
-            &ranges[..n],
+            ack.ranges(),
         );
     }
 
     /// A Bitmap Ack.
     pub fn on_bitmap_ack(&mut self, now: Instant, ack: BitmapAck<'_>) {
-        let mut ranges = [(0u64, 0u64); MAX_ACK_RANGES];
-        let mut n = 0;
-        for r in ack.ranges().take(MAX_ACK_RANGES) {
-            ranges[n] = r;
-            n += 1;
-        }
-        self.on_ack(
+        self.on_ack_ranges(
             now,
             ack.flow_id,
             ack.buffer_blocks,
             ack.cum_ack,
-            &ranges[..n],
+            ack.ranges(),
         );
+    }
+
+    /// Collects up to [`MAX_ACK_RANGES`] ranges of either ack chunk, without allocating.
+    fn on_ack_ranges(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        buffer_blocks: u64,
+        cum_ack: u64,
+        ranges: impl Iterator<Item = (u64, u64)>,
+    ) {
+        let mut buf = [(0u64, 0u64); MAX_ACK_RANGES];
+        let mut n = 0;
+        for (slot, r) in buf.iter_mut().zip(ranges) {
+            *slot = r;
+            n += 1;
+        }
+        self.on_ack(now, flow, buffer_blocks, cum_ack, &buf[..n]);
     }
 
     /// A Buffer Probe: ack that flow at once (RFC 7016 §3.6.3.6).

@@ -34,6 +34,8 @@ const KEY: [u8; 16] = *b"0123456789abcdef";
 const HMAC_KEY: [u8; 32] = [0x5A; 32];
 /// Size of the media messages that fill the benchmark packets.
 const MESSAGE_LEN: usize = 100;
+/// User Data chunks in the 1200-byte benchmark packet: 11 of 100-byte messages, one of 11 bytes.
+const CHUNKS_IN_1200B: usize = 12;
 /// Room for any encrypted datagram of these benchmarks (1200 B + SSID, SSEQ, padding, HMAC).
 const DATAGRAM_CAPACITY: usize = 1300;
 /// Far session ID written into the benchmark datagrams.
@@ -93,6 +95,7 @@ fn parse_packet(packet: &[u8]) -> (PacketHeader, usize) {
 
 fn wire(c: &mut Criterion) {
     let packet = plain_packet(1200);
+    assert_eq!(parse_packet(&packet).1, CHUNKS_IN_1200B, "chunks parsed");
     let mut g = c.benchmark_group("wire");
     g.throughput(Throughput::Bytes(packet.len() as u64));
     // The null-cipher variant of crypto/decrypt_then_parse_1200B.
@@ -143,6 +146,15 @@ fn crypto(c: &mut Criterion) {
 
     let packet = plain_packet(1200);
     let datagram = encrypt(PacketMode::STARTUP, &packet);
+    let mut check = datagram.clone();
+    let decoded = PacketDecoder::new(&KEY, PacketMode::STARTUP)
+        .decode(&mut check)
+        .unwrap();
+    assert_eq!(
+        parse_packet(decoded.packet).1,
+        CHUNKS_IN_1200B,
+        "chunks parsed"
+    );
     g.throughput(Throughput::Bytes(packet.len() as u64));
     g.bench_function("decrypt_then_parse_1200B", |b| {
         let mut dec = PacketDecoder::new(&KEY, PacketMode::STARTUP);

@@ -1,27 +1,48 @@
 //! Micro-benchmarks of the protocol core: packet parsing, packet crypto, AMF, and the responder
-//! handshake. Run with `cargo bench -p benches`; figures go to docs/performance.md.
+//! handshake. Run with `cargo bench -p benches -- --warm-up-time 1 --measurement-time 3`;
+//! figures go to docs/performance.md.
 
+use std::borrow::Cow;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rtmfp::amf::{Object, Value};
 use rtmfp::crypto::{
-    DhGroup, DhKeyPair, NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode,
+    DhGroup, DhKeyPair, HmacMode, NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode,
+    DEFAULT_HMAC_LEN,
 };
+use rtmfp::flash::command::{names, Command, NetCommand, ObjectEncoding};
+use rtmfp::flash::message::TcMessage;
 use rtmfp::ids::FlowId;
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
-use rtmfp::startup::responder::{HelloDisposition, KeyingDisposition, Responder, ResponderConfig};
+use rtmfp::startup::responder::{
+    HelloDisposition, KeyingDisposition, KeyingRequest, Responder, ResponderConfig,
+};
 use rtmfp::time::Instant;
 use rtmfp::wire::{
     ChunkBody, ChunkIter, Fragment, Mode, PacketHeader, Reader, UserData, UserDataFlags, Writer,
 };
 
+/// AES-128 session key used by the crypto benchmarks.
 const KEY: [u8; 16] = *b"0123456789abcdef";
+/// HMAC-SHA256 key used by the HMAC-mode benchmarks.
+const HMAC_KEY: [u8; 32] = [0x5A; 32];
+/// Size of the media messages that fill the benchmark packets.
+const MESSAGE_LEN: usize = 100;
+/// User Data chunks in the 1200-byte benchmark packet: 11 of 100-byte messages, one of 11 bytes.
+const CHUNKS_IN_1200B: usize = 12;
+/// Room for any encrypted datagram of these benchmarks (1200 B + SSID, SSEQ, padding, HMAC).
+const DATAGRAM_CAPACITY: usize = 1300;
+/// Far session ID written into the benchmark datagrams.
+const FAR_SESSION_ID: u32 = 7;
 
-/// A plain 1200-byte session packet: header, then User Data chunks of 100-byte messages.
+/// A plain session packet of exactly `len` bytes: header with timestamp and echo, then User
+/// Data chunks of 100-byte messages, the last one shortened or lengthened to fill the packet.
 fn plain_packet(len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     let mut w = Writer::new(&mut buf);
@@ -29,10 +50,10 @@ fn plain_packet(len: usize) -> Vec<u8> {
     h.timestamp = Some(1234);
     h.timestamp_echo = Some(1200);
     h.emit(&mut w).unwrap();
-    let data = [0x42u8; 100];
+    let data = [0x42u8; 2 * MESSAGE_LEN];
     let mut seq = 1;
-    loop {
-        let ud = UserData {
+    while w.position() < len {
+        let mut ud = UserData {
             flags: UserDataFlags {
                 fragment: Fragment::Whole,
                 abandoned: false,
@@ -42,51 +63,79 @@ fn plain_packet(len: usize) -> Vec<u8> {
             seq,
             fsn_offset: 1,
             options: None,
-            data: &data,
+            data: &[],
         };
-        if ud.emit(&mut w).is_err() {
-            break;
-        }
+        let overhead = ud.encoded_len();
+        let room = (len - w.position()).saturating_sub(overhead);
+        // A whole message if another chunk still fits after it, else everything that is left.
+        let take = if room >= MESSAGE_LEN + overhead {
+            MESSAGE_LEN
+        } else {
+            room
+        };
+        ud.data = &data[..take];
+        ud.emit(&mut w).unwrap();
         seq += 1;
     }
     let n = w.position();
-    buf.truncate(n);
+    assert_eq!(n, len, "benchmark packet size");
     buf
+}
+
+/// Parses a plain packet the way the session does: header, then every chunk.
+fn parse_packet(packet: &[u8]) -> (PacketHeader, usize) {
+    let mut r = Reader::new(packet);
+    let h = PacketHeader::parse(&mut r).unwrap();
+    let mut n = 0usize;
+    for c in ChunkIter::new(r.rest()) {
+        n += usize::from(c.is_ok());
+    }
+    (h, n)
 }
 
 fn wire(c: &mut Criterion) {
     let packet = plain_packet(1200);
+    assert_eq!(parse_packet(&packet).1, CHUNKS_IN_1200B, "chunks parsed");
     let mut g = c.benchmark_group("wire");
     g.throughput(Throughput::Bytes(packet.len() as u64));
+    // The null-cipher variant of crypto/decrypt_then_parse_1200B.
     g.bench_function("parse_chunks_1200B", |b| {
-        b.iter(|| {
-            let mut r = Reader::new(black_box(&packet));
-            let h = PacketHeader::parse(&mut r).unwrap();
-            let mut n = 0usize;
-            for c in ChunkIter::new(r.rest()) {
-                n += c.is_ok() as usize;
-            }
-            black_box((h, n))
-        })
+        b.iter(|| black_box(parse_packet(black_box(&packet))))
     });
     g.finish();
+}
+
+/// The HMAC mode a session negotiates with an rtmfp-cpp peer: 16-byte trailer and SSEQ.
+fn hmac_mode() -> PacketMode {
+    PacketMode {
+        hmac: Some(HmacMode::new(HMAC_KEY, DEFAULT_HMAC_LEN).unwrap()),
+        sseq: true,
+    }
+}
+
+/// One encrypted datagram of `packet` under `mode`.
+fn encrypt(mode: PacketMode, packet: &[u8]) -> Vec<u8> {
+    let mut enc = PacketEncoder::new(&KEY, mode);
+    let mut datagram = vec![0u8; DATAGRAM_CAPACITY];
+    let n = enc.encode(FAR_SESSION_ID, packet, &mut datagram).unwrap();
+    datagram.truncate(n);
+    datagram
 }
 
 fn crypto(c: &mut Criterion) {
     let mut g = c.benchmark_group("crypto");
     for size in [100usize, 1200] {
         let packet = plain_packet(size);
-        let mut enc = PacketEncoder::new(&KEY, PacketMode::STARTUP);
-        let mut datagram = vec![0u8; 1300];
-        let n = enc.encode(7, &packet, &mut datagram).unwrap();
-        datagram.truncate(n);
+        let datagram = encrypt(PacketMode::STARTUP, &packet);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("encrypt_{size}B"), |b| {
-            let mut out = vec![0u8; 1300];
-            b.iter(|| black_box(enc.encode(7, black_box(&packet), &mut out).unwrap()))
+            let mut enc = PacketEncoder::new(&KEY, PacketMode::STARTUP);
+            let mut out = vec![0u8; DATAGRAM_CAPACITY];
+            b.iter(|| black_box(enc.encode(FAR_SESSION_ID, black_box(&packet), &mut out)))
         });
         g.bench_function(format!("decrypt_{size}B"), |b| {
             let mut dec = PacketDecoder::new(&KEY, PacketMode::STARTUP);
+            // Decryption is in place: every iteration gets a fresh copy, made outside the timing.
             b.iter_batched_ref(
                 || datagram.clone(),
                 |d| black_box(dec.decode(d).map(|p| p.packet.len()).unwrap()),
@@ -94,88 +143,249 @@ fn crypto(c: &mut Criterion) {
             )
         });
     }
+
+    let packet = plain_packet(1200);
+    let datagram = encrypt(PacketMode::STARTUP, &packet);
+    let mut check = datagram.clone();
+    let decoded = PacketDecoder::new(&KEY, PacketMode::STARTUP)
+        .decode(&mut check)
+        .unwrap();
+    assert_eq!(
+        parse_packet(decoded.packet).1,
+        CHUNKS_IN_1200B,
+        "chunks parsed"
+    );
+    g.throughput(Throughput::Bytes(packet.len() as u64));
+    g.bench_function("decrypt_then_parse_1200B", |b| {
+        let mut dec = PacketDecoder::new(&KEY, PacketMode::STARTUP);
+        b.iter_batched_ref(
+            || datagram.clone(),
+            |d| black_box(parse_packet(dec.decode(d).unwrap().packet)),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let datagram = encrypt(hmac_mode(), &packet);
+    g.bench_function("encrypt_hmac16_sseq_1200B", |b| {
+        let mut enc = PacketEncoder::new(&KEY, hmac_mode());
+        let mut out = vec![0u8; DATAGRAM_CAPACITY];
+        b.iter(|| black_box(enc.encode(FAR_SESSION_ID, black_box(&packet), &mut out)))
+    });
+    g.bench_function("decrypt_hmac16_sseq_1200B", |b| {
+        // The anti-replay window refuses a second copy of one SSEQ, so every iteration gets a
+        // fresh decoder as well as a fresh datagram, both made outside the timing.
+        let dec = PacketDecoder::new(&KEY, hmac_mode());
+        b.iter_batched_ref(
+            || (dec.clone(), datagram.clone()),
+            |(dec, d)| black_box(dec.decode(d).map(|p| p.packet.len()).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
+}
+
+/// A `connect` TC message as Flash Player sends it: AMF0 command, the properties object with
+/// the members Flash fills in, no further arguments.
+fn connect_message() -> Vec<u8> {
+    let member = |name: &'static str, value: Value<'static>| (Cow::Borrowed(name), value);
+    let properties = Object::anonymous(vec![
+        member("app", Value::str("live")),
+        member("flashVer", Value::str("WIN 32,0,0,465")),
+        member(
+            "swfUrl",
+            Value::str("https://media.example.com/player/player.swf"),
+        ),
+        member("tcUrl", Value::str("rtmfp://media.example.com/live")),
+        member("fpad", Value::Boolean(false)),
+        member("capabilities", Value::Number(239.0)),
+        member("audioCodecs", Value::Number(3575.0)),
+        member("videoCodecs", Value::Number(252.0)),
+        member("videoFunction", Value::Number(1.0)),
+        member(
+            "pageUrl",
+            Value::str("https://media.example.com/watch/index.html"),
+        ),
+        member("objectEncoding", Value::Number(3.0)),
+    ]);
+    Command::new(names::CONNECT, 1.0, Value::Object(properties), Vec::new())
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap()
+}
+
+fn amf(c: &mut Criterion) {
+    let message = connect_message();
+    let mut g = c.benchmark_group("amf");
+    g.throughput(Throughput::Bytes(message.len() as u64));
+    g.bench_function("decode_connect", |b| {
+        b.iter(|| {
+            let msg = TcMessage::parse(black_box(&message)).unwrap();
+            let cmd = Command::parse(&msg).unwrap();
+            let NetCommand::Connect(connect) = cmd.net_command().unwrap() else {
+                unreachable!("not a connect")
+            };
+            black_box((
+                connect.app().map(str::len),
+                connect.tc_url().map(str::len),
+                connect.object_encoding(),
+            ))
+        })
+    });
+    g.finish();
+}
+
+/// A responder and one initiator's IHello tag, certificate and SKIC for `group`: what a server
+/// receives per connect, ready to be replayed.
+struct HandshakeFixture {
+    responder: Responder,
+    client: SocketAddr,
+    now: Instant,
+    epd: Vec<u8>,
+    tag: Vec<u8>,
+    cert: Vec<u8>,
+    skic: Vec<u8>,
+}
+
+/// The URL the initiator connects to; its IHello carries it as an ancillary-data EPD
+/// (RFC 7425 §4.4.2).
+const SERVER_URL: &[u8] = b"rtmfp://127.0.0.1/live";
+/// The initiator's session ID in IIKeying.
+const INITIATOR_SESSION_ID: u32 = 2;
+
+impl HandshakeFixture {
+    fn new(group: DhGroup) -> Self {
+        let server: SocketAddr = "127.0.0.1:1935".parse().unwrap();
+        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+        let responder = Responder::new(
+            ResponderConfig {
+                groups: vec![group],
+                policy,
+            },
+            [1; 32],
+            &[2; 64],
+            Instant::ZERO,
+        );
+        let now = Instant::from_millis(10);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let epd = build_url_epd(SERVER_URL);
+        let mut init = Initiator::new(
+            now,
+            InitiatorConfig {
+                groups: vec![group],
+                policy,
+            },
+            epd.clone(),
+            None,
+            &[server],
+            INITIATOR_SESSION_ID,
+            &mut rng,
+        );
+        let tag = match init.poll_transmit(now).unwrap().1 {
+            StartupMessage::IHello { tag, .. } => tag.to_vec(),
+            StartupMessage::IIKeying { .. } => unreachable!("IIKeying before RHello"),
+        };
+        let HelloDisposition::RHello { cookie, .. } = responder.on_ihello(now, &client, &epd, &tag)
+        else {
+            unreachable!("IHello refused")
+        };
+        init.on_rhello(
+            now,
+            server,
+            &tag,
+            &cookie,
+            responder.certificate(),
+            &mut rng,
+        )
+        .unwrap();
+        let (cert, skic) = match init.poll_transmit(now).unwrap().1 {
+            StartupMessage::IIKeying {
+                certificate, skic, ..
+            } => (certificate.to_vec(), skic.to_vec()),
+            StartupMessage::IHello { .. } => unreachable!("IHello after RHello"),
+        };
+        HandshakeFixture {
+            responder,
+            client,
+            now,
+            epd,
+            tag,
+            cert,
+            skic,
+        }
+    }
+
+    /// The responder's cheap steps: IHello to a fresh cookie, then the IIKeying check.
+    fn keying_request(&self) -> KeyingRequest {
+        let HelloDisposition::RHello { cookie, .. } =
+            self.responder
+                .on_ihello(self.now, &self.client, &self.epd, &self.tag)
+        else {
+            unreachable!("IHello refused")
+        };
+        let KeyingDisposition::Accept(req) = self.responder.on_iikeying(
+            self.now,
+            &self.client,
+            INITIATOR_SESSION_ID,
+            &cookie,
+            &self.cert,
+            &self.skic,
+        ) else {
+            unreachable!("IIKeying refused")
+        };
+        req
+    }
 }
 
 fn handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("session");
-    let server: SocketAddr = "127.0.0.1:1935".parse().unwrap();
-    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let policy = NegotiationPolicy::FLASH_COMPATIBLE;
-    let responder = Responder::new(
-        ResponderConfig {
-            groups: vec![DhGroup::Modp1024],
-            policy,
-        },
-        [1; 32],
-        &[2; 64],
-        Instant::ZERO,
-    );
-    let now = Instant::from_millis(10);
-    // One initiator's IIKeying, replayed against the responder: cookie check, parsing, one DH
-    // key pair, the shared secret and the key derivation, as a server does per connect.
-    let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let mut init = Initiator::new(
-        now,
-        InitiatorConfig {
-            groups: vec![DhGroup::Modp1024],
-            policy,
-        },
-        build_url_epd(b"rtmfp://127.0.0.1/"),
-        None,
-        &[server],
-        2,
-        &mut rng,
-    );
-    let tag = match init.poll_transmit(now).unwrap().1 {
-        StartupMessage::IHello { tag, .. } => *tag,
-        StartupMessage::IIKeying { .. } => unreachable!(),
-    };
-    let HelloDisposition::RHello { cookie, .. } =
-        responder.on_ihello(now, &client, &[0x01, 0x0A], &tag)
-    else {
-        unreachable!()
-    };
-    init.on_rhello(
-        now,
-        server,
-        &tag,
-        &cookie,
-        responder.certificate(),
-        &mut rng,
-    )
-    .unwrap();
-    let (cert, skic) = match init.poll_transmit(now).unwrap().1 {
-        StartupMessage::IIKeying {
-            certificate, skic, ..
-        } => (certificate.to_vec(), skic.to_vec()),
-        StartupMessage::IHello { .. } => unreachable!(),
-    };
-    g.bench_function("responder_handshake_dh_group2", |b| {
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
-        b.iter(|| {
-            let HelloDisposition::RHello { cookie, .. } =
-                responder.on_ihello(now, &client, &[0x01, 0x0A], &tag)
-            else {
-                unreachable!()
-            };
-            let KeyingDisposition::Accept(req) =
-                responder.on_iikeying(now, &client, 2, &cookie, &cert, &skic)
-            else {
-                unreachable!()
-            };
-            let pair = DhKeyPair::generate(req.group, &mut rng);
-            black_box(responder.accept(&req, &pair).unwrap())
-        })
-    });
+    // Milliseconds per iteration: flat sampling with few samples keeps the run short.
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(20);
+    for (name, group) in [
+        ("group2", DhGroup::Modp1024),
+        ("group14", DhGroup::Modp2048),
+    ] {
+        let fixture = HandshakeFixture::new(group);
+        // Per connect: cookie, IIKeying parsing, a fresh DH key pair, the shared secret and the
+        // key derivation.
+        g.bench_function(format!("responder_handshake_dh_{name}"), |b| {
+            let mut rng = ChaCha20Rng::seed_from_u64(2);
+            b.iter(|| {
+                let req = fixture.keying_request();
+                let pair = DhKeyPair::generate(req.group, &mut rng);
+                black_box(fixture.responder.accept(&req, &pair).unwrap())
+            })
+        });
+        // The same with the key pair made ahead of time (a pool filled off the packet path):
+        // one modexp per connect instead of two.
+        g.bench_function(format!("responder_handshake_pooled_pair_{name}"), |b| {
+            let pair = DhKeyPair::generate(group, &mut ChaCha20Rng::seed_from_u64(3));
+            b.iter(|| {
+                let req = fixture.keying_request();
+                black_box(fixture.responder.accept(&req, &pair).unwrap())
+            })
+        });
+    }
     g.finish();
+}
+
+/// Keeps the whole run to a few minutes on a shared 2-core machine; the command line may
+/// override these.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
 }
 
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, wire, crypto, handshake);
+    criterion_group! {
+        name = benches;
+        config = config();
+        targets = wire, crypto, amf, handshake
+    }
 }
 use group::benches;
 criterion_main!(benches);

@@ -85,6 +85,8 @@ struct Client {
     replies: HashMap<FlowId, FlowId>,
     /// The NetStream ID of each of the client's TC flows (0: the NetConnection).
     streams: HashMap<FlowId, u64>,
+    /// The client's first NetConnection control flow (TC metadata, stream ID 0).
+    control: Option<FlowId>,
     next_stream_id: f64,
 }
 
@@ -198,11 +200,11 @@ impl Server {
                 }
                 EndpointEvent::Session(Event::FlowOpened { flow, metadata, .. }) => {
                     if let Ok(FlowMetadata::Tc { stream_id, .. }) = FlowMetadata::parse(&metadata) {
-                        self.clients
-                            .entry(handle)
-                            .or_default()
-                            .streams
-                            .insert(flow, stream_id);
+                        let client = self.clients.entry(handle).or_default();
+                        client.streams.insert(flow, stream_id);
+                        if stream_id == 0 && client.control.is_none() {
+                            client.control = Some(flow);
+                        }
                     } else {
                         // NetGroup and unknown flows are not served yet: reject them
                         // (RFC 7016 §3.6.3.7, automatic rejection code 0).
@@ -291,14 +293,17 @@ impl Server {
         let reply_flow = match client.replies.get(&flow) {
             Some(f) => *f,
             None => {
-                // Reply on a flow with the same metadata, associated with the client's
-                // (RFC 7016 §2.3.11.1.2, RFC 7425 §5.1).
+                // Reply on a flow with the same metadata (RFC 7425 §5.1), returned on the
+                // client's NetConnection control flow (RFC 7016 §2.3.11.1.2): rtmfp-cpp
+                // clients accept only flows associated with their control flow, and
+                // tcserver associates its NetStream flows the same way.
                 let stream_id = client.streams.get(&flow).copied().unwrap_or(0);
+                let associated = client.control.filter(|_| stream_id != 0).unwrap_or(flow);
                 let metadata = FlowMetadata::Tc {
                     stream_id,
                     receive_intent: ReceiveIntent::Sequence,
                 };
-                let Ok(f) = session.open_flow(&metadata.to_vec(), Some(flow)) else {
+                let Ok(f) = session.open_flow(&metadata.to_vec(), Some(associated)) else {
                     return;
                 };
                 client.replies.insert(flow, f);

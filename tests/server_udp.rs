@@ -228,3 +228,88 @@ fn flash_client_session_against_the_server_over_udp() {
         .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Session(Event::Closed { .. })))));
     assert_eq!(c.endpoint.session(h).unwrap().state(), State::Closed);
 }
+
+/// rtmfp-cpp's TCConnection opens its NetStream flows as return flows of the server's
+/// NetConnection return flow and accepts only server flows associated with its own control
+/// flow; the server must open NetStream replies that way (found against rtmfp-cpp `tcconn`).
+#[test]
+fn netstream_replies_are_associated_with_the_client_control_flow() {
+    let (_server, addr) = start_server();
+    let mut c = Client::new();
+    let now = c.now();
+    let h = c
+        .endpoint
+        .connect(now, build_url_epd(b"rtmfp://127.0.0.1/live"), None, &[addr]);
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
+    let tc = |stream_id| {
+        FlowMetadata::Tc {
+            stream_id,
+            receive_intent: ReceiveIntent::Sequence,
+        }
+        .to_vec()
+    };
+    let now = c.now();
+    let s = c.endpoint.session_mut(h).unwrap();
+    let control = s.open_flow(&tc(0), None).unwrap();
+    let connect = Command::new(
+        "connect",
+        1.0,
+        Value::Object(Object::anonymous(vec![("app".into(), Value::str("live"))])),
+        vec![],
+    );
+    for msg in [
+        connect.to_message(ObjectEncoding::Amf0, 0).unwrap(),
+        Command::new("createStream", 2.0, Value::Null, vec![])
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap(),
+    ] {
+        s.send(now, control, &msg, SendOptions::default()).unwrap();
+    }
+    assert!(c.pump(|ev| ev
+        .iter()
+        .filter(|(_, e)| matches!(e, EndpointEvent::Session(Event::Message { .. })))
+        .count()
+        >= 2));
+    let server_opened = |events: &[(u32, EndpointEvent)], stream_id| {
+        events.iter().find_map(|(_, e)| match e {
+            EndpointEvent::Session(Event::FlowOpened {
+                flow,
+                metadata,
+                associated,
+            }) if *metadata == tc(stream_id) => Some((*flow, *associated)),
+            _ => None,
+        })
+    };
+    let (nc_return, assoc) = server_opened(&c.events, 0).unwrap();
+    assert_eq!(assoc, Some(control));
+
+    // The NetStream flow answers the server's NetConnection return flow, as rtmfp-cpp does.
+    let now = c.now();
+    let s = c.endpoint.session_mut(h).unwrap();
+    let stream = s.open_flow(&tc(1), Some(nc_return)).unwrap();
+    let play = Command::new("play", 0.0, Value::Null, vec![Value::str("live")]);
+    s.send(
+        now,
+        stream,
+        &play.to_message(ObjectEncoding::Amf0, 0).unwrap(),
+        SendOptions::default(),
+    )
+    .unwrap();
+    assert!(c.pump(|ev| server_opened(ev, 1).is_some()
+        && ev
+            .iter()
+            .filter(|(_, e)| matches!(e, EndpointEvent::Session(Event::Message { .. })))
+            .count()
+            >= 3));
+    let (_, assoc) = server_opened(&c.events, 1).unwrap();
+    assert_eq!(assoc, Some(control));
+    let msgs = c.messages();
+    let (name, _, info) = command_reply(&msgs[2]).unwrap();
+    assert_eq!(name, "onStatus");
+    assert_eq!(
+        info.get("code").and_then(Value::as_str),
+        Some("NetStream.Play.Failed")
+    );
+}

@@ -8,6 +8,8 @@
 
 pub mod clock;
 pub mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mobility;
 
 use core::time::Duration;

@@ -46,6 +46,9 @@ impl<'a> RawOption<'a> {
 pub struct Options<'a> {
     reader: Reader<'a>,
     marker_seen: bool,
+    /// Where the end marker starts (valid once `marker_seen`); a marker may be a non-minimal
+    /// VLU of more than one byte (`80 00`).
+    marker_at: usize,
     failed: bool,
 }
 
@@ -54,6 +57,7 @@ pub fn options(bytes: &[u8]) -> Options<'_> {
     Options {
         reader: Reader::new(bytes),
         marker_seen: false,
+        marker_at: 0,
         failed: false,
     }
 }
@@ -75,9 +79,11 @@ impl<'a> Options<'a> {
     }
 
     fn read_one(&mut self) -> Result<Option<RawOption<'a>>, WireError> {
+        let before = self.reader.position();
         let len = self.reader.read_vlu()?;
         if len == 0 {
             self.marker_seen = true;
+            self.marker_at = before;
             return Ok(None);
         }
         let len = usize::try_from(len).map_err(|_| WireError::UnexpectedEnd)?;
@@ -116,8 +122,7 @@ pub fn split_option_list(bytes: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
         opt?;
     }
     let after = it.after_marker().ok_or(WireError::UnexpectedEnd)?;
-    let list_len = it.consumed().saturating_sub(MARKER_LEN);
-    let list = bytes.get(..list_len).ok_or(WireError::UnexpectedEnd)?;
+    let list = bytes.get(..it.marker_at).ok_or(WireError::UnexpectedEnd)?;
     Ok((list, after))
 }
 
@@ -307,5 +312,15 @@ mod tests {
             prop_assert!(total <= bytes.len());
             let _ = split_option_list(&bytes);
         }
+    }
+
+    #[test]
+    fn a_non_minimal_marker_is_not_part_of_the_list() {
+        // Found by the `chunks` fuzzer: the marker `80 00` is a two-byte VLU 0.
+        let bytes = [0x05, 0x00, b'T', b'C', 0x04, 0x00, 0x80, 0x00, 0xAA];
+        let (list, after) = split_option_list(&bytes).unwrap();
+        assert_eq!(list, &bytes[..6]);
+        assert_eq!(after, &[0xAA]);
+        validate_options(list).unwrap();
     }
 }

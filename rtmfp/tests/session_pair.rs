@@ -23,6 +23,34 @@ fn nc_metadata() -> Vec<u8> {
     .to_vec()
 }
 
+/// A connected pair (default network, Flash-compatible policy) whose client has opened a
+/// NetConnection flow: (pair, client handle, server handle, flow).
+fn connected_with_nc_flow(seed: u64) -> (Pair, u32, u32, FlowId) {
+    let mut p = Pair::new(
+        seed,
+        Impairments::default(),
+        NegotiationPolicy::FLASH_COMPATIBLE,
+    );
+    let (ch, sh) = p.connect();
+    let flow = p
+        .client
+        .session_mut(ch)
+        .unwrap()
+        .open_flow(&nc_metadata(), None)
+        .unwrap();
+    (p, ch, sh, flow)
+}
+
+/// Queues a reliable message on one of the client's flows.
+fn client_send(p: &mut Pair, ch: u32, flow: FlowId, data: &[u8]) {
+    let now = p.now;
+    p.client
+        .session_mut(ch)
+        .unwrap()
+        .send(now, flow, data, SendOptions::default())
+        .unwrap();
+}
+
 /// Messages the server's sessions delivered, by flow, in order.
 fn server_messages(p: &mut Pair) -> Vec<(FlowId, Vec<u8>)> {
     let mut out = Vec::new();
@@ -252,25 +280,9 @@ fn hmac_and_session_sequence_numbers_carry_data_under_loss() {
 
 #[test]
 fn expired_messages_are_abandoned_not_retransmitted() {
-    let mut p = Pair::new(
-        31,
-        Impairments::default(),
-        NegotiationPolicy::FLASH_COMPATIBLE,
-    );
-    let (ch, _) = p.connect();
-    let flow = p
-        .client
-        .session_mut(ch)
-        .unwrap()
-        .open_flow(&nc_metadata(), None)
-        .unwrap();
+    let (mut p, ch, _, flow) = connected_with_nc_flow(31);
     // Open the flow first, so the server knows it.
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(0, 10), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(0, 10));
     assert!(p.run_until(Duration::from_secs(5), |p| !server_messages(p).is_empty()));
     // Black-hole the network, send media that expires in 100 ms, then heal it.
     p.net.loss = 1.0;
@@ -286,12 +298,7 @@ fn expired_messages_are_abandoned_not_retransmitted() {
     p.run_until(Duration::from_millis(400), |_| false);
     p.net.loss = 0.0;
     let sent_before = p.stats.sent;
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(99, 50), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(99, 50));
     let mut got = Vec::new();
     assert!(p.run_until(Duration::from_secs(30), |p| {
         got.extend(server_messages(p));
@@ -429,27 +436,11 @@ fn keepalive_pings_keep_an_idle_session_open() {
 
 #[test]
 fn address_change_is_validated_before_the_server_follows_it() {
-    let mut p = Pair::new(
-        51,
-        Impairments::default(),
-        NegotiationPolicy::FLASH_COMPATIBLE,
-    );
-    let (ch, sh) = p.connect();
-    let flow = p
-        .client
-        .session_mut(ch)
-        .unwrap()
-        .open_flow(&nc_metadata(), None)
-        .unwrap();
+    let (mut p, ch, sh, flow) = connected_with_nc_flow(51);
     // The client's NAT mapping changes: its packets now come from another port.
     let old = p.client_addr;
     p.client_addr = "127.0.0.1:50001".parse().unwrap();
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(1, 100), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(1, 100));
     assert!(
         p.run_until(Duration::from_secs(10), |p| p.server_events.iter().any(
             |(_, e)| matches!(e, EndpointEvent::Session(Event::AddressChanged { .. }))
@@ -485,18 +476,7 @@ fn retransmitted_iikeying_gets_the_same_rikeying_and_one_session() {
 #[test]
 fn garbage_datagrams_are_counted_and_sessions_stay_healthy() {
     use rand_chacha::rand_core::{RngCore, SeedableRng};
-    let mut p = Pair::new(
-        53,
-        Impairments::default(),
-        NegotiationPolicy::FLASH_COMPATIBLE,
-    );
-    let (ch, sh) = p.connect();
-    let flow = p
-        .client
-        .session_mut(ch)
-        .unwrap()
-        .open_flow(&nc_metadata(), None)
-        .unwrap();
+    let (mut p, ch, sh, flow) = connected_with_nc_flow(53);
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
     let attacker: std::net::SocketAddr = "127.0.0.9:4444".parse().unwrap();
     let mut buf = vec![0u8; 1500];
@@ -522,12 +502,7 @@ fn garbage_datagrams_are_counted_and_sessions_stay_healthy() {
         1,
         "no state for garbage"
     );
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(1, 5000), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(1, 5000));
     assert!(p.run_until(Duration::from_secs(5), |p| !server_messages(p).is_empty()));
     assert_eq!(p.server.session(sh).unwrap().state(), State::Open);
 }
@@ -569,12 +544,7 @@ fn a_rejected_flow_is_reported_to_its_sender_and_stops() {
         .unwrap()
         .open_flow(b"GC", None)
         .unwrap();
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(1, 100), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(1, 100));
     assert!(p
         .run_until(Duration::from_secs(5), |p| p.server_events.iter().any(
             |(_, e)| matches!(e, EndpointEvent::Session(Event::FlowOpened { .. }))
@@ -592,12 +562,7 @@ fn a_rejected_flow_is_reported_to_its_sender_and_stops() {
         .unwrap()
         .reject_flow(far, 7)
         .unwrap();
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(2, 100), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(2, 100));
     assert!(
         p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(
             |(_, e)| matches!(
@@ -630,12 +595,7 @@ fn a_flow_without_metadata_or_with_an_unknown_mandatory_option_is_rejected_autom
         .unwrap()
         .open_flow(&nc_metadata(), Some(FlowId(99)))
         .unwrap();
-    let now = p.now;
-    p.client
-        .session_mut(ch)
-        .unwrap()
-        .send(now, flow, &message(1, 10), SendOptions::default())
-        .unwrap();
+    client_send(&mut p, ch, flow, &message(1, 10));
     assert!(
         p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(
             |(_, e)| matches!(

@@ -163,7 +163,7 @@ impl<R: RngCore> Endpoint<R> {
         addresses: &[SocketAddr],
     ) -> u32 {
         let id = self.allocate_session_id();
-        let init = Initiator::new(
+        let mut init = Initiator::new(
             now,
             self.initiator_config.clone(),
             epd,
@@ -172,6 +172,11 @@ impl<R: RngCore> Endpoint<R> {
             id,
             &mut self.rng,
         );
+        // With a static identity, we present the same certificate as initiator and as
+        // responder: one peer ID (RFC 7425 §4.3.2), as Flash P2P requires.
+        if let Some(identity) = self.responder.as_ref().and_then(Responder::static_key) {
+            init.set_identity(identity.clone());
+        }
         self.opening.insert(id, init);
         id
     }
@@ -419,8 +424,16 @@ impl<R: RngCore> Endpoint<R> {
                 }
                 KeyingDisposition::Reject(e) => return self.keying_rejected(from, &e),
             };
-        let key_pair = DhKeyPair::generate(request.group, &mut self.rng);
-        let accepted = match responder.accept(&request, &key_pair) {
+        // A static identity keys with its own pair; otherwise a fresh ephemeral one.
+        let ephemeral;
+        let key_pair = match responder.static_key() {
+            Some(pair) => pair,
+            None => {
+                ephemeral = DhKeyPair::generate(request.group, &mut self.rng);
+                &ephemeral
+            }
+        };
+        let accepted = match responder.accept(&request, key_pair) {
             Ok(a) => a,
             Err(e) => return self.keying_rejected(from, &e),
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
 use rtmfp::ids::PeerId;
 use rtmfp::session::flows::SendOptions;
@@ -46,6 +46,23 @@ fn endpoint(seed: u64) -> Ep {
         ChaCha20Rng::seed_from_u64(seed),
         Some(responder),
         InitiatorConfig { groups, policy },
+        SessionConfig::default(),
+    )
+}
+
+/// An endpoint with a static identity: one certificate for both roles, as Flash Player has.
+fn static_endpoint(seed: u64) -> Ep {
+    let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+    let responder = Responder::with_static_key(policy, identity, [seed as u8; 32], Instant::ZERO);
+    Endpoint::new(
+        rng,
+        Some(responder),
+        InitiatorConfig {
+            groups: vec![DhGroup::Modp1024],
+            policy,
+        },
         SessionConfig::default(),
     )
 }
@@ -283,4 +300,80 @@ fn glare_leaves_exactly_one_session() {
     assert!(failed(&ex, hx) ^ failed(&ey, hy));
     assert_eq!(net.nodes[x].1.session_handles().count(), 1);
     assert_eq!(net.nodes[y].1.session_handles().count(), 1);
+}
+
+#[test]
+fn with_static_identities_the_peer_id_the_server_sees_reaches_the_peer() {
+    let mut net = Net::new(3);
+    let (server, a, b) = (0, 1, 2);
+    net.nodes[a].1 = static_endpoint(7);
+    net.nodes[b].1 = static_endpoint(8);
+    net.connect(a, server);
+    // The peer ID the server records for B is the fingerprint of B's certificate…
+    let now = net.now;
+    let s_addr = net.addr(server);
+    let h = net.nodes[b]
+        .1
+        .connect(now, build_url_epd(b"rtmfp://server/app"), None, &[s_addr]);
+    let b_addr = net.addr(b);
+    let mut seen = None;
+    assert!(net.run_until(Duration::from_secs(10), |n| {
+        seen = n.nodes[server].2.iter().find_map(|(hh, e)| match e {
+            EndpointEvent::Accepted { peer_id, from } if *from == b_addr => Some((*hh, *peer_id)),
+            _ => None,
+        });
+        seen.is_some()
+            && n.nodes[b]
+                .2
+                .iter()
+                .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))
+    }));
+    let (b_at_s, b_id) = seen.unwrap();
+    // … and the same one B answers P2P IHellos with.
+    assert_eq!(b_id, net.nodes[b].1.responder().unwrap().fingerprint());
+    net.take_events(server);
+    // A asks for B by that peer ID, pinned: the server forwards, B answers, A keys with B's
+    // static key from its certificate.
+    let now = net.now;
+    let epd = build_fingerprint_epd(&b_id.0);
+    let p2p = net.nodes[a]
+        .1
+        .connect(now, epd.clone(), Some(b_id), &[s_addr]);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.nodes[server]
+        .2
+        .iter()
+        .any(|(_, e)| matches!(e, EndpointEvent::Rendezvous { .. }))));
+    let (from, tag) = net
+        .take_events(server)
+        .into_iter()
+        .find_map(|(_, e)| match e {
+            EndpointEvent::Rendezvous { from, tag, .. } => Some((from, tag)),
+            _ => None,
+        })
+        .unwrap();
+    net.nodes[server]
+        .1
+        .session_mut(b_at_s)
+        .unwrap()
+        .forward_ihello(&epd, Address::new(from, AddressOrigin::Observed), &tag);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.nodes[b].2.iter().any(
+            |(_, e)| matches!(e, EndpointEvent::Session(Event::ForwardedIHello { .. }))
+        ))
+    );
+    let now = net.now;
+    net.nodes[b]
+        .1
+        .answer_forwarded_ihello(now, from, &epd, &tag);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.nodes[a]
+        .2
+        .iter()
+        .any(|(hh, e)| *hh == p2p
+            && matches!(e, EndpointEvent::Connected { peer_id } if *peer_id == b_id))));
+    // B sees A under A's one peer ID too.
+    let a_id = net.nodes[a].1.responder().unwrap().fingerprint();
+    assert!(net.nodes[b]
+        .2
+        .iter()
+        .any(|(_, e)| matches!(e, EndpointEvent::Accepted { peer_id, .. } if *peer_id == a_id)));
 }

@@ -244,6 +244,9 @@ pub enum DhChoice<'a> {
     GroupSelect(u64),
     /// Carry an ephemeral public key.
     Ephemeral(u64, &'a [u8]),
+    /// No Diffie-Hellman option: the sender's key is the static key in its certificate
+    /// (a responder with a static identity, RFC 7425 §4.3.3, §4.6.2).
+    InCertificate,
 }
 
 /// Builds a session key component: DH choice, extra randomness (if given), HMAC and SSEQ
@@ -254,18 +257,19 @@ pub fn build_key_component(
     negotiation: KeyingNegotiation,
 ) -> Vec<u8> {
     let mut vlu = [0u8; 10];
-    let dh_opt: (u64, Vec<u8>) = match dh {
-        DhChoice::GroupSelect(g) => (SKC_DH_GROUP_SELECT, encode_vlu(g, &mut vlu).to_vec()),
+    let dh_opt: Option<(u64, Vec<u8>)> = match dh {
+        DhChoice::GroupSelect(g) => Some((SKC_DH_GROUP_SELECT, encode_vlu(g, &mut vlu).to_vec())),
         DhChoice::Ephemeral(g, key) => {
             let mut v = encode_vlu(g, &mut vlu).to_vec();
             v.extend_from_slice(key);
-            (SKC_EPHEMERAL_DH_PUBLIC_KEY, v)
+            Some((SKC_EPHEMERAL_DH_PUBLIC_KEY, v))
         }
+        DhChoice::InCertificate => None,
     };
     let mut hmac_v = vec![negotiation.hmac.0];
     hmac_v.extend_from_slice(encode_vlu(negotiation.hmac_len, &mut vlu));
     let sseq_v = [negotiation.sseq.0];
-    let mut opts: Vec<(u64, &[u8])> = vec![(dh_opt.0, &dh_opt.1)];
+    let mut opts: Vec<(u64, &[u8])> = dh_opt.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     if let Some(r) = randomness {
         opts.push((SKC_EXTRA_RANDOMNESS, r));
     }

@@ -149,6 +149,8 @@ pub struct Initiator {
     initiator_session_id: u32,
     candidates: Vec<Candidate>,
     keying: Option<Keying>,
+    /// A static identity to key with instead of a per-session key pair.
+    identity: Option<DhKeyPair>,
 }
 
 impl Initiator {
@@ -185,7 +187,16 @@ impl Initiator {
             initiator_session_id,
             candidates,
             keying: None,
+            identity: None,
         }
+    }
+
+    /// Keys with `identity`, a static key pair, instead of one made per session, so that our
+    /// certificate and fingerprint (peer ID) are the same in every session and in the RHellos
+    /// we send as responder (see [`super::responder::Responder::with_static_key`]). Call before
+    /// the RHello arrives.
+    pub fn set_identity(&mut self, identity: DhKeyPair) {
+        self.identity = Some(identity);
     }
 
     /// Where the handshake stands.
@@ -295,11 +306,18 @@ impl Initiator {
             return Err(InitiatorError::WrongFingerprint);
         }
         let cert = Certificate::parse(responder_certificate)?;
-        let group = select_group(&self.config.groups, cert.groups())
-            .ok_or(InitiatorError::NoCommonGroup)?;
-        let key_pair = DhKeyPair::generate(group, rng);
-        // Flash Player style: the certificate holds a static key made for this session, and the
-        // SKIC selects its group (RFC 7425 §4.3.5, §4.6.2).
+        let key_pair = match &self.identity {
+            Some(identity) if cert.groups().any(|g| g == identity.group().id()) => identity.clone(),
+            Some(_) => return Err(InitiatorError::NoCommonGroup),
+            None => {
+                let group = select_group(&self.config.groups, cert.groups())
+                    .ok_or(InitiatorError::NoCommonGroup)?;
+                DhKeyPair::generate(group, rng)
+            }
+        };
+        let group = key_pair.group();
+        // Flash Player style: the certificate holds the static key (made for this session unless
+        // we have an identity), and the SKIC selects its group (RFC 7425 §4.3.5, §4.6.2).
         let certificate = build_static_key_certificate(group.id(), key_pair.public_key());
         let mut randomness = [0u8; EXTRA_RANDOMNESS_LEN];
         rng.fill_bytes(&mut randomness);

@@ -357,4 +357,72 @@ mod handshake_tests {
             "only once"
         );
     }
+
+    #[test]
+    fn static_identities_key_with_the_certificate_keys() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+        let server_key = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let resp = Responder::with_static_key(policy, server_key.clone(), [3; 32], Instant::ZERO);
+        let cert = super::components::Certificate::parse(resp.certificate()).unwrap();
+        assert_eq!(cert.static_key(2), Some(server_key.public_key()));
+        let server = addr("127.0.0.1:1935");
+        let client = addr("127.0.0.1:40000");
+        let now = Instant::from_millis(1);
+        let cfg = InitiatorConfig {
+            groups: vec![DhGroup::Modp1024],
+            policy,
+        };
+        let mut init = Initiator::new(
+            now,
+            cfg,
+            build_url_epd(b"u"),
+            Some(resp.fingerprint()),
+            &[server],
+            2,
+            &mut rng,
+        );
+        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        init.set_identity(identity.clone());
+        let tag = *init.tag();
+        let HelloDisposition::RHello { cookie, .. } =
+            resp.on_ihello(now, &client, &build_url_epd(b"u"), &tag)
+        else {
+            panic!("no RHello")
+        };
+        init.on_rhello(now, server, &tag, &cookie, resp.certificate(), &mut rng)
+            .unwrap();
+        let Some((
+            _,
+            StartupMessage::IIKeying {
+                certificate, skic, ..
+            },
+        )) = init.poll_transmit(now)
+        else {
+            panic!("no IIKeying")
+        };
+        // Our certificate is the identity's: the same in every session.
+        assert_eq!(
+            certificate,
+            super::components::build_static_key_certificate(2, identity.public_key()).as_slice()
+        );
+        let (certificate, skic) = (certificate.to_vec(), skic.to_vec());
+        let KeyingDisposition::Accept(req) =
+            resp.on_iikeying(now, &client, 2, &cookie, &certificate, &skic)
+        else {
+            panic!("refused")
+        };
+        // The pair passed in is ignored: a static responder keys with its own.
+        let unused = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let acc = resp.accept(&req, &unused).unwrap();
+        assert_eq!(
+            super::components::KeyComponent::parse(&acc.skrc)
+                .unwrap()
+                .ephemeral_key,
+            None
+        );
+        let est = init.on_rikeying(server, 9, &acc.skrc).unwrap();
+        assert_eq!(est.keys.send_key(), acc.keys.receive_key());
+        assert_eq!(est.keys.receive_key(), acc.keys.send_key());
+    }
 }

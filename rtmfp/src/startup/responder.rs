@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::components::{
-    build_ephemeral_certificate, build_key_component, Certificate, ComponentError, DhChoice, Epd,
-    KeyComponent, EXTRA_RANDOMNESS_LEN, FINGERPRINT_LEN,
+    build_ephemeral_certificate, build_key_component, build_static_key_certificate, Certificate,
+    ComponentError, DhChoice, Epd, KeyComponent, EXTRA_RANDOMNESS_LEN, FINGERPRINT_LEN,
 };
 use super::cookie::{CookieCheck, CookieJar, COOKIE_LEN};
 use crate::crypto::{
@@ -135,6 +135,8 @@ pub struct Responder {
     cookies: CookieJar,
     certificate: Vec<u8>,
     fingerprint: PeerId,
+    /// A static identity: its key is in the certificate and keys every session.
+    static_key: Option<DhKeyPair>,
 }
 
 impl Responder {
@@ -155,7 +157,39 @@ impl Responder {
             cookies: CookieJar::new(cookie_secret, epoch),
             certificate,
             fingerprint,
+            static_key: None,
         }
+    }
+
+    /// A responder with a static identity (RFC 7425 §4.3.3, §4.3.4): its certificate holds the
+    /// static public key of `key_pair`, exactly as a Flash Player certificate does, so its
+    /// fingerprint is the same whether it initiates or responds, and it keys every session with
+    /// that key. This is what P2P peers need, and what makes a server pinnable by fingerprint.
+    pub fn with_static_key(
+        policy: NegotiationPolicy,
+        key_pair: DhKeyPair,
+        cookie_secret: [u8; 32],
+        epoch: Instant,
+    ) -> Self {
+        let certificate =
+            build_static_key_certificate(key_pair.group().id(), key_pair.public_key());
+        // Our own certificate is well formed by construction.
+        let fingerprint = fingerprint(&certificate).unwrap_or(PeerId([0; 32]));
+        Responder {
+            config: ResponderConfig {
+                groups: vec![key_pair.group()],
+                policy,
+            },
+            cookies: CookieJar::new(cookie_secret, epoch),
+            certificate,
+            fingerprint,
+            static_key: Some(key_pair),
+        }
+    }
+
+    /// The static identity key pair, if this responder has one.
+    pub fn static_key(&self) -> Option<&DhKeyPair> {
+        self.static_key.as_ref()
     }
 
     /// Our certificate, sent in every RHello.
@@ -288,24 +322,28 @@ impl Responder {
     }
 
     /// The Diffie-Hellman step: validates the initiator's key, computes the shared secret with
-    /// `key_pair` (an ephemeral pair for the request's group, made ahead of time), builds our
-    /// SKRC and derives the session keys (RFC 7425 §4.6). This is the expensive part; run it off
-    /// the packet path.
+    /// `key_pair` (an ephemeral pair for the request's group, made ahead of time; a responder
+    /// with a static identity uses its own pair instead), builds our SKRC and derives the session
+    /// keys (RFC 7425 §4.6). This is the expensive part; run it off the packet path.
     pub fn accept(
         &self,
         request: &KeyingRequest,
         key_pair: &DhKeyPair,
     ) -> Result<Accepted, KeyingError> {
+        // A static identity keys with its own pair; its public key is in our certificate.
+        let (key_pair, dh) = match &self.static_key {
+            Some(pair) => (pair, DhChoice::InCertificate),
+            None => (
+                key_pair,
+                DhChoice::Ephemeral(request.group.id(), key_pair.public_key()),
+            ),
+        };
         if key_pair.group() != request.group {
             return Err(KeyingError::NoCommonGroup);
         }
         let shared = key_pair.compute_shared_secret(&request.far_public_key)?;
         let negotiated = negotiate(&self.config.policy, &request.far_negotiation)?;
-        let skrc = build_key_component(
-            DhChoice::Ephemeral(request.group.id(), key_pair.public_key()),
-            None,
-            negotiated.answer,
-        );
+        let skrc = build_key_component(dh, None, negotiated.answer);
         let keys = derive_session_keys(&shared, &skrc, &request.skic);
         Ok(Accepted {
             skrc,

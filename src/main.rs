@@ -1,5 +1,6 @@
 //! The `updraft` command: the RTMFP server and its tools.
 
+mod config;
 mod inspect;
 mod inspect_flash;
 mod pcap;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 /// The usage text of `updraft`.
 fn usage() -> String {
     format!(
-        "usage: updraft [--port N] [--bind ADDR]   serve RTMFP (default UDP [::]:1935)\n{}\nusage: updraft --version | --help",
+        "usage: updraft [--config FILE] [--port N] [--bind ADDR]   serve RTMFP (default UDP [::]:1935)\n{}\nusage: updraft --version | --help",
         inspect::USAGE
     )
 }

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use crate::config::Config;
 use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -19,18 +21,12 @@ use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEn
 use rtmfp::flash::message::{TcMessage, UserControl};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::FlowId;
-use rtmfp::params::DEFAULT_PORT;
 use rtmfp::session::flows::SendOptions;
 use rtmfp::session::{Event, SessionConfig};
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::startup::responder::{Responder, ResponderConfig};
 use rtmfp::time::Instant;
 
-/// Keepalive periods sent to clients after `setPeerInfo` (Cumulus defaults: 15 s and 10 s,
-/// RFC 7425 §5.3.4, in milliseconds on the wire).
-const SERVER_KEEPALIVE_MS: u32 = 15_000;
-/// See [`SERVER_KEEPALIVE_MS`].
-const PEER_KEEPALIVE_MS: u32 = 10_000;
 /// Largest datagram we receive.
 const MAX_DATAGRAM: usize = 8192;
 /// Longest the loop blocks in `recv_from` without a timer due.
@@ -39,8 +35,11 @@ const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Server options from the command line.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// UDP port.
-    pub port: u16,
+    /// Configuration file (`--config`); otherwise `updraft.ini` or `CumulusServer.ini` in the
+    /// working directory, when present.
+    pub config: Option<std::path::PathBuf>,
+    /// UDP port, overriding the configuration file.
+    pub port: Option<u16>,
     /// Address to bind (default `::`, which also takes IPv4 on Linux).
     pub bind: IpAddr,
 }
@@ -48,7 +47,8 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            port: DEFAULT_PORT,
+            config: None,
+            port: None,
             bind: IpAddr::from([0u16; 8]),
         }
     }
@@ -70,7 +70,8 @@ pub fn parse_args(args: &[String]) -> Result<ServerOptions, String> {
                 .ok_or(format!("{flag} needs a value"))
         };
         match flag {
-            "--port" => o.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--port" => o.port = Some(value()?.parse().map_err(|e| format!("--port: {e}"))?),
+            "--config" => o.config = Some(value()?.into()),
             "--bind" => o.bind = value()?.parse().map_err(|e| format!("--bind: {e}"))?,
             other => return Err(format!("unknown option {other}")),
         }
@@ -95,11 +96,14 @@ pub struct Server {
     endpoint: Endpoint<ChaCha20Rng>,
     clients: HashMap<u32, Client>,
     epoch: std::time::Instant,
+    /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
+    /// (RFC 7425 §5.3.4; `keepAliveServer`, `keepAlivePeer`).
+    keepalive_ms: (u32, u32),
 }
 
 impl Server {
     /// A server with a fresh certificate and cookie secret from `seed_rng`.
-    pub fn new(mut seed_rng: ChaCha20Rng) -> Server {
+    pub fn new(mut seed_rng: ChaCha20Rng, config: &Config) -> Server {
         let mut secret = [0u8; 32];
         seed_rng.fill_bytes(&mut secret);
         let mut randomness = [0u8; 64];
@@ -124,6 +128,10 @@ impl Server {
             ),
             clients: HashMap::new(),
             epoch: std::time::Instant::now(),
+            keepalive_ms: (
+                millis(config.keepalive_server),
+                millis(config.keepalive_peer),
+            ),
         }
     }
 
@@ -249,8 +257,8 @@ impl Server {
             Ok(NetCommand::SetPeerInfo(addrs)) => {
                 tracing::debug!(session = handle, addresses = ?addrs, "setPeerInfo");
                 let ka = UserControl::SetKeepalive {
-                    server_ms: SERVER_KEEPALIVE_MS,
-                    peer_ms: PEER_KEEPALIVE_MS,
+                    server_ms: self.keepalive_ms.0,
+                    peer_ms: self.keepalive_ms.1,
                 };
                 vec![ka.to_message(0)]
             }
@@ -351,6 +359,10 @@ fn destination_for(socket: &UdpSocket, dest: SocketAddr) -> SocketAddr {
     }
 }
 
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -364,21 +376,29 @@ pub fn run(args: &[String]) -> u8 {
             return 2;
         }
     };
-    let socket = match UdpSocket::bind((opts.bind, opts.port)) {
+    let config = match Config::discover(opts.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("updraft: {e}");
+            return 2;
+        }
+    };
+    let port = opts.port.unwrap_or(config.port);
+    let socket = match UdpSocket::bind((opts.bind, port)) {
         Ok(s) => s,
         Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() => {
             // No IPv6 on this host: serve IPv4 only.
             eprintln!("updraft: IPv6 unavailable ({e}); binding 0.0.0.0");
-            match UdpSocket::bind((IpAddr::from([0u8; 4]), opts.port)) {
+            match UdpSocket::bind((IpAddr::from([0u8; 4]), port)) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("updraft: cannot bind UDP port {}: {e}", opts.port);
+                    eprintln!("updraft: cannot bind UDP port {port}: {e}");
                     return 2;
                 }
             }
         }
         Err(e) => {
-            eprintln!("updraft: cannot bind UDP {}:{}: {e}", opts.bind, opts.port);
+            eprintln!("updraft: cannot bind UDP {}:{port}: {e}", opts.bind);
             return 2;
         }
     };
@@ -394,7 +414,7 @@ pub fn run(args: &[String]) -> u8 {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let mut server = Server::new(ChaCha20Rng::from_seed(seed));
+    let mut server = Server::new(ChaCha20Rng::from_seed(seed), &config);
     let local = socket
         .local_addr()
         .map(|a| a.to_string())
@@ -404,6 +424,22 @@ pub fn run(args: &[String]) -> u8 {
         env!("CARGO_PKG_VERSION"),
         server.fingerprint()
     );
+    if let Some(path) = &config.source {
+        tracing::info!(file = %path.display(), "configuration read");
+    }
+    // Settings this single-process server does not act on yet: said, never silently dropped.
+    if config.threads > 1 {
+        tracing::warn!(
+            threads = config.threads,
+            "threads is not used: this server runs one worker"
+        );
+    }
+    if config.udp_buffer_size.is_some() {
+        tracing::warn!("udpBufferSize is not applied yet: the operating system's default is used");
+    }
+    if config.sections.contains_key("logs") {
+        tracing::warn!("logs.* is not applied yet: logs go to standard error");
+    }
     match server.serve(&socket) {
         Ok(()) => 0,
         Err(e) => {

@@ -32,7 +32,13 @@ impl Drop for ServerProcess {
 
 /// Starts `updraft --port 0 --bind 127.0.0.1` and reads the port from its start-up line.
 fn start_server() -> (ServerProcess, SocketAddr) {
+    start_server_with(&[])
+}
+
+/// Starts the server with extra arguments (before the loopback port and address).
+fn start_server_with(extra: &[&str]) -> (ServerProcess, SocketAddr) {
     let mut child = Process::new(env!("CARGO_BIN_EXE_updraft"))
+        .args(extra)
         .args(["--port", "0", "--bind", "127.0.0.1"])
         .stderr(Stdio::piped())
         .spawn()
@@ -312,4 +318,99 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
         info.get("code").and_then(Value::as_str),
         Some("NetStream.Play.Failed")
     );
+}
+
+/// A unique temporary file with `text`, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("updraft-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn cumulus_ini_keepalives_reach_the_client() {
+    let ini = TempFile::new("CumulusServer.ini", "; as Cumulus users have it\nkeepAliveServer = 20\nkeepAlivePeer = 6\n[myApp]\nkey = value\n");
+    let (_server, addr) = start_server_with(&["--config", ini.0.to_str().unwrap()]);
+    let mut c = Client::new();
+    let now = c.now();
+    let h = c
+        .endpoint
+        .connect(now, build_url_epd(b"rtmfp://127.0.0.1/"), None, &[addr]);
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
+    let nc = FlowMetadata::Tc {
+        stream_id: 0,
+        receive_intent: ReceiveIntent::Sequence,
+    }
+    .to_vec();
+    let now = c.now();
+    let s = c.endpoint.session_mut(h).unwrap();
+    let flow = s.open_flow(&nc, None).unwrap();
+    let peer_info = Command::new(
+        "setPeerInfo",
+        0.0,
+        Value::Null,
+        vec![Value::str("127.0.0.1:5000")],
+    );
+    s.send(
+        now,
+        flow,
+        &peer_info.to_message(ObjectEncoding::Amf0, 0).unwrap(),
+        SendOptions::default(),
+    )
+    .unwrap();
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(_, e)| matches!(e, EndpointEvent::Session(Event::Message { .. })))));
+    let tc_bytes = c.messages().remove(0);
+    let tc = TcMessage::parse(&tc_bytes).unwrap();
+    assert_eq!(
+        UserControl::parse(tc.payload).unwrap(),
+        UserControl::SetKeepalive {
+            server_ms: 20_000,
+            peer_ms: 6_000
+        }
+    );
+}
+
+#[test]
+fn a_bad_configuration_is_a_clear_error_with_exit_code_2() {
+    let ini = TempFile::new("bad.ini", "port = 1935\nkeepAlivePeer = 2\n");
+    let out = Process::new(env!("CARGO_BIN_EXE_updraft"))
+        .args([
+            "--config",
+            ini.0.to_str().unwrap(),
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:2: keepAlivePeer = 2 is under the 5 s minimum",
+            ini.0.display()
+        )),
+        "{err}"
+    );
+    let out = Process::new(env!("CARGO_BIN_EXE_updraft"))
+        .args(["--config", "/nonexistent.ini"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.ini: cannot read"));
 }

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::config::Config;
 use std::time::Duration;
@@ -27,6 +29,8 @@ use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::startup::responder::{Responder, ResponderConfig};
 use rtmfp::time::Instant;
 
+/// Longest a shutdown waits for sessions to acknowledge their Close Requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Largest datagram we receive.
 const MAX_DATAGRAM: usize = 8192;
 /// Longest the loop blocks in `recv_from` without a timer due.
@@ -147,10 +151,34 @@ impl Server {
         Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
-    /// Serves on `socket` until an I/O error other than a timeout.
-    pub fn serve(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+    /// Serves on `socket` until an I/O error other than a timeout, or until `stop` is set: then
+    /// every session is closed in order (Close Request, RFC 7016 §3.5.5) and the call returns
+    /// once all are closed or [`SHUTDOWN_GRACE`] has passed.
+    pub fn serve(&mut self, socket: &UdpSocket, stop: &AtomicBool) -> std::io::Result<()> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut stopping_since: Option<std::time::Instant> = None;
         loop {
+            if stop.load(Ordering::Relaxed) && stopping_since.is_none() {
+                stopping_since = Some(std::time::Instant::now());
+                let now = self.now();
+                let handles: Vec<u32> = self.endpoint.session_handles().collect();
+                tracing::info!(
+                    sessions = handles.len(),
+                    "shutting down: closing every session"
+                );
+                for h in handles {
+                    if let Some(s) = self.endpoint.session_mut(h) {
+                        s.close(now);
+                    }
+                }
+            }
+            if let Some(since) = stopping_since {
+                if self.endpoint.session_handles().next().is_none()
+                    || since.elapsed() >= SHUTDOWN_GRACE
+                {
+                    return Ok(());
+                }
+            }
             let now = self.now();
             let wait = self
                 .endpoint
@@ -169,7 +197,10 @@ impl Server {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // A signal (SIGTERM) interrupted the wait: the loop checks it.
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(e),
             }
@@ -440,7 +471,15 @@ pub fn run(args: &[String]) -> u8 {
     if config.sections.contains_key("logs") {
         tracing::warn!("logs.* is not applied yet: logs go to standard error");
     }
-    match server.serve(&socket) {
+    // SIGTERM and SIGINT ask for an orderly shutdown.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("updraft: cannot handle signal {signal}: {e}");
+            return 1;
+        }
+    }
+    match server.serve(&socket, &stop) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("updraft: {e}");

@@ -91,8 +91,17 @@ impl Client {
     }
 
     /// Pumps datagrams and timers until `done` or 5 s.
-    fn pump(&mut self, mut done: impl FnMut(&[(u32, EndpointEvent)]) -> bool) -> bool {
-        let deadline = WallInstant::now() + Duration::from_secs(5);
+    fn pump(&mut self, done: impl FnMut(&[(u32, EndpointEvent)]) -> bool) -> bool {
+        self.pump_for(Duration::from_secs(5), done)
+    }
+
+    /// Pumps datagrams and timers until `done` or `limit`.
+    fn pump_for(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&[(u32, EndpointEvent)]) -> bool,
+    ) -> bool {
+        let deadline = WallInstant::now() + limit;
         let mut buf = vec![0u8; 8192];
         while WallInstant::now() < deadline {
             let now = self.now();
@@ -413,4 +422,44 @@ fn a_bad_configuration_is_a_clear_error_with_exit_code_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.ini: cannot read"));
+}
+
+#[test]
+fn sigterm_closes_every_session_in_order_and_exits_0() {
+    let (mut server, addr) = start_server();
+    let mut c = Client::new();
+    let now = c.now();
+    let h = c
+        .endpoint
+        .connect(now, build_url_epd(b"rtmfp://127.0.0.1/"), None, &[addr]);
+    assert!(c.pump(|ev| ev
+        .iter()
+        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
+    let pid = server.0.id().to_string();
+    // The shell's own `kill` builtin: no dependency on procps.
+    let kill = format!("kill -TERM {pid}");
+    assert!(Process::new("sh")
+        .args(["-c", &kill])
+        .status()
+        .unwrap()
+        .success());
+    // The server's Close Request reaches the client, which acknowledges it and lingers
+    // (S_FARCLOSE_LINGER, RFC 7016 §3.5.5); the server then exits.
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    let status = loop {
+        c.pump_for(Duration::from_millis(50), |_| false);
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            WallInstant::now() < deadline,
+            "server still running 5 s after SIGTERM"
+        );
+    };
+    assert_eq!(status.code(), Some(0));
+    let state = c.endpoint.session(h).unwrap().state();
+    assert!(
+        matches!(state, State::FarCloseLinger { .. } | State::Closed),
+        "{state:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! Updraft control plane: handshake service, session-ID allocation, directories, application
-//! registry, and the IPC codec shared with the data plane.
-//!
-//! Not implemented yet: this crate is filled by the server issue. It exports nothing until then.
+//! Updraft control plane. So far it holds [`ipc`], the codec of the messages exchanged with the
+//! data-plane workers; the handshake service and the directories follow.
+
+pub mod ipc;

@@ -3,6 +3,7 @@
 mod config;
 mod inspect;
 mod inspect_flash;
+mod ops;
 mod pcap;
 mod server;
 

@@ -16,6 +16,8 @@ use rtmfp::params::{DEFAULT_PORT, MIN_KEEPALIVE};
 pub const DEFAULT_KEEPALIVE_SERVER: Duration = Duration::from_secs(15);
 /// Default peer keepalive sent in event 41 (Cumulus: 10 s).
 pub const DEFAULT_KEEPALIVE_PEER: Duration = Duration::from_secs(10);
+/// Default `maxSessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 200_000;
 /// File names looked for in the working directory when `--config` is not given.
 pub const DEFAULT_FILES: [&str; 2] = ["updraft.ini", "CumulusServer.ini"];
 
@@ -30,6 +32,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "keepAlivePeer",
             "threads",
             "publicAddress",
+            "maxSessions",
         ],
     ),
     ("logs", &["directory", "name"]),
@@ -66,6 +69,8 @@ pub struct Config {
     pub threads: usize,
     /// Public address advertised to other servers (`publicAddress`).
     pub public_address: Option<String>,
+    /// Most sessions served at once (`maxSessions`, an Updraft extension).
+    pub max_sessions: usize,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -80,6 +85,7 @@ impl Default for Config {
             keepalive_peer: DEFAULT_KEEPALIVE_PEER,
             threads: 0,
             public_address: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             sections: BTreeMap::new(),
         }
     }
@@ -195,6 +201,11 @@ impl Config {
                 self.threads = value.parse().map_err(|_| {
                     format!("threads = {value} is not a number; 0 means one per core")
                 })?;
+            }
+            ("", "maxSessions") => {
+                self.max_sessions = value.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                    "maxSessions = {value} is not a positive number of sessions"
+                ))?;
             }
             ("", "publicAddress") => {
                 self.public_address = (!value.is_empty()).then(|| value.to_string())

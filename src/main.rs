@@ -3,6 +3,7 @@
 mod config;
 mod inspect;
 mod inspect_flash;
+mod metrics;
 mod ops;
 mod pcap;
 mod server;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 /// The usage text of `updraft`.
 fn usage() -> String {
     format!(
-        "usage: updraft [--config FILE] [--port N] [--bind ADDR]   serve RTMFP (default UDP [::]:1935)\n{}\nusage: updraft --version | --help",
+        "usage: updraft [--config FILE] [--port N] [--bind ADDR] [--www DIR] [--workers N]\n               [--mode auto|socket|xdp] [--log=0..8] [--dump] [--daemon] [--pidfile FILE]\n               [--single-process] [--metrics ADDR:PORT]\n       serve RTMFP (default UDP [::]:1935, www ./www)\n{}\nusage: updraft --version | --help",
         inspect::USAGE
     )
 }
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("inspect") => ExitCode::from(inspect::run(&args[1..])),
+        Some(server::CONTROL_SUBCOMMAND) => ExitCode::from(server::run_control(&args[1..])),
         Some("--help") | Some("-h") => {
             println!("{}", usage());
             ExitCode::SUCCESS

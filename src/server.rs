@@ -1,51 +1,84 @@
-//! A single-process RTMFP server on one UDP socket: the protocol core's [`Endpoint`] behind a
-//! blocking socket, with the NetConnection commands a Flash client needs to connect
-//! (`connect`, `setPeerInfo`, `createStream`, `deleteStream`, and `_error` for unknown calls).
-//!
-//! This is the development server that the README's first command runs. The production data
-//! plane (pinned workers on recvmmsg/sendmmsg or AF_XDP, a separate control process, Lua
-//! applications, live streams) lives in the `dataplane`, `control` and `scripting` crates as
-//! they are built; until then NetStream publish and play are refused with a status that says so.
+//! `updraft` the server: command line, configuration, logging, the data plane (one pinned
+//! worker per core on `SO_REUSEPORT` sockets), the control plane (a separate process by
+//! default, restarted if it dies; threads with `--single-process`), the metrics endpoint and
+//! signals.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use crate::config::Config;
 use std::time::Duration;
 
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
-use rtmfp::crypto::{DhGroup, NegotiationPolicy};
-use rtmfp::endpoint::{Endpoint, EndpointEvent};
-use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEncoding};
-use rtmfp::flash::message::{TcMessage, UserControl};
-use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
-use rtmfp::ids::FlowId;
-use rtmfp::session::flows::SendOptions;
-use rtmfp::session::{Event, SessionConfig};
-use rtmfp::startup::initiator::InitiatorConfig;
-use rtmfp::startup::responder::{Responder, ResponderConfig};
-use rtmfp::time::Instant;
+use rtmfp::session::SessionConfig;
+use socket2::Socket;
+use updraft_control::apps::WwwApps;
+use updraft_control::handshake::HandshakeLimits;
+use updraft_control::service::{self, ServiceConfig};
+use updraft_dataplane::plane::{DataPlane, PlaneConfig, MAX_WORKERS};
 
-/// Longest a shutdown waits for sessions to acknowledge their Close Requests.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// Largest datagram we receive.
-const MAX_DATAGRAM: usize = 8192;
-/// Longest the loop blocks in `recv_from` without a timer due.
-const MAX_IDLE_WAIT: Duration = Duration::from_millis(500);
+use crate::config::Config;
+use crate::metrics::PlaneMetrics;
+use crate::ops::{daemon, logging, metrics_http};
+
+/// The hidden subcommand that runs the control plane in its own process.
+pub const CONTROL_SUBCOMMAND: &str = "control-plane";
+/// Longest a shutdown waits for the workers to close their sessions, beyond their own grace.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How often the supervisor looks at signals and the control process.
+const SUPERVISE_PERIOD: Duration = Duration::from_millis(50);
+/// Pause before restarting a control process that died, so a crash loop cannot spin.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// The user the control process runs as when the server starts as root.
+const UNPRIVILEGED_ID: u32 = 65_534;
+/// Default kernel socket buffer per worker: room for a burst of simultaneous connects.
+const DEFAULT_UDP_BUFFER: usize = 4 << 20;
+
+/// How packets reach the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// XDP when available, else sockets.
+    Auto,
+    /// `recvmmsg`/`sendmmsg` sockets.
+    Socket,
+    /// AF_XDP, or fail.
+    Xdp,
+}
 
 /// Server options from the command line.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Configuration file (`--config`); otherwise `updraft.ini` or `CumulusServer.ini` in the
     /// working directory, when present.
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
     /// UDP port, overriding the configuration file.
     pub port: Option<u16>,
     /// Address to bind (default `::`, which also takes IPv4 on Linux).
     pub bind: IpAddr,
+    /// Application root.
+    pub www: PathBuf,
+    /// Worker count, overriding `threads`.
+    pub workers: Option<usize>,
+    /// Data-plane mode.
+    pub mode: Mode,
+    /// Cumulus log level 0..=8.
+    pub log: Option<u8>,
+    /// Log every datagram the workers receive and send.
+    pub dump: bool,
+    /// Detach and run in the background.
+    pub daemon: bool,
+    /// Set in the re-executed background child.
+    pub daemonized: bool,
+    /// Write the server's pid here.
+    pub pidfile: Option<PathBuf>,
+    /// Run the control plane as threads of this process.
+    pub single_process: bool,
+    /// Serve `/metrics` and `/stats` here.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -54,11 +87,21 @@ impl Default for ServerOptions {
             config: None,
             port: None,
             bind: IpAddr::from([0u16; 8]),
+            www: PathBuf::from("www"),
+            workers: None,
+            mode: Mode::Auto,
+            log: None,
+            dump: false,
+            daemon: false,
+            daemonized: false,
+            pidfile: None,
+            single_process: false,
+            metrics: None,
         }
     }
 }
 
-/// Parses `--port N` and `--bind ADDR`.
+/// Parses the server's flags.
 pub fn parse_args(args: &[String]) -> Result<ServerOptions, String> {
     let mut o = ServerOptions::default();
     let mut it = args.iter();
@@ -77,317 +120,39 @@ pub fn parse_args(args: &[String]) -> Result<ServerOptions, String> {
             "--port" => o.port = Some(value()?.parse().map_err(|e| format!("--port: {e}"))?),
             "--config" => o.config = Some(value()?.into()),
             "--bind" => o.bind = value()?.parse().map_err(|e| format!("--bind: {e}"))?,
+            "--www" => o.www = value()?.into(),
+            "--workers" => {
+                let n: usize = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
+                if n == 0 || n > MAX_WORKERS {
+                    return Err(format!("--workers {n}: use 1 to {MAX_WORKERS}"));
+                }
+                o.workers = Some(n);
+            }
+            "--mode" => {
+                o.mode = match value()?.as_str() {
+                    "auto" => Mode::Auto,
+                    "socket" => Mode::Socket,
+                    "xdp" => Mode::Xdp,
+                    other => return Err(format!("--mode {other}: use auto, socket or xdp")),
+                }
+            }
+            "--log" | "-l" => {
+                let level: u8 = value()?.parse().map_err(|e| format!("--log: {e}"))?;
+                logging::level_filter(level)?;
+                o.log = Some(level);
+            }
+            "--dump" | "-d" => o.dump = true,
+            daemon::DAEMON_FLAG => o.daemon = true,
+            daemon::DAEMONIZED_FLAG => o.daemonized = true,
+            "--pidfile" => o.pidfile = Some(value()?.into()),
+            "--single-process" => o.single_process = true,
+            "--metrics" => {
+                o.metrics = Some(value()?.parse().map_err(|e| format!("--metrics: {e}"))?)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
     Ok(o)
-}
-
-/// NetConnection state of one session.
-#[derive(Debug, Default)]
-struct Client {
-    /// Our reply flow for each of the client's flows.
-    replies: HashMap<FlowId, FlowId>,
-    /// The NetStream ID of each of the client's TC flows (0: the NetConnection).
-    streams: HashMap<FlowId, u64>,
-    /// The client's first NetConnection control flow (TC metadata, stream ID 0).
-    control: Option<FlowId>,
-    next_stream_id: f64,
-}
-
-/// The server: an endpoint and its clients.
-pub struct Server {
-    endpoint: Endpoint<ChaCha20Rng>,
-    clients: HashMap<u32, Client>,
-    epoch: std::time::Instant,
-    /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
-    /// (RFC 7425 §5.3.4; `keepAliveServer`, `keepAlivePeer`).
-    keepalive_ms: (u32, u32),
-}
-
-impl Server {
-    /// A server with a fresh certificate and cookie secret from `seed_rng`.
-    pub fn new(mut seed_rng: ChaCha20Rng, config: &Config) -> Server {
-        let mut secret = [0u8; 32];
-        seed_rng.fill_bytes(&mut secret);
-        let mut randomness = [0u8; 64];
-        seed_rng.fill_bytes(&mut randomness);
-        let responder = Responder::new(
-            ResponderConfig {
-                groups: DhGroup::ALL.to_vec(),
-                policy: NegotiationPolicy::FLASH_COMPATIBLE,
-            },
-            secret,
-            &randomness,
-            Instant::ZERO,
-        );
-        let mut endpoint_seed = [0u8; 32];
-        seed_rng.fill_bytes(&mut endpoint_seed);
-        Server {
-            endpoint: Endpoint::new(
-                ChaCha20Rng::from_seed(endpoint_seed),
-                Some(responder),
-                InitiatorConfig::default(),
-                SessionConfig::default(),
-            ),
-            clients: HashMap::new(),
-            epoch: std::time::Instant::now(),
-            keepalive_ms: (
-                millis(config.keepalive_server),
-                millis(config.keepalive_peer),
-            ),
-        }
-    }
-
-    /// The server's peer ID (fingerprint of its certificate).
-    pub fn fingerprint(&self) -> String {
-        self.endpoint
-            .responder()
-            .map(|r| hex_string(&r.fingerprint().0))
-            .unwrap_or_default()
-    }
-
-    fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
-    }
-
-    /// Serves on `socket` until an I/O error other than a timeout, or until `stop` is set: then
-    /// every session is closed in order (Close Request, RFC 7016 §3.5.5) and the call returns
-    /// once all are closed or [`SHUTDOWN_GRACE`] has passed.
-    pub fn serve(&mut self, socket: &UdpSocket, stop: &AtomicBool) -> std::io::Result<()> {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut stopping_since: Option<std::time::Instant> = None;
-        loop {
-            if stop.load(Ordering::Relaxed) && stopping_since.is_none() {
-                stopping_since = Some(std::time::Instant::now());
-                let now = self.now();
-                let handles: Vec<u32> = self.endpoint.session_handles().collect();
-                tracing::info!(
-                    sessions = handles.len(),
-                    "shutting down: closing every session"
-                );
-                for h in handles {
-                    if let Some(s) = self.endpoint.session_mut(h) {
-                        s.close(now);
-                    }
-                }
-            }
-            if let Some(since) = stopping_since {
-                if self.endpoint.session_handles().next().is_none()
-                    || since.elapsed() >= SHUTDOWN_GRACE
-                {
-                    return Ok(());
-                }
-            }
-            let now = self.now();
-            let wait = self
-                .endpoint
-                .poll_timeout()
-                .map_or(MAX_IDLE_WAIT, |t| {
-                    t.saturating_duration_since(now).min(MAX_IDLE_WAIT)
-                })
-                .max(Duration::from_millis(1));
-            socket.set_read_timeout(Some(wait))?;
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let now = self.now();
-                    self.endpoint
-                        .handle_datagram(now, canonical(from), &mut buf[..n]);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            // A signal (SIGTERM) interrupted the wait: the loop checks it.
-                            | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(e),
-            }
-            let now = self.now();
-            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-                self.endpoint.handle_timeout(now);
-            }
-            self.process_events(now);
-            while let Some(t) = self.endpoint.poll_transmit(now, &mut buf) {
-                // A send error (unreachable peer, full buffer) loses one datagram; RTMFP
-                // retransmits, so it is not fatal.
-                if let Err(e) =
-                    socket.send_to(&buf[..t.len], destination_for(socket, t.destination))
-                {
-                    tracing::debug!(to = %t.destination, error = %e, "send failed");
-                }
-            }
-        }
-    }
-
-    fn process_events(&mut self, now: Instant) {
-        while let Some((handle, event)) = self.endpoint.poll_event() {
-            match event {
-                EndpointEvent::Accepted { peer_id, from } => {
-                    tracing::info!(session = handle, %from, peer = %hex_string(&peer_id.0), "session opened");
-                    self.clients.insert(
-                        handle,
-                        Client {
-                            next_stream_id: 1.0,
-                            ..Client::default()
-                        },
-                    );
-                }
-                EndpointEvent::Session(Event::Message { flow, data }) => {
-                    self.on_message(now, handle, flow, &data)
-                }
-                EndpointEvent::Session(Event::FlowOpened { flow, metadata, .. }) => {
-                    if let Ok(FlowMetadata::Tc { stream_id, .. }) = FlowMetadata::parse(&metadata) {
-                        let client = self.clients.entry(handle).or_default();
-                        client.streams.insert(flow, stream_id);
-                        if stream_id == 0 && client.control.is_none() {
-                            client.control = Some(flow);
-                        }
-                    } else {
-                        // NetGroup and unknown flows are not served yet: reject them
-                        // (RFC 7016 §3.6.3.7, automatic rejection code 0).
-                        if let Some(s) = self.endpoint.session_mut(handle) {
-                            let _ = s.reject_flow(flow, 0);
-                        }
-                    }
-                }
-                EndpointEvent::Session(Event::Closed { reason }) => {
-                    tracing::info!(session = handle, ?reason, "session closed");
-                    self.clients.remove(&handle);
-                    self.endpoint.remove_closed(handle);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn on_message(&mut self, now: Instant, handle: u32, flow: FlowId, data: &[u8]) {
-        let Ok(tc) = TcMessage::parse(data) else {
-            return;
-        };
-        if !tc.kind.is_command() {
-            return;
-        }
-        let Ok(cmd) = Command::parse(&tc) else { return };
-        let replies: Vec<Vec<u8>> = match cmd.net_command() {
-            Ok(NetCommand::Connect(c)) => {
-                let enc = c.object_encoding();
-                tracing::info!(session = handle, app = c.app().unwrap_or(""), encoding = ?enc, "connect");
-                let result = Command::connect_success(
-                    cmd.transaction_id,
-                    enc,
-                    "Connection succeeded.",
-                    vec![],
-                );
-                result
-                    .to_message(ObjectEncoding::Amf0, 0)
-                    .into_iter()
-                    .collect()
-            }
-            Ok(NetCommand::SetPeerInfo(addrs)) => {
-                tracing::debug!(session = handle, addresses = ?addrs, "setPeerInfo");
-                let ka = UserControl::SetKeepalive {
-                    server_ms: self.keepalive_ms.0,
-                    peer_ms: self.keepalive_ms.1,
-                };
-                vec![ka.to_message(0)]
-            }
-            Ok(NetCommand::CreateStream) => {
-                let client = self.clients.entry(handle).or_default();
-                let id = client.next_stream_id.max(1.0);
-                client.next_stream_id = id + 1.0;
-                Command::create_stream_result(cmd.transaction_id, id)
-                    .to_message(ObjectEncoding::Amf0, 0)
-                    .into_iter()
-                    .collect()
-            }
-            Ok(NetCommand::DeleteStream(_)) | Ok(NetCommand::CloseStream) => Vec::new(),
-            Ok(NetCommand::Publish { .. }) => refuse_stream(status::PUBLISH_BAD_NAME),
-            Ok(NetCommand::Play(_)) => refuse_stream(status::PLAY_FAILED),
-            _ if cmd.transaction_id != 0.0 => {
-                let description = format!("Method '{}' not found", cmd.name);
-                Command::error(
-                    cmd.transaction_id,
-                    status_object(
-                        status::LEVEL_ERROR,
-                        status::CALL_FAILED,
-                        &description,
-                        vec![],
-                    ),
-                )
-                .to_message(ObjectEncoding::Amf0, 0)
-                .into_iter()
-                .collect()
-            }
-            _ => Vec::new(),
-        };
-        if replies.is_empty() {
-            return;
-        }
-        let Some(session) = self.endpoint.session_mut(handle) else {
-            return;
-        };
-        let client = self.clients.entry(handle).or_default();
-        let reply_flow = match client.replies.get(&flow) {
-            Some(f) => *f,
-            None => {
-                // Reply on a flow with the same metadata (RFC 7425 §5.1), returned on the
-                // client's NetConnection control flow (RFC 7016 §2.3.11.1.2): rtmfp-cpp
-                // clients accept only flows associated with their control flow, and
-                // tcserver associates its NetStream flows the same way.
-                let stream_id = client.streams.get(&flow).copied().unwrap_or(0);
-                let associated = client.control.filter(|_| stream_id != 0).unwrap_or(flow);
-                let metadata = FlowMetadata::Tc {
-                    stream_id,
-                    receive_intent: ReceiveIntent::Sequence,
-                };
-                let Ok(f) = session.open_flow(&metadata.to_vec(), Some(associated)) else {
-                    return;
-                };
-                client.replies.insert(flow, f);
-                f
-            }
-        };
-        for r in replies {
-            let _ = session.send(now, reply_flow, &r, SendOptions::default());
-        }
-    }
-}
-
-/// An `onStatus` error for NetStream commands this build does not serve yet.
-fn refuse_stream(code: &str) -> Vec<Vec<u8>> {
-    let description = "Live streaming is not available in this build of Updraft yet.";
-    Command::on_status(status_object(
-        status::LEVEL_ERROR,
-        code,
-        description,
-        Vec::new(),
-    ))
-    .to_message(ObjectEncoding::Amf0, 0)
-    .into_iter()
-    .collect()
-}
-
-/// IPv4-mapped IPv6 source addresses (from a dual-stack socket) as plain IPv4.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
-/// On a dual-stack IPv6 socket, IPv4 destinations are written as IPv4-mapped addresses.
-fn destination_for(socket: &UdpSocket, dest: SocketAddr) -> SocketAddr {
-    match (socket.local_addr(), dest) {
-        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        _ => dest,
-    }
 }
 
 fn millis(d: Duration) -> u32 {
@@ -396,6 +161,146 @@ fn millis(d: Duration) -> u32 {
 
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn random32() -> Result<[u8; 32], String> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| format!("no system randomness: {e}"))?;
+    Ok(seed)
+}
+
+/// What the control plane needs, however it runs.
+#[derive(Debug, Clone)]
+struct ControlSettings {
+    identity_seed: [u8; 32],
+    www: PathBuf,
+    keepalive_ms: (u32, u32),
+    max_sessions: usize,
+    dh_threads: usize,
+    log: u8,
+}
+
+impl ControlSettings {
+    fn service_config(&self) -> Result<ServiceConfig, String> {
+        Ok(ServiceConfig {
+            identity_seed: self.identity_seed,
+            dh_seed: random32()?,
+            dh_threads: self.dh_threads,
+            limits: HandshakeLimits {
+                max_sessions: self.max_sessions,
+                ..HandshakeLimits::default()
+            },
+            keepalive_ms: self.keepalive_ms,
+        })
+    }
+}
+
+/// A control plane the supervisor keeps alive.
+enum ControlPlane {
+    Process(Child),
+    Threads,
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Starts the control plane on `links`: a child process (the same binary, hidden
+/// subcommand), unprivileged when we are root, or threads of this process.
+fn start_control(
+    links: Vec<Socket>,
+    settings: &ControlSettings,
+    single: bool,
+) -> Result<ControlPlane, String> {
+    if single {
+        let config = settings.service_config()?;
+        let apps = Box::new(WwwApps::new(&settings.www));
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(e) = service::run(links, config, apps) {
+                    tracing::error!(error = %e, "control plane failed");
+                }
+            })
+            .map_err(|e| format!("cannot start the control thread: {e}"))?;
+        return Ok(ControlPlane::Threads);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let mut fds = Vec::new();
+    for l in &links {
+        l.set_cloexec(false)
+            .map_err(|e| format!("cannot pass a link to the control process: {e}"))?;
+        fds.push(l.as_raw_fd().to_string());
+    }
+    let mut cmd = Command::new(exe);
+    cmd.arg(CONTROL_SUBCOMMAND)
+        .arg("--links")
+        .arg(fds.join(","))
+        .arg("--www")
+        .arg(&settings.www)
+        .arg("--keepalive")
+        .arg(format!(
+            "{},{}",
+            settings.keepalive_ms.0, settings.keepalive_ms.1
+        ))
+        .arg("--max-sessions")
+        .arg(settings.max_sessions.to_string())
+        .arg("--dh-threads")
+        .arg(settings.dh_threads.to_string())
+        .arg("--log")
+        .arg(settings.log.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if running_as_root() {
+        // The control plane parses hostile input and will run user scripts: never as root.
+        cmd.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the control process: {e}"))?;
+    // The child has its copies; ours must not keep the links open.
+    drop(links);
+    if let Some(mut stdin) = child.stdin.take() {
+        // The identity goes through a pipe, never the command line (visible in `ps`).
+        let _ = writeln!(stdin, "{}", hex_string(&settings.identity_seed));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let pid = child.id();
+        let _ = std::thread::Builder::new()
+            .name("control-log".into())
+            .spawn(move || relay_log(pid, stderr));
+    }
+    Ok(ControlPlane::Process(child))
+}
+
+/// Copies the control process's log lines into ours.
+fn relay_log(pid: u32, stderr: std::process::ChildStderr) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        let (level, text) = line.split_once(' ').unwrap_or(("INFO", line));
+        let text = text.trim_start();
+        match level {
+            "ERROR" => tracing::error!(control = pid, "{text}"),
+            "WARN" => tracing::warn!(control = pid, "{text}"),
+            "DEBUG" => tracing::debug!(control = pid, "{text}"),
+            "TRACE" => tracing::trace!(control = pid, "{text}"),
+            _ => tracing::info!(control = pid, "{text}"),
+        }
+    }
 }
 
 /// Runs the server; answers the exit code.
@@ -414,76 +319,354 @@ pub fn run(args: &[String]) -> u8 {
             return 2;
         }
     };
-    let port = opts.port.unwrap_or(config.port);
-    let socket = match UdpSocket::bind((opts.bind, port)) {
-        Ok(s) => s,
-        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() => {
-            // No IPv6 on this host: serve IPv4 only.
-            eprintln!("updraft: IPv6 unavailable ({e}); binding 0.0.0.0");
-            match UdpSocket::bind((IpAddr::from([0u8; 4]), port)) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("updraft: cannot bind UDP port {port}: {e}");
-                    return 2;
-                }
+    if opts.mode == Mode::Xdp {
+        eprintln!(
+            "updraft: --mode xdp: this build has no AF_XDP data plane yet; use --mode socket or auto"
+        );
+        return 2;
+    }
+    if opts.daemon {
+        return match daemon::daemonize_by_reexec(args) {
+            Ok(pid) => {
+                println!("updraft: running in the background, pid {pid}");
+                0
             }
+            Err(e) => {
+                eprintln!("updraft: cannot start in the background: {e}");
+                1
+            }
+        };
+    }
+    if opts.daemonized {
+        if let Err(e) = daemon::become_session_leader() {
+            eprintln!("updraft: {e}");
         }
+    }
+    let level = opts.log.unwrap_or(logging::DEFAULT_LEVEL);
+    let logs = config.sections.get("logs");
+    let target = logging::LogTarget {
+        // A background server has no terminal: it logs to files, as Cumulus does.
+        directory: logs
+            .and_then(|l| l.get("directory").cloned())
+            .or_else(|| opts.daemonized.then(|| "logs".to_string()))
+            .map(PathBuf::from),
+        name: logs
+            .and_then(|l| l.get("name").cloned())
+            .unwrap_or_else(|| "log".to_string()),
+    };
+    let log_handle = match logging::init(level, &target, std::env::var("UPDRAFT_LOG").ok()) {
+        Ok(h) => h,
         Err(e) => {
-            eprintln!("updraft: cannot bind UDP {}:{port}: {e}", opts.bind);
+            eprintln!("updraft: {e}");
             return 2;
         }
     };
-    let mut seed = [0u8; 32];
-    if let Err(e) = getrandom::getrandom(&mut seed) {
-        eprintln!("updraft: no system randomness: {e}");
-        return 1;
+    let _pidfile = match &opts.pidfile {
+        Some(p) => match daemon::PidFile::create(p) {
+            Ok(f) => {
+                tracing::info!(file = %f.path().display(), pid = std::process::id(), "pid file written");
+                Some(f)
+            }
+            Err(e) => {
+                eprintln!("updraft: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    match serve(&opts, &config, level, &log_handle) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("updraft: {e}");
+            tracing::error!("{e}");
+            1
+        }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UPDRAFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    let mut server = Server::new(ChaCha20Rng::from_seed(seed), &config);
-    let local = socket
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+}
+
+fn serve(
+    opts: &ServerOptions,
+    config: &Config,
+    level: u8,
+    log: &logging::LogHandle,
+) -> Result<(), String> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = opts
+        .workers
+        .or((config.threads > 0).then_some(config.threads))
+        .unwrap_or(cores)
+        .clamp(1, MAX_WORKERS);
+    let port = opts.port.unwrap_or(config.port);
+    let mut bind = SocketAddr::new(opts.bind, port);
+    let mode_note = match opts.mode {
+        Mode::Auto => "socket (auto: this build has no AF_XDP data plane yet)",
+        _ => "socket",
+    };
+    let session = SessionConfig {
+        keepalive: Some(config.keepalive_server),
+        ..SessionConfig::default()
+    };
+    let plane_config = |bind| PlaneConfig {
+        bind,
+        workers,
+        udp_buffer: Some(config.udp_buffer_size.unwrap_or(DEFAULT_UDP_BUFFER)),
+        session: session.clone(),
+        pin: true,
+        seed: [0; 32],
+    };
+    let mut pc = plane_config(bind);
+    pc.seed = random32()?;
+    let plane = match DataPlane::start(pc) {
+        Ok(p) => p,
+        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() => {
+            tracing::warn!(error = %e, "IPv6 unavailable; serving IPv4 only");
+            bind = SocketAddr::new(IpAddr::from([0u8; 4]), port);
+            let mut pc = plane_config(bind);
+            pc.seed = random32()?;
+            DataPlane::start(pc).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?
+        }
+        Err(e) => return Err(format!("cannot bind UDP {bind}: {e}")),
+    };
+    let settings = ControlSettings {
+        identity_seed: random32()?,
+        www: opts.www.clone(),
+        keepalive_ms: (
+            millis(config.keepalive_server),
+            millis(config.keepalive_peer),
+        ),
+        max_sessions: config.max_sessions,
+        dh_threads: cores.div_ceil(2).max(1),
+        log: level,
+    };
+    let peer_id = service::responder_for(settings.identity_seed).fingerprint();
+    let links = plane
+        .connect_control()
+        .map_err(|e| format!("cannot link the control plane: {e}"))?;
+    let mut control = start_control(links, &settings, opts.single_process)?;
+    let control_note = match &control {
+        ControlPlane::Process(c) => format!("control process {}", c.id()),
+        ControlPlane::Threads => "single-process".to_string(),
+    };
+    let metrics_server = match opts.metrics {
+        Some(addr) => {
+            let source = Arc::new(PlaneMetrics::new(plane.shared()));
+            Some(
+                metrics_http::spawn(addr, source)
+                    .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+            )
+        }
+        None => None,
+    };
     eprintln!(
-        "updraft {}: mode single-process socket, 1 worker, UDP {local}, server peer ID {}",
+        "updraft {}: mode {mode_note}, {} workers, UDP {}, www {}, {control_note}, server peer ID {}",
         env!("CARGO_PKG_VERSION"),
-        server.fingerprint()
+        plane.workers(),
+        plane.local_addr(),
+        opts.www.display(),
+        hex_string(&peer_id.0)
+    );
+    tracing::info!(
+        mode = mode_note,
+        workers = plane.workers(),
+        udp = %plane.local_addr(),
+        www = %opts.www.display(),
+        control = %control_note,
+        metrics = ?metrics_server.as_ref().map(|m| m.local_addr()),
+        "serving"
     );
     if let Some(path) = &config.source {
         tracing::info!(file = %path.display(), "configuration read");
     }
-    // Settings this single-process server does not act on yet: said, never silently dropped.
-    if config.threads > 1 {
-        tracing::warn!(
-            threads = config.threads,
-            "threads is not used: this server runs one worker"
-        );
+    if opts.dump {
+        tracing::warn!("--dump is not available in this build: datagrams are not logged");
     }
-    if config.udp_buffer_size.is_some() {
-        tracing::warn!("udpBufferSize is not applied yet: the operating system's default is used");
-    }
-    if config.sections.contains_key("logs") {
-        tracing::warn!("logs.* is not applied yet: logs go to standard error");
-    }
-    // SIGTERM and SIGINT ask for an orderly shutdown.
+    // SIGTERM and SIGINT ask for an orderly shutdown; SIGHUP reopens the log files.
     let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("updraft: cannot handle signal {signal}: {e}");
-            return 1;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    loop {
+        std::thread::sleep(SUPERVISE_PERIOD);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            match log.reopen() {
+                Ok(()) => tracing::info!("SIGHUP: log files reopened"),
+                Err(e) => tracing::error!("SIGHUP: {e}"),
+            }
+        }
+        if plane.finished() {
+            return plane
+                .join()
+                .map_err(|e| format!("the data plane stopped: {e}"));
+        }
+        if let ControlPlane::Process(child) = &mut control {
+            if let Ok(Some(status)) = child.try_wait() {
+                tracing::error!(%status, "control process died; restarting it");
+                std::thread::sleep(RESTART_DELAY);
+                let links = plane
+                    .connect_control()
+                    .map_err(|e| format!("cannot link the control plane: {e}"))?;
+                control = start_control(links, &settings, false)?;
+                if let ControlPlane::Process(c) = &control {
+                    tracing::info!(pid = c.id(), "control process restarted");
+                }
+            }
         }
     }
-    match server.serve(&socket, &stop) {
+    tracing::info!("shutting down: closing every session");
+    plane.shutdown();
+    let since = std::time::Instant::now();
+    while !plane.finished() && since.elapsed() < SHUTDOWN_WAIT {
+        std::thread::sleep(SUPERVISE_PERIOD);
+    }
+    let counters = plane.counters();
+    tracing::info!(
+        closed = counters.iter().map(|c| c.sessions_closed).sum::<u64>(),
+        "data plane stopped"
+    );
+    if let ControlPlane::Process(mut child) = control {
+        // Its links are closed now, so it is exiting; do not leave it behind.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(m) = metrics_server {
+        m.shutdown();
+    }
+    if plane.finished() {
+        plane
+            .join()
+            .map_err(|e| format!("the data plane stopped: {e}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `updraft control-plane …`: the control process. Its links are inherited file descriptors;
+/// its identity comes on standard input.
+pub fn run_control(args: &[String]) -> u8 {
+    match control_main(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("updraft: {e}");
+            eprintln!("ERROR control plane: {e}");
             1
         }
+    }
+}
+
+fn control_main(args: &[String]) -> Result<(), String> {
+    let mut links = Vec::new();
+    let mut www = PathBuf::from("www");
+    let mut keepalive_ms = (15_000, 10_000);
+    let mut max_sessions = HandshakeLimits::default().max_sessions;
+    let mut dh_threads = 1;
+    let mut level = logging::DEFAULT_LEVEL;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--links" => {
+                for fd in value.split(',') {
+                    let fd: i32 = fd.parse().map_err(|e| format!("--links {fd}: {e}"))?;
+                    let owned = updraft_dataplane::sys::claim_inherited_socket(fd)
+                        .map_err(|e| format!("link fd {fd}: {e}"))?;
+                    let socket = Socket::from(owned);
+                    socket.set_cloexec(true).map_err(|e| e.to_string())?;
+                    links.push(socket);
+                }
+            }
+            "--www" => www = value.into(),
+            "--keepalive" => {
+                let (s, p) = value.split_once(',').ok_or("--keepalive S,P")?;
+                keepalive_ms = (
+                    s.parse().map_err(|_| "--keepalive S,P")?,
+                    p.parse().map_err(|_| "--keepalive S,P")?,
+                );
+            }
+            "--max-sessions" => max_sessions = value.parse().map_err(|_| "--max-sessions N")?,
+            "--dh-threads" => dh_threads = value.parse().map_err(|_| "--dh-threads N")?,
+            "--log" => level = value.parse().map_err(|_| "--log N")?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    // Plain lines ("LEVEL message"); the data-plane process relays them into its log.
+    let filter = match std::env::var("UPDRAFT_LOG") {
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec)
+            .map_err(|e| format!("UPDRAFT_LOG: {e}"))?,
+        Err(_) => tracing_subscriber::EnvFilter::default()
+            .add_directive(logging::level_filter(level)?.into()),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .without_time()
+        .init();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("no identity on standard input: {e}"))?;
+    let identity_seed = parse_hex32(&line).ok_or("no identity on standard input")?;
+    let settings = ControlSettings {
+        identity_seed,
+        www: www.clone(),
+        keepalive_ms,
+        max_sessions,
+        dh_threads,
+        log: level,
+    };
+    let config = settings.service_config()?;
+    service::run(links, config, Box::new(WwwApps::new(www))).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags_parse_and_bad_ones_are_refused() {
+        let o = parse_args(&args(
+            "--port 2000 --www /srv/www --workers 3 --mode socket --log=7 --dump --single-process --metrics 127.0.0.1:9935 --pidfile /run/u.pid",
+        ))
+        .unwrap();
+        assert_eq!(o.port, Some(2000));
+        assert_eq!(o.www, PathBuf::from("/srv/www"));
+        assert_eq!(o.workers, Some(3));
+        assert_eq!(o.mode, Mode::Socket);
+        assert_eq!(o.log, Some(7));
+        assert!(o.dump && o.single_process);
+        assert_eq!(o.metrics, Some("127.0.0.1:9935".parse().unwrap()));
+        assert_eq!(o.pidfile, Some(PathBuf::from("/run/u.pid")));
+        for bad in [
+            "--workers 0",
+            "--workers 300",
+            "--mode fast",
+            "--log 9",
+            "--port",
+            "--nope",
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seeds_round_trip_through_hex() {
+        let seed = [0xA5u8; 32];
+        assert_eq!(parse_hex32(&format!("{}\n", hex_string(&seed))), Some(seed));
+        assert_eq!(parse_hex32("zz"), None);
     }
 }

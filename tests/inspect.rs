@@ -16,8 +16,8 @@ use rtmfp::flash::command::{Command, ObjectEncoding};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::{FlowId, SessionId};
 use rtmfp::startup::components::{
-    build_static_key_certificate, build_url_epd, Certificate, EXTRA_RANDOMNESS_LEN,
-    SKC_EXTRA_RANDOMNESS, SKC_HMAC_NEGOTIATION, SKC_SSEQ_NEGOTIATION,
+    build_static_key_certificate, build_url_epd, Certificate, CERT_RANDOMNESS_LEN,
+    EXTRA_RANDOMNESS_LEN, SKC_EXTRA_RANDOMNESS, SKC_HMAC_NEGOTIATION, SKC_SSEQ_NEGOTIATION,
 };
 use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
 use rtmfp::startup::responder::{HelloDisposition, KeyingDisposition, Responder, ResponderConfig};
@@ -494,7 +494,7 @@ fn make_session(policy: NegotiationPolicy, group: DhGroup, private: &[u8]) -> Ma
             policy,
         },
         [3; 32],
-        &[5; EXTRA_RANDOMNESS_LEN],
+        &[5; CERT_RANDOMNESS_LEN],
         now,
     );
     let mut initiator = Initiator::new(

@@ -1,159 +1,14 @@
 //! The `updraft` server over real UDP on loopback, driven by the protocol core's own initiator:
 //! handshake, NetConnection connect, setPeerInfo, createStream, an unknown call, and close.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant as WallInstant};
+mod support;
 
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha20Rng;
-use rtmfp::amf::{Object, Value};
-use rtmfp::crypto::{DhGroup, NegotiationPolicy};
-use rtmfp::endpoint::{Endpoint, EndpointEvent};
-use rtmfp::flash::command::{Command, ObjectEncoding};
-use rtmfp::flash::message::{TcMessage, UserControl};
-use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
-use rtmfp::session::flows::SendOptions;
-use rtmfp::session::{Event, SessionConfig, State};
-use rtmfp::startup::components::build_url_epd;
-use rtmfp::startup::initiator::InitiatorConfig;
-use rtmfp::time::Instant;
-
-/// Kills the server when the test ends, however it ends.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `updraft --port 0 --bind 127.0.0.1` and reads the port from its start-up line.
-fn start_server() -> (ServerProcess, SocketAddr) {
-    start_server_with(&[])
-}
-
-/// Starts the server with extra arguments (before the loopback port and address).
-fn start_server_with(extra: &[&str]) -> (ServerProcess, SocketAddr) {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_updraft"))
-        .args(extra)
-        .args(["--port", "0", "--bind", "127.0.0.1"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start updraft");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().expect("a start-up line").unwrap();
-    assert!(first.contains("mode single-process socket"), "{first}");
-    let addr = first
-        .split("UDP ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (ServerProcess(child), addr)
-}
-
-struct Client {
-    socket: UdpSocket,
-    endpoint: Endpoint<ChaCha20Rng>,
-    epoch: WallInstant,
-    events: Vec<(u32, EndpointEvent)>,
-}
-
-impl Client {
-    fn new() -> Client {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let config = InitiatorConfig {
-            groups: DhGroup::ALL.to_vec(),
-            policy: NegotiationPolicy::FLASH_COMPATIBLE,
-        };
-        Client {
-            socket,
-            endpoint: Endpoint::new(
-                ChaCha20Rng::seed_from_u64(9),
-                None,
-                config,
-                SessionConfig::default(),
-            ),
-            epoch: WallInstant::now(),
-            events: Vec::new(),
-        }
-    }
-
-    fn now(&self) -> Instant {
-        Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
-    }
-
-    /// Pumps datagrams and timers until `done` or 5 s.
-    fn pump(&mut self, done: impl FnMut(&[(u32, EndpointEvent)]) -> bool) -> bool {
-        self.pump_for(Duration::from_secs(5), done)
-    }
-
-    /// Pumps datagrams and timers until `done` or `limit`.
-    fn pump_for(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&[(u32, EndpointEvent)]) -> bool,
-    ) -> bool {
-        let deadline = WallInstant::now() + limit;
-        let mut buf = vec![0u8; 8192];
-        while WallInstant::now() < deadline {
-            let now = self.now();
-            while let Some(t) = self.endpoint.poll_transmit(now, &mut buf) {
-                self.socket.send_to(&buf[..t.len], t.destination).unwrap();
-            }
-            while let Some(e) = self.endpoint.poll_event() {
-                self.events.push(e);
-            }
-            if done(&self.events) {
-                return true;
-            }
-            self.socket
-                .set_read_timeout(Some(Duration::from_millis(20)))
-                .unwrap();
-            if let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-                let now = self.now();
-                self.endpoint.handle_datagram(now, from, &mut buf[..n]);
-            }
-            let now = self.now();
-            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-                self.endpoint.handle_timeout(now);
-            }
-        }
-        false
-    }
-
-    /// The messages received so far.
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                EndpointEvent::Session(Event::Message { data, .. }) => Some(data.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-fn command_reply(data: &[u8]) -> Option<(String, f64, Value<'static>)> {
-    let tc = TcMessage::parse(data).ok()?;
-    let c = Command::parse(&tc).ok()?;
-    Some((
-        c.name.to_string(),
-        c.transaction_id,
-        c.args.first().cloned().unwrap_or(Value::Null).into_owned(),
-    ))
-}
+use support::*;
 
 #[test]
 fn flash_client_session_against_the_server_over_udp() {
-    let (_server, addr) = start_server();
+    let server = start_server();
+    let addr = server.addr;
     let mut c = Client::new();
     let now = c.now();
     let h = c
@@ -249,7 +104,8 @@ fn flash_client_session_against_the_server_over_udp() {
 /// flow; the server must open NetStream replies that way (found against rtmfp-cpp `tcconn`).
 #[test]
 fn netstream_replies_are_associated_with_the_client_control_flow() {
-    let (_server, addr) = start_server();
+    let server = start_server();
+    let addr = server.addr;
     let mut c = Client::new();
     let now = c.now();
     let h = c
@@ -329,60 +185,28 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
     );
 }
 
-/// A unique temporary file with `text`, removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("updraft-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn cumulus_ini_keepalives_reach_the_client() {
     let ini = TempFile::new("CumulusServer.ini", "; as Cumulus users have it\nkeepAliveServer = 20\nkeepAlivePeer = 6\n[myApp]\nkey = value\n");
-    let (_server, addr) = start_server_with(&["--config", ini.0.to_str().unwrap()]);
+    let server = start_server_with(&["--config", ini.0.to_str().unwrap()]);
+    let addr = server.addr;
     let mut c = Client::new();
-    let now = c.now();
-    let h = c
-        .endpoint
-        .connect(now, build_url_epd(b"rtmfp://127.0.0.1/"), None, &[addr]);
-    assert!(c.pump(|ev| ev
-        .iter()
-        .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
-    let nc = FlowMetadata::Tc {
-        stream_id: 0,
-        receive_intent: ReceiveIntent::Sequence,
-    }
-    .to_vec();
-    let now = c.now();
-    let s = c.endpoint.session_mut(h).unwrap();
-    let flow = s.open_flow(&nc, None).unwrap();
+    let h = c.open(addr, "rtmfp://127.0.0.1/").expect("connected");
+    let flow = c.connect_app(h, "");
+    assert!(c.wait_messages(h, 1), "connect answered");
     let peer_info = Command::new(
         "setPeerInfo",
         0.0,
         Value::Null,
         vec![Value::str("127.0.0.1:5000")],
     );
-    s.send(
-        now,
+    c.send(
+        h,
         flow,
         &peer_info.to_message(ObjectEncoding::Amf0, 0).unwrap(),
-        SendOptions::default(),
-    )
-    .unwrap();
-    assert!(c.pump(|ev| ev
-        .iter()
-        .any(|(_, e)| matches!(e, EndpointEvent::Session(Event::Message { .. })))));
-    let tc_bytes = c.messages().remove(0);
+    );
+    assert!(c.wait_messages(h, 2), "setPeerInfo answered");
+    let tc_bytes = c.messages().remove(1);
     let tc = TcMessage::parse(&tc_bytes).unwrap();
     assert_eq!(
         UserControl::parse(tc.payload).unwrap(),
@@ -426,7 +250,8 @@ fn a_bad_configuration_is_a_clear_error_with_exit_code_2() {
 
 #[test]
 fn sigterm_closes_every_session_in_order_and_exits_0() {
-    let (mut server, addr) = start_server();
+    let mut server = start_server();
+    let addr = server.addr;
     let mut c = Client::new();
     let now = c.now();
     let h = c
@@ -435,7 +260,7 @@ fn sigterm_closes_every_session_in_order_and_exits_0() {
     assert!(c.pump(|ev| ev
         .iter()
         .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     // The shell's own `kill` builtin: no dependency on procps.
     let kill = format!("kill -TERM {pid}");
     assert!(Process::new("sh")
@@ -448,7 +273,7 @@ fn sigterm_closes_every_session_in_order_and_exits_0() {
     let deadline = WallInstant::now() + Duration::from_secs(5);
     let status = loop {
         c.pump_for(Duration::from_millis(50), |_| false);
-        if let Some(status) = server.0.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -262,7 +262,7 @@ impl HandshakeFixture {
                 policy,
             },
             [1; 32],
-            &[2; 64],
+            &[2; 32],
             Instant::ZERO,
         );
         let now = Instant::from_millis(10);

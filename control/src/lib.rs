@@ -1,4 +1,11 @@
-//! Updraft control plane. So far it holds [`ipc`], the codec of the messages exchanged with the
-//! data-plane workers; the handshake service and the directories follow.
+//! Updraft control plane: the handshake service ([`handshake`], [`dh`]), session-ID allocation
+//! ([`ids`]), the NetConnection layer ([`netconn`]) and the application seam ([`apps`]), run
+//! by [`service`] over the [`ipc`] links to the data-plane workers.
 
+pub mod apps;
+pub mod dh;
+pub mod handshake;
+pub mod ids;
 pub mod ipc;
+pub mod netconn;
+pub mod service;

@@ -1,5 +1,11 @@
-//! Updraft data plane: packet I/O backends behind one batch trait (AF_XDP, recvmmsg/sendmmsg),
-//! pinned workers, session shards, publications and fanout.
-//!
-//! Not implemented yet: this crate is filled by the server issue (socket mode) and the kernel-bypass
-//! issue (AF_XDP). It deliberately exports nothing until then.
+//! Updraft data plane: packet I/O behind one batch trait ([`io::BatchIo`]), pinned workers
+//! that each own a shard of sessions ([`worker`]), and the start-up of a set of workers on
+//! `SO_REUSEPORT` sockets ([`plane`]). AF_XDP plugs into the same trait in the kernel-bypass
+//! issue; publications and fanout come with live streaming.
+
+pub mod counters;
+pub mod io;
+pub mod plane;
+pub mod sys;
+pub mod wheel;
+pub mod worker;

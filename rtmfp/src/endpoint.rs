@@ -640,8 +640,9 @@ impl<R: RngCore> Endpoint<R> {
     }
 }
 
-/// Writes one startup packet holding `chunk`, for session ID `sid`, under the default key.
-fn startup_packet<C: ChunkBody>(
+/// Writes one startup packet holding `chunk`, for session ID `sid`, under the default key
+/// (RFC 7016 §2.2.2, RFC 7425 §4.6.3). Used by the server's handshake service.
+pub fn startup_packet<C: ChunkBody>(
     encoder: &mut PacketEncoder,
     now: Instant,
     sid: u32,
@@ -652,7 +653,7 @@ fn startup_packet<C: ChunkBody>(
 
 /// Writes one startup packet whose chunks `fill` writes, for session ID `sid`, under the
 /// default key.
-fn startup_packet_with(
+pub fn startup_packet_with(
     encoder: &mut PacketEncoder,
     now: Instant,
     sid: u32,

@@ -39,7 +39,7 @@ fn endpoint(seed: u64) -> Ep {
             policy,
         },
         [seed as u8; 32],
-        &[seed as u8; 64],
+        &[seed as u8; 32],
         Instant::ZERO,
     );
     Endpoint::new(

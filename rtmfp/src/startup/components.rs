@@ -40,6 +40,10 @@ pub const SKC_SSEQ_NEGOTIATION: u64 = KEYING_OPTION_SSEQ_NEGOTIATION;
 pub const FINGERPRINT_LEN: usize = 32;
 /// Length of the extra-randomness values we send (as Flash Player and Cumulus do).
 pub const EXTRA_RANDOMNESS_LEN: usize = 64;
+/// Bytes of extra randomness in a responder's ephemeral certificate (RFC 7425 §4.3.2). 32
+/// bytes (256 bits) make every certificate, and so every server peer ID, unique, and keep the
+/// RHello within three times the smallest Flash IHello (see `updraft_control::handshake`).
+pub const CERT_RANDOMNESS_LEN: usize = 32;
 /// Most groups or keys we keep from one certificate; more are ignored.
 pub const MAX_CERT_GROUPS: usize = 8;
 
@@ -123,7 +127,7 @@ impl<'a> Certificate<'a> {
 /// Only groups that are implemented may be listed.
 pub fn build_ephemeral_certificate(
     groups: &[u64],
-    randomness: &[u8; EXTRA_RANDOMNESS_LEN],
+    randomness: &[u8; CERT_RANDOMNESS_LEN],
 ) -> Vec<u8> {
     let mut len = option_len(CERT_ACCEPTS_ANCILLARY_DATA, 0)
         + option_len(CERT_EXTRA_RANDOMNESS, randomness.len());
@@ -317,7 +321,7 @@ mod tests {
 
     #[test]
     fn ephemeral_certificate_layout() {
-        let cert = build_ephemeral_certificate(&[16, 14, 2], &[9; 64]);
+        let cert = build_ephemeral_certificate(&[16, 14, 2], &[9; 32]);
         assert_eq!(&cert[..2], &[0x01, 0x0A]);
         assert_eq!(&cert[2..4], &[0x41, 0x0E]);
         assert_eq!(
@@ -331,7 +335,7 @@ mod tests {
 
     #[test]
     fn mixed_certificate_is_refused() {
-        let mut cert = build_ephemeral_certificate(&[2], &[0; 64]);
+        let mut cert = build_ephemeral_certificate(&[2], &[0; 32]);
         cert.extend_from_slice(&build_static_key_certificate(2, &[1; 8]));
         assert_eq!(
             Certificate::parse(&cert),
@@ -404,9 +408,7 @@ mod proptests {
 
         #[test]
         fn ephemeral_certificate_round_trips(groups in proptest::collection::vec(0u64..100_000, 0..MAX_CERT_GROUPS), r in any::<[u8; 32]>()) {
-            let mut randomness = [0u8; EXTRA_RANDOMNESS_LEN];
-            randomness[..32].copy_from_slice(&r);
-            let cert = build_ephemeral_certificate(&groups, &randomness);
+            let cert = build_ephemeral_certificate(&groups, &r);
             let parsed = Certificate::parse(&cert).unwrap();
             prop_assert!(parsed.accepts_ancillary_data);
             prop_assert_eq!(parsed.ephemeral_groups, groups);

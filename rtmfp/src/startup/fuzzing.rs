@@ -48,7 +48,7 @@ pub fn fuzz_responder(data: &[u8]) {
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
         },
         [0x5A; 32],
-        &[0xA5; 64],
+        &[0xA5; 32],
         Instant::ZERO,
     );
     let now = Instant::from_millis(1000);

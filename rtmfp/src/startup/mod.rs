@@ -58,7 +58,7 @@ mod handshake_tests {
             groups: groups.to_vec(),
             policy,
         };
-        Responder::new(cfg, [1; 32], &[2; 64], Instant::ZERO)
+        Responder::new(cfg, [1; 32], &[2; 32], Instant::ZERO)
     }
 
     /// Runs IHello → RHello → IIKeying → RIKeying between the two roles, without the wire.

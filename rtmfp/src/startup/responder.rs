@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::components::{
     build_ephemeral_certificate, build_key_component, build_static_key_certificate, Certificate,
-    ComponentError, DhChoice, Epd, KeyComponent, EXTRA_RANDOMNESS_LEN, FINGERPRINT_LEN,
+    ComponentError, DhChoice, Epd, KeyComponent, CERT_RANDOMNESS_LEN, FINGERPRINT_LEN,
 };
 use super::cookie::{CookieCheck, CookieJar, COOKIE_LEN};
 use crate::crypto::{
@@ -145,7 +145,7 @@ impl Responder {
     pub fn new(
         config: ResponderConfig,
         cookie_secret: [u8; 32],
-        randomness: &[u8; EXTRA_RANDOMNESS_LEN],
+        randomness: &[u8; CERT_RANDOMNESS_LEN],
         epoch: Instant,
     ) -> Self {
         let ids: Vec<u64> = config.groups.iter().map(|g| g.id()).collect();

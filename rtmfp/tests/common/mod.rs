@@ -86,7 +86,7 @@ impl Pair {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
-        let mut randomness = [0u8; 64];
+        let mut randomness = [0u8; 32];
         rng.fill_bytes(&mut randomness);
         let responder = Responder::new(
             ResponderConfig {

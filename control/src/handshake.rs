@@ -1,0 +1,689 @@
+//! The handshake service (RFC 7016 §3.5.1, RFC 7425 §4): startup datagrams in, RHello,
+//! Cookie Change and RIKeying out, keyed sessions to install. No state is kept for an IHello
+//! (stateless cookies); a valid IIKeying costs one Diffie-Hellman computation, done on the
+//! [`crate::dh`] pool off this thread.
+//!
+//! Hostile-input rules enforced here:
+//! - an RHello is never more than [`AMPLIFICATION_FACTOR`] times the datagram that caused it;
+//! - IIKeyings are rate-limited per source address ([`RateLimiter`]);
+//! - no session is keyed beyond `max_sessions`;
+//! - a retransmitted IIKeying gets the same RIKeying, without new DH work
+//!   (RFC 7016 §3.5.1.1.2).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtmfp::crypto::{PacketDecoder, PacketEncoder};
+use rtmfp::endpoint::{startup_packet, FLASH_SIGNATURE};
+use rtmfp::ids::SessionId;
+use rtmfp::startup::responder::{
+    Accepted, HelloDisposition, KeyingDisposition, KeyingError, KeyingRequest, Responder,
+};
+use rtmfp::time::Instant;
+use rtmfp::wire::{Chunk, ChunkIter, CookieChange, Mode, PacketHeader, RHello, RIKeying, Reader};
+use sha2::{Digest, Sha256};
+
+use crate::ipc::SessionSecrets;
+
+/// An answer to a startup datagram is at most this many times its size, so the server cannot
+/// be used to amplify a spoofed flood.
+pub const AMPLIFICATION_FACTOR: usize = 3;
+/// How long an RIKeying is kept to answer a retransmitted IIKeying (the initiator's open
+/// timeout, RFC 7016 §3.5.1.1.1, bounds how long it retransmits).
+const ACCEPTED_MEMORY: Duration = rtmfp::params::ULTIMATE_OPEN_TIMEOUT;
+/// Most remembered RIKeyings; older ones are forgotten first when full.
+const MAX_ACCEPTED: usize = 65_536;
+/// Most source addresses the rate limiter tracks at once.
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Handshake limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// IIKeyings per second per source address, sustained.
+    pub rate: f64,
+    /// IIKeyings a source address may send at once.
+    pub burst: f64,
+    /// Most sessions the server keeps.
+    pub max_sessions: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            rate: 200.0,
+            burst: 400.0,
+            max_sessions: 200_000,
+        }
+    }
+}
+
+/// Handshake counters, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeStats {
+    /// IHellos received.
+    pub ihello: u64,
+    /// RHellos sent.
+    pub rhello: u64,
+    /// IHellos naming another peer (rendezvous is not served by this build).
+    pub rendezvous: u64,
+    /// Answers withheld because they would exceed [`AMPLIFICATION_FACTOR`].
+    pub amplification_refused: u64,
+    /// IIKeyings received.
+    pub iikeying: u64,
+    /// Cookie Changes sent.
+    pub cookie_change: u64,
+    /// IIKeyings with an invalid or expired cookie.
+    pub failed_cookie: u64,
+    /// IIKeyings refused for their certificate, key or crypto options.
+    pub failed_keying: u64,
+    /// IIKeyings over the per-address rate.
+    pub failed_rate_limited: u64,
+    /// IIKeyings refused because the server is full.
+    pub failed_max_sessions: u64,
+    /// IIKeyings dropped because the Diffie-Hellman pool was saturated.
+    pub failed_busy: u64,
+    /// Sessions keyed.
+    pub completed: u64,
+    /// Retransmitted IIKeyings answered with the same RIKeying.
+    pub repeated: u64,
+    /// Startup datagrams that did not decode.
+    pub malformed: u64,
+}
+
+impl HandshakeStats {
+    /// `(name, value)` of every counter.
+    pub fn fields(&self) -> [(&'static str, u64); 14] {
+        [
+            ("ihello", self.ihello),
+            ("rhello", self.rhello),
+            ("rendezvous", self.rendezvous),
+            ("amplification_refused", self.amplification_refused),
+            ("iikeying", self.iikeying),
+            ("cookie_change", self.cookie_change),
+            ("failed_cookie", self.failed_cookie),
+            ("failed_keying", self.failed_keying),
+            ("failed_rate_limited", self.failed_rate_limited),
+            ("failed_max_sessions", self.failed_max_sessions),
+            ("failed_busy", self.failed_busy),
+            ("completed", self.completed),
+            ("repeated", self.repeated),
+            ("malformed", self.malformed),
+        ]
+    }
+}
+
+/// What to do about a startup datagram.
+#[derive(Debug)]
+pub enum Action {
+    /// Send `datagram` to `to` from the worker that received the startup datagram.
+    Transmit {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram, encrypted.
+        datagram: Vec<u8>,
+    },
+    /// Run the Diffie-Hellman step for this request, then call [`Handshakes::complete`].
+    Compute(Box<KeyingRequest>),
+}
+
+/// A keyed session, ready to install.
+#[derive(Debug)]
+pub struct Keyed {
+    /// The initiator's session ID (we send with it).
+    pub far_session_id: u32,
+    /// The initiator's address.
+    pub address: SocketAddr,
+    /// The initiator's peer ID.
+    pub peer_id: [u8; 32],
+    /// Keys and packet modes.
+    pub secrets: SessionSecrets,
+    /// The RIKeying datagram to send.
+    pub rikeying: Vec<u8>,
+}
+
+struct Remembered {
+    skic_hash: [u8; 32],
+    rikeying: Vec<u8>,
+    at: Instant,
+}
+
+/// Per-source token buckets for IIKeying.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// `rate` per second sustained, `burst` at once.
+    pub fn new(rate: f64, burst: f64) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token for `ip` at `now`; false when its bucket is empty.
+    pub fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        if self.buckets.len() >= MAX_TRACKED_SOURCES && !self.buckets.contains_key(&ip) {
+            // Forget sources whose buckets have refilled: they are as if new.
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= MAX_TRACKED_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The handshake state machine of the control plane.
+pub struct Handshakes {
+    responder: Arc<Responder>,
+    encoder: PacketEncoder,
+    decoder: PacketDecoder,
+    limits: HandshakeLimits,
+    limiter: RateLimiter,
+    accepted: HashMap<(SocketAddr, u32), Remembered>,
+    pending: HashSet<(SocketAddr, u32)>,
+    stats: HandshakeStats,
+}
+
+impl std::fmt::Debug for Handshakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshakes")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshakes {
+    /// A service answering as `responder`.
+    pub fn new(responder: Arc<Responder>, limits: HandshakeLimits) -> Handshakes {
+        Handshakes {
+            responder,
+            encoder: PacketEncoder::startup(),
+            decoder: PacketDecoder::startup(),
+            limits,
+            limiter: RateLimiter::new(limits.rate, limits.burst),
+            accepted: HashMap::new(),
+            pending: HashSet::new(),
+            stats: HandshakeStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> HandshakeStats {
+        self.stats
+    }
+
+    /// The responder.
+    pub fn responder(&self) -> &Arc<Responder> {
+        &self.responder
+    }
+
+    /// Handles a startup datagram from `from`; `live` is how many sessions exist now.
+    pub fn on_startup(
+        &mut self,
+        now: Instant,
+        live: usize,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        out: &mut Vec<Action>,
+    ) {
+        let budget = datagram.len().saturating_mul(AMPLIFICATION_FACTOR);
+        let Ok(decoded) = self.decoder.decode(datagram) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if decoded.session_id != SessionId::STARTUP.0 {
+            self.stats.malformed += 1;
+            return;
+        }
+        let mut r = Reader::new(decoded.packet);
+        match PacketHeader::parse(&mut r) {
+            Ok(h) if h.mode == Mode::Startup => {}
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        }
+        for chunk in ChunkIter::new(r.rest()) {
+            match chunk {
+                Ok(Chunk::IHello(h)) => {
+                    self.stats.ihello += 1;
+                    self.on_ihello(now, from, h.epd, h.tag, budget, out);
+                }
+                Ok(Chunk::IIKeying(k)) => {
+                    self.stats.iikeying += 1;
+                    self.on_iikeying(now, live, from, &k, out);
+                }
+                // Other chunks have no business in a startup packet to a server (RFC 7016 §2.3).
+                Ok(_) => {}
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_ihello(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        epd: &[u8],
+        tag: &[u8],
+        budget: usize,
+        out: &mut Vec<Action>,
+    ) {
+        match self.responder.on_ihello(now, &from, epd, tag) {
+            HelloDisposition::RHello { tag, cookie } => {
+                let chunk = RHello {
+                    tag_echo: tag,
+                    cookie: &cookie,
+                    certificate: self.responder.certificate(),
+                };
+                let Some(p) = startup_packet(&mut self.encoder, now, 0, &chunk) else {
+                    return;
+                };
+                if p.len() > budget {
+                    self.stats.amplification_refused += 1;
+                    tracing::debug!(%from, rhello = p.len(), budget, "RHello withheld: amplification");
+                    return;
+                }
+                self.stats.rhello += 1;
+                out.push(Action::Transmit {
+                    to: from,
+                    datagram: p,
+                });
+            }
+            HelloDisposition::Rendezvous { .. } => self.stats.rendezvous += 1,
+            HelloDisposition::Ignore => {}
+        }
+    }
+
+    fn on_iikeying(
+        &mut self,
+        now: Instant,
+        live: usize,
+        from: SocketAddr,
+        k: &rtmfp::wire::IIKeying<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        let isid = k.initiator_session_id.0;
+        let skic_hash: [u8; 32] = Sha256::digest(k.skic).into();
+        if let Some(r) = self.accepted.get(&(from, isid)) {
+            if r.skic_hash == skic_hash {
+                self.stats.repeated += 1;
+                out.push(Action::Transmit {
+                    to: from,
+                    datagram: r.rikeying.clone(),
+                });
+            }
+            return;
+        }
+        if self.pending.contains(&(from, isid)) {
+            // Still computing: the answer is on its way.
+            return;
+        }
+        let request =
+            match self
+                .responder
+                .on_iikeying(now, &from, isid, k.cookie_echo, k.certificate, k.skic)
+            {
+                KeyingDisposition::Accept(req) => req,
+                KeyingDisposition::CookieChange {
+                    initiator_session_id,
+                    new_cookie,
+                } => {
+                    // RFC 7016 §3.5.1.2: a good cookie from another address.
+                    let chunk = CookieChange {
+                        old_cookie: k.cookie_echo,
+                        new_cookie: &new_cookie,
+                    };
+                    if let Some(p) =
+                        startup_packet(&mut self.encoder, now, initiator_session_id, &chunk)
+                    {
+                        self.stats.cookie_change += 1;
+                        out.push(Action::Transmit {
+                            to: from,
+                            datagram: p,
+                        });
+                    }
+                    return;
+                }
+                KeyingDisposition::Reject(e) => {
+                    match e {
+                        KeyingError::InvalidCookie | KeyingError::ExpiredCookie => {
+                            self.stats.failed_cookie += 1
+                        }
+                        _ => self.stats.failed_keying += 1,
+                    }
+                    tracing::debug!(%from, error = %e, "IIKeying refused");
+                    return;
+                }
+            };
+        if !self.limiter.allow(now, from.ip()) {
+            self.stats.failed_rate_limited += 1;
+            return;
+        }
+        if live + self.pending.len() >= self.limits.max_sessions {
+            self.stats.failed_max_sessions += 1;
+            return;
+        }
+        self.pending.insert((from, isid));
+        out.push(Action::Compute(Box::new(request)));
+    }
+
+    /// The DH pool could not take `request`: forget it (the initiator retries).
+    pub fn busy(&mut self, request: &KeyingRequest) {
+        self.pending
+            .remove(&(request.from, request.initiator_session_id));
+        self.stats.failed_busy += 1;
+    }
+
+    /// The Diffie-Hellman step finished for `request`: builds the RIKeying naming
+    /// `session_id` and what the worker needs to install the session. `None` when keying
+    /// failed or `session_id` is `None` (no room).
+    pub fn complete(
+        &mut self,
+        now: Instant,
+        request: &KeyingRequest,
+        result: Result<Accepted, KeyingError>,
+        session_id: Option<u32>,
+    ) -> Option<Keyed> {
+        let key = (request.from, request.initiator_session_id);
+        self.pending.remove(&key);
+        let accepted = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.failed_keying += 1;
+                tracing::debug!(from = %request.from, error = %e, "keying failed");
+                return None;
+            }
+        };
+        let Some(session_id) = session_id else {
+            self.stats.failed_max_sessions += 1;
+            return None;
+        };
+        let chunk = RIKeying {
+            responder_session_id: SessionId(session_id),
+            skrc: &accepted.skrc,
+            signature: FLASH_SIGNATURE,
+        };
+        let rikeying =
+            startup_packet(&mut self.encoder, now, request.initiator_session_id, &chunk)?;
+        self.remember(
+            now,
+            key,
+            Sha256::digest(&request.skic).into(),
+            rikeying.clone(),
+        );
+        self.stats.completed += 1;
+        Some(Keyed {
+            far_session_id: request.initiator_session_id,
+            address: request.from,
+            peer_id: request.peer_id.0,
+            secrets: SessionSecrets {
+                keys: accepted.keys,
+                send: accepted.negotiated.send,
+                receive: accepted.negotiated.receive,
+            },
+            rikeying,
+        })
+    }
+
+    fn remember(
+        &mut self,
+        now: Instant,
+        key: (SocketAddr, u32),
+        skic_hash: [u8; 32],
+        rikeying: Vec<u8>,
+    ) {
+        if self.accepted.len() >= MAX_ACCEPTED {
+            self.accepted
+                .retain(|_, r| now.saturating_duration_since(r.at) < ACCEPTED_MEMORY);
+            if self.accepted.len() >= MAX_ACCEPTED {
+                // Still full of fresh entries: forget the oldest.
+                if let Some(oldest) = self.accepted.iter().min_by_key(|e| e.1.at).map(|e| *e.0) {
+                    self.accepted.remove(&oldest);
+                }
+            }
+        }
+        self.accepted.insert(
+            key,
+            Remembered {
+                skic_hash,
+                rikeying,
+                at: now,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
+    use rtmfp::startup::components::build_url_epd;
+    use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
+    use rtmfp::startup::responder::ResponderConfig;
+    use rtmfp::wire::{IHello, IIKeying};
+
+    fn responder() -> Arc<Responder> {
+        Arc::new(Responder::new(
+            ResponderConfig {
+                groups: DhGroup::ALL.to_vec(),
+                policy: NegotiationPolicy::FLASH_COMPATIBLE,
+            },
+            [9; 32],
+            &[3; 32],
+            Instant::ZERO,
+        ))
+    }
+
+    fn encode(msg: &StartupMessage<'_>) -> Vec<u8> {
+        let mut enc = PacketEncoder::startup();
+        match msg {
+            StartupMessage::IHello { epd, tag } => {
+                startup_packet(&mut enc, Instant::ZERO, 0, &IHello { epd, tag: &tag[..] }).unwrap()
+            }
+            StartupMessage::IIKeying {
+                initiator_session_id,
+                cookie,
+                certificate,
+                skic,
+            } => startup_packet(
+                &mut enc,
+                Instant::ZERO,
+                0,
+                &IIKeying {
+                    initiator_session_id: SessionId(*initiator_session_id),
+                    cookie_echo: cookie,
+                    certificate,
+                    skic,
+                    signature: FLASH_SIGNATURE,
+                },
+            )
+            .unwrap(),
+        }
+    }
+
+    /// Runs an initiator against the service up to the RIKeying; answers the actions of the
+    /// IIKeying step.
+    fn handshake(
+        h: &mut Handshakes,
+        from: SocketAddr,
+        seed: u8,
+    ) -> (Initiator, Vec<Action>, Vec<u8>) {
+        let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+        let now = Instant::from_millis(10);
+        let mut init = Initiator::new(
+            now,
+            InitiatorConfig::default(),
+            build_url_epd(b"rtmfp://server/app"),
+            None,
+            &[from],
+            7,
+            &mut rng,
+        );
+        let (_, hello) = init.poll_transmit(now).unwrap();
+        let mut dg = encode(&hello);
+        let mut out = Vec::new();
+        h.on_startup(now, 0, from, &mut dg, &mut out);
+        let Some(Action::Transmit { datagram, .. }) = out.pop() else {
+            panic!("no RHello")
+        };
+        let mut rhello = datagram;
+        let decoded = PacketDecoder::startup().decode(&mut rhello).unwrap();
+        let mut r = Reader::new(decoded.packet);
+        PacketHeader::parse(&mut r).unwrap();
+        let Some(Ok(Chunk::RHello(rh))) = ChunkIter::new(r.rest()).next() else {
+            panic!("not an RHello")
+        };
+        init.on_rhello(now, from, rh.tag_echo, rh.cookie, rh.certificate, &mut rng)
+            .unwrap();
+        let (_, keying) = init.poll_transmit(now).unwrap();
+        let dg = encode(&keying);
+        let mut copy = dg.clone();
+        h.on_startup(now, 0, from, &mut copy, &mut out);
+        (init, out, dg)
+    }
+
+    #[test]
+    fn a_full_handshake_keys_both_ends_alike_and_repeats_the_rikeying() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let (mut init, out, iikeying) = handshake(&mut h, from, 1);
+        let [Action::Compute(req)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        let pair = DhKeyPair::generate(req.group, &mut ChaCha20Rng::from_seed([5; 32]));
+        let result = h.responder().accept(req, &pair);
+        let keyed = h
+            .complete(Instant::from_millis(20), req, result, Some(0x0101_0001))
+            .unwrap();
+        // The initiator accepts our RIKeying and derives the mirror keys.
+        let mut rik = keyed.rikeying.clone();
+        let decoded = PacketDecoder::startup().decode(&mut rik).unwrap();
+        assert_eq!(decoded.session_id, 7);
+        let mut r = Reader::new(decoded.packet);
+        PacketHeader::parse(&mut r).unwrap();
+        let Some(Ok(Chunk::RIKeying(k))) = ChunkIter::new(r.rest()).next() else {
+            panic!()
+        };
+        assert_eq!(k.responder_session_id.0, 0x0101_0001);
+        let est = init
+            .on_rikeying(from, k.responder_session_id.0, k.skrc)
+            .unwrap();
+        assert_eq!(est.keys.encrypt, keyed.secrets.keys.decrypt);
+        assert_eq!(est.keys.decrypt, keyed.secrets.keys.encrypt);
+        // A retransmitted IIKeying gets the same RIKeying and no new DH work.
+        let mut again = iikeying.clone();
+        let mut out = Vec::new();
+        h.on_startup(Instant::from_millis(30), 1, from, &mut again, &mut out);
+        let [Action::Transmit { datagram, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(datagram, &keyed.rikeying);
+        assert_eq!(h.stats().repeated, 1);
+        assert_eq!(h.stats().completed, 1);
+    }
+
+    #[test]
+    fn pending_keyings_are_not_computed_twice_and_limits_apply() {
+        let mut h = Handshakes::new(
+            responder(),
+            HandshakeLimits {
+                rate: 1.0,
+                burst: 1.0,
+                max_sessions: 10,
+            },
+        );
+        let from: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let (_, out, iikeying) = handshake(&mut h, from, 2);
+        assert!(matches!(&out[..], [Action::Compute(_)]));
+        let mut again = iikeying.clone();
+        let mut out = Vec::new();
+        h.on_startup(Instant::from_millis(11), 0, from, &mut again, &mut out);
+        assert!(out.is_empty(), "a pending IIKeying is not computed twice");
+        // Another handshake from the same address within the second is rate-limited.
+        let (_, out, _) = handshake(&mut h, "127.0.0.1:4002".parse().unwrap(), 3);
+        assert!(out.is_empty());
+        assert_eq!(h.stats().failed_rate_limited, 1);
+        // A full server refuses.
+        let mut full = Handshakes::new(
+            responder(),
+            HandshakeLimits {
+                max_sessions: 0,
+                ..HandshakeLimits::default()
+            },
+        );
+        let (_, out, _) = handshake(&mut full, from, 4);
+        assert!(out.is_empty());
+        assert_eq!(full.stats().failed_max_sessions, 1);
+    }
+
+    #[test]
+    fn answers_never_exceed_three_times_the_request() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let from: SocketAddr = "127.0.0.1:4003".parse().unwrap();
+        // A minimal IHello: a one-byte EPD (ancillary data) and a 1-byte tag.
+        let epd = build_url_epd(b"a");
+        let mut dg = encode(&StartupMessage::IHello {
+            epd: &epd,
+            tag: &[1; 16],
+        });
+        let len = dg.len();
+        let mut out = Vec::new();
+        h.on_startup(Instant::ZERO, 0, from, &mut dg, &mut out);
+        for a in &out {
+            if let Action::Transmit { datagram, .. } = a {
+                assert!(datagram.len() <= AMPLIFICATION_FACTOR * len);
+            }
+        }
+        assert_eq!(h.stats().amplification_refused + h.stats().rhello, 1);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_answered() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let from: SocketAddr = "127.0.0.1:4004".parse().unwrap();
+        let mut out = Vec::new();
+        for len in [0usize, 4, 16, 40, 200] {
+            let mut junk = vec![0x5Au8; len];
+            h.on_startup(Instant::ZERO, 0, from, &mut junk, &mut out);
+        }
+        assert!(out.is_empty());
+        assert!(h.stats().malformed >= 4);
+    }
+
+    #[test]
+    fn rate_limiter_refills() {
+        let mut l = RateLimiter::new(10.0, 2.0);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.allow(Instant::ZERO, ip));
+        assert!(l.allow(Instant::ZERO, ip));
+        assert!(!l.allow(Instant::ZERO, ip));
+        assert!(l.allow(Instant::from_millis(100), ip));
+        assert!(l.allow(Instant::ZERO, "10.0.0.2".parse().unwrap()));
+    }
+}

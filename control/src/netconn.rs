@@ -1,0 +1,518 @@
+//! NetConnection commands (RFC 7425 §5; digest §1.11): `connect`, `setPeerInfo`,
+//! `createStream`, `deleteStream`, and every other client call, dispatched to the
+//! [`Applications`] seam. Answers are `Down` messages for the worker that owns the session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rtmfp::amf::Value;
+use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEncoding};
+use rtmfp::flash::message::{TcMessage, UserControl};
+
+use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
+use crate::ipc::Down;
+
+/// A client's NetConnection state.
+#[derive(Debug, Clone)]
+struct Client {
+    peer_id: [u8; 32],
+    address: SocketAddr,
+    /// The application path, once connected.
+    app: Option<String>,
+    /// Addresses from `setPeerInfo`.
+    addresses: Vec<String>,
+    next_stream_id: f64,
+}
+
+/// Most addresses kept from one `setPeerInfo`.
+const MAX_PEER_ADDRESSES: usize = 16;
+
+/// The NetConnection layer of every session.
+pub struct NetConnections {
+    clients: HashMap<u32, Client>,
+    apps: Box<dyn Applications>,
+    /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
+    /// (RFC 7425 §5.3.4; `keepAliveServer`, `keepAlivePeer`).
+    keepalive_ms: (u32, u32),
+}
+
+impl std::fmt::Debug for NetConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetConnections")
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetConnections {
+    /// A layer dispatching to `apps`.
+    pub fn new(apps: Box<dyn Applications>, keepalive_ms: (u32, u32)) -> NetConnections {
+        NetConnections {
+            clients: HashMap::new(),
+            apps,
+            keepalive_ms,
+        }
+    }
+
+    /// A session opened (or was reported live after a control restart).
+    pub fn open(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
+        self.clients.insert(
+            session,
+            Client {
+                peer_id,
+                address,
+                app: None,
+                addresses: Vec::new(),
+                next_stream_id: 1.0,
+            },
+        );
+    }
+
+    /// Sessions known.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// The addresses a client reported with `setPeerInfo`.
+    pub fn peer_addresses(&self, session: u32) -> Option<&[String]> {
+        self.clients.get(&session).map(|c| &c.addresses[..])
+    }
+
+    /// A session closed.
+    pub fn closed(&mut self, session: u32) {
+        if let Some(c) = self.clients.remove(&session) {
+            if let Some(app) = &c.app {
+                self.apps.disconnect(&ClientInfo {
+                    session,
+                    peer_id: &c.peer_id,
+                    address: c.address,
+                    app,
+                });
+            }
+        }
+    }
+
+    /// A server-to-client call: `method(args…)` on the client's NetConnection.
+    pub fn call(&self, session: u32, method: &str, args: Vec<Value<'_>>) -> Option<Down> {
+        self.clients.get(&session)?;
+        let message = Command::call(method, args)
+            .to_message(ObjectEncoding::Amf0, 0)
+            .ok()?;
+        Some(Down::Call {
+            session_id: session,
+            messages: vec![message],
+        })
+    }
+
+    /// Closes a client's NetConnection: `close()`, then the session.
+    pub fn close(&self, session: u32) -> Vec<Down> {
+        let mut out = Vec::new();
+        if let Ok(m) = Command::close().to_message(ObjectEncoding::Amf0, 0) {
+            out.push(Down::Call {
+                session_id: session,
+                messages: vec![m],
+            });
+        }
+        out.push(Down::Close {
+            session_id: session,
+        });
+        out
+    }
+
+    /// A command message from `session` on its `flow` (NetStream `stream_id`, 0 for the
+    /// NetConnection). Answers what to send back.
+    pub fn on_message(
+        &mut self,
+        session: u32,
+        flow: u64,
+        stream_id: u64,
+        data: &[u8],
+    ) -> Vec<Down> {
+        let Ok(tc) = TcMessage::parse(data) else {
+            return Vec::new();
+        };
+        let Ok(cmd) = Command::parse(&tc) else {
+            return Vec::new();
+        };
+        let Some(client) = self.clients.get_mut(&session) else {
+            return Vec::new();
+        };
+        let reply = |messages: Vec<Vec<u8>>| Down::Reply {
+            session_id: session,
+            flow,
+            messages,
+        };
+        let encode = |c: Command<'_>| c.to_message(ObjectEncoding::Amf0, 0).into_iter().collect();
+        match cmd.net_command() {
+            Ok(NetCommand::Connect(c)) => {
+                let app = app_path(c.app(), c.tc_url());
+                let info = ClientInfo {
+                    session,
+                    peer_id: &client.peer_id,
+                    address: client.address,
+                    app: &app,
+                };
+                let verdict = self.apps.connect(&info, c.args());
+                tracing::info!(session, app = %app, encoding = ?c.object_encoding(), ?verdict, "connect");
+                match verdict {
+                    ConnectVerdict::Accept => {
+                        client.app = Some(app);
+                        vec![reply(encode(Command::connect_success(
+                            cmd.transaction_id,
+                            c.object_encoding(),
+                            "Connection succeeded.",
+                            vec![],
+                        )))]
+                    }
+                    ConnectVerdict::InvalidApp => {
+                        let description = format!("Application '{app}' doesn't exist");
+                        let mut out = vec![reply(encode(Command::error_status(
+                            cmd.transaction_id,
+                            status::CONNECT_INVALID_APP,
+                            &description,
+                        )))];
+                        out.push(Down::Close {
+                            session_id: session,
+                        });
+                        out
+                    }
+                    ConnectVerdict::Reject(description) => {
+                        let mut out = vec![reply(encode(Command::error_status(
+                            cmd.transaction_id,
+                            status::CONNECT_REJECTED,
+                            &description,
+                        )))];
+                        out.push(Down::Close {
+                            session_id: session,
+                        });
+                        out
+                    }
+                }
+            }
+            // Nothing else is served before a successful connect.
+            _ if client.app.is_none() => Vec::new(),
+            Ok(NetCommand::SetPeerInfo(addrs)) => {
+                client.addresses = addrs
+                    .iter()
+                    .take(MAX_PEER_ADDRESSES)
+                    .map(|a| (*a).to_string())
+                    .collect();
+                let ka = UserControl::SetKeepalive {
+                    server_ms: self.keepalive_ms.0,
+                    peer_ms: self.keepalive_ms.1,
+                };
+                vec![reply(vec![ka.to_message(0)])]
+            }
+            Ok(NetCommand::CreateStream) => {
+                let id = client.next_stream_id;
+                client.next_stream_id = id + 1.0;
+                vec![reply(encode(Command::create_stream_result(
+                    cmd.transaction_id,
+                    id,
+                )))]
+            }
+            Ok(NetCommand::DeleteStream(_)) | Ok(NetCommand::CloseStream) => Vec::new(),
+            Ok(NetCommand::ReceiveAudio(_)) | Ok(NetCommand::ReceiveVideo(_)) => Vec::new(),
+            Ok(NetCommand::Publish { .. }) if stream_id != 0 => {
+                vec![reply(refuse_stream(status::PUBLISH_BAD_NAME))]
+            }
+            Ok(NetCommand::Play(_)) if stream_id != 0 => {
+                vec![reply(refuse_stream(status::PLAY_FAILED))]
+            }
+            _ => {
+                let app = client.app.clone().unwrap_or_default();
+                let info = ClientInfo {
+                    session,
+                    peer_id: &client.peer_id,
+                    address: client.address,
+                    app: &app,
+                };
+                let outcome = self.apps.call(&info, &cmd.name, &cmd.args);
+                if cmd.transaction_id == 0.0 {
+                    // No answer expected (RTMP §7.1.1).
+                    return Vec::new();
+                }
+                let answer = match outcome {
+                    CallOutcome::Result(v) => Command::result(cmd.transaction_id, v),
+                    CallOutcome::Error(description) => {
+                        return vec![reply(encode(Command::error(
+                            cmd.transaction_id,
+                            status_object(
+                                status::LEVEL_ERROR,
+                                status::CALL_FAILED,
+                                &description,
+                                vec![],
+                            ),
+                        )))]
+                    }
+                    CallOutcome::NotFound => {
+                        let description = format!("Method '{}' not found", cmd.name);
+                        return vec![reply(encode(Command::error(
+                            cmd.transaction_id,
+                            status_object(
+                                status::LEVEL_ERROR,
+                                status::CALL_FAILED,
+                                &description,
+                                vec![],
+                            ),
+                        )))];
+                    }
+                };
+                vec![reply(encode(answer))]
+            }
+        }
+    }
+}
+
+/// The application path of a `connect`: its `app` property, else the path of its `tcUrl`
+/// (`rtmfp://host:port/app/sub` → `app/sub`), without surrounding slashes.
+fn app_path(app: Option<&str>, tc_url: Option<&str>) -> String {
+    let from_url = || {
+        let rest = tc_url?.split_once("://")?.1;
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        Some(path.split(['?', '#']).next().unwrap_or("").to_string())
+    };
+    app.map(str::to_string)
+        .or_else(from_url)
+        .unwrap_or_default()
+        .trim_matches('/')
+        .to_string()
+}
+
+/// An `onStatus` error for NetStream commands this build does not serve yet.
+fn refuse_stream(code: &str) -> Vec<Vec<u8>> {
+    let description = "Live streaming is not available in this build of Updraft yet.";
+    Command::on_status(status_object(
+        status::LEVEL_ERROR,
+        code,
+        description,
+        Vec::new(),
+    ))
+    .to_message(ObjectEncoding::Amf0, 0)
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtmfp::flash::command::names;
+
+    struct Fixed;
+    impl Applications for Fixed {
+        fn connect(&mut self, c: &ClientInfo<'_>, _: &[Value<'_>]) -> ConnectVerdict {
+            match c.app {
+                "" | "live" => ConnectVerdict::Accept,
+                "banned" => ConnectVerdict::Reject("go away".into()),
+                _ => ConnectVerdict::InvalidApp,
+            }
+        }
+        fn call(&mut self, _: &ClientInfo<'_>, m: &str, args: &[Value<'_>]) -> CallOutcome {
+            match m {
+                "echo" => {
+                    CallOutcome::Result(args.first().cloned().unwrap_or(Value::Null).into_owned())
+                }
+                "fail" => CallOutcome::Error("nope".into()),
+                _ => CallOutcome::NotFound,
+            }
+        }
+        fn disconnect(&mut self, _: &ClientInfo<'_>) {}
+    }
+
+    fn layer() -> NetConnections {
+        let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
+        n.open(7, [1; 32], "127.0.0.1:5000".parse().unwrap());
+        n
+    }
+
+    fn command(name: &str, txn: f64, obj: Value<'_>, args: Vec<Value<'_>>) -> Vec<u8> {
+        Command::new(name, txn, obj, args)
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap()
+    }
+
+    fn connect(app: &str) -> Vec<u8> {
+        let props = Value::Object(rtmfp::amf::Object::anonymous(vec![
+            ("app".into(), Value::str(app)),
+            ("objectEncoding".into(), Value::Number(3.0)),
+        ]));
+        command(names::CONNECT, 1.0, props, vec![])
+    }
+
+    fn replies(out: &[Down]) -> Vec<Command<'static>> {
+        out.iter()
+            .filter_map(|d| match d {
+                Down::Reply { messages, .. } | Down::Call { messages, .. } => Some(messages),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|m| {
+                let tc = TcMessage::parse(m).ok()?;
+                let c = Command::parse(&tc).ok()?;
+                Some(Command::new(
+                    c.name.into_owned(),
+                    c.transaction_id,
+                    c.command_object.into_owned(),
+                    c.args.into_iter().map(Value::into_owned).collect(),
+                ))
+            })
+            .collect()
+    }
+
+    fn code(c: &Command<'_>) -> String {
+        match c.args.first() {
+            Some(Value::Object(o)) => o
+                .members()
+                .find(|m| m.0 == "code")
+                .and_then(|m| match &m.1 {
+                    Value::String(s) => Some(s.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn connect_success_echoes_object_encoding_in_amf0() {
+        let mut n = layer();
+        let out = n.on_message(7, 2, 0, &connect("live"));
+        assert_eq!(out.len(), 1);
+        let Down::Reply {
+            session_id,
+            flow,
+            messages,
+        } = &out[0]
+        else {
+            panic!()
+        };
+        assert_eq!((*session_id, *flow), (7, 2));
+        assert_eq!(messages[0][0], 0x14, "an AMF0 command message");
+        let r = replies(&out);
+        assert_eq!(r[0].name, names::RESULT);
+        assert_eq!(code(&r[0]), status::CONNECT_SUCCESS);
+        let Some(Value::Object(o)) = r[0].args.first() else {
+            panic!()
+        };
+        assert!(o
+            .members()
+            .any(|m| m.0 == "objectEncoding" && m.1 == Value::Number(3.0)));
+    }
+
+    #[test]
+    fn invalid_and_rejected_apps_get_an_error_and_a_close() {
+        let mut n = layer();
+        let out = n.on_message(7, 2, 0, &connect("nothere"));
+        assert_eq!(code(&replies(&out)[0]), status::CONNECT_INVALID_APP);
+        assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
+        let mut n = layer();
+        let out = n.on_message(7, 2, 0, &connect("banned"));
+        let r = replies(&out);
+        assert_eq!(code(&r[0]), status::CONNECT_REJECTED);
+        assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
+    }
+
+    #[test]
+    fn app_path_comes_from_app_or_tc_url() {
+        assert_eq!(app_path(Some("/live/"), None), "live");
+        assert_eq!(
+            app_path(None, Some("rtmfp://host:1935/app/sub?x=1")),
+            "app/sub"
+        );
+        assert_eq!(app_path(None, Some("rtmfp://host")), "");
+        assert_eq!(app_path(None, None), "");
+    }
+
+    #[test]
+    fn calls_go_to_the_application_and_unknown_ones_fail() {
+        let mut n = layer();
+        n.on_message(7, 2, 0, &connect("live"));
+        let r = replies(&n.on_message(
+            7,
+            2,
+            0,
+            &command("echo", 2.0, Value::Null, vec![Value::Number(5.0)]),
+        ));
+        assert_eq!(r[0].name, names::RESULT);
+        assert_eq!(r[0].args, vec![Value::Number(5.0)]);
+        let r = replies(&n.on_message(7, 2, 0, &command("fail", 3.0, Value::Null, vec![])));
+        assert_eq!(
+            (r[0].name.as_ref(), code(&r[0]).as_str()),
+            (names::ERROR, status::CALL_FAILED)
+        );
+        let r = replies(&n.on_message(7, 2, 0, &command("nope", 4.0, Value::Null, vec![])));
+        assert_eq!(code(&r[0]), status::CALL_FAILED);
+        // Transaction 0 expects no answer.
+        assert!(n
+            .on_message(7, 2, 0, &command("nope", 0.0, Value::Null, vec![]))
+            .is_empty());
+    }
+
+    #[test]
+    fn set_peer_info_answers_the_keepalive_event_and_create_stream_counts() {
+        let mut n = layer();
+        n.on_message(7, 2, 0, &connect(""));
+        let out = n.on_message(
+            7,
+            2,
+            0,
+            &command(
+                names::SET_PEER_INFO,
+                0.0,
+                Value::Null,
+                vec![Value::str("10.0.0.1:5000")],
+            ),
+        );
+        let Down::Reply { messages, .. } = &out[0] else {
+            panic!()
+        };
+        let expected = UserControl::SetKeepalive {
+            server_ms: 15_000,
+            peer_ms: 10_000,
+        }
+        .to_message(0);
+        assert_eq!(messages[0], expected);
+        assert_eq!(n.peer_addresses(7).unwrap(), ["10.0.0.1:5000"]);
+        for id in 1..=3 {
+            let r = replies(&n.on_message(
+                7,
+                2,
+                0,
+                &command(names::CREATE_STREAM, 5.0, Value::Null, vec![]),
+            ));
+            assert_eq!(r[0].args, vec![Value::Number(f64::from(id))]);
+        }
+    }
+
+    #[test]
+    fn nothing_is_served_before_connect_or_for_unknown_sessions() {
+        let mut n = layer();
+        assert!(n
+            .on_message(
+                7,
+                2,
+                0,
+                &command(names::CREATE_STREAM, 5.0, Value::Null, vec![])
+            )
+            .is_empty());
+        assert!(n.on_message(99, 2, 0, &connect("")).is_empty());
+        assert!(n.on_message(7, 2, 0, b"\x14garbage").is_empty());
+    }
+
+    #[test]
+    fn server_calls_and_close() {
+        let n = layer();
+        let d = n.call(7, "hello", vec![Value::str("x")]).unwrap();
+        let r = replies(std::slice::from_ref(&d));
+        assert_eq!(r[0].name, "hello");
+        assert!(n.call(8, "hello", vec![]).is_none());
+        let out = n.close(7);
+        assert_eq!(replies(&out)[0].name, names::CLOSE);
+        assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
+    }
+}

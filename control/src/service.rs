@@ -1,0 +1,364 @@
+//! The control-plane service: one `SOCK_SEQPACKET` link per data-plane worker, the handshake
+//! state machine, the Diffie-Hellman pool, session-ID allocation, the session directory and
+//! the NetConnection layer. It runs the same whether it is its own process (the default) or
+//! threads inside the data-plane process (`--single-process`).
+//!
+//! One reader thread per link decodes messages into a single queue; this thread is the only
+//! one that changes state, so nothing here takes a lock.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::startup::responder::{Responder, ResponderConfig};
+use rtmfp::time::Instant;
+use socket2::Socket;
+
+use crate::apps::Applications;
+use crate::dh::{DhPool, Done, Job};
+use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes};
+use crate::ids::{IdAllocator, SessionIdParts};
+use crate::ipc::{Down, Up, IPC_VERSION, MAX_MESSAGE};
+use crate::netconn::NetConnections;
+
+/// How often the service logs its counters when they changed.
+const STATS_PERIOD: Duration = Duration::from_secs(10);
+/// Capacity of the queue from link readers and DH threads to the service thread.
+const INPUT_QUEUE: usize = 65_536;
+
+/// Control-plane settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The server identity: the certificate and cookie secret are derived from it, so a
+    /// restarted control plane keeps the same peer ID and honours cookies already given.
+    pub identity_seed: [u8; 32],
+    /// Seed for Diffie-Hellman key pairs.
+    pub dh_seed: [u8; 32],
+    /// Threads doing Diffie-Hellman.
+    pub dh_threads: usize,
+    /// Handshake limits.
+    pub limits: HandshakeLimits,
+    /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer).
+    pub keepalive_ms: (u32, u32),
+}
+
+/// The responder an identity seed makes: every DH group, Flash-compatible crypto options.
+pub fn responder_for(identity_seed: [u8; 32]) -> Responder {
+    let mut rng = ChaCha20Rng::from_seed(identity_seed);
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let mut randomness = [0u8; rtmfp::startup::components::CERT_RANDOMNESS_LEN];
+    rng.fill_bytes(&mut randomness);
+    Responder::new(
+        ResponderConfig {
+            groups: DhGroup::ALL.to_vec(),
+            policy: NegotiationPolicy::FLASH_COMPATIBLE,
+        },
+        secret,
+        &randomness,
+        Instant::ZERO,
+    )
+}
+
+enum Input {
+    Up(usize, Up),
+    Malformed,
+    LinkDown(usize),
+    Keyed(Done),
+}
+
+struct Link {
+    socket: Socket,
+    up: bool,
+    ids: IdAllocator,
+    dropped: u64,
+}
+
+/// Serves `links` (link `i` belongs to worker `i`) until every link has closed.
+pub fn run(
+    links: Vec<Socket>,
+    config: ServiceConfig,
+    apps: Box<dyn Applications>,
+) -> io::Result<()> {
+    let epoch = std::time::Instant::now();
+    let now =
+        || Instant::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let responder = Arc::new(responder_for(config.identity_seed));
+    let (tx, rx) = crossbeam_channel::bounded::<Input>(INPUT_QUEUE);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let forward = {
+        let tx = tx.clone();
+        let done_rx = done_rx.clone();
+        Arc::new(move || {
+            while let Ok(d) = done_rx.try_recv() {
+                let _ = tx.send(Input::Keyed(d));
+            }
+        }) as Arc<dyn Fn() + Send + Sync>
+    };
+    let pool = DhPool::start(
+        config.dh_threads,
+        Arc::clone(&responder),
+        &DhGroup::ALL,
+        config.dh_seed,
+        done_tx,
+        forward,
+    )?;
+    let mut state = Vec::new();
+    for (i, socket) in links.into_iter().enumerate() {
+        let reader = socket.try_clone()?;
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("link-{i}"))
+            .spawn(move || read_link(i, reader, tx))?;
+        state.push(Link {
+            socket,
+            up: true,
+            ids: IdAllocator::new(u8::try_from(i).unwrap_or(u8::MAX)),
+            dropped: 0,
+        });
+    }
+    drop(tx);
+    let mut service = Service {
+        handshakes: Handshakes::new(responder, config.limits),
+        netconn: NetConnections::new(apps, config.keepalive_ms),
+        links: state,
+        pool,
+        directory: HashMap::new(),
+        out_buf: Vec::with_capacity(MAX_MESSAGE),
+        actions: Vec::new(),
+        malformed: 0,
+    };
+    tracing::info!(
+        links = service.links.len(),
+        peer_id = %hex(&service.handshakes.responder().fingerprint().0),
+        "control plane serving"
+    );
+    let mut last_stats = (std::time::Instant::now(), HandshakeStats::default());
+    loop {
+        match rx.recv_timeout(STATS_PERIOD) {
+            Ok(input) => service.handle(now(), input),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        if service.links.iter().all(|l| !l.up) {
+            break;
+        }
+        if last_stats.0.elapsed() >= STATS_PERIOD && service.handshakes.stats() != last_stats.1 {
+            let s = service.handshakes.stats();
+            tracing::info!(
+                sessions = service.netconn.len(),
+                completed = s.completed,
+                ihello = s.ihello,
+                failed_cookie = s.failed_cookie,
+                failed_keying = s.failed_keying,
+                rate_limited = s.failed_rate_limited,
+                busy = s.failed_busy,
+                dh_queue = service.pool.queued(),
+                "handshakes"
+            );
+            last_stats = (std::time::Instant::now(), s);
+        }
+        // Drain DH results that arrived without a wake-up.
+        while let Ok(d) = done_rx.try_recv() {
+            service.handle(now(), Input::Keyed(d));
+        }
+    }
+    tracing::info!("every data-plane link closed: control plane exits");
+    Ok(())
+}
+
+fn read_link(i: usize, socket: Socket, tx: Sender<Input>) {
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let mut reader = &socket;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let input = match Up::decode(&buf[..n]) {
+                    Ok(m) => Input::Up(i, m),
+                    Err(e) => {
+                        tracing::debug!(link = i, error = %e, "bad message from a worker");
+                        Input::Malformed
+                    }
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tx.send(Input::LinkDown(i));
+}
+
+struct Service {
+    handshakes: Handshakes,
+    netconn: NetConnections,
+    links: Vec<Link>,
+    pool: DhPool,
+    /// Peer ID of every live session.
+    directory: HashMap<u32, [u8; 32]>,
+    out_buf: Vec<u8>,
+    actions: Vec<Action>,
+    malformed: u64,
+}
+
+impl Service {
+    fn live(&self) -> usize {
+        self.links.iter().map(|l| l.ids.live()).sum()
+    }
+
+    fn send(&mut self, link: usize, msg: &Down) {
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        self.out_buf.clear();
+        if msg.encode(&mut self.out_buf).is_err() {
+            l.dropped += 1;
+            return;
+        }
+        // Never block on a stalled worker: its answer is lost and RTMFP retries.
+        if l.socket
+            .send_with_flags(&self.out_buf, libc_flags())
+            .is_err()
+        {
+            l.dropped += 1;
+        }
+    }
+
+    fn link_of(session: u32) -> usize {
+        usize::from(SessionIdParts::of(session).worker)
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Up(link, msg) => self.on_up(now, link, msg),
+            Input::Malformed => self.malformed += 1,
+            Input::LinkDown(link) => {
+                if let Some(l) = self.links.get_mut(link) {
+                    l.up = false;
+                }
+            }
+            Input::Keyed(done) => {
+                let session_id = self.links.get_mut(done.link).and_then(|l| l.ids.allocate());
+                let keyed = self
+                    .handshakes
+                    .complete(now, &done.request, done.result, session_id);
+                match (keyed, session_id) {
+                    (Some(k), Some(id)) => {
+                        self.directory.insert(id, k.peer_id);
+                        self.netconn.open(id, k.peer_id, k.address);
+                        let rikeying = k.rikeying;
+                        let to = k.address;
+                        self.send(
+                            done.link,
+                            &Down::Install {
+                                session_id: id,
+                                far_session_id: k.far_session_id,
+                                address: k.address,
+                                peer_id: k.peer_id,
+                                secrets: k.secrets,
+                            },
+                        );
+                        self.send(
+                            done.link,
+                            &Down::Transmit {
+                                to,
+                                datagram: rikeying,
+                            },
+                        );
+                    }
+                    (None, Some(id)) => {
+                        if let Some(l) = self.links.get_mut(done.link) {
+                            l.ids.free(id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn on_up(&mut self, now: Instant, link: usize, msg: Up) {
+        match msg {
+            Up::Hello {
+                version, worker, ..
+            } => {
+                tracing::debug!(link, worker, version, "worker linked");
+                self.send(
+                    link,
+                    &Down::Welcome {
+                        version: u16::from(IPC_VERSION),
+                    },
+                );
+            }
+            Up::Resync { sessions } => {
+                for s in sessions {
+                    let Some(l) = self.links.get_mut(link) else {
+                        return;
+                    };
+                    if l.ids.claim(s.session_id) {
+                        self.directory.insert(s.session_id, s.peer_id);
+                        self.netconn.open(s.session_id, s.peer_id, s.address);
+                    }
+                }
+            }
+            Up::Startup { from, mut datagram } => {
+                let live = self.live();
+                let mut actions = std::mem::take(&mut self.actions);
+                self.handshakes
+                    .on_startup(now, live, from, &mut datagram, &mut actions);
+                for a in actions.drain(..) {
+                    match a {
+                        Action::Transmit { to, datagram } => {
+                            self.send(link, &Down::Transmit { to, datagram })
+                        }
+                        Action::Compute(request) => {
+                            if let Err(job) = self.pool.submit(Job { link, request }) {
+                                self.handshakes.busy(&job.request);
+                            }
+                        }
+                    }
+                }
+                self.actions = actions;
+            }
+            Up::Message {
+                session_id,
+                flow,
+                stream_id,
+                data,
+            } => {
+                let out = self.netconn.on_message(session_id, flow, stream_id, &data);
+                let owner = Self::link_of(session_id);
+                for d in &out {
+                    self.send(owner, d);
+                }
+            }
+            Up::Closed { session_id } => {
+                self.netconn.closed(session_id);
+                self.directory.remove(&session_id);
+                if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
+                    l.ids.free(session_id);
+                }
+            }
+        }
+    }
+}
+
+/// `MSG_DONTWAIT | MSG_NOSIGNAL`: never block on a worker, never die of SIGPIPE.
+fn libc_flags() -> i32 {
+    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,104 @@
+//! Per-worker counters. A worker counts in plain integers and publishes them once per loop
+//! turn with relaxed stores (it is the only writer), so counting costs no atomic
+//! read-modify-write per packet; readers (the metrics endpoint) load them at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident / $shared:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: u64,)*
+        }
+
+        /// The published copy of
+        #[doc = concat!("[`", stringify!($name), "`]")]
+        /// , readable from other threads.
+        #[derive(Debug, Default)]
+        pub struct $shared {
+            $($field: AtomicU64,)*
+        }
+
+        impl $shared {
+            /// Publishes `c` (only the owning worker calls this).
+            pub fn publish(&self, c: &$name) {
+                $(self.$field.store(c.$field, Ordering::Relaxed);)*
+            }
+
+            /// A snapshot.
+            pub fn load(&self) -> $name {
+                $name { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl $name {
+            /// `(name, value)` of every counter, for exposition.
+            pub fn fields(&self) -> [(&'static str, u64); [$(stringify!($field)),*].len()] {
+                [$((stringify!($field), self.$field)),*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// What one worker has seen and done.
+    WorkerCounters / SharedCounters {
+        /// Datagrams received.
+        rx_packets,
+        /// Bytes received.
+        rx_bytes,
+        /// Datagrams sent.
+        tx_packets,
+        /// Bytes sent.
+        tx_bytes,
+        /// Datagrams the socket could not send.
+        tx_dropped,
+        /// Dropped: longer than a receive buffer.
+        drop_truncated,
+        /// Dropped: too short to carry a session ID, or failed decryption or authentication.
+        drop_malformed,
+        /// Dropped: for a session ID no worker has.
+        drop_unknown_session,
+        /// Startup datagrams dropped because the control plane was unreachable or busy.
+        drop_control_unavailable,
+        /// Datagrams handed to the worker that owns their session.
+        handoff_out,
+        /// Datagrams received from other workers.
+        handoff_in,
+        /// Handoffs dropped because the owner's queue was full.
+        drop_handoff_full,
+        /// Messages to the control plane dropped because its link was down or full.
+        control_up_dropped,
+        /// Messages from the control plane that did not decode.
+        control_down_malformed,
+        /// Sessions installed.
+        sessions_installed,
+        /// Sessions closed.
+        sessions_closed,
+        /// Sessions open now.
+        sessions_open,
+        /// Control-plane links (re)established.
+        control_links,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_and_load_agree() {
+        let shared = SharedCounters::default();
+        let c = WorkerCounters {
+            rx_packets: 5,
+            sessions_open: 2,
+            ..WorkerCounters::default()
+        };
+        shared.publish(&c);
+        assert_eq!(shared.load(), c);
+        let fields = c.fields();
+        assert!(fields.contains(&("rx_packets", 5)));
+        assert!(fields.contains(&("sessions_open", 2)));
+    }
+}

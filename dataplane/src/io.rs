@@ -1,0 +1,388 @@
+//! The batch I/O trait every packet backend implements (sockets here, AF_XDP later), and the
+//! `recvmmsg`/`sendmmsg` socket backend.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::sys::{self, Slot};
+
+/// Bytes per datagram buffer. RTMFP packets fit an Ethernet MTU (RFC 7016 §3.5.3.2 keeps
+/// session packets small); a longer datagram is received truncated and dropped as malformed.
+pub const SLOT_SIZE: usize = 2048;
+/// Datagrams per batch.
+pub const BATCH: usize = sys::MAX_BATCH;
+
+/// A batch of received datagrams, in buffers allocated once.
+pub struct RxBatch {
+    storage: Vec<u8>,
+    lens: [usize; BATCH],
+    from: [SocketAddr; BATCH],
+    truncated: [bool; BATCH],
+    count: usize,
+}
+
+const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch {
+            storage: vec![0; BATCH * SLOT_SIZE],
+            lens: [0; BATCH],
+            from: [NO_ADDR; BATCH],
+            truncated: [false; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RxBatch {
+    /// Datagrams in the batch.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
+    /// decrypt in place).
+    pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, bool, &mut [u8])> {
+        if i >= self.count {
+            return None;
+        }
+        let start = i * SLOT_SIZE;
+        Some((
+            self.from[i],
+            self.truncated[i],
+            &mut self.storage[start..start + self.lens[i]],
+        ))
+    }
+
+    /// Fills the batch from a test or an in-memory source: `(from, bytes)` pairs, at most
+    /// [`BATCH`], each cut to [`SLOT_SIZE`].
+    pub fn fill_from<'a>(&mut self, datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) {
+        self.count = 0;
+        for (from, bytes) in datagrams.into_iter().take(BATCH) {
+            let i = self.count;
+            let n = bytes.len().min(SLOT_SIZE);
+            self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
+            self.lens[i] = n;
+            self.from[i] = from;
+            self.truncated[i] = n < bytes.len();
+            self.count += 1;
+        }
+    }
+}
+
+/// A batch of datagrams to send, in buffers allocated once.
+pub struct TxBatch {
+    storage: Vec<u8>,
+    lens: [usize; BATCH],
+    to: [SocketAddr; BATCH],
+    count: usize,
+}
+
+impl Default for TxBatch {
+    fn default() -> Self {
+        TxBatch {
+            storage: vec![0; BATCH * SLOT_SIZE],
+            lens: [0; BATCH],
+            to: [NO_ADDR; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl TxBatch {
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether another datagram fits.
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+
+    /// Lets `write` fill the next free buffer; it answers the destination and length, or
+    /// `None` to leave the slot free. Returns false when the batch was full.
+    pub fn push_with(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Option<(SocketAddr, usize)>,
+    ) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let i = self.count;
+        let buf = &mut self.storage[i * SLOT_SIZE..(i + 1) * SLOT_SIZE];
+        if let Some((to, len)) = write(buf) {
+            self.lens[i] = len.min(SLOT_SIZE);
+            self.to[i] = to;
+            self.count += 1;
+        }
+        true
+    }
+
+    /// Queues a copy of `bytes` to `to`; false when the batch is full or `bytes` is too long.
+    pub fn push(&mut self, to: SocketAddr, bytes: &[u8]) -> bool {
+        if bytes.len() > SLOT_SIZE {
+            return false;
+        }
+        self.push_with(|buf| {
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Some((to, bytes.len()))
+        }) && self.count > 0
+    }
+
+    /// The queued datagrams.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        (0..self.count).map(|i| {
+            (
+                self.to[i],
+                &self.storage[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]],
+            )
+        })
+    }
+
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+}
+
+/// What a worker needs from its packet backend.
+pub trait BatchIo: Send {
+    /// Receives what is waiting, without blocking, into `batch` (replacing its contents).
+    /// Returns how many datagrams arrived; 0 when none was waiting.
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
+    /// Sends every datagram in `batch` and empties it. Returns how many the backend dropped
+    /// (a full queue or an unreachable destination); RTMFP retransmits what matters.
+    fn send(&mut self, batch: &mut TxBatch) -> usize;
+    /// A file descriptor that becomes readable when datagrams wait.
+    fn readiness_fd(&self) -> RawFd;
+}
+
+/// A UDP socket driven with `recvmmsg`/`sendmmsg`.
+#[derive(Debug)]
+pub struct MmsgSocket {
+    socket: std::net::UdpSocket,
+    dual_stack: bool,
+}
+
+impl MmsgSocket {
+    /// Wraps a bound socket (blocking, so that sends wait for buffer space instead of
+    /// dropping; receives never block).
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<MmsgSocket> {
+        socket.set_nonblocking(false)?;
+        let dual_stack = matches!(socket.local_addr()?, SocketAddr::V6(_));
+        Ok(MmsgSocket { socket, dual_stack })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+/// IPv4-mapped IPv6 source addresses (from a dual-stack socket) as plain IPv4, so a client has
+/// one address whichever socket family saw it.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn wire_destination(dual_stack: bool, to: SocketAddr) -> SocketAddr {
+    match (dual_stack, to) {
+        (true, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => to,
+    }
+}
+
+impl BatchIo for MmsgSocket {
+    fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
+        batch.count = 0;
+        let mut slots: [Slot<'_>; BATCH] = {
+            let mut chunks = batch.storage.chunks_exact_mut(SLOT_SIZE);
+            std::array::from_fn(|_| Slot {
+                buf: chunks.next().unwrap_or_default(),
+                len: 0,
+                addr: NO_ADDR,
+                truncated: false,
+            })
+        };
+        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        for (i, s) in slots[..n].iter().enumerate() {
+            batch.lens[i] = s.len;
+            batch.from[i] = canonical(s.addr);
+            batch.truncated[i] = s.truncated;
+        }
+        batch.count = n;
+        Ok(n)
+    }
+
+    fn send(&mut self, batch: &mut TxBatch) -> usize {
+        let mut list: [(&[u8], SocketAddr); BATCH] = [(&[], NO_ADDR); BATCH];
+        for (slot, (to, bytes)) in list.iter_mut().zip(batch.iter()) {
+            *slot = (bytes, wire_destination(self.dual_stack, to));
+        }
+        let total = batch.count;
+        let mut done = 0;
+        let mut dropped = 0;
+        while done < total {
+            match sys::send_batch(self.socket.as_raw_fd(), &list[done..total]) {
+                Ok(0) => {
+                    dropped += total - done;
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The first datagram failed (unreachable destination, no route): skip it.
+                    tracing::debug!(to = %list[done].1, error = %e, "send failed");
+                    dropped += 1;
+                    done += 1;
+                }
+            }
+        }
+        batch.clear();
+        dropped
+    }
+
+    fn readiness_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Binds one socket of an `SO_REUSEPORT` group on `addr`, with `buffer` bytes of kernel
+/// receive and send buffer when given. IPv6 sockets also take IPv4 (dual stack).
+pub fn bind_reuseport(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.set_reuse_port(true)?;
+    if let Some(bytes) = buffer {
+        s.set_recv_buffer_size(bytes)?;
+        s.set_send_buffer_size(bytes)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn mmsg_socket_moves_a_batch_both_ways() {
+        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), Some(1 << 20)).unwrap();
+        let b = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut a = MmsgSocket::new(a).unwrap();
+        let mut b = MmsgSocket::new(b).unwrap();
+        let mut tx = TxBatch::default();
+        for i in 0..40u8 {
+            assert!(tx.push(to, &[i; 1000]));
+        }
+        assert_eq!(a.send(&mut tx), 0);
+        assert!(tx.is_empty());
+        let mut rx = RxBatch::default();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < 40 && Instant::now() < deadline {
+            let mut ready = [false];
+            sys::poll_readable(&[b.readiness_fd()], Duration::from_millis(50), &mut ready).unwrap();
+            let n = b.recv(&mut rx).unwrap();
+            for i in 0..n {
+                let (from, cut, bytes) = rx.get_mut(i).unwrap();
+                assert_eq!(from, a.local_addr().unwrap());
+                assert!(!cut);
+                got.push(bytes[0]);
+            }
+        }
+        assert_eq!(got, (0..40).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn dual_stack_sockets_report_ipv4_clients_as_ipv4() {
+        let Ok(s) = bind_reuseport("[::]:0".parse().unwrap(), None) else {
+            eprintln!("skipped: no IPv6 on this host");
+            return;
+        };
+        let port = s.local_addr().unwrap().port();
+        let mut server = MmsgSocket::new(s).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+        let mut rx = RxBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut from = None;
+        while from.is_none() && Instant::now() < deadline {
+            let mut ready = [false];
+            sys::poll_readable(
+                &[server.readiness_fd()],
+                Duration::from_millis(50),
+                &mut ready,
+            )
+            .unwrap();
+            if server.recv(&mut rx).unwrap() > 0 {
+                from = rx.get_mut(0).map(|d| d.0);
+            }
+        }
+        assert_eq!(from, Some(client.local_addr().unwrap()));
+        // And the answer reaches the IPv4 client through the IPv6 socket.
+        let mut tx = TxBatch::default();
+        tx.push(client.local_addr().unwrap(), b"back");
+        assert_eq!(server.send(&mut tx), 0);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"back");
+    }
+
+    #[test]
+    fn tx_batch_refuses_when_full_and_rx_fill_truncates() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut tx = TxBatch::default();
+        for _ in 0..BATCH {
+            assert!(tx.push(to, b"x"));
+        }
+        assert!(!tx.push(to, b"x"));
+        assert!(!TxBatch::default().push(to, &[0; SLOT_SIZE + 1]));
+        let mut rx = RxBatch::default();
+        let big = vec![1u8; SLOT_SIZE + 10];
+        rx.fill_from([(to, &big[..]), (to, &b"ok"[..])]);
+        assert_eq!(rx.len(), 2);
+        assert!(rx.get_mut(0).unwrap().1);
+        assert_eq!(rx.get_mut(1).unwrap().2, b"ok");
+        assert!(rx.get_mut(2).is_none());
+    }
+}

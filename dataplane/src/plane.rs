@@ -1,0 +1,158 @@
+//! Starting a data plane: one `SO_REUSEPORT` socket and one pinned thread per worker, the
+//! handoff queues between them, and the links to a control plane.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rtmfp::session::SessionConfig;
+use socket2::{Domain, Socket, Type};
+
+use crate::counters::WorkerCounters;
+use crate::io::{bind_reuseport, MmsgSocket};
+use crate::worker::{handoff_queues, Shared, Worker, WorkerSetup};
+
+/// How to start the data plane.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    /// Address to serve (port 0 picks one port for every worker).
+    pub bind: SocketAddr,
+    /// Worker threads (at least 1, at most 255).
+    pub workers: usize,
+    /// Kernel socket buffer per worker socket, in bytes.
+    pub udp_buffer: Option<usize>,
+    /// Session settings.
+    pub session: SessionConfig,
+    /// Pin worker `i` to core `i` (modulo the cores there are).
+    pub pin: bool,
+    /// Seed for per-worker randomness.
+    pub seed: [u8; 32],
+}
+
+/// A running data plane.
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    link_tx: Vec<Sender<Socket>>,
+    local_addr: SocketAddr,
+}
+
+/// Most workers: the owner byte of a session ID.
+pub const MAX_WORKERS: usize = 255;
+
+impl DataPlane {
+    /// Binds the sockets and starts the workers.
+    pub fn start(config: PlaneConfig) -> io::Result<DataPlane> {
+        let workers = config.workers.clamp(1, MAX_WORKERS);
+        let first = bind_reuseport(config.bind, config.udp_buffer)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(bind_reuseport(local_addr, config.udp_buffer)?);
+        }
+        let shared = Arc::new(Shared::new(workers)?);
+        let (handoff_rx, handoff_tx) = handoff_queues(workers);
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let epoch = std::time::Instant::now();
+        let mut threads = Vec::new();
+        let mut link_tx = Vec::new();
+        for (i, (socket, handoff_in)) in sockets.into_iter().zip(handoff_rx).enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            link_tx.push(tx);
+            let mut seed = config.seed;
+            seed[0] ^= i as u8;
+            let setup = WorkerSetup {
+                index: i as u8,
+                io: MmsgSocket::new(socket)?,
+                handoff_in,
+                handoff_out: handoff_tx.clone(),
+                links: rx,
+                shared: Arc::clone(&shared),
+                session_config: config.session.clone(),
+                seed,
+                epoch,
+            };
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::debug!(worker = i, "could not pin to a core");
+                        }
+                    }
+                    Worker::new(setup).run()
+                })?;
+            threads.push(handle);
+        }
+        Ok(DataPlane {
+            shared,
+            threads,
+            link_tx,
+            local_addr,
+        })
+    }
+
+    /// The address the workers serve.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Makes one `SOCK_SEQPACKET` pair per worker, gives each worker its end, and returns the
+    /// control plane's ends in worker order.
+    pub fn connect_control(&self) -> io::Result<Vec<Socket>> {
+        let mut control_ends = Vec::new();
+        for (i, tx) in self.link_tx.iter().enumerate() {
+            let (worker_end, control_end) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+            // A worker that has not taken its previous link yet gets the newest one.
+            let _ = tx.try_send(worker_end);
+            self.shared.wakers[i].wake();
+            control_ends.push(control_end);
+        }
+        Ok(control_ends)
+    }
+
+    /// Each worker's counters.
+    pub fn counters(&self) -> Vec<WorkerCounters> {
+        self.shared.counters.iter().map(|c| c.load()).collect()
+    }
+
+    /// The state workers share (for a metrics reader that outlives this handle's borrow).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Asks every worker to close its sessions and stop.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// Whether every worker has returned.
+    pub fn finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for the workers; the first error any returned.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err(io::Error::other("a worker panicked"))),
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,363 @@
+//! The system calls the socket data plane needs and `std` does not offer: `recvmmsg`,
+//! `sendmmsg`, `poll` and `eventfd`. This is one of the two places in the workspace with
+//! `unsafe` (the other is the AF_XDP ring code); every block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// One datagram's place in a batch: its buffer, and for receive its length and source.
+pub struct Slot<'a> {
+    /// The bytes (receive: capacity; send: the datagram).
+    pub buf: &'a mut [u8],
+    /// Receive: the datagram's length (0 when the slot was not filled).
+    pub len: usize,
+    /// Receive: the source; send: the destination.
+    pub addr: SocketAddr,
+    /// Receive: the datagram was longer than the buffer and was cut.
+    pub truncated: bool,
+}
+
+/// Fills `slots` from `fd` with one `recvmmsg(MSG_DONTWAIT)`. Returns how many were filled;
+/// `WouldBlock` when none was waiting.
+pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
+    let n = slots.len().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: all-zero bytes are a valid value for these plain C structs.
+    let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    for i in 0..n {
+        iovs[i].iov_base = slots[i].buf.as_mut_ptr().cast();
+        iovs[i].iov_len = slots[i].buf.len();
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `hdrs[..n]` point at `iovs` and `names`, which live until the call returns, and
+    // each iovec covers exactly one slot's buffer, borrowed mutably for this call. The kernel
+    // writes at most `iov_len` bytes and `msg_namelen` bytes of address.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got as usize;
+    for i in 0..got {
+        slots[i].len = hdrs[i].msg_len as usize;
+        slots[i].truncated = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        slots[i].addr = from_storage(&names[i]).unwrap_or(UNSPECIFIED);
+    }
+    Ok(got)
+}
+
+/// Sends `slots` (each `buf` is one whole datagram to `addr`) with `sendmmsg`. Returns how
+/// many the kernel took; `WouldBlock` when the socket buffer is full.
+pub fn send_batch(fd: RawFd, slots: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
+    let n = slots.len().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: all-zero bytes are a valid value for these plain C structs.
+    let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    for i in 0..n {
+        let (buf, addr) = slots[i];
+        let name_len = to_storage(addr, &mut names[i]);
+        iovs[i].iov_base = buf.as_ptr() as *mut libc::c_void;
+        iovs[i].iov_len = buf.len();
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = name_len;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `hdrs[..n]` point at `iovs` and `names`, which outlive the call; the kernel only
+    // reads the buffers (`iov_base` is cast from a shared slice and never written).
+    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// Most datagrams one `recvmmsg` or `sendmmsg` call handles here.
+pub const MAX_BATCH: usize = 64;
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`, which is smaller than
+            // and no more aligned than `sockaddr_storage`.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a `sockaddr_in6`, as above.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: `sockaddr_in` fits in and is no more aligned than `sockaddr_storage`.
+            let a = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = v4.port().to_be();
+            a.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: `sockaddr_in6` fits in and is no more aligned than `sockaddr_storage`.
+            let a =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            a.sin6_port = v6.port().to_be();
+            a.sin6_flowinfo = v6.flowinfo();
+            a.sin6_addr.s6_addr = v6.ip().octets();
+            a.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes. Returns which were readable.
+/// An interrupted wait (a signal) returns with nothing readable.
+pub fn poll_readable(fds: &[RawFd], timeout: Duration, ready: &mut [bool]) -> io::Result<()> {
+    const MAX_FDS: usize = 8;
+    let n = fds.len().min(MAX_FDS).min(ready.len());
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; MAX_FDS];
+    for (p, &fd) in pfds.iter_mut().zip(&fds[..n]) {
+        p.fd = fd;
+        p.events = libc::POLLIN;
+    }
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfds[..n]` is a valid, initialised array that lives across the call.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+    ready.iter_mut().for_each(|r| *r = false);
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    for i in 0..n {
+        ready[i] = pfds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    }
+    Ok(())
+}
+
+/// A Linux eventfd: a counter other threads bump to wake a worker out of `poll`.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A non-blocking, close-on-exec eventfd.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain system call with constant flags.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes the waiter (never blocks; a saturated counter is already a wake-up).
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an fd we own.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast(),
+                size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Resets the counter after a wake-up.
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an fd we own; non-blocking.
+        let _ = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut v as *mut u64).cast(),
+                size_of::<u64>(),
+            )
+        };
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Takes ownership of a file descriptor this process inherited from its parent, which named
+/// it on the command line (the control-plane links).
+///
+/// Fails unless `fd` is open and is a socket, so that a wrong number cannot alias a file this
+/// process already owns.
+pub fn claim_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
+    const FIRST_INHERITED: RawFd = 3;
+    if fd < FIRST_INHERITED {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is a standard stream, not a link"),
+        ));
+    }
+    // SAFETY: fstat writes a `stat` for a valid fd or fails; the buffer is ours.
+    let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a socket"),
+        ));
+    }
+    // SAFETY: the fd is open (fstat succeeded), was inherited at exec and is referred to by
+    // nothing else in this process: the parent names each link fd once, and this is called
+    // once per named fd at start-up.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn batch_round_trip_over_loopback() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
+        let batch: Vec<(&[u8], SocketAddr)> = payloads.iter().map(|p| (&p[..], to)).collect();
+        assert_eq!(send_batch(a.as_raw_fd(), &batch).unwrap(), 10);
+        let mut bufs = vec![[0u8; 256]; 16];
+        let mut got = 0;
+        let mut ready = [false];
+        for _ in 0..100 {
+            poll_readable(&[b.as_raw_fd()], Duration::from_millis(100), &mut ready).unwrap();
+            let mut slots: Vec<Slot<'_>> = bufs[got..]
+                .iter_mut()
+                .map(|b| Slot {
+                    buf: &mut b[..],
+                    len: 0,
+                    addr: UNSPECIFIED,
+                    truncated: false,
+                })
+                .collect();
+            match recv_batch(b.as_raw_fd(), &mut slots) {
+                Ok(n) => {
+                    for s in &slots[..n] {
+                        assert_eq!(s.addr, a.local_addr().unwrap());
+                        assert!(!s.truncated);
+                    }
+                    let lens: Vec<usize> = slots[..n].iter().map(|s| s.len).collect();
+                    drop(slots);
+                    for (k, len) in lens.into_iter().enumerate() {
+                        assert_eq!(&bufs[got + k][..len], &payloads[got + k][..]);
+                    }
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if got == 10 {
+                break;
+            }
+        }
+        assert_eq!(got, 10);
+    }
+
+    #[test]
+    fn truncation_and_ipv6_addresses_are_reported() {
+        let Ok(b) = UdpSocket::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback on this host");
+            return;
+        };
+        let a = UdpSocket::bind("[::1]:0").unwrap();
+        a.send_to(&[7u8; 300], b.local_addr().unwrap()).unwrap();
+        let mut ready = [false];
+        poll_readable(&[b.as_raw_fd()], Duration::from_secs(2), &mut ready).unwrap();
+        assert!(ready[0]);
+        let mut buf = [0u8; 100];
+        let mut slots = [Slot {
+            buf: &mut buf,
+            len: 0,
+            addr: UNSPECIFIED,
+            truncated: false,
+        }];
+        assert_eq!(recv_batch(b.as_raw_fd(), &mut slots).unwrap(), 1);
+        assert!(slots[0].truncated);
+        assert_eq!(slots[0].addr, a.local_addr().unwrap());
+    }
+
+    #[test]
+    fn eventfd_wakes_poll() {
+        let e = EventFd::new().unwrap();
+        let mut ready = [false];
+        poll_readable(&[e.as_raw_fd()], Duration::ZERO, &mut ready).unwrap();
+        assert!(!ready[0]);
+        e.wake();
+        poll_readable(&[e.as_raw_fd()], Duration::from_secs(1), &mut ready).unwrap();
+        assert!(ready[0]);
+        e.clear();
+        poll_readable(&[e.as_raw_fd()], Duration::ZERO, &mut ready).unwrap();
+        assert!(!ready[0]);
+    }
+
+    #[test]
+    fn claiming_refuses_non_sockets() {
+        assert!(claim_inherited_socket(0).is_err());
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = f.as_raw_fd();
+        assert!(claim_inherited_socket(fd).is_err());
+    }
+}

@@ -1,0 +1,765 @@
+//! A data-plane worker: one thread, one packet backend, one shard of sessions, one timer wheel,
+//! one link to the control plane. It runs to completion: receive a batch, decrypt and advance
+//! sessions, send a batch.
+//!
+//! Session IDs name their owner (`updraft_control::ids`): a datagram for another worker's
+//! session is handed to that worker through a bounded queue. Startup datagrams (session ID 0)
+//! go to the control plane, which answers with datagrams to send and keyed sessions to install.
+//! NetConnection commands go up to the control plane; its replies come back down.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use rtmfp::crypto::read_session_id;
+use rtmfp::flash::message::TcMessage;
+use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::ids::FlowId;
+use rtmfp::session::flows::SendOptions;
+use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
+use rtmfp::time::Instant;
+use socket2::Socket;
+use updraft_control::ids::SessionIdParts;
+use updraft_control::ipc::{Down, SessionInfo, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS};
+
+use crate::counters::{SharedCounters, WorkerCounters};
+use crate::io::{BatchIo, RxBatch, TxBatch, SLOT_SIZE};
+use crate::sys::{poll_readable, EventFd};
+use crate::wheel::TimerWheel;
+
+/// Longest a worker sleeps without looking at its stop flag.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+/// How far ahead (in wheel ticks) a worker looks for its next deadline before sleeping.
+const WAIT_HORIZON_TICKS: u64 = 25;
+/// Receive batches per loop turn before the worker looks at timers and its control link.
+const RX_BATCHES_PER_TURN: usize = 16;
+/// Control messages read per loop turn.
+const CONTROL_MESSAGES_PER_TURN: usize = 256;
+/// Capacity of each worker's handoff queue, in datagrams.
+pub const HANDOFF_QUEUE: usize = 1024;
+/// Longest a shutdown waits for sessions to acknowledge their Close Requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A datagram that arrived at the wrong worker, on its way to the owner. Carried by value:
+/// the bounded queue stores it in place, so a handoff allocates nothing.
+pub struct Handoff {
+    from: SocketAddr,
+    len: usize,
+    data: [u8; SLOT_SIZE],
+}
+
+/// What the workers of one server share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Each worker's published counters.
+    pub counters: Vec<SharedCounters>,
+    /// Each worker's wake-up (other workers and the supervisor bump it).
+    pub wakers: Vec<EventFd>,
+    /// Set to shut down: sessions are closed in order, then workers return.
+    pub stop: AtomicBool,
+    /// Workers still running.
+    pub running: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// State for `workers` workers.
+    pub fn new(workers: usize) -> io::Result<Shared> {
+        Ok(Shared {
+            counters: (0..workers).map(|_| SharedCounters::default()).collect(),
+            wakers: (0..workers)
+                .map(|_| EventFd::new())
+                .collect::<io::Result<_>>()?,
+            stop: AtomicBool::new(false),
+            running: std::sync::atomic::AtomicUsize::new(workers),
+        })
+    }
+
+    /// Asks every worker to shut down.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wakers.iter().for_each(EventFd::wake);
+    }
+}
+
+/// The queues between workers: each worker's receiver and every worker's sender.
+pub fn handoff_queues(workers: usize) -> (Vec<Receiver<Handoff>>, Vec<Sender<Handoff>>) {
+    let (tx, rx): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| crossbeam_channel::bounded(HANDOFF_QUEUE))
+        .unzip();
+    (rx, tx)
+}
+
+/// How a worker is set up.
+pub struct WorkerSetup<IO: BatchIo> {
+    /// This worker's index (the owner byte of its session IDs).
+    pub index: u8,
+    /// The packet backend.
+    pub io: IO,
+    /// Datagrams other workers hand to this one.
+    pub handoff_in: Receiver<Handoff>,
+    /// Every worker's handoff queue, by index.
+    pub handoff_out: Vec<Sender<Handoff>>,
+    /// New control-plane links (the first, and one after each control restart).
+    pub links: Receiver<Socket>,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Session settings.
+    pub session_config: SessionConfig,
+    /// Seed for mobility secrets.
+    pub seed: [u8; 32],
+    /// A clock epoch shared by all workers.
+    pub epoch: std::time::Instant,
+}
+
+/// One session and the flow bookkeeping the NetConnection layer needs.
+struct Entry {
+    id: u32,
+    session: Session,
+    peer_id: [u8; 32],
+    /// Our reply flow for each of the client's flows.
+    replies: Vec<(FlowId, FlowId)>,
+    /// The NetStream ID of each of the client's TC flows (0: the NetConnection).
+    streams: Vec<(FlowId, u64)>,
+    /// The client's first NetConnection control flow.
+    control: Option<FlowId>,
+    armed: Option<Instant>,
+    dirty: bool,
+}
+
+/// A running worker.
+pub struct Worker<IO: BatchIo> {
+    index: u8,
+    io: IO,
+    rx: RxBatch,
+    tx: TxBatch,
+    table: Vec<Option<Box<Entry>>>,
+    wheel: TimerWheel,
+    dirty: Vec<u16>,
+    link: Option<Socket>,
+    links: Receiver<Socket>,
+    handoff_in: Receiver<Handoff>,
+    handoff_out: Vec<Sender<Handoff>>,
+    shared: Arc<Shared>,
+    session_config: SessionConfig,
+    rng: ChaCha20Rng,
+    epoch: std::time::Instant,
+    counters: WorkerCounters,
+    up_buf: Vec<u8>,
+    down_buf: Vec<u8>,
+    fired: Vec<(Instant, u32)>,
+    events: Vec<Event>,
+}
+
+impl<IO: BatchIo> Worker<IO> {
+    /// A worker from its setup.
+    pub fn new(setup: WorkerSetup<IO>) -> Worker<IO> {
+        Worker {
+            index: setup.index,
+            io: setup.io,
+            rx: RxBatch::default(),
+            tx: TxBatch::default(),
+            table: Vec::new(),
+            wheel: TimerWheel::new(),
+            dirty: Vec::new(),
+            link: None,
+            links: setup.links,
+            handoff_in: setup.handoff_in,
+            handoff_out: setup.handoff_out,
+            shared: setup.shared,
+            session_config: setup.session_config,
+            rng: ChaCha20Rng::from_seed(setup.seed),
+            epoch: setup.epoch,
+            counters: WorkerCounters::default(),
+            up_buf: Vec::with_capacity(MAX_MESSAGE),
+            down_buf: vec![0; MAX_MESSAGE + 1],
+            fired: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until shut down: then closes every session (bounded by [`SHUTDOWN_GRACE`]).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut stopping_since: Option<std::time::Instant> = None;
+        let result = loop {
+            if self.shared.stop.load(Ordering::Relaxed) && stopping_since.is_none() {
+                stopping_since = Some(std::time::Instant::now());
+                self.close_all();
+            }
+            if let Some(since) = stopping_since {
+                if self.counters.sessions_open == 0 || since.elapsed() >= SHUTDOWN_GRACE {
+                    break Ok(());
+                }
+            }
+            if let Err(e) = self.turn() {
+                break Err(e);
+            }
+        };
+        self.shared.counters[usize::from(self.index)].publish(&self.counters);
+        self.shared.running.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    /// One loop turn: wait, receive, control messages, timers, transmit.
+    pub fn turn(&mut self) -> io::Result<()> {
+        let now = self.now();
+        let wait = self
+            .wheel
+            .next_deadline(now, WAIT_HORIZON_TICKS)
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        let waker = &self.shared.wakers[usize::from(self.index)];
+        let link_fd = self.link.as_ref().map_or(-1, |l| l.as_raw_fd());
+        let mut ready = [false; 3];
+        if self.tx.is_empty() && self.dirty.is_empty() {
+            poll_readable(
+                &[self.io.readiness_fd(), waker.as_raw_fd(), link_fd],
+                wait,
+                &mut ready,
+            )?;
+        }
+        waker.clear();
+        while let Ok(link) = self.links.try_recv() {
+            self.attach(link);
+        }
+        while let Ok(h) = self.handoff_in.try_recv() {
+            self.counters.handoff_in += 1;
+            let mut data = h.data;
+            let now = self.now();
+            self.on_datagram(now, h.from, false, &mut data[..h.len]);
+        }
+        for _ in 0..RX_BATCHES_PER_TURN {
+            let n = self.io.recv(&mut self.rx)?;
+            if n == 0 {
+                break;
+            }
+            let now = self.now();
+            let mut rx = std::mem::take(&mut self.rx);
+            for i in 0..n {
+                if let Some((from, truncated, bytes)) = rx.get_mut(i) {
+                    self.counters.rx_packets += 1;
+                    self.counters.rx_bytes += bytes.len() as u64;
+                    self.on_datagram(now, from, truncated, bytes);
+                }
+            }
+            self.rx = rx;
+            self.service_dirty(now);
+            if n < crate::io::BATCH {
+                break;
+            }
+        }
+        self.read_control();
+        let now = self.now();
+        self.expire_timers(now);
+        self.service_dirty(now);
+        self.flush();
+        self.shared.counters[usize::from(self.index)].publish(&self.counters);
+        Ok(())
+    }
+
+    fn attach(&mut self, link: Socket) {
+        if let Err(e) = link.set_nonblocking(true) {
+            tracing::warn!(worker = self.index, error = %e, "control link unusable");
+            return;
+        }
+        self.link = Some(link);
+        self.counters.control_links += 1;
+        let workers = u8::try_from(self.shared.wakers.len()).unwrap_or(u8::MAX);
+        self.send_up(&Up::Hello {
+            version: u16::from(IPC_VERSION),
+            worker: self.index,
+            workers,
+            pid: std::process::id(),
+        });
+        // Tell the (possibly new) control plane which sessions live here.
+        let live: Vec<SessionInfo> = self
+            .table
+            .iter()
+            .flatten()
+            .map(|e| SessionInfo {
+                session_id: e.id,
+                peer_id: e.peer_id,
+                address: e.session.far_address(),
+            })
+            .collect();
+        for chunk in live.chunks(MAX_RESYNC_SESSIONS) {
+            self.send_up(&Up::Resync {
+                sessions: chunk.to_vec(),
+            });
+        }
+        if live.is_empty() {
+            self.send_up(&Up::Resync {
+                sessions: Vec::new(),
+            });
+        }
+        tracing::info!(
+            worker = self.index,
+            sessions = live.len(),
+            "control link up"
+        );
+    }
+
+    fn send_up(&mut self, msg: &Up) -> bool {
+        let Some(link) = &self.link else {
+            self.counters.control_up_dropped += 1;
+            return false;
+        };
+        self.up_buf.clear();
+        if msg.encode(&mut self.up_buf).is_err() {
+            self.counters.control_up_dropped += 1;
+            return false;
+        }
+        match link.send_with_flags(&self.up_buf, libc::MSG_NOSIGNAL) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.control_up_dropped += 1;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(worker = self.index, error = %e, "control link lost");
+                self.link = None;
+                self.counters.control_up_dropped += 1;
+                false
+            }
+        }
+    }
+
+    fn read_control(&mut self) {
+        for _ in 0..CONTROL_MESSAGES_PER_TURN {
+            let Some(link) = &self.link else { return };
+            let mut reader = link;
+            match reader.read(&mut self.down_buf) {
+                Ok(0) => {
+                    tracing::warn!(worker = self.index, "control link closed");
+                    self.link = None;
+                    return;
+                }
+                Ok(n) => {
+                    let buf = std::mem::take(&mut self.down_buf);
+                    match Down::decode(&buf[..n]) {
+                        Ok(msg) => self.on_down(msg),
+                        Err(e) => {
+                            self.counters.control_down_malformed += 1;
+                            tracing::debug!(worker = self.index, error = %e, "bad control message");
+                        }
+                    }
+                    self.down_buf = buf;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(worker = self.index, error = %e, "control link lost");
+                    self.link = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_down(&mut self, msg: Down) {
+        let now = self.now();
+        match msg {
+            Down::Welcome { .. } => {}
+            Down::Transmit { to, datagram } => {
+                if self.tx.is_full() {
+                    self.flush();
+                }
+                if !self.tx.push(to, &datagram) {
+                    self.counters.tx_dropped += 1;
+                }
+            }
+            Down::Install {
+                session_id,
+                far_session_id,
+                address,
+                peer_id,
+                secrets,
+            } => self.install(now, session_id, far_session_id, address, peer_id, &secrets),
+            Down::Reply {
+                session_id,
+                flow,
+                messages,
+            } => self.reply(now, session_id, Some(FlowId(flow)), &messages),
+            Down::Call {
+                session_id,
+                messages,
+            } => self.reply(now, session_id, None, &messages),
+            Down::Close { session_id } => {
+                if let Some(slot) = self.slot_of(session_id) {
+                    if let Some(e) = self.entry_mut(slot) {
+                        e.session.close(now);
+                    }
+                    self.mark_dirty(slot);
+                }
+            }
+            Down::Kill { session_id } => {
+                if let Some(slot) = self.slot_of(session_id) {
+                    if let Some(e) = self.entry_mut(slot) {
+                        e.session.abort();
+                    }
+                    self.mark_dirty(slot);
+                }
+            }
+        }
+    }
+
+    fn install(
+        &mut self,
+        now: Instant,
+        id: u32,
+        far_session_id: u32,
+        address: SocketAddr,
+        peer_id: [u8; 32],
+        secrets: &updraft_control::ipc::SessionSecrets,
+    ) {
+        let parts = SessionIdParts::of(id);
+        if parts.worker != self.index {
+            tracing::warn!(
+                worker = self.index,
+                session = id,
+                "install for another worker"
+            );
+            return;
+        }
+        let slot = usize::from(parts.slot);
+        if self.table.get(slot).is_some_and(Option::is_some) {
+            tracing::warn!(
+                worker = self.index,
+                session = id,
+                "install over a live slot refused"
+            );
+            return;
+        }
+        let (Ok(encoder), Ok(decoder)) = (
+            secrets.keys.encoder(secrets.send),
+            secrets.keys.decoder(secrets.receive),
+        ) else {
+            tracing::warn!(
+                worker = self.index,
+                session = id,
+                "install with unusable keys"
+            );
+            return;
+        };
+        let mut mobility_secret = [0u8; 32];
+        self.rng.fill_bytes(&mut mobility_secret);
+        let session = Session::new(
+            now,
+            SessionParams {
+                role: Role::Responder,
+                near_session_id: id,
+                far_session_id,
+                far_address: address,
+                encoder,
+                decoder,
+                mobility_secret,
+            },
+            self.session_config.clone(),
+        );
+        if self.table.len() <= slot {
+            self.table.resize_with(slot + 1, || None);
+        }
+        self.table[slot] = Some(Box::new(Entry {
+            id,
+            session,
+            peer_id,
+            replies: Vec::new(),
+            streams: Vec::new(),
+            control: None,
+            armed: None,
+            dirty: false,
+        }));
+        self.counters.sessions_installed += 1;
+        self.counters.sessions_open += 1;
+        self.mark_dirty(parts.slot);
+    }
+
+    fn slot_of(&self, id: u32) -> Option<u16> {
+        let p = SessionIdParts::of(id);
+        let e = self.table.get(usize::from(p.slot))?.as_ref()?;
+        (p.worker == self.index && e.id == id).then_some(p.slot)
+    }
+
+    fn entry_mut(&mut self, slot: u16) -> Option<&mut Entry> {
+        self.table.get_mut(usize::from(slot))?.as_deref_mut()
+    }
+
+    fn mark_dirty(&mut self, slot: u16) {
+        if let Some(e) = self.entry_mut(slot) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Sends `messages` on our reply flow for the client's `flow` (or its NetConnection flow).
+    fn reply(&mut self, now: Instant, id: u32, flow: Option<FlowId>, messages: &[Vec<u8>]) {
+        let Some(slot) = self.slot_of(id) else { return };
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        let Some(flow) = flow.or(e.control) else {
+            return;
+        };
+        let reply_flow = match e.replies.iter().find(|r| r.0 == flow) {
+            Some(r) => r.1,
+            None => {
+                // Reply on a flow with the same metadata (RFC 7425 §5.1), associated with the
+                // client's NetConnection flow (RFC 7016 §2.3.11.1.2): rtmfp-cpp clients accept
+                // only flows associated with their control flow.
+                let stream_id = e.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
+                let associated = e.control.filter(|_| stream_id != 0).unwrap_or(flow);
+                let metadata = FlowMetadata::Tc {
+                    stream_id,
+                    receive_intent: ReceiveIntent::Sequence,
+                };
+                let Ok(f) = e.session.open_flow(&metadata.to_vec(), Some(associated)) else {
+                    return;
+                };
+                e.replies.push((flow, f));
+                f
+            }
+        };
+        for m in messages {
+            let _ = e.session.send(now, reply_flow, m, SendOptions::default());
+        }
+        self.mark_dirty(slot);
+    }
+
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, truncated: bool, bytes: &mut [u8]) {
+        if truncated {
+            self.counters.drop_truncated += 1;
+            return;
+        }
+        let Ok(id) = read_session_id(bytes) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        if id == 0 {
+            // Startup (RFC 7016 §2.2.2): the control plane owns handshakes.
+            let ok = self.link.is_some()
+                && self.send_up(&Up::Startup {
+                    from,
+                    datagram: bytes.to_vec(),
+                });
+            if !ok {
+                self.counters.drop_control_unavailable += 1;
+            }
+            return;
+        }
+        let parts = SessionIdParts::of(id);
+        if parts.worker != self.index {
+            return self.hand_off(parts.worker, from, bytes);
+        }
+        let Some(slot) = self.slot_of(id) else {
+            self.counters.drop_unknown_session += 1;
+            return;
+        };
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        match e.session.handle_datagram(now, from, bytes) {
+            Ok(()) => self.mark_dirty(slot),
+            Err(err) => {
+                self.counters.drop_malformed += 1;
+                tracing::debug!(session = id, %from, error = %err, "datagram refused");
+            }
+        }
+    }
+
+    fn hand_off(&mut self, owner: u8, from: SocketAddr, bytes: &[u8]) {
+        let Some(queue) = self.handoff_out.get(usize::from(owner)) else {
+            self.counters.drop_unknown_session += 1;
+            return;
+        };
+        let mut h = Handoff {
+            from,
+            len: bytes.len(),
+            data: [0; SLOT_SIZE],
+        };
+        h.data[..bytes.len()].copy_from_slice(bytes);
+        match queue.try_send(h) {
+            Ok(()) => {
+                self.counters.handoff_out += 1;
+                self.shared.wakers[usize::from(owner)].wake();
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.drop_handoff_full += 1;
+            }
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel.expire(now, |d, id| fired.push((d, id)));
+        for &(deadline, id) in &fired {
+            let Some(slot) = self.slot_of(id) else {
+                continue;
+            };
+            let Some(e) = self.entry_mut(slot) else {
+                continue;
+            };
+            if e.armed != Some(deadline) {
+                continue;
+            }
+            e.armed = None;
+            e.session.handle_timeout(now);
+            self.mark_dirty(slot);
+        }
+        self.fired = fired;
+    }
+
+    /// Drains events and transmissions of every session touched this turn, and re-arms its
+    /// timer.
+    fn service_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            self.service(now, slot);
+        }
+        dirty.clear();
+        // Servicing can dirty sessions again (a reply sent from an event); keep them.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn service(&mut self, now: Instant, slot: u16) {
+        let mut events = std::mem::take(&mut self.events);
+        let Some(e) = self.entry_mut(slot) else {
+            self.events = events;
+            return;
+        };
+        e.dirty = false;
+        let id = e.id;
+        while let Some(ev) = e.session.poll_event() {
+            events.push(ev);
+        }
+        let mut closed = false;
+        for ev in events.drain(..) {
+            match ev {
+                Event::FlowOpened { flow, metadata, .. } => {
+                    self.on_flow_opened(slot, flow, &metadata)
+                }
+                Event::Message { flow, data } => self.on_message(slot, flow, data),
+                Event::Closed { reason } => {
+                    tracing::info!(worker = self.index, session = id, ?reason, "session closed");
+                    closed = true;
+                }
+                _ => {}
+            }
+        }
+        self.events = events;
+        // Transmit what the session has, even when closing (its Close Acknowledgement).
+        loop {
+            if self.tx.is_full() {
+                self.flush();
+            }
+            let Some(e) = self
+                .table
+                .get_mut(usize::from(slot))
+                .and_then(|e| e.as_deref_mut())
+            else {
+                break;
+            };
+            let mut sent = None;
+            self.tx.push_with(|buf| {
+                let t = e.session.poll_transmit(now, buf)?;
+                sent = Some(t.len);
+                Some((t.destination, t.len))
+            });
+            if sent.is_none() {
+                break;
+            }
+        }
+        if closed {
+            self.table[usize::from(slot)] = None;
+            self.counters.sessions_closed += 1;
+            self.counters.sessions_open = self.counters.sessions_open.saturating_sub(1);
+            self.send_up(&Up::Closed { session_id: id });
+            return;
+        }
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        let next = e.session.poll_timeout();
+        if next != e.armed {
+            e.armed = next;
+            if let Some(t) = next {
+                self.wheel.insert(t, id);
+            }
+        }
+    }
+
+    fn on_flow_opened(&mut self, slot: u16, flow: FlowId, metadata: &[u8]) {
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        if let Ok(FlowMetadata::Tc { stream_id, .. }) = FlowMetadata::parse(metadata) {
+            e.streams.push((flow, stream_id));
+            if stream_id == 0 && e.control.is_none() {
+                e.control = Some(flow);
+            }
+        } else {
+            // NetGroup and unknown flows are not served yet: reject them (RFC 7016 §3.6.3.7).
+            let _ = e.session.reject_flow(flow, 0);
+        }
+    }
+
+    fn on_message(&mut self, slot: u16, flow: FlowId, data: Vec<u8>) {
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        let id = e.id;
+        let stream_id = e.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
+        let is_command = TcMessage::parse(&data).is_ok_and(|tc| tc.kind.is_command());
+        if is_command {
+            self.send_up(&Up::Message {
+                session_id: id,
+                flow: flow.0,
+                stream_id,
+                data,
+            });
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.tx.is_empty() {
+            return;
+        }
+        for (_, bytes) in self.tx.iter() {
+            self.counters.tx_packets += 1;
+            self.counters.tx_bytes += bytes.len() as u64;
+        }
+        let dropped = self.io.send(&mut self.tx);
+        self.counters.tx_dropped += dropped as u64;
+    }
+
+    fn close_all(&mut self) {
+        let now = self.now();
+        let slots: Vec<u16> = (0..self.table.len())
+            .filter(|&i| self.table[i].is_some())
+            .map(|i| i as u16)
+            .collect();
+        tracing::info!(
+            worker = self.index,
+            sessions = slots.len(),
+            "closing every session"
+        );
+        for slot in slots {
+            if let Some(e) = self.entry_mut(slot) {
+                e.session.close(now);
+            }
+            self.mark_dirty(slot);
+        }
+    }
+}

@@ -68,6 +68,16 @@ impl NetConnections {
         );
     }
 
+    /// A session that was open before this control plane started (a worker reported it after a
+    /// control restart). Its NetConnection was accepted by the previous control plane, so it
+    /// stays connected; the application path was not kept and reads as the root application.
+    pub fn resume(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
+        self.open(session, peer_id, address);
+        if let Some(c) = self.clients.get_mut(&session) {
+            c.app = Some(String::new());
+        }
+    }
+
     /// Sessions known.
     pub fn len(&self) -> usize {
         self.clients.len()
@@ -502,6 +512,19 @@ mod tests {
             .is_empty());
         assert!(n.on_message(99, 2, 0, &connect("")).is_empty());
         assert!(n.on_message(7, 2, 0, b"\x14garbage").is_empty());
+    }
+
+    #[test]
+    fn resumed_sessions_stay_connected() {
+        let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
+        n.resume(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        let r = replies(&n.on_message(
+            9,
+            2,
+            0,
+            &command(names::CREATE_STREAM, 5.0, Value::Null, vec![]),
+        ));
+        assert_eq!(r[0].name, names::RESULT);
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl Service {
                     };
                     if l.ids.claim(s.session_id) {
                         self.directory.insert(s.session_id, s.peer_id);
-                        self.netconn.open(s.session_id, s.peer_id, s.address);
+                        self.netconn.resume(s.session_id, s.peer_id, s.address);
                     }
                 }
             }

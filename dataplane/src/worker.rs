@@ -43,6 +43,8 @@ const RX_BATCHES_PER_TURN: usize = 16;
 const CONTROL_MESSAGES_PER_TURN: usize = 256;
 /// Capacity of each worker's handoff queue, in datagrams.
 pub const HANDOFF_QUEUE: usize = 1024;
+/// Longest a session asked to close waits for its last replies to be acknowledged.
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// Longest a shutdown waits for sessions to acknowledge their Close Requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -130,6 +132,8 @@ struct Entry {
     control: Option<FlowId>,
     armed: Option<Instant>,
     dirty: bool,
+    /// Close once everything sent has been acknowledged, or at this deadline.
+    close_when_flushed: Option<Instant>,
 }
 
 /// A running worker.
@@ -393,9 +397,11 @@ impl<IO: BatchIo> Worker<IO> {
                 messages,
             } => self.reply(now, session_id, None, &messages),
             Down::Close { session_id } => {
+                // Closing aborts the flows (RFC 7016 §3.5.5): first let the last replies (an
+                // `_error` for a refused connect) be delivered.
                 if let Some(slot) = self.slot_of(session_id) {
                     if let Some(e) = self.entry_mut(slot) {
-                        e.session.close(now);
+                        e.close_when_flushed = Some(now + CLOSE_FLUSH_LIMIT);
                     }
                     self.mark_dirty(slot);
                 }
@@ -476,6 +482,7 @@ impl<IO: BatchIo> Worker<IO> {
             control: None,
             armed: None,
             dirty: false,
+            close_when_flushed: None,
         }));
         self.counters.sessions_installed += 1;
         self.counters.sessions_open += 1;
@@ -691,6 +698,18 @@ impl<IO: BatchIo> Worker<IO> {
         let Some(e) = self.entry_mut(slot) else {
             return;
         };
+        if let Some(deadline) = e.close_when_flushed {
+            let flushed = e
+                .replies
+                .iter()
+                .all(|r| e.session.flow_backlog(r.1).unwrap_or(0) == 0);
+            if flushed || now >= deadline {
+                e.close_when_flushed = None;
+                e.session.close(now);
+                self.mark_dirty(slot);
+                return;
+            }
+        }
         let next = e.session.poll_timeout();
         if next != e.armed {
             e.armed = next;

@@ -1,6 +1,6 @@
 //! Shared harness of the server tests: the `updraft` binary on loopback with its own www
 //! root, and a client built on the protocol core's endpoint. Every wait is bounded.
-#![allow(dead_code)] // each test file uses part of the harness
+#![allow(dead_code, unused_imports)] // each test file uses part of the harness
 
 pub use std::io::{BufRead, BufReader, Read, Write};
 pub use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -223,9 +223,15 @@ impl Client {
 
     /// A client whose randomness comes from `seed`.
     pub fn seeded(seed: u64) -> Client {
+        Client::with_groups(seed, DhGroup::ALL.to_vec())
+    }
+
+    /// A client offering only `groups` (group 2 alone, as Flash Player uses, keeps handshakes
+    /// cheap in tests with many clients).
+    pub fn with_groups(seed: u64, groups: Vec<DhGroup>) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let config = InitiatorConfig {
-            groups: DhGroup::ALL.to_vec(),
+            groups,
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
         };
         Client {
@@ -293,6 +299,49 @@ impl Client {
                 .count()
                 >= n
         })
+    }
+
+    /// Starts opening a session to `addr` for `url` without waiting; answers its handle.
+    pub fn start_open(&mut self, addr: SocketAddr, url: &str) -> u32 {
+        let now = self.now();
+        self.endpoint
+            .connect(now, build_url_epd(url.as_bytes()), None, &[addr])
+    }
+
+    /// One non-blocking turn: send what is due, take what arrived, run timers, collect events.
+    pub fn step(&mut self) {
+        let mut buf = [0u8; 2048];
+        let now = self.now();
+        while let Some(t) = self.endpoint.poll_transmit(now, &mut buf) {
+            let _ = self.socket.send_to(&buf[..t.len], t.destination);
+        }
+        self.socket.set_nonblocking(true).unwrap();
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            let now = self.now();
+            self.endpoint.handle_datagram(now, from, &mut buf[..n]);
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        let now = self.now();
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Whether session `h` has opened.
+    pub fn connected(&self, h: u32) -> bool {
+        self.events
+            .iter()
+            .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))
+    }
+
+    /// Whether session `h` has closed.
+    pub fn closed(&self, h: u32) -> bool {
+        self.events
+            .iter()
+            .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Session(Event::Closed { .. })))
     }
 
     /// Pumps datagrams and timers until `done` or 5 s.

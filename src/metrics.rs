@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use updraft_control::service::{CONTROL_STATS, CONTROL_STATS_LEVELS};
 use updraft_dataplane::counters::WorkerCounters;
 use updraft_dataplane::worker::Shared;
 
@@ -53,6 +54,19 @@ impl MetricsSource for PlaneMetrics {
                 }
             }
         }
+        for (i, value) in self.shared.control_stats().into_iter().enumerate() {
+            let Some(name) = CONTROL_STATS.get(i) else {
+                break;
+            };
+            let metric = format!("updraft_control_{name}");
+            let help = format!("Control plane: {}.", name.replace('_', " "));
+            if CONTROL_STATS_LEVELS.contains(&i) {
+                #[allow(clippy::cast_precision_loss)]
+                w.gauge(&metric, &help, &[], value as f64);
+            } else {
+                w.counter(&format!("{metric}_total"), &help, &[], value);
+            }
+        }
         w.finish()
     }
 
@@ -70,7 +84,13 @@ impl MetricsSource for PlaneMetrics {
             })
             .collect();
         let sessions: u64 = self.snapshot().iter().map(|c| c.sessions_open).sum();
-        serde_json::json!({ "sessions": sessions, "workers": workers }).to_string()
+        let control: serde_json::Map<String, serde_json::Value> = CONTROL_STATS
+            .iter()
+            .zip(self.shared.control_stats())
+            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(v)))
+            .collect();
+        serde_json::json!({ "sessions": sessions, "workers": workers, "control": control })
+            .to_string()
     }
 }
 
@@ -86,6 +106,11 @@ mod tests {
             sessions_open: 3,
             ..WorkerCounters::default()
         });
+        shared.control_stats[11].store(4, std::sync::atomic::Ordering::Relaxed);
+        shared.control_stats[14].store(2, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .control_stats_len
+            .store(CONTROL_STATS.len(), std::sync::atomic::Ordering::Relaxed);
         let m = PlaneMetrics::new(shared);
         let text = m.prometheus();
         assert!(
@@ -99,5 +124,11 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&m.json()).unwrap();
         assert_eq!(json["sessions"], 3);
         assert_eq!(json["workers"][1]["rx_packets"], 9);
+        assert_eq!(json["control"]["handshake_completed"], 4);
+        assert!(
+            text.contains("updraft_control_handshake_completed_total 4"),
+            "{text}"
+        );
+        assert!(text.contains("updraft_control_sessions 2"), "{text}");
     }
 }

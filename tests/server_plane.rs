@@ -152,7 +152,24 @@ fn two_hundred_concurrent_sessions_spread_over_two_workers() {
         per_worker.iter().all(|&n| n > 0),
         "both workers serve sessions: {per_worker:?}"
     );
+    // The control plane reports its handshake counters to the metrics within a second or two.
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    let completed = |s: &serde_json::Value| s["control"]["handshake_completed"].as_u64();
+    while WallInstant::now() < deadline && completed(&stats(metrics)) < Some(SESSIONS as u64) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = stats(metrics);
+    assert_eq!(completed(&s), Some(SESSIONS as u64), "{s}");
+    assert_eq!(
+        s["control"]["sessions"].as_u64(),
+        Some(SESSIONS as u64),
+        "{s}"
+    );
     let prom = http_get(metrics, "/metrics");
+    assert!(
+        prom.contains("updraft_control_handshake_completed_total 200"),
+        "{prom}"
+    );
     assert!(
         prom.contains("updraft_sessions_open{worker=\"1\"}"),
         "{prom}"

@@ -59,6 +59,11 @@ const TAG_DOWN_REPLY: u8 = 0x84;
 const TAG_DOWN_CALL: u8 = 0x85;
 const TAG_DOWN_CLOSE: u8 = 0x86;
 const TAG_DOWN_KILL: u8 = 0x87;
+const TAG_DOWN_STATS: u8 = 0x88;
+/// Most counters in one [`Down::Stats`].
+pub const MAX_STATS: usize = 64;
+/// Bytes of one counter on the wire.
+const STAT_LEN: usize = 8;
 
 /// Address family byte of an IPv4 socket address.
 const FAMILY_V4: u8 = 4;
@@ -238,6 +243,12 @@ pub enum Down {
         /// The session.
         session_id: u32,
     },
+    /// The control plane's counters, in the order of
+    /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
+    Stats {
+        /// The values.
+        values: Vec<u64>,
+    },
 }
 
 impl Up {
@@ -373,6 +384,14 @@ impl Down {
             TAG_DOWN_KILL => Down::Kill {
                 session_id: r.u32()?,
             },
+            TAG_DOWN_STATS => {
+                let n = r.count("stats", MAX_STATS, STAT_LEN)?;
+                let mut values = Vec::with_capacity(n);
+                for _ in 0..n {
+                    values.push(r.u64()?);
+                }
+                Down::Stats { values }
+            }
             other => return Err(IpcError::UnknownTag(other)),
         };
         r.finish()?;
@@ -429,6 +448,11 @@ impl Down {
             Down::Kill { session_id } => {
                 w.u8(TAG_DOWN_KILL)?;
                 w.u32(*session_id)
+            }
+            Down::Stats { values } => {
+                w.u8(TAG_DOWN_STATS)?;
+                w.count("stats", values.len(), MAX_STATS)?;
+                values.iter().try_for_each(|v| w.u64(*v))
             }
         }
     }
@@ -1259,6 +1283,7 @@ mod tests {
             }),
             any::<u32>().prop_map(|session_id| Down::Close { session_id }),
             any::<u32>().prop_map(|session_id| Down::Kill { session_id }),
+            vec(any::<u64>(), 0..=MAX_STATS).prop_map(|values| Down::Stats { values }),
         ]
     }
 
@@ -1306,7 +1331,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_KILL],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_STATS],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

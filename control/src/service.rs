@@ -28,6 +28,36 @@ use crate::netconn::NetConnections;
 
 /// How often the service logs its counters when they changed.
 const STATS_PERIOD: Duration = Duration::from_secs(10);
+/// How often the service reports its counters to worker 0 (for the metrics endpoint).
+const REPORT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Names of the values in a [`Down::Stats`] report, in order: the handshake counters (see
+/// [`HandshakeStats`]), then levels: sessions, the service's input queue, the
+/// Diffie-Hellman queue, and counters of messages dropped towards workers and of malformed
+/// messages from them.
+pub const CONTROL_STATS: [&str; 19] = [
+    "handshake_ihello",
+    "handshake_rhello",
+    "handshake_rendezvous",
+    "handshake_amplification_refused",
+    "handshake_iikeying",
+    "handshake_cookie_change",
+    "handshake_failed_cookie",
+    "handshake_failed_keying",
+    "handshake_failed_rate_limited",
+    "handshake_failed_max_sessions",
+    "handshake_failed_busy",
+    "handshake_completed",
+    "handshake_repeated",
+    "handshake_malformed",
+    "sessions",
+    "input_queue",
+    "dh_queue",
+    "link_dropped",
+    "link_malformed",
+];
+/// How many of [`CONTROL_STATS`] are levels rather than totals (they follow the totals).
+pub const CONTROL_STATS_LEVELS: std::ops::Range<usize> = 14..17;
 /// Capacity of the queue from link readers and DH threads to the service thread.
 const INPUT_QUEUE: usize = 65_536;
 
@@ -139,8 +169,14 @@ pub fn run(
         "control plane serving"
     );
     let mut last_stats = (std::time::Instant::now(), HandshakeStats::default());
+    let mut last_report = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(STATS_PERIOD) {
+        if last_report.elapsed() >= REPORT_PERIOD {
+            last_report = std::time::Instant::now();
+            let values = service.report(rx.len());
+            service.send(0, &Down::Stats { values });
+        }
+        match rx.recv_timeout(REPORT_PERIOD) {
             Ok(input) => service.handle(now(), input),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -210,6 +246,18 @@ struct Service {
 }
 
 impl Service {
+    /// The values of [`CONTROL_STATS`].
+    fn report(&self, input_queue: usize) -> Vec<u64> {
+        let h = self.handshakes.stats();
+        let mut v: Vec<u64> = h.fields().iter().map(|f| f.1).collect();
+        v.push(self.live() as u64);
+        v.push(input_queue as u64);
+        v.push(self.pool.queued() as u64);
+        v.push(self.links.iter().map(|l| l.dropped).sum());
+        v.push(self.malformed);
+        v
+    }
+
     fn live(&self) -> usize {
         self.links.iter().map(|l| l.ids.live()).sum()
     }
@@ -361,4 +409,20 @@ fn libc_flags() -> i32 {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::MAX_STATS;
+
+    #[test]
+    fn the_report_names_match_its_values() {
+        let names = HandshakeStats::default().fields().map(|f| f.0);
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(CONTROL_STATS[i], format!("handshake_{n}"));
+        }
+        assert!(CONTROL_STATS.len() <= MAX_STATS);
+        assert_eq!(CONTROL_STATS_LEVELS.start, names.len());
+    }
 }

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
-use updraft_control::ipc::{Down, SessionInfo, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS};
+use updraft_control::ipc::{
+    Down, SessionInfo, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS, MAX_STATS,
+};
 
 use crate::counters::{SharedCounters, WorkerCounters};
 use crate::io::{BatchIo, RxBatch, TxBatch, SLOT_SIZE};
@@ -66,7 +68,11 @@ pub struct Shared {
     /// Set to shut down: sessions are closed in order, then workers return.
     pub stop: AtomicBool,
     /// Workers still running.
-    pub running: std::sync::atomic::AtomicUsize,
+    pub running: AtomicUsize,
+    /// The control plane's latest counters (`Down::Stats`), as reported to worker 0.
+    pub control_stats: Vec<AtomicU64>,
+    /// How many of `control_stats` the latest report filled.
+    pub control_stats_len: AtomicUsize,
 }
 
 impl Shared {
@@ -78,8 +84,22 @@ impl Shared {
                 .map(|_| EventFd::new())
                 .collect::<io::Result<_>>()?,
             stop: AtomicBool::new(false),
-            running: std::sync::atomic::AtomicUsize::new(workers),
+            running: AtomicUsize::new(workers),
+            control_stats: (0..MAX_STATS).map(|_| AtomicU64::new(0)).collect(),
+            control_stats_len: AtomicUsize::new(0),
         })
+    }
+
+    /// The control plane's latest counters.
+    pub fn control_stats(&self) -> Vec<u64> {
+        let n = self
+            .control_stats_len
+            .load(Ordering::Relaxed)
+            .min(MAX_STATS);
+        self.control_stats[..n]
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Asks every worker to shut down.
@@ -372,6 +392,13 @@ impl<IO: BatchIo> Worker<IO> {
         let now = self.now();
         match msg {
             Down::Welcome { .. } => {}
+            Down::Stats { values } => {
+                let n = values.len().min(MAX_STATS);
+                for (slot, v) in self.shared.control_stats.iter().zip(&values[..n]) {
+                    slot.store(*v, Ordering::Relaxed);
+                }
+                self.shared.control_stats_len.store(n, Ordering::Relaxed);
+            }
             Down::Transmit { to, datagram } => {
                 if self.tx.is_full() {
                     self.flush();

@@ -1,6 +1,7 @@
 //! The `updraft` command: the RTMFP server and its tools.
 
 mod config;
+mod dump;
 mod inspect;
 mod inspect_flash;
 mod metrics;

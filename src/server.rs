@@ -413,6 +413,9 @@ fn serve(
         session: session.clone(),
         pin: true,
         seed: [0; 32],
+        dump: opts
+            .dump
+            .then_some(crate::dump::log_packet as updraft_dataplane::worker::DumpHook),
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;
@@ -478,7 +481,7 @@ fn serve(
         tracing::info!(file = %path.display(), "configuration read");
     }
     if opts.dump {
-        tracing::warn!("--dump is not available in this build: datagrams are not logged");
+        tracing::info!("--dump: every session packet is logged, decrypted and decoded");
     }
     // SIGTERM and SIGINT ask for an orderly shutdown; SIGHUP reopens the log files.
     let stop = Arc::new(AtomicBool::new(false));

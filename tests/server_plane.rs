@@ -440,3 +440,24 @@ fn daemon_mode_detaches_writes_a_pid_file_and_stops_on_sigterm() {
         "{log}"
     );
 }
+
+#[test]
+fn dump_logs_every_session_packet_decoded() {
+    let server = start_server_with(&["--dump", "--workers", "1"]);
+    let mut c = Client::with_groups(31, vec![GROUP2]);
+    let h = c.open(server.addr, "rtmfp://127.0.0.1/").expect("open");
+    c.connect_app(h, "");
+    assert!(c.wait_messages(h, 1));
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    let seen = |s: &ServerProcess| {
+        s.logged("direction=\"in\"")
+            && s.logged("direction=\"out\"")
+            && s.logged("\"command\":\"connect\"")
+            && s.logged("NetConnection.Connect.Success")
+    };
+    while WallInstant::now() < deadline && !seen(&server) {
+        c.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(seen(&server), "{:?}", server.log.lock().unwrap());
+}

@@ -12,7 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::counters::WorkerCounters;
 use crate::io::{bind_reuseport, MmsgSocket};
-use crate::worker::{handoff_queues, Shared, Worker, WorkerSetup};
+use crate::worker::{handoff_queues, DumpHook, Shared, Worker, WorkerSetup};
 
 /// How to start the data plane.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct PlaneConfig {
     pub pin: bool,
     /// Seed for per-worker randomness.
     pub seed: [u8; 32],
+    /// Where workers dump packets (`--dump`), if anywhere.
+    pub dump: Option<DumpHook>,
 }
 
 /// A running data plane.
@@ -77,6 +79,7 @@ impl DataPlane {
                 session_config: config.session.clone(),
                 seed,
                 epoch,
+                dump: config.dump,
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let handle = std::thread::Builder::new()

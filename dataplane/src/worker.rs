@@ -117,6 +117,10 @@ pub fn handoff_queues(workers: usize) -> (Vec<Receiver<Handoff>>, Vec<Sender<Han
     (rx, tx)
 }
 
+/// Receives a copy of every plain packet when dumping (`--dump`): session ID, peer address,
+/// whether it was sent (else received), and the decrypted packet.
+pub type DumpHook = fn(u32, SocketAddr, bool, &[u8]);
+
 /// How a worker is set up.
 pub struct WorkerSetup<IO: BatchIo> {
     /// This worker's index (the owner byte of its session IDs).
@@ -137,6 +141,8 @@ pub struct WorkerSetup<IO: BatchIo> {
     pub seed: [u8; 32],
     /// A clock epoch shared by all workers.
     pub epoch: std::time::Instant,
+    /// Where to dump packets, if anywhere.
+    pub dump: Option<DumpHook>,
 }
 
 /// One session and the flow bookkeeping the NetConnection layer needs.
@@ -178,6 +184,7 @@ pub struct Worker<IO: BatchIo> {
     down_buf: Vec<u8>,
     fired: Vec<(Instant, u32)>,
     events: Vec<Event>,
+    dump: Option<DumpHook>,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -204,6 +211,7 @@ impl<IO: BatchIo> Worker<IO> {
             down_buf: vec![0; MAX_MESSAGE + 1],
             fired: Vec::new(),
             events: Vec::new(),
+            dump: setup.dump,
         }
     }
 
@@ -484,7 +492,7 @@ impl<IO: BatchIo> Worker<IO> {
         };
         let mut mobility_secret = [0u8; 32];
         self.rng.fill_bytes(&mut mobility_secret);
-        let session = Session::new(
+        let mut session = Session::new(
             now,
             SessionParams {
                 role: Role::Responder,
@@ -497,6 +505,7 @@ impl<IO: BatchIo> Worker<IO> {
             },
             self.session_config.clone(),
         );
+        session.set_dump(self.dump.is_some());
         if self.table.len() <= slot {
             self.table.resize_with(slot + 1, || None);
         }
@@ -685,6 +694,11 @@ impl<IO: BatchIo> Worker<IO> {
                     self.on_flow_opened(slot, flow, &metadata)
                 }
                 Event::Message { flow, data } => self.on_message(slot, flow, data),
+                Event::Packet { outgoing, plain } => {
+                    if let (Some(dump), Some(e)) = (self.dump, self.entry_mut(slot)) {
+                        dump(id, e.session.far_address(), outgoing, &plain);
+                    }
+                }
                 Event::Closed { reason } => {
                     tracing::info!(worker = self.index, session = id, ?reason, "session closed");
                     closed = true;

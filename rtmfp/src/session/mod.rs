@@ -147,6 +147,14 @@ pub enum Event {
         /// The new address.
         to: SocketAddr,
     },
+    /// A copy of a plain packet (header and chunks, RFC 7016 §2.2.4), when dumping is on
+    /// ([`Session::set_dump`]): for logs and debugging, never in normal operation.
+    Packet {
+        /// Whether we sent it (else we received it).
+        outgoing: bool,
+        /// The decrypted packet, flags byte onward.
+        plain: Vec<u8>,
+    },
     /// The session is closed; no more events follow.
     Closed {
         /// Why.
@@ -274,6 +282,8 @@ pub struct Session {
     close_ack_due: bool,
     /// Scratch space for one plain packet, allocated once.
     plain: Vec<u8>,
+    /// Copy every plain packet into an [`Event::Packet`].
+    dump: bool,
 }
 
 impl core::fmt::Debug for Session {
@@ -319,6 +329,7 @@ impl Session {
             close_due: false,
             close_ack_due: false,
             plain: vec![0u8; MAX_SESSION_PACKET],
+            dump: false,
         }
     }
 
@@ -413,6 +424,12 @@ impl Session {
         }
     }
 
+    /// Turns packet dumping on or off: every packet sent or received is copied, decrypted,
+    /// into an [`Event::Packet`].
+    pub fn set_dump(&mut self, on: bool) {
+        self.dump = on;
+    }
+
     /// Starts an orderly close (RFC 7016 §3.5.5): S_NEARCLOSE, flows aborted, Close Request now
     /// and every 5 s.
     pub fn close(&mut self, now: Instant) {
@@ -466,6 +483,12 @@ impl Session {
             return Err(SessionError::WrongSession);
         }
         let packet = &*decoded.packet;
+        if self.dump {
+            self.events.push_back(Event::Packet {
+                outgoing: false,
+                plain: packet.to_vec(),
+            });
+        }
         let mut r = Reader::new(packet);
         let header = PacketHeader::parse(&mut r)?;
         // RFC 7016 §2.2.4: the far end's packets carry its mode; chunks in a packet of the wrong
@@ -761,6 +784,12 @@ impl Session {
         self.timestamps = ts_state;
         let len = w.position();
         let plain = &plain[..len];
+        if self.dump {
+            self.events.push_back(Event::Packet {
+                outgoing: true,
+                plain: plain.to_vec(),
+            });
+        }
         self.encoder.encode(self.far_session_id, plain, buf).ok()
     }
 }

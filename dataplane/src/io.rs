@@ -12,6 +12,8 @@ use crate::sys::{self, Slot};
 pub const SLOT_SIZE: usize = 2048;
 /// Datagrams per batch.
 pub const BATCH: usize = sys::MAX_BATCH;
+/// Largest GSO super-datagram: what one UDP datagram can carry.
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// A batch of received datagrams, in buffers allocated once.
 pub struct RxBatch {
@@ -175,6 +177,11 @@ pub trait BatchIo: Send {
 pub struct MmsgSocket {
     socket: std::net::UdpSocket,
     dual_stack: bool,
+    /// Use UDP GSO for runs of equal-size datagrams to one destination (turned off for good
+    /// if the kernel or the device refuses it).
+    gso: bool,
+    /// GSO sends made.
+    gso_sends: u64,
 }
 
 impl MmsgSocket {
@@ -183,7 +190,63 @@ impl MmsgSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<MmsgSocket> {
         socket.set_nonblocking(false)?;
         let dual_stack = matches!(socket.local_addr()?, SocketAddr::V6(_));
-        Ok(MmsgSocket { socket, dual_stack })
+        Ok(MmsgSocket {
+            socket,
+            dual_stack,
+            gso: true,
+            gso_sends: 0,
+        })
+    }
+
+    /// GSO sends made so far (each carried several datagrams).
+    pub fn gso_sends(&self) -> u64 {
+        self.gso_sends
+    }
+
+    /// Sends `list[..]` with `sendmmsg`; answers how many were dropped.
+    fn send_plain(&self, list: &[(&[u8], SocketAddr)]) -> usize {
+        let mut done = 0;
+        let mut dropped = 0;
+        while done < list.len() {
+            match sys::send_batch(self.socket.as_raw_fd(), &list[done..]) {
+                Ok(0) => {
+                    dropped += list.len() - done;
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The first datagram failed (unreachable destination, no route): skip it.
+                    tracing::debug!(to = %list[done].1, error = %e, "send failed");
+                    dropped += 1;
+                    done += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Length of the GSO run starting at `list[0]`: datagrams to the same destination, all of
+    /// the first one's size except a shorter last one.
+    fn gso_run(list: &[(&[u8], SocketAddr)]) -> usize {
+        let Some(&(first, to)) = list.first() else {
+            return 0;
+        };
+        let size = first.len();
+        let mut n = 1;
+        let mut total = size;
+        while n < list.len().min(sys::MAX_GSO_SEGMENTS) {
+            let (d, t) = list[n];
+            if t != to || d.len() > size || total + d.len() > GSO_MAX_BYTES {
+                break;
+            }
+            n += 1;
+            total += d.len();
+            if d.len() < size {
+                break;
+            }
+        }
+        n
     }
 
     /// The bound address.
@@ -246,24 +309,39 @@ impl BatchIo for MmsgSocket {
             *slot = (bytes, wire_destination(self.dual_stack, to));
         }
         let total = batch.count;
-        let mut done = 0;
+        let list = &list[..total];
         let mut dropped = 0;
-        while done < total {
-            match sys::send_batch(self.socket.as_raw_fd(), &list[done..total]) {
-                Ok(0) => {
-                    dropped += total - done;
-                    break;
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        // Datagrams not sent by GSO go out together with sendmmsg, in order.
+        let mut plain_from = 0;
+        let mut i = 0;
+        while i < total {
+            let run = if self.gso {
+                Self::gso_run(&list[i..])
+            } else {
+                1
+            };
+            if run < 2 {
+                i += 1;
+                continue;
+            }
+            dropped += self.send_plain(&list[plain_from..i]);
+            let mut segments: [&[u8]; sys::MAX_GSO_SEGMENTS] = [&[]; sys::MAX_GSO_SEGMENTS];
+            for (s, d) in segments.iter_mut().zip(&list[i..i + run]) {
+                *s = d.0;
+            }
+            let size = u16::try_from(list[i].0.len()).unwrap_or(u16::MAX);
+            match sys::send_gso(self.socket.as_raw_fd(), &segments[..run], size, list[i].1) {
+                Ok(_) => self.gso_sends += 1,
                 Err(e) => {
-                    // The first datagram failed (unreachable destination, no route): skip it.
-                    tracing::debug!(to = %list[done].1, error = %e, "send failed");
-                    dropped += 1;
-                    done += 1;
+                    tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                    self.gso = false;
+                    dropped += self.send_plain(&list[i..i + run]);
                 }
             }
+            i += run;
+            plain_from = i;
         }
+        dropped += self.send_plain(&list[plain_from..]);
         batch.clear();
         dropped
     }
@@ -288,8 +366,7 @@ pub fn bind_reuseport(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std
     }
     s.set_reuse_port(true)?;
     if let Some(bytes) = buffer {
-        s.set_recv_buffer_size(bytes)?;
-        s.set_send_buffer_size(bytes)?;
+        sys::force_buffer_sizes(std::os::fd::AsRawFd::as_raw_fd(&s), bytes)?;
     }
     s.bind(&addr.into())?;
     Ok(s.into())
@@ -328,6 +405,40 @@ mod tests {
             }
         }
         assert_eq!(got, (0..40).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn runs_to_one_destination_go_out_by_gso_in_order() {
+        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut a = MmsgSocket::new(a).unwrap();
+        let mut tx = TxBatch::default();
+        // b gets 3 × 500 + 200 (one GSO run), then c one datagram, then b 2 more of 700.
+        let plan: Vec<(SocketAddr, usize)> = [500, 500, 500, 200]
+            .into_iter()
+            .map(|n| (b.local_addr().unwrap(), n))
+            .chain([(c.local_addr().unwrap(), 100)])
+            .chain([700, 700].into_iter().map(|n| (b.local_addr().unwrap(), n)))
+            .collect();
+        for (k, (to, n)) in plan.iter().enumerate() {
+            assert!(tx.push(*to, &vec![k as u8; *n]));
+        }
+        assert_eq!(a.send(&mut tx), 0);
+        assert!(a.gso_sends() >= 1, "GSO used on loopback");
+        for sock in [&b, &c] {
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for (k, (to, n)) in plan.iter().enumerate() {
+            let sock = if *to == b.local_addr().unwrap() {
+                &b
+            } else {
+                &c
+            };
+            let (got, _) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!((got, buf[0]), (*n, k as u8), "datagram {k}");
+        }
     }
 
     #[test]

@@ -50,6 +50,12 @@ impl DataPlane {
         let workers = config.workers.clamp(1, MAX_WORKERS);
         let first = bind_reuseport(config.bind, config.udp_buffer)?;
         let local_addr = first.local_addr()?;
+        let sock = socket2::SockRef::from(&first);
+        tracing::info!(
+            receive = sock.recv_buffer_size().unwrap_or(0),
+            send = sock.send_buffer_size().unwrap_or(0),
+            "worker socket buffers (bytes, as the kernel counts them)"
+        );
         let mut sockets = vec![first];
         for _ in 1..workers {
             sockets.push(bind_reuseport(local_addr, config.udp_buffer)?);

@@ -98,6 +98,94 @@ pub fn send_batch(fd: RawFd, slots: &[(&[u8], SocketAddr)]) -> io::Result<usize>
     Ok(sent as usize)
 }
 
+/// Sends `segments` to `to` as one UDP GSO super-datagram (Linux `UDP_SEGMENT`, kernel 4.18+):
+/// the kernel splits it into one datagram per segment. Every segment but the last must be
+/// `segment_size` bytes long; the last may be shorter. At most [`MAX_GSO_SEGMENTS`].
+pub fn send_gso(
+    fd: RawFd,
+    segments: &[&[u8]],
+    segment_size: u16,
+    to: SocketAddr,
+) -> io::Result<usize> {
+    let n = segments.len().min(MAX_GSO_SEGMENTS);
+    // SAFETY: all-zero bytes are a valid value for these plain C structs.
+    let mut iovs: [libc::iovec; MAX_GSO_SEGMENTS] = unsafe { zeroed() };
+    for (iov, seg) in iovs.iter_mut().zip(&segments[..n]) {
+        iov.iov_base = seg.as_ptr() as *mut libc::c_void;
+        iov.iov_len = seg.len();
+    }
+    // SAFETY: as above.
+    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+    let name_len = to_storage(to, &mut name);
+    // Room for one control message holding a u16, 8-byte aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    debug_assert!(space <= size_of::<[u64; 4]>());
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = name_len;
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = n;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `msg` points at a control buffer of `space` bytes, enough for one header and a
+    // u16 (CMSG_SPACE); CMSG_FIRSTHDR is therefore non-null and CMSG_DATA inside the buffer.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size);
+    }
+    // SAFETY: every pointer in `msg` refers to locals or borrowed slices that outlive the call;
+    // the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
+/// Most segments in one GSO send (the kernel's limit is 64, `UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Sets a socket's kernel receive and send buffers to `bytes`, beyond the system maximum
+/// (`net.core.rmem_max`) when the process has `CAP_NET_ADMIN` (`SO_RCVBUFFORCE`, Linux
+/// `asm-generic/socket.h`); otherwise as far as the maximum allows.
+pub fn force_buffer_sizes(fd: RawFd, bytes: usize) -> io::Result<()> {
+    /// `SO_SNDBUFFORCE` (Linux `asm-generic/socket.h`).
+    const SO_SNDBUFFORCE: libc::c_int = 32;
+    /// `SO_RCVBUFFORCE` (Linux `asm-generic/socket.h`).
+    const SO_RCVBUFFORCE: libc::c_int = 33;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (forced, plain) in [
+        (SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [forced, plain] {
+            // SAFETY: passes a pointer to a live c_int and its size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&value as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            if opt == plain {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Most datagrams one `recvmmsg` or `sendmmsg` call handles here.
 pub const MAX_BATCH: usize = 64;
 
@@ -337,6 +425,47 @@ mod tests {
         assert_eq!(recv_batch(b.as_raw_fd(), &mut slots).unwrap(), 1);
         assert!(slots[0].truncated);
         assert_eq!(slots[0].addr, a.local_addr().unwrap());
+    }
+
+    #[test]
+    fn gso_sends_one_datagram_per_segment() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let segs: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i; if i == 4 { 300 } else { 1000 }])
+            .collect();
+        let refs: Vec<&[u8]> = segs.iter().map(|s| &s[..]).collect();
+        assert_eq!(
+            send_gso(a.as_raw_fd(), &refs, 1000, b.local_addr().unwrap()).unwrap(),
+            5
+        );
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        for (i, seg) in segs.iter().enumerate() {
+            let (n, _) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &seg[..], "segment {i}");
+        }
+    }
+
+    #[test]
+    fn buffers_grow_as_asked() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        force_buffer_sizes(a.as_raw_fd(), 1 << 20).unwrap();
+        let s = socket2::SockRef::from(&a);
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if root || rmem_max >= 1 << 20 {
+            assert!(s.recv_buffer_size().unwrap() >= 1 << 20);
+            assert!(s.send_buffer_size().unwrap() >= 1 << 20);
+        } else {
+            eprintln!("skipped: not root and net.core.rmem_max is {rmem_max}");
+        }
     }
 
     #[test]

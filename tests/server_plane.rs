@@ -461,3 +461,44 @@ fn dump_logs_every_session_packet_decoded() {
     }
     assert!(seen(&server), "{:?}", server.log.lock().unwrap());
 }
+
+#[test]
+fn a_silent_client_is_pinged_then_closed_and_freed() {
+    let metrics = free_tcp_addr();
+    let ini = TempFile::new("silent.ini", "keepAliveServer = 5\n");
+    let server = start_server_with(&[
+        "--config",
+        ini.0.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    let mut c = Client::with_groups(41, vec![GROUP2]);
+    let h = c.open(server.addr, "rtmfp://127.0.0.1/").expect("open");
+    c.connect_app(h, "");
+    assert!(c.wait_messages(h, 1));
+    assert_eq!(total(&stats(metrics), "sessions_open"), 1);
+    // The client goes silent: it reads what arrives and never answers.
+    c.socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut arrived = 0;
+    let deadline = WallInstant::now() + Duration::from_secs(120);
+    while WallInstant::now() < deadline && total(&stats(metrics), "sessions_open") > 0 {
+        while c.socket.recv_from(&mut buf).is_ok() {
+            arrived += 1;
+        }
+    }
+    assert_eq!(
+        total(&stats(metrics), "sessions_open"),
+        0,
+        "the silent session is closed"
+    );
+    assert!(
+        arrived >= 5,
+        "the server pinged the silent client ({arrived} datagrams)"
+    );
+    assert_eq!(total(&stats(metrics), "sessions_closed"), 1);
+}

@@ -323,9 +323,10 @@ mod tests {
     fn ephemeral_certificate_layout() {
         let cert = build_ephemeral_certificate(&[16, 14, 2], &[9; 32]);
         assert_eq!(&cert[..2], &[0x01, 0x0A]);
-        assert_eq!(&cert[2..4], &[0x41, 0x0E]);
+        // Option length 33: the type byte and 32 bytes of randomness.
+        assert_eq!(&cert[2..4], &[0x21, 0x0E]);
         assert_eq!(
-            &cert[68..],
+            &cert[4 + CERT_RANDOMNESS_LEN..],
             &[0x02, 0x15, 0x10, 0x02, 0x15, 0x0E, 0x02, 0x15, 0x02]
         );
         let parsed = Certificate::parse(&cert).unwrap();

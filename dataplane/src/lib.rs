@@ -1,10 +1,12 @@
-//! Updraft data plane: packet I/O behind one batch trait ([`io::BatchIo`]), pinned workers
+//! Updraft data plane: packet I/O behind one batch trait ([`io::BatchIo`]; sockets, and
+//! [`mem::MemIo`] in memory for tests and benchmarks), pinned workers
 //! that each own a shard of sessions ([`worker`]), and the start-up of a set of workers on
 //! `SO_REUSEPORT` sockets ([`plane`]). AF_XDP plugs into the same trait in the kernel-bypass
 //! issue; publications and fanout come with live streaming.
 
 pub mod counters;
 pub mod io;
+pub mod mem;
 pub mod plane;
 pub mod sys;
 pub mod wheel;

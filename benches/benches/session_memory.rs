@@ -156,6 +156,7 @@ fn main() -> io::Result<()> {
             session_config: SessionConfig::default(),
             seed: [index; 32],
             epoch,
+            dump: None,
         });
         // Attach the link (the worker says Hello and Resync) before counting.
         worker.turn()?;

@@ -168,6 +168,7 @@ fn run() -> io::Result<()> {
         session: SessionConfig::default(),
         pin: false,
         seed: [1; 32],
+        dump: None,
     })?;
     let server = plane.local_addr();
     let links = plane.connect_control()?;

@@ -10,7 +10,7 @@
 //! - a retransmitted IIKeying gets the same RIKeying, without new DH work
 //!   (RFC 7016 §3.5.1.1.2).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,6 +200,8 @@ pub struct Handshakes {
     limits: HandshakeLimits,
     limiter: RateLimiter,
     accepted: HashMap<(SocketAddr, u32), Remembered>,
+    /// The keys of `accepted`, oldest first, to forget in O(1).
+    accepted_order: VecDeque<(Instant, (SocketAddr, u32))>,
     pending: HashSet<(SocketAddr, u32)>,
     stats: HandshakeStats,
 }
@@ -222,6 +224,7 @@ impl Handshakes {
             limits,
             limiter: RateLimiter::new(limits.rate, limits.burst),
             accepted: HashMap::new(),
+            accepted_order: VecDeque::new(),
             pending: HashSet::new(),
             stats: HandshakeStats::default(),
         }
@@ -456,16 +459,18 @@ impl Handshakes {
         skic_hash: [u8; 32],
         rikeying: Vec<u8>,
     ) {
-        if self.accepted.len() >= MAX_ACCEPTED {
-            self.accepted
-                .retain(|_, r| now.saturating_duration_since(r.at) < ACCEPTED_MEMORY);
-            if self.accepted.len() >= MAX_ACCEPTED {
-                // Still full of fresh entries: forget the oldest.
-                if let Some(oldest) = self.accepted.iter().min_by_key(|e| e.1.at).map(|e| *e.0) {
-                    self.accepted.remove(&oldest);
-                }
+        // Forget what is too old, and the oldest when full: O(1) per handshake.
+        while let Some(&(at, k)) = self.accepted_order.front() {
+            let expired = now.saturating_duration_since(at) >= ACCEPTED_MEMORY;
+            if !expired && self.accepted.len() < MAX_ACCEPTED {
+                break;
+            }
+            self.accepted_order.pop_front();
+            if self.accepted.get(&k).is_some_and(|r| r.at == at) {
+                self.accepted.remove(&k);
             }
         }
+        self.accepted_order.push_back((now, key));
         self.accepted.insert(
             key,
             Remembered {
@@ -674,6 +679,26 @@ mod tests {
         }
         assert!(out.is_empty());
         assert!(h.stats().malformed >= 4);
+    }
+
+    #[test]
+    fn remembered_rikeyings_are_bounded_and_expire() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let at = |ms| Instant::from_millis(ms);
+        for i in 0..(MAX_ACCEPTED as u32 + 10) {
+            h.remember(at(1), ("127.0.0.1:1".parse().unwrap(), i), [0; 32], vec![1]);
+        }
+        assert_eq!(h.accepted.len(), MAX_ACCEPTED);
+        assert!(!h
+            .accepted
+            .contains_key(&("127.0.0.1:1".parse().unwrap(), 0)));
+        let later = at(1) + ACCEPTED_MEMORY;
+        h.remember(later, ("127.0.0.1:2".parse().unwrap(), 1), [0; 32], vec![1]);
+        assert_eq!(
+            h.accepted.len(),
+            1,
+            "everything older than the memory is forgotten"
+        );
     }
 
     #[test]

@@ -175,6 +175,7 @@ mod tests {
             session_config: rtmfp::session::SessionConfig::default(),
             seed: [1; 32],
             epoch: std::time::Instant::now(),
+            dump: None,
         });
         let mut ids = IdAllocator::new(0);
         let session_id = ids.allocate().unwrap();

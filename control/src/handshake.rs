@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmfp::crypto::{PacketDecoder, PacketEncoder};
-use rtmfp::endpoint::{startup_packet, FLASH_SIGNATURE};
+use rtmfp::endpoint::{cookie_change_packet, startup_packet, FLASH_SIGNATURE};
 use rtmfp::ids::SessionId;
 use rtmfp::startup::responder::{
     Accepted, HelloDisposition, KeyingDisposition, KeyingError, KeyingRequest, Responder,
 };
 use rtmfp::time::Instant;
-use rtmfp::wire::{Chunk, ChunkIter, CookieChange, Mode, PacketHeader, RHello, RIKeying, Reader};
+use rtmfp::wire::{Chunk, ChunkIter, Mode, PacketHeader, RHello, RIKeying, Reader};
 use sha2::{Digest, Sha256};
 
 use crate::ipc::SessionSecrets;
@@ -356,12 +356,9 @@ impl Handshakes {
                     new_cookie,
                 } => {
                     // RFC 7016 §3.5.1.2: a good cookie from another address.
-                    let chunk = CookieChange {
-                        old_cookie: k.cookie_echo,
-                        new_cookie: &new_cookie,
-                    };
+                    let (old, new) = (k.cookie_echo, &new_cookie[..]);
                     if let Some(p) =
-                        startup_packet(&mut self.encoder, now, initiator_session_id, &chunk)
+                        cookie_change_packet(&mut self.encoder, now, initiator_session_id, old, new)
                     {
                         self.stats.cookie_change += 1;
                         out.push(Action::Transmit {

@@ -168,6 +168,16 @@ impl NetConnections {
                     app: &app,
                 };
                 let verdict = self.apps.connect(&info, c.args());
+                // A refused connect: `_error` with the status, then the session closes.
+                let refuse = |code: &str, description: &str| {
+                    let refusal = Command::error_status(cmd.transaction_id, code, description);
+                    vec![
+                        reply(encode(refusal)),
+                        Down::Close {
+                            session_id: session,
+                        },
+                    ]
+                };
                 tracing::info!(session, app = %app, encoding = ?c.object_encoding(), ?verdict, "connect");
                 match verdict {
                     ConnectVerdict::Accept => {
@@ -179,28 +189,12 @@ impl NetConnections {
                             vec![],
                         )))]
                     }
-                    ConnectVerdict::InvalidApp => {
-                        let description = format!("Application '{app}' doesn't exist");
-                        let mut out = vec![reply(encode(Command::error_status(
-                            cmd.transaction_id,
-                            status::CONNECT_INVALID_APP,
-                            &description,
-                        )))];
-                        out.push(Down::Close {
-                            session_id: session,
-                        });
-                        out
-                    }
+                    ConnectVerdict::InvalidApp => refuse(
+                        status::CONNECT_INVALID_APP,
+                        &format!("Application '{app}' doesn't exist"),
+                    ),
                     ConnectVerdict::Reject(description) => {
-                        let mut out = vec![reply(encode(Command::error_status(
-                            cmd.transaction_id,
-                            status::CONNECT_REJECTED,
-                            &description,
-                        )))];
-                        out.push(Down::Close {
-                            session_id: session,
-                        });
-                        out
+                        refuse(status::CONNECT_REJECTED, &description)
                     }
                 }
             }

@@ -411,12 +411,10 @@ impl<R: RngCore> Endpoint<R> {
                     initiator_session_id,
                     new_cookie,
                 } => {
-                    let chunk = CookieChange {
-                        old_cookie: k.cookie_echo,
-                        new_cookie: &new_cookie,
-                    };
+                    let encoder = &mut self.startup_encoder;
+                    let (old, new) = (k.cookie_echo, &new_cookie[..]);
                     if let Some(p) =
-                        startup_packet(&mut self.startup_encoder, now, initiator_session_id, &chunk)
+                        cookie_change_packet(encoder, now, initiator_session_id, old, new)
                     {
                         self.startup_out.push_back((from, p));
                     }
@@ -649,6 +647,22 @@ pub fn startup_packet<C: ChunkBody>(
     chunk: &C,
 ) -> Option<Vec<u8>> {
     startup_packet_with(encoder, now, sid, |w| chunk.emit(w).is_ok())
+}
+
+/// A Cookie Change (RFC 7016 §2.3.6, §3.5.1.2) for the initiator session
+/// `initiator_session_id`, whose good cookie came from another address.
+pub fn cookie_change_packet(
+    encoder: &mut PacketEncoder,
+    now: Instant,
+    initiator_session_id: u32,
+    old_cookie: &[u8],
+    new_cookie: &[u8],
+) -> Option<Vec<u8>> {
+    let chunk = CookieChange {
+        old_cookie,
+        new_cookie,
+    };
+    startup_packet(encoder, now, initiator_session_id, &chunk)
 }
 
 /// Writes one startup packet whose chunks `fill` writes, for session ID `sid`, under the

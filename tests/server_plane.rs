@@ -502,3 +502,27 @@ fn a_silent_client_is_pinged_then_closed_and_freed() {
     );
     assert_eq!(total(&stats(metrics), "sessions_closed"), 1);
 }
+
+#[test]
+fn max_sessions_refuses_handshakes_beyond_the_limit() {
+    let metrics = free_tcp_addr();
+    let ini = TempFile::new("max.ini", "maxSessions = 1\n");
+    let server = start_server_with(&[
+        "--config",
+        ini.0.to_str().unwrap(),
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    let mut first = Client::with_groups(51, vec![GROUP2]);
+    assert!(first.open(server.addr, "rtmfp://127.0.0.1/").is_some());
+    let mut second = Client::with_groups(52, vec![GROUP2]);
+    let h = second.start_open(server.addr, "rtmfp://127.0.0.1/");
+    assert!(!wait(&mut second, Duration::from_secs(3), |c| c.connected(h)));
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    let refused = |s: &serde_json::Value| s["control"]["handshake_failed_max_sessions"].as_u64();
+    while WallInstant::now() < deadline && refused(&stats(metrics)).unwrap_or(0) == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused(&stats(metrics)).unwrap_or(0) >= 1);
+    assert_eq!(total(&stats(metrics), "sessions_open"), 1);
+}

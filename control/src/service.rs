@@ -1,12 +1,11 @@
 //! The control-plane service: one `SOCK_SEQPACKET` link per data-plane worker, the handshake
-//! state machine, the Diffie-Hellman pool, session-ID allocation, the session directory and
-//! the NetConnection layer. It runs the same whether it is its own process (the default) or
+//! state machine, the Diffie-Hellman pool, session-ID allocation, and the NetConnection layer
+//! (which is also the directory of live sessions and their peer IDs). It runs the same whether it is its own process (the default) or
 //! threads inside the data-plane process (`--single-process`).
 //!
 //! One reader thread per link decodes messages into a single queue; this thread is the only
 //! one that changes state, so nothing here takes a lock.
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,7 +157,6 @@ pub fn run(
         netconn: NetConnections::new(apps, config.keepalive_ms),
         links: state,
         pool,
-        directory: HashMap::new(),
         out_buf: Vec::with_capacity(MAX_MESSAGE),
         actions: Vec::new(),
         malformed: 0,
@@ -238,8 +236,6 @@ struct Service {
     netconn: NetConnections,
     links: Vec<Link>,
     pool: DhPool,
-    /// Peer ID of every live session.
-    directory: HashMap<u32, [u8; 32]>,
     out_buf: Vec<u8>,
     actions: Vec<Action>,
     malformed: u64,
@@ -303,7 +299,6 @@ impl Service {
                     .complete(now, &done.request, done.result, session_id);
                 match (keyed, session_id) {
                     (Some(k), Some(id)) => {
-                        self.directory.insert(id, k.peer_id);
                         self.netconn.open(id, k.peer_id, k.address);
                         let rikeying = k.rikeying;
                         let to = k.address;
@@ -355,7 +350,6 @@ impl Service {
                         return;
                     };
                     if l.ids.claim(s.session_id) {
-                        self.directory.insert(s.session_id, s.peer_id);
                         self.netconn.resume(s.session_id, s.peer_id, s.address);
                     }
                 }
@@ -393,7 +387,6 @@ impl Service {
             }
             Up::Closed { session_id } => {
                 self.netconn.closed(session_id);
-                self.directory.remove(&session_id);
                 if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
                     l.ids.free(session_id);
                 }

@@ -181,7 +181,7 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
     assert_eq!(name, "onStatus");
     assert_eq!(
         info.get("code").and_then(Value::as_str),
-        Some("NetStream.Play.Failed")
+        Some("NetStream.Play.Reset")
     );
 }
 

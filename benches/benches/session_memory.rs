@@ -157,6 +157,8 @@ fn main() -> io::Result<()> {
             seed: [index; 32],
             epoch,
             dump: None,
+            media_in: crossbeam_channel::bounded(1).1,
+            media_out: Vec::new(),
         });
         // Attach the link (the worker says Hello and Resync) before counting.
         worker.turn()?;

@@ -60,6 +60,11 @@ const TAG_DOWN_CALL: u8 = 0x85;
 const TAG_DOWN_CLOSE: u8 = 0x86;
 const TAG_DOWN_KILL: u8 = 0x87;
 const TAG_DOWN_STATS: u8 = 0x88;
+const TAG_DOWN_PUBLISH: u8 = 0x89;
+const TAG_DOWN_UNPUBLISH: u8 = 0x8A;
+const TAG_DOWN_ROUTE: u8 = 0x8B;
+const TAG_DOWN_PLAY: u8 = 0x8C;
+const TAG_DOWN_STOP_PLAY: u8 = 0x8D;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -243,6 +248,47 @@ pub enum Down {
         /// The session.
         session_id: u32,
     },
+    /// The client's NetStream `flow` of `session_id` now publishes stream `stream`: its audio,
+    /// video and data messages feed the stream's subscribers.
+    Publish {
+        /// The publisher's session (on this worker).
+        session_id: u32,
+        /// The client's NetStream flow carrying the media.
+        flow: u64,
+        /// The stream (a control-plane number for the stream name).
+        stream: u32,
+    },
+    /// Stream `stream` is no longer published here.
+    Unpublish {
+        /// The stream.
+        stream: u32,
+    },
+    /// Forward (or stop forwarding) what stream `stream` publishes on this worker to
+    /// `worker`, which has subscribers of it.
+    Route {
+        /// The stream.
+        stream: u32,
+        /// The subscribers' worker.
+        worker: u8,
+        /// Whether to add the route (else remove it).
+        add: bool,
+    },
+    /// The client's NetStream `flow` of `session_id` plays stream `stream`.
+    Play {
+        /// The subscriber's session (on this worker).
+        session_id: u32,
+        /// The client's NetStream flow that asked to play.
+        flow: u64,
+        /// The stream.
+        stream: u32,
+    },
+    /// Stop playing on the client's NetStream `flow` of `session_id`.
+    StopPlay {
+        /// The subscriber's session.
+        session_id: u32,
+        /// The client's NetStream flow.
+        flow: u64,
+    },
     /// The control plane's counters, in the order of
     /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
     Stats {
@@ -384,6 +430,26 @@ impl Down {
             TAG_DOWN_KILL => Down::Kill {
                 session_id: r.u32()?,
             },
+            TAG_DOWN_PUBLISH => Down::Publish {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+                stream: r.u32()?,
+            },
+            TAG_DOWN_UNPUBLISH => Down::Unpublish { stream: r.u32()? },
+            TAG_DOWN_ROUTE => Down::Route {
+                stream: r.u32()?,
+                worker: r.u8()?,
+                add: r.bool("route add")?,
+            },
+            TAG_DOWN_PLAY => Down::Play {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+                stream: r.u32()?,
+            },
+            TAG_DOWN_STOP_PLAY => Down::StopPlay {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+            },
             TAG_DOWN_STATS => {
                 let n = r.count("stats", MAX_STATS, STAT_LEN)?;
                 let mut values = Vec::with_capacity(n);
@@ -448,6 +514,45 @@ impl Down {
             Down::Kill { session_id } => {
                 w.u8(TAG_DOWN_KILL)?;
                 w.u32(*session_id)
+            }
+            Down::Publish {
+                session_id,
+                flow,
+                stream,
+            } => {
+                w.u8(TAG_DOWN_PUBLISH)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)?;
+                w.u32(*stream)
+            }
+            Down::Unpublish { stream } => {
+                w.u8(TAG_DOWN_UNPUBLISH)?;
+                w.u32(*stream)
+            }
+            Down::Route {
+                stream,
+                worker,
+                add,
+            } => {
+                w.u8(TAG_DOWN_ROUTE)?;
+                w.u32(*stream)?;
+                w.u8(*worker)?;
+                w.bool(*add)
+            }
+            Down::Play {
+                session_id,
+                flow,
+                stream,
+            } => {
+                w.u8(TAG_DOWN_PLAY)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)?;
+                w.u32(*stream)
+            }
+            Down::StopPlay { session_id, flow } => {
+                w.u8(TAG_DOWN_STOP_PLAY)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)
             }
             Down::Stats { values } => {
                 w.u8(TAG_DOWN_STATS)?;
@@ -1284,6 +1389,30 @@ mod tests {
             any::<u32>().prop_map(|session_id| Down::Close { session_id }),
             any::<u32>().prop_map(|session_id| Down::Kill { session_id }),
             vec(any::<u64>(), 0..=MAX_STATS).prop_map(|values| Down::Stats { values }),
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(session_id, flow, stream)| {
+                Down::Publish {
+                    session_id,
+                    flow,
+                    stream,
+                }
+            }),
+            any::<u32>().prop_map(|stream| Down::Unpublish { stream }),
+            (any::<u32>(), any::<u8>(), any::<bool>()).prop_map(|(stream, worker, add)| {
+                Down::Route {
+                    stream,
+                    worker,
+                    add,
+                }
+            }),
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(session_id, flow, stream)| {
+                Down::Play {
+                    session_id,
+                    flow,
+                    stream,
+                }
+            }),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(session_id, flow)| Down::StopPlay { session_id, flow }),
         ]
     }
 
@@ -1331,7 +1460,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_STATS],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_STOP_PLAY],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

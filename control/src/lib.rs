@@ -9,3 +9,4 @@ pub mod ids;
 pub mod ipc;
 pub mod netconn;
 pub mod service;
+pub mod streams;

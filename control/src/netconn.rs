@@ -10,7 +10,9 @@ use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEn
 use rtmfp::flash::message::{TcMessage, UserControl};
 
 use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
+use crate::ids::SessionIdParts;
 use crate::ipc::Down;
+use crate::streams::{Routed, Streams};
 
 /// A client's NetConnection state.
 #[derive(Debug, Clone)]
@@ -22,6 +24,8 @@ struct Client {
     /// Addresses from `setPeerInfo`.
     addresses: Vec<String>,
     next_stream_id: f64,
+    /// The client's flow for each of its NetStreams (by stream ID), once it used one.
+    stream_flows: HashMap<u64, u64>,
 }
 
 /// Most addresses kept from one `setPeerInfo`.
@@ -30,6 +34,7 @@ const MAX_PEER_ADDRESSES: usize = 16;
 /// The NetConnection layer of every session.
 pub struct NetConnections {
     clients: HashMap<u32, Client>,
+    streams: Streams,
     apps: Box<dyn Applications>,
     /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
     /// (RFC 7425 §5.3.4; `keepAliveServer`, `keepAlivePeer`).
@@ -49,6 +54,7 @@ impl NetConnections {
     pub fn new(apps: Box<dyn Applications>, keepalive_ms: (u32, u32)) -> NetConnections {
         NetConnections {
             clients: HashMap::new(),
+            streams: Streams::new(),
             apps,
             keepalive_ms,
         }
@@ -64,6 +70,7 @@ impl NetConnections {
                 app: None,
                 addresses: Vec::new(),
                 next_stream_id: 1.0,
+                stream_flows: HashMap::new(),
             },
         );
     }
@@ -94,7 +101,8 @@ impl NetConnections {
     }
 
     /// A session closed.
-    pub fn closed(&mut self, session: u32) {
+    pub fn closed(&mut self, session: u32) -> Vec<Routed> {
+        let out = self.streams.session_closed(session);
         if let Some(c) = self.clients.remove(&session) {
             if let Some(app) = &c.app {
                 self.apps.disconnect(&ClientInfo {
@@ -105,6 +113,7 @@ impl NetConnections {
                 });
             }
         }
+        out
     }
 
     /// A server-to-client call: `method(args…)` on the client's NetConnection.
@@ -135,14 +144,31 @@ impl NetConnections {
     }
 
     /// A command message from `session` on its `flow` (NetStream `stream_id`, 0 for the
-    /// NetConnection). Answers what to send back.
+    /// NetConnection). Answers what to send back, and to which worker.
     pub fn on_message(
         &mut self,
         session: u32,
         flow: u64,
         stream_id: u64,
         data: &[u8],
-    ) -> Vec<Down> {
+    ) -> Vec<Routed> {
+        let owner = usize::from(SessionIdParts::of(session).worker);
+        self.dispatch(session, flow, stream_id, data)
+            .into_iter()
+            .map(|d| match d {
+                Dispatched::Owner(d) => (owner, d),
+                Dispatched::Routed(r) => r,
+            })
+            .collect()
+    }
+
+    fn dispatch(
+        &mut self,
+        session: u32,
+        flow: u64,
+        stream_id: u64,
+        data: &[u8],
+    ) -> Vec<Dispatched> {
         let Ok(tc) = TcMessage::parse(data) else {
             return Vec::new();
         };
@@ -152,10 +178,20 @@ impl NetConnections {
         let Some(client) = self.clients.get_mut(&session) else {
             return Vec::new();
         };
-        let reply = |messages: Vec<Vec<u8>>| Down::Reply {
-            session_id: session,
-            flow,
-            messages,
+        let reply = |messages: Vec<Vec<u8>>| {
+            Dispatched::Owner(Down::Reply {
+                session_id: session,
+                flow,
+                messages,
+            })
+        };
+        let routed = |out: Vec<Routed>| out.into_iter().map(Dispatched::Routed).collect();
+        if stream_id != 0 {
+            client.stream_flows.insert(stream_id, flow);
+        }
+        let key = |name: &str| {
+            let app = client.app.as_deref().unwrap_or("");
+            format!("{app}/{name}")
         };
         let encode = |c: Command<'_>| c.to_message(ObjectEncoding::Amf0, 0).into_iter().collect();
         match cmd.net_command() {
@@ -173,9 +209,9 @@ impl NetConnections {
                     let refusal = Command::error_status(cmd.transaction_id, code, description);
                     vec![
                         reply(encode(refusal)),
-                        Down::Close {
+                        Dispatched::Owner(Down::Close {
                             session_id: session,
-                        },
+                        }),
                     ]
                 };
                 tracing::info!(session, app = %app, encoding = ?c.object_encoding(), ?verdict, "connect");
@@ -220,13 +256,34 @@ impl NetConnections {
                     id,
                 )))]
             }
-            Ok(NetCommand::DeleteStream(_)) | Ok(NetCommand::CloseStream) => Vec::new(),
-            Ok(NetCommand::ReceiveAudio(_)) | Ok(NetCommand::ReceiveVideo(_)) => Vec::new(),
-            Ok(NetCommand::Publish { .. }) if stream_id != 0 => {
-                vec![reply(refuse_stream(status::PUBLISH_BAD_NAME))]
+            Ok(NetCommand::DeleteStream(id)) => {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let id = id as u64;
+                match client.stream_flows.remove(&id) {
+                    Some(f) => routed(self.streams.stop((session, f))),
+                    None => Vec::new(),
+                }
             }
-            Ok(NetCommand::Play(_)) if stream_id != 0 => {
-                vec![reply(refuse_stream(status::PLAY_FAILED))]
+            Ok(NetCommand::CloseStream) => routed(self.streams.stop((session, flow))),
+            Ok(NetCommand::ReceiveAudio(_)) | Ok(NetCommand::ReceiveVideo(_)) => Vec::new(),
+            Ok(NetCommand::Publish {
+                name: Some(name), ..
+            }) if stream_id != 0 => {
+                let key = key(name);
+                match self.streams.publish(&key, name, (session, flow)) {
+                    Ok(out) => routed(out),
+                    Err(_) => vec![reply(refuse_stream(
+                        status::PUBLISH_BAD_NAME,
+                        &format!("{name} is already published"),
+                    ))],
+                }
+            }
+            Ok(NetCommand::Publish { name: None, .. }) if stream_id != 0 => {
+                routed(self.streams.stop((session, flow)))
+            }
+            Ok(NetCommand::Play(p)) if stream_id != 0 => {
+                let key = key(p.name);
+                routed(self.streams.play(&key, p.name, (session, flow)))
             }
             _ => {
                 let app = client.app.clone().unwrap_or_default();
@@ -288,9 +345,8 @@ fn app_path(app: Option<&str>, tc_url: Option<&str>) -> String {
         .to_string()
 }
 
-/// An `onStatus` error for NetStream commands this build does not serve yet.
-fn refuse_stream(code: &str) -> Vec<Vec<u8>> {
-    let description = "Live streaming is not available in this build of Updraft yet.";
+/// An `onStatus` error for a NetStream command.
+fn refuse_stream(code: &str, description: &str) -> Vec<Vec<u8>> {
     Command::on_status(status_object(
         status::LEVEL_ERROR,
         code,
@@ -302,10 +358,30 @@ fn refuse_stream(code: &str) -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// Where a dispatched message goes: the session's own worker, or a worker named with it.
+enum Dispatched {
+    Owner(Down),
+    Routed(Routed),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rtmfp::flash::command::names;
+
+    /// `on_message` without the worker of each message (one worker in these tests).
+    trait Plain {
+        fn on(&mut self, session: u32, flow: u64, stream_id: u64, data: &[u8]) -> Vec<Down>;
+    }
+
+    impl Plain for NetConnections {
+        fn on(&mut self, session: u32, flow: u64, stream_id: u64, data: &[u8]) -> Vec<Down> {
+            self.on_message(session, flow, stream_id, data)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect()
+        }
+    }
 
     struct Fixed;
     impl Applications for Fixed {
@@ -385,7 +461,7 @@ mod tests {
     #[test]
     fn connect_success_echoes_object_encoding_in_amf0() {
         let mut n = layer();
-        let out = n.on_message(7, 2, 0, &connect("live"));
+        let out = n.on(7, 2, 0, &connect("live"));
         assert_eq!(out.len(), 1);
         let Down::Reply {
             session_id,
@@ -411,11 +487,11 @@ mod tests {
     #[test]
     fn invalid_and_rejected_apps_get_an_error_and_a_close() {
         let mut n = layer();
-        let out = n.on_message(7, 2, 0, &connect("nothere"));
+        let out = n.on(7, 2, 0, &connect("nothere"));
         assert_eq!(code(&replies(&out)[0]), status::CONNECT_INVALID_APP);
         assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
         let mut n = layer();
-        let out = n.on_message(7, 2, 0, &connect("banned"));
+        let out = n.on(7, 2, 0, &connect("banned"));
         let r = replies(&out);
         assert_eq!(code(&r[0]), status::CONNECT_REJECTED);
         assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
@@ -435,8 +511,8 @@ mod tests {
     #[test]
     fn calls_go_to_the_application_and_unknown_ones_fail() {
         let mut n = layer();
-        n.on_message(7, 2, 0, &connect("live"));
-        let r = replies(&n.on_message(
+        n.on(7, 2, 0, &connect("live"));
+        let r = replies(&n.on(
             7,
             2,
             0,
@@ -444,24 +520,24 @@ mod tests {
         ));
         assert_eq!(r[0].name, names::RESULT);
         assert_eq!(r[0].args, vec![Value::Number(5.0)]);
-        let r = replies(&n.on_message(7, 2, 0, &command("fail", 3.0, Value::Null, vec![])));
+        let r = replies(&n.on(7, 2, 0, &command("fail", 3.0, Value::Null, vec![])));
         assert_eq!(
             (r[0].name.as_ref(), code(&r[0]).as_str()),
             (names::ERROR, status::CALL_FAILED)
         );
-        let r = replies(&n.on_message(7, 2, 0, &command("nope", 4.0, Value::Null, vec![])));
+        let r = replies(&n.on(7, 2, 0, &command("nope", 4.0, Value::Null, vec![])));
         assert_eq!(code(&r[0]), status::CALL_FAILED);
         // Transaction 0 expects no answer.
         assert!(n
-            .on_message(7, 2, 0, &command("nope", 0.0, Value::Null, vec![]))
+            .on(7, 2, 0, &command("nope", 0.0, Value::Null, vec![]))
             .is_empty());
     }
 
     #[test]
     fn set_peer_info_answers_the_keepalive_event_and_create_stream_counts() {
         let mut n = layer();
-        n.on_message(7, 2, 0, &connect(""));
-        let out = n.on_message(
+        n.on(7, 2, 0, &connect(""));
+        let out = n.on(
             7,
             2,
             0,
@@ -483,7 +559,7 @@ mod tests {
         assert_eq!(messages[0], expected);
         assert_eq!(n.peer_addresses(7).unwrap(), ["10.0.0.1:5000"]);
         for id in 1..=3 {
-            let r = replies(&n.on_message(
+            let r = replies(&n.on(
                 7,
                 2,
                 0,
@@ -497,22 +573,22 @@ mod tests {
     fn nothing_is_served_before_connect_or_for_unknown_sessions() {
         let mut n = layer();
         assert!(n
-            .on_message(
+            .on(
                 7,
                 2,
                 0,
                 &command(names::CREATE_STREAM, 5.0, Value::Null, vec![])
             )
             .is_empty());
-        assert!(n.on_message(99, 2, 0, &connect("")).is_empty());
-        assert!(n.on_message(7, 2, 0, b"\x14garbage").is_empty());
+        assert!(n.on(99, 2, 0, &connect("")).is_empty());
+        assert!(n.on(7, 2, 0, b"\x14garbage").is_empty());
     }
 
     #[test]
     fn resumed_sessions_stay_connected() {
         let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
         n.resume(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
-        let r = replies(&n.on_message(
+        let r = replies(&n.on(
             9,
             2,
             0,

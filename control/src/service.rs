@@ -380,13 +380,14 @@ impl Service {
                 data,
             } => {
                 let out = self.netconn.on_message(session_id, flow, stream_id, &data);
-                let owner = Self::link_of(session_id);
-                for d in &out {
-                    self.send(owner, d);
+                for (worker, d) in &out {
+                    self.send(*worker, d);
                 }
             }
             Up::Closed { session_id } => {
-                self.netconn.closed(session_id);
+                for (worker, d) in self.netconn.closed(session_id) {
+                    self.send(worker, &d);
+                }
                 if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
                     l.ids.free(session_id);
                 }

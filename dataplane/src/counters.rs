@@ -80,6 +80,18 @@ counters! {
         sessions_open,
         /// Control-plane links (re)established.
         control_links,
+        /// Media messages received from publishers on this worker.
+        media_published,
+        /// Media messages handed to other workers.
+        media_out,
+        /// Media messages received from other workers.
+        media_in,
+        /// Media messages queued to subscribers on this worker.
+        media_delivered,
+        /// Media messages a subscriber's session refused (its flow was closed or full).
+        media_refused,
+        /// Media messages dropped because another worker's media queue was full.
+        drop_media_queue_full,
     }
 }
 

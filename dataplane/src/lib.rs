@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod io;
+pub mod media;
 pub mod mem;
 pub mod plane;
 pub mod sys;

@@ -176,6 +176,8 @@ mod tests {
             seed: [1; 32],
             epoch: std::time::Instant::now(),
             dump: None,
+            media_in: crossbeam_channel::bounded(1).1,
+            media_out: Vec::new(),
         });
         let mut ids = IdAllocator::new(0);
         let session_id = ids.allocate().unwrap();

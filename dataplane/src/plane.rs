@@ -12,7 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::counters::WorkerCounters;
 use crate::io::{bind_reuseport, MmsgSocket};
-use crate::worker::{handoff_queues, DumpHook, Shared, Worker, WorkerSetup};
+use crate::worker::{handoff_queues, media_queues, DumpHook, Shared, Worker, WorkerSetup};
 
 /// How to start the data plane.
 #[derive(Debug, Clone)]
@@ -62,6 +62,8 @@ impl DataPlane {
         }
         let shared = Arc::new(Shared::new(workers)?);
         let (handoff_rx, handoff_tx) = handoff_queues(workers);
+        let (media_rx, media_tx) = media_queues(workers);
+        let mut media_rx = media_rx.into_iter();
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -86,6 +88,10 @@ impl DataPlane {
                 seed,
                 epoch,
                 dump: config.dump,
+                media_in: media_rx
+                    .next()
+                    .ok_or_else(|| io::Error::other("a media queue per worker"))?,
+                media_out: media_tx.clone(),
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let handle = std::thread::Builder::new()

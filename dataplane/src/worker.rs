@@ -7,6 +7,7 @@
 //! go to the control plane, which answers with datagrams to send and keyed sessions to install.
 //! NetConnection commands go up to the control plane; its replies come back down.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -32,6 +33,7 @@ use updraft_control::ipc::{
 
 use crate::counters::{SharedCounters, WorkerCounters};
 use crate::io::{BatchIo, RxBatch, TxBatch, SLOT_SIZE};
+use crate::media::{classify, prepare, timestamp, MediaItem, MediaKind, StreamCache};
 use crate::sys::{poll_readable, EventFd};
 use crate::wheel::TimerWheel;
 
@@ -143,6 +145,10 @@ pub struct WorkerSetup<IO: BatchIo> {
     pub epoch: std::time::Instant,
     /// Where to dump packets, if anywhere.
     pub dump: Option<DumpHook>,
+    /// Media other workers forward to this one.
+    pub media_in: Receiver<MediaItem>,
+    /// Every worker's media queue, by index.
+    pub media_out: Vec<Sender<MediaItem>>,
 }
 
 /// One session and the flow bookkeeping the NetConnection layer needs.
@@ -160,6 +166,68 @@ struct Entry {
     dirty: bool,
     /// Close once everything sent has been acknowledged, or at this deadline.
     close_when_flushed: Option<Instant>,
+}
+
+impl Entry {
+    /// Our reply flow for the client's `flow`, opened on first use: same metadata (RFC 7425
+    /// §5.1), associated with the client's NetConnection flow (RFC 7016 §2.3.11.1.2), since
+    /// rtmfp-cpp clients accept only flows associated with their control flow.
+    fn reply_flow(&mut self, flow: FlowId) -> Option<FlowId> {
+        if let Some(r) = self.replies.iter().find(|r| r.0 == flow) {
+            return Some(r.1);
+        }
+        let stream_id = self.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
+        let associated = self.control.filter(|_| stream_id != 0).unwrap_or(flow);
+        let metadata = FlowMetadata::Tc {
+            stream_id,
+            receive_intent: ReceiveIntent::Sequence,
+        };
+        let f = self
+            .session
+            .open_flow(&metadata.to_vec(), Some(associated))
+            .ok()?;
+        self.replies.push((flow, f));
+        Some(f)
+    }
+}
+
+/// A subscriber of a stream on this worker.
+#[derive(Debug)]
+struct Subscriber {
+    session_id: u32,
+    /// The client's NetStream flow that asked to play (our reply flow carries the media).
+    flow: FlowId,
+    /// The stream timestamp that is 0 for this subscriber.
+    base: Option<u32>,
+    /// Joined with no key frame cached: video waits for the next one.
+    waiting_keyframe: bool,
+}
+
+/// A stream as one worker sees it.
+#[derive(Debug, Default)]
+struct StreamState {
+    cache: StreamCache,
+    subscribers: Vec<Subscriber>,
+    /// Workers to forward to (when published here).
+    routes: Vec<u8>,
+    published: bool,
+}
+
+/// Lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016 §3.6.2.3).
+pub const AUDIO_LIFETIME: Duration = Duration::from_secs(2);
+/// Lifetime of video messages.
+pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
+/// Media items taken from other workers per loop turn.
+const MEDIA_ITEMS_PER_TURN: usize = 4096;
+/// Capacity of each worker's queue of media from other workers.
+pub const MEDIA_QUEUE: usize = 8192;
+
+/// The media queues between workers: each worker's receiver and every worker's sender.
+pub fn media_queues(workers: usize) -> (Vec<Receiver<MediaItem>>, Vec<Sender<MediaItem>>) {
+    let (tx, rx): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| crossbeam_channel::bounded(MEDIA_QUEUE))
+        .unzip();
+    (rx, tx)
 }
 
 /// A running worker.
@@ -185,6 +253,14 @@ pub struct Worker<IO: BatchIo> {
     fired: Vec<(Instant, u32)>,
     events: Vec<Event>,
     dump: Option<DumpHook>,
+    media_in: Receiver<MediaItem>,
+    media_out: Vec<Sender<MediaItem>>,
+    /// Workers to wake at the end of this turn (media was queued for them).
+    wake_pending: Vec<bool>,
+    streams: HashMap<u32, StreamState>,
+    /// The stream each publishing (session, client flow) feeds.
+    publishing: HashMap<(u32, u64), u32>,
+    scratch: Vec<u8>,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -212,6 +288,12 @@ impl<IO: BatchIo> Worker<IO> {
             fired: Vec::new(),
             events: Vec::new(),
             dump: setup.dump,
+            wake_pending: vec![false; setup.media_out.len()],
+            media_in: setup.media_in,
+            media_out: setup.media_out,
+            streams: HashMap::new(),
+            publishing: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -268,6 +350,14 @@ impl<IO: BatchIo> Worker<IO> {
             let now = self.now();
             self.on_datagram(now, h.from, false, &mut data[..h.len]);
         }
+        for _ in 0..MEDIA_ITEMS_PER_TURN {
+            let Ok(item) = self.media_in.try_recv() else {
+                break;
+            };
+            self.counters.media_in += 1;
+            let now = self.now();
+            self.on_media(now, item.stream, item.message, false);
+        }
         for _ in 0..RX_BATCHES_PER_TURN {
             let n = self.io.recv(&mut self.rx)?;
             if n == 0 {
@@ -293,6 +383,11 @@ impl<IO: BatchIo> Worker<IO> {
         self.expire_timers(now);
         self.service_dirty(now);
         self.flush();
+        for (w, pending) in self.wake_pending.iter_mut().enumerate() {
+            if std::mem::take(pending) {
+                self.shared.wakers[w].wake();
+            }
+        }
         self.shared.counters[usize::from(self.index)].publish(&self.counters);
         Ok(())
     }
@@ -400,6 +495,61 @@ impl<IO: BatchIo> Worker<IO> {
         let now = self.now();
         match msg {
             Down::Welcome { .. } => {}
+            Down::Publish {
+                session_id,
+                flow,
+                stream,
+            } => {
+                if self.slot_of(session_id).is_some() {
+                    self.publishing.insert((session_id, flow), stream);
+                    let state = self.streams.entry(stream).or_default();
+                    state.published = true;
+                    state.cache.clear();
+                }
+            }
+            Down::Unpublish { stream } => self.unpublish(stream),
+            Down::Route {
+                stream,
+                worker,
+                add,
+            } => {
+                let state = self.streams.entry(stream).or_default();
+                let known = state.routes.contains(&worker);
+                state.routes.retain(|&w| w != worker);
+                if add && worker != self.index {
+                    state.routes.push(worker);
+                    if !known {
+                        // A new audience worker starts from this cache, like a late joiner.
+                        let replay: Vec<Arc<[u8]>> = state.cache.replay().cloned().collect();
+                        for message in replay {
+                            let item = MediaItem { stream, message };
+                            match self
+                                .media_out
+                                .get(usize::from(worker))
+                                .map(|q| q.try_send(item))
+                            {
+                                Some(Ok(())) => {
+                                    self.counters.media_out += 1;
+                                    self.wake_pending[usize::from(worker)] = true;
+                                }
+                                _ => self.counters.drop_media_queue_full += 1,
+                            }
+                        }
+                    }
+                }
+            }
+            Down::Play {
+                session_id,
+                flow,
+                stream,
+            } => self.play(now, session_id, FlowId(flow), stream),
+            Down::StopPlay { session_id, flow } => {
+                for state in self.streams.values_mut() {
+                    state
+                        .subscribers
+                        .retain(|s| !(s.session_id == session_id && s.flow == FlowId(flow)));
+                }
+            }
             Down::Stats { values } => {
                 let n = values.len().min(MAX_STATS);
                 for (slot, v) in self.shared.control_stats.iter().zip(&values[..n]) {
@@ -553,29 +703,173 @@ impl<IO: BatchIo> Worker<IO> {
         let Some(flow) = flow.or(e.control) else {
             return;
         };
-        let reply_flow = match e.replies.iter().find(|r| r.0 == flow) {
-            Some(r) => r.1,
-            None => {
-                // Reply on a flow with the same metadata (RFC 7425 §5.1), associated with the
-                // client's NetConnection flow (RFC 7016 §2.3.11.1.2): rtmfp-cpp clients accept
-                // only flows associated with their control flow.
-                let stream_id = e.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
-                let associated = e.control.filter(|_| stream_id != 0).unwrap_or(flow);
-                let metadata = FlowMetadata::Tc {
-                    stream_id,
-                    receive_intent: ReceiveIntent::Sequence,
-                };
-                let Ok(f) = e.session.open_flow(&metadata.to_vec(), Some(associated)) else {
-                    return;
-                };
-                e.replies.push((flow, f));
-                f
-            }
+        let Some(reply_flow) = e.reply_flow(flow) else {
+            return;
         };
         for m in messages {
             let _ = e.session.send(now, reply_flow, m, SendOptions::default());
         }
         self.mark_dirty(slot);
+    }
+
+    /// A message of stream `stream`, published here or received from the publisher's worker:
+    /// cached for late joiners, sent to this worker's subscribers, and (when published here)
+    /// handed to the workers on the stream's routes.
+    fn on_media(&mut self, now: Instant, stream: u32, message: Arc<[u8]>, published_here: bool) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if message.is_empty() {
+            // The publisher left (see MediaItem).
+            state.cache.clear();
+            return;
+        }
+        state.cache.observe(&message);
+        if published_here {
+            for &w in &state.routes {
+                let item = MediaItem {
+                    stream,
+                    message: Arc::clone(&message),
+                };
+                match self.media_out.get(usize::from(w)).map(|q| q.try_send(item)) {
+                    Some(Ok(())) => {
+                        self.counters.media_out += 1;
+                        self.wake_pending[usize::from(w)] = true;
+                    }
+                    _ => self.counters.drop_media_queue_full += 1,
+                }
+            }
+        }
+        let kind = classify(&message);
+        let mut subscribers = std::mem::take(&mut state.subscribers);
+        for sub in subscribers.iter_mut() {
+            self.deliver(now, sub, &message, kind);
+        }
+        if let Some(state) = self.streams.get_mut(&stream) {
+            state.subscribers = subscribers;
+        }
+    }
+
+    /// Sends one media message to one subscriber, its timestamp rebased so that its play
+    /// starts at 0, with the lifetime of its kind (partial reliability, RFC 7016 §3.6.2.3).
+    fn deliver(
+        &mut self,
+        now: Instant,
+        sub: &mut Subscriber,
+        message: &[u8],
+        kind: Option<MediaKind>,
+    ) {
+        let Some(kind) = kind else { return };
+        if sub.waiting_keyframe {
+            match kind {
+                MediaKind::Video {
+                    keyframe: true,
+                    header: false,
+                } => sub.waiting_keyframe = false,
+                MediaKind::Video { header: false, .. } => return,
+                _ => {}
+            }
+        }
+        let ts = timestamp(message);
+        let header = matches!(
+            kind,
+            MediaKind::Metadata
+                | MediaKind::Audio { header: true }
+                | MediaKind::Video { header: true, .. }
+        );
+        let rebased = if header {
+            0
+        } else {
+            ts.wrapping_sub(*sub.base.get_or_insert(ts))
+        };
+        let expiry = match kind {
+            MediaKind::Audio { header: false } => Some(now + AUDIO_LIFETIME),
+            MediaKind::Video { header: false, .. } => Some(now + VIDEO_LIFETIME),
+            _ => None,
+        };
+        let Some(slot) = self.slot_of(sub.session_id) else {
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.push(message[0]);
+        scratch.extend_from_slice(&rebased.to_be_bytes());
+        scratch.extend_from_slice(message.get(5..).unwrap_or_default());
+        if let Some(e) = self.entry_mut(slot) {
+            if let Some(f) = e.reply_flow(sub.flow) {
+                if e.session
+                    .send(now, f, &scratch, SendOptions { expiry })
+                    .is_ok()
+                {
+                    self.counters.media_delivered += 1;
+                } else {
+                    self.counters.media_refused += 1;
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.mark_dirty(slot);
+    }
+
+    fn play(&mut self, now: Instant, session_id: u32, flow: FlowId, stream: u32) {
+        let state = self.streams.entry(stream).or_default();
+        state
+            .subscribers
+            .retain(|s| !(s.session_id == session_id && s.flow == flow));
+        let replay: Vec<Arc<[u8]>> = state.cache.replay().cloned().collect();
+        let mut sub = Subscriber {
+            session_id,
+            flow,
+            base: state.cache.start_timestamp(),
+            waiting_keyframe: !state.cache.has_keyframe(),
+        };
+        for m in &replay {
+            let kind = classify(m);
+            self.deliver(now, &mut sub, m, kind);
+        }
+        if let Some(state) = self.streams.get_mut(&stream) {
+            state.subscribers.push(sub);
+        }
+    }
+
+    /// Forgets the publications and subscriptions of a session that closed.
+    fn forget_session(&mut self, session_id: u32) {
+        let gone: Vec<u32> = self
+            .publishing
+            .iter()
+            .filter(|(k, _)| k.0 == session_id)
+            .map(|(_, &s)| s)
+            .collect();
+        self.publishing.retain(|k, _| k.0 != session_id);
+        for stream in gone {
+            self.unpublish(stream);
+        }
+        for state in self.streams.values_mut() {
+            state.subscribers.retain(|s| s.session_id != session_id);
+        }
+        self.streams
+            .retain(|_, s| !s.subscribers.is_empty() || !s.routes.is_empty() || s.published);
+    }
+
+    fn unpublish(&mut self, stream: u32) {
+        self.publishing.retain(|_, s| *s != stream);
+        if let Some(state) = self.streams.get_mut(&stream) {
+            state.published = false;
+            state.cache.clear();
+            for &w in &state.routes {
+                let reset = MediaItem {
+                    stream,
+                    message: Arc::from(Vec::new()),
+                };
+                if let Some(Ok(())) = self
+                    .media_out
+                    .get(usize::from(w))
+                    .map(|q| q.try_send(reset))
+                {
+                    self.wake_pending[usize::from(w)] = true;
+                }
+            }
+        }
     }
 
     fn on_datagram(&mut self, now: Instant, from: SocketAddr, truncated: bool, bytes: &mut [u8]) {
@@ -734,6 +1028,7 @@ impl<IO: BatchIo> Worker<IO> {
             self.counters.sessions_closed += 1;
             self.counters.sessions_open = self.counters.sessions_open.saturating_sub(1);
             self.send_up(&Up::Closed { session_id: id });
+            self.forget_session(id);
             return;
         }
         let Some(e) = self.entry_mut(slot) else {
@@ -789,6 +1084,12 @@ impl<IO: BatchIo> Worker<IO> {
                 stream_id,
                 data,
             });
+        } else if let Some(&stream) = self.publishing.get(&(id, flow.0)) {
+            if let Some(message) = prepare(data) {
+                self.counters.media_published += 1;
+                let now = self.now();
+                self.on_media(now, stream, message, true);
+            }
         }
     }
 

@@ -52,6 +52,8 @@ fn a_datagram_at_the_wrong_worker_reaches_its_owner() {
             seed: [i as u8; 32],
             epoch: std::time::Instant::now(),
             dump: None,
+            media_in: crossbeam_channel::bounded(1).1,
+            media_out: Vec::new(),
         }));
         peers.push(peer);
         controls.push(control_end);

@@ -1,0 +1,371 @@
+//! The stream directory: which session publishes each live stream name, who plays it, and the
+//! messages that make the workers route media (RFC 7425 §5.2; digest §1.11–1.12).
+//!
+//! A stream keeps its number for as long as anyone publishes or plays it, so subscribers that
+//! wait for a publisher, or outlive one, are served again when a publisher (re)appears.
+
+use std::collections::HashMap;
+
+use rtmfp::amf::Value;
+use rtmfp::flash::command::{status, status_object, Command, DataMessage, ObjectEncoding};
+
+use crate::ids::SessionIdParts;
+use crate::ipc::Down;
+
+/// A message for a worker: the worker's index and the message.
+pub type Routed = (usize, Down);
+
+/// The `|RtmpSampleAccess` handler Flash players expect at the start of a play (audio and
+/// video sample access granted).
+const SAMPLE_ACCESS: &str = "|RtmpSampleAccess";
+
+/// A NetStream of a client: its session and the client's flow for it.
+type StreamFlow = (u32, u64);
+
+#[derive(Debug)]
+struct Stream {
+    id: u32,
+    name: String,
+    publisher: Option<StreamFlow>,
+    subscribers: Vec<StreamFlow>,
+}
+
+/// Why a `publish` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Someone already publishes this name (`NetStream.Publish.BadName`).
+    #[error("the name is already published")]
+    NameTaken,
+}
+
+/// The live streams of the server.
+#[derive(Debug, Default)]
+pub struct Streams {
+    by_key: HashMap<String, Stream>,
+    next_id: u32,
+}
+
+fn worker_of(session: u32) -> usize {
+    usize::from(SessionIdParts::of(session).worker)
+}
+
+fn status_message(level: &str, code: &str, description: &str) -> Vec<u8> {
+    Command::on_status(status_object(level, code, description, Vec::new()))
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap_or_default()
+}
+
+fn reply(to: StreamFlow, messages: Vec<Vec<u8>>) -> Routed {
+    (
+        worker_of(to.0),
+        Down::Reply {
+            session_id: to.0,
+            flow: to.1,
+            messages,
+        },
+    )
+}
+
+impl Streams {
+    /// An empty directory.
+    pub fn new() -> Streams {
+        Streams::default()
+    }
+
+    /// Streams known (published or played).
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether no stream is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn stream(&mut self, key: &str, name: &str) -> &mut Stream {
+        if !self.by_key.contains_key(key) {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let id = self.next_id;
+            self.by_key.insert(
+                key.to_string(),
+                Stream {
+                    id,
+                    name: name.to_string(),
+                    publisher: None,
+                    subscribers: Vec::new(),
+                },
+            );
+        }
+        self.by_key
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// `publish(name)` from `from` for the stream `key` (application and name). `Err` when the
+    /// name is already published (`NetStream.Publish.BadName`).
+    pub fn publish(
+        &mut self,
+        key: &str,
+        name: &str,
+        from: StreamFlow,
+    ) -> Result<Vec<Routed>, PublishError> {
+        let s = self.stream(key, name);
+        if s.publisher.is_some() {
+            return Err(PublishError::NameTaken);
+        }
+        s.publisher = Some(from);
+        let id = s.id;
+        let publisher_worker = worker_of(from.0);
+        let mut out = vec![
+            reply(
+                from,
+                vec![status_message(
+                    status::LEVEL_STATUS,
+                    status::PUBLISH_START,
+                    &format!("{name} is now published"),
+                )],
+            ),
+            (
+                publisher_worker,
+                Down::Publish {
+                    session_id: from.0,
+                    flow: from.1,
+                    stream: id,
+                },
+            ),
+        ];
+        let mut workers: Vec<usize> = s.subscribers.iter().map(|f| worker_of(f.0)).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for w in workers.into_iter().filter(|&w| w != publisher_worker) {
+            out.push((
+                publisher_worker,
+                Down::Route {
+                    stream: id,
+                    worker: u8::try_from(w).unwrap_or(u8::MAX),
+                    add: true,
+                },
+            ));
+        }
+        let notify = status_message(
+            status::LEVEL_STATUS,
+            status::PLAY_PUBLISH_NOTIFY,
+            &format!("{name} is now published"),
+        );
+        for &sub in &s.subscribers {
+            out.push(reply(sub, vec![notify.clone()]));
+        }
+        Ok(out)
+    }
+
+    /// `play(name)` from `to` for the stream `key`.
+    pub fn play(&mut self, key: &str, name: &str, to: StreamFlow) -> Vec<Routed> {
+        let s = self.stream(key, name);
+        let worker = worker_of(to.0);
+        let first_on_worker = !s.subscribers.iter().any(|f| worker_of(f.0) == worker);
+        if !s.subscribers.contains(&to) {
+            s.subscribers.push(to);
+        }
+        let start = [
+            status_message(
+                status::LEVEL_STATUS,
+                status::PLAY_RESET,
+                &format!("Playing and resetting {name}"),
+            ),
+            status_message(
+                status::LEVEL_STATUS,
+                status::PLAY_START,
+                &format!("Started playing {name}"),
+            ),
+            DataMessage {
+                handler: SAMPLE_ACCESS.into(),
+                values: vec![Value::Boolean(true), Value::Boolean(true)],
+            }
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap_or_default(),
+        ];
+        let mut out = vec![
+            reply(to, start.to_vec()),
+            (
+                worker,
+                Down::Play {
+                    session_id: to.0,
+                    flow: to.1,
+                    stream: s.id,
+                },
+            ),
+        ];
+        if let Some(p) = s.publisher {
+            let pw = worker_of(p.0);
+            if first_on_worker && pw != worker {
+                out.push((
+                    pw,
+                    Down::Route {
+                        stream: s.id,
+                        worker: u8::try_from(worker).unwrap_or(u8::MAX),
+                        add: true,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// The NetStream `flow` of `session` stops (`closeStream`, `deleteStream`, `publish(false)`):
+    /// it stops publishing or playing whatever it did.
+    pub fn stop(&mut self, flow: StreamFlow) -> Vec<Routed> {
+        let mut out = Vec::new();
+        for s in self.by_key.values_mut() {
+            if s.publisher == Some(flow) {
+                s.publisher = None;
+                out.push((worker_of(flow.0), Down::Unpublish { stream: s.id }));
+                out.push(reply(
+                    flow,
+                    vec![status_message(
+                        status::LEVEL_STATUS,
+                        status::UNPUBLISH_SUCCESS,
+                        &format!("{} is now unpublished", s.name),
+                    )],
+                ));
+                let notify = status_message(
+                    status::LEVEL_STATUS,
+                    status::PLAY_UNPUBLISH_NOTIFY,
+                    &format!("{} is now unpublished", s.name),
+                );
+                for &sub in &s.subscribers {
+                    out.push(reply(sub, vec![notify.clone()]));
+                }
+            }
+            if let Some(i) = s.subscribers.iter().position(|&f| f == flow) {
+                s.subscribers.swap_remove(i);
+                out.push((
+                    worker_of(flow.0),
+                    Down::StopPlay {
+                        session_id: flow.0,
+                        flow: flow.1,
+                    },
+                ));
+            }
+        }
+        self.by_key
+            .retain(|_, s| s.publisher.is_some() || !s.subscribers.is_empty());
+        out
+    }
+
+    /// `session` closed: everything it published is unpublished, everything it played stops.
+    pub fn session_closed(&mut self, session: u32) -> Vec<Routed> {
+        let mut flows: Vec<StreamFlow> = Vec::new();
+        for s in self.by_key.values() {
+            flows.extend(s.publisher.filter(|p| p.0 == session));
+            flows.extend(s.subscribers.iter().filter(|f| f.0 == session));
+        }
+        flows.sort_unstable();
+        flows.dedup();
+        let mut out = Vec::new();
+        for f in flows {
+            // The closed session gets nothing: only the others' messages are kept.
+            out.extend(
+                self.stop(f)
+                    .into_iter()
+                    .filter(|(_, d)| !matches!(d, Down::Reply { session_id, .. } | Down::StopPlay { session_id, .. } if *session_id == session)),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtmfp::flash::message::TcMessage;
+
+    const PUB: StreamFlow = (0x0001_0001, 5); // worker 0
+    const SUB0: StreamFlow = (0x0001_0002, 6); // worker 0
+    const SUB1: StreamFlow = (0x0101_0001, 7); // worker 1
+
+    fn codes(out: &[Routed], to: StreamFlow) -> Vec<String> {
+        out.iter()
+            .filter_map(|(_, d)| match d {
+                Down::Reply {
+                    session_id,
+                    flow,
+                    messages,
+                } if (*session_id, *flow) == to => Some(messages),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|m| {
+                let tc = TcMessage::parse(m).ok()?;
+                let c = Command::parse(&tc).ok()?;
+                let code = c.args.first()?.get("code")?.as_str()?.to_string();
+                Some(code)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publish_then_play_on_another_worker_routes_media() {
+        let mut s = Streams::new();
+        let out = s.publish("live/cam", "cam", PUB).unwrap();
+        assert_eq!(codes(&out, PUB), [status::PUBLISH_START]);
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 0 && matches!(d, Down::Publish { stream: 1, .. })));
+        assert!(
+            s.publish("live/cam", "cam", SUB0).is_err(),
+            "the name is taken"
+        );
+        let out = s.play("live/cam", "cam", SUB1);
+        assert_eq!(codes(&out, SUB1), [status::PLAY_RESET, status::PLAY_START]);
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 1 && matches!(d, Down::Play { stream: 1, .. })));
+        assert!(out.iter().any(|(w, d)| *w == 0
+            && matches!(
+                d,
+                Down::Route {
+                    stream: 1,
+                    worker: 1,
+                    add: true
+                }
+            )));
+        // A second subscriber on the publisher's own worker needs no route.
+        let out = s.play("live/cam", "cam", SUB0);
+        assert!(!out.iter().any(|(_, d)| matches!(d, Down::Route { .. })));
+    }
+
+    #[test]
+    fn waiting_players_are_notified_and_routed_when_the_publisher_comes_and_goes() {
+        let mut s = Streams::new();
+        s.play("live/cam", "cam", SUB1);
+        let out = s.publish("live/cam", "cam", PUB).unwrap();
+        assert_eq!(codes(&out, SUB1), [status::PLAY_PUBLISH_NOTIFY]);
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 0 && matches!(d, Down::Route { worker: 1, .. })));
+        let out = s.session_closed(PUB.0);
+        assert_eq!(codes(&out, SUB1), [status::PLAY_UNPUBLISH_NOTIFY]);
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 0 && matches!(d, Down::Unpublish { stream: 1 })));
+        assert!(
+            codes(&out, PUB).is_empty(),
+            "nothing is sent to a closed session"
+        );
+        // The publisher comes back: the same stream, the waiting player notified again.
+        let out = s.publish("live/cam", "cam", (0x0001_0009, 5)).unwrap();
+        assert_eq!(codes(&out, SUB1), [status::PLAY_PUBLISH_NOTIFY]);
+        assert!(out
+            .iter()
+            .any(|(_, d)| matches!(d, Down::Publish { stream: 1, .. })));
+    }
+
+    #[test]
+    fn stopping_forgets_unused_streams() {
+        let mut s = Streams::new();
+        s.play("a", "a", SUB0);
+        let out = s.stop(SUB0);
+        assert!(out.iter().any(|(_, d)| matches!(d, Down::StopPlay { .. })));
+        assert!(s.is_empty());
+    }
+}

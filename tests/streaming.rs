@@ -1,0 +1,344 @@
+//! Live streaming over real UDP on loopback: a publisher and many subscribers spread over two
+//! workers, a late joiner, and a publisher that leaves and comes back. Bounded in count and
+//! time.
+
+mod support;
+
+use support::*;
+
+use rtmfp::flash::command::DataMessage;
+
+const GROUP2: DhGroup = DhGroup::Modp1024;
+const STREAM: u64 = 1;
+/// Frames per second of the synthetic video, and a key frame every this many frames.
+const FPS: u32 = 30;
+const GOP: u32 = 30;
+/// Milliseconds between audio frames (AAC at 44.1 kHz: 1024 samples).
+const AUDIO_MS: u32 = 23;
+
+fn tc(kind: u8, ts: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&ts.to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+fn command(name: &str, txn: f64, args: Vec<Value<'_>>) -> Vec<u8> {
+    Command::new(name, txn, Value::Null, args)
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap()
+}
+
+fn metadata() -> Vec<u8> {
+    DataMessage {
+        handler: "@setDataFrame".into(),
+        values: vec![
+            Value::str("onMetaData"),
+            Value::Object(Object::anonymous(vec![
+                ("width".into(), Value::Number(640.0)),
+                ("framerate".into(), Value::Number(f64::from(FPS))),
+            ])),
+        ],
+    }
+    .to_message(ObjectEncoding::Amf0, 0)
+    .unwrap()
+}
+
+const AUDIO_HEADER: [u8; 4] = [0xAF, 0x00, 0x12, 0x10];
+const VIDEO_HEADER: [u8; 6] = [0x17, 0x00, 0, 0, 0, 0x01];
+
+/// The synthetic stream from `from_ms` for `duration_ms`: (timestamp, message) in send order.
+/// Each frame's payload carries its timestamp, so receivers can check what they got.
+fn media(from_ms: u32, duration_ms: u32) -> Vec<(u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let frame_ms = 1000 / FPS;
+    let mut v = from_ms / frame_ms;
+    let mut a = from_ms.div_ceil(AUDIO_MS);
+    loop {
+        let (tv, ta) = (v * frame_ms, a * AUDIO_MS);
+        if tv.min(ta) >= from_ms + duration_ms {
+            break;
+        }
+        if tv <= ta {
+            let kind = if v.is_multiple_of(GOP) { 0x17 } else { 0x27 };
+            let mut p = vec![kind, 0x01, 0, 0, 0];
+            p.extend_from_slice(&tv.to_be_bytes());
+            p.extend_from_slice(&[0xEE; 300]);
+            out.push((tv, tc(0x09, tv, &p)));
+            v += 1;
+        } else {
+            let mut p = vec![0xAF, 0x01];
+            p.extend_from_slice(&ta.to_be_bytes());
+            p.extend_from_slice(&[0xAA; 60]);
+            out.push((ta, tc(0x08, ta, &p)));
+            a += 1;
+        }
+    }
+    out
+}
+
+/// A connected client with a NetStream flow; answers (client, session, NetConnection flow,
+/// stream flow).
+fn netstream_client(addr: SocketAddr, seed: u64) -> (Client, u32, FlowId, FlowId) {
+    let mut c = Client::with_groups(seed, vec![GROUP2]);
+    let h = c.open(addr, "rtmfp://127.0.0.1/live").expect("open");
+    let nc = c.connect_app(h, "live");
+    assert!(c.wait_messages(h, 1), "connected");
+    let meta = FlowMetadata::Tc {
+        stream_id: STREAM,
+        receive_intent: ReceiveIntent::Sequence,
+    }
+    .to_vec();
+    let flow = c
+        .endpoint
+        .session_mut(h)
+        .unwrap()
+        .open_flow(&meta, None)
+        .unwrap();
+    (c, h, nc, flow)
+}
+
+/// The status codes `c` received so far.
+fn codes(c: &Client) -> Vec<String> {
+    c.messages()
+        .iter()
+        .filter_map(|m| command_reply(m))
+        .filter_map(|(_, _, v)| status_code(&v))
+        .collect()
+}
+
+/// The media (audio, video, metadata) `c` received so far: (type, timestamp, payload).
+fn received_media(c: &Client) -> Vec<(u8, u32, Vec<u8>)> {
+    c.messages()
+        .iter()
+        .filter_map(|m| {
+            let t = TcMessage::parse(m).ok()?;
+            let is_meta = matches!(t.kind.0, 0x12 | 0x0F)
+                && DataMessage::parse(&t).is_ok_and(|d| d.handler == "onMetaData");
+            (matches!(t.kind.0, 0x08 | 0x09) || is_meta)
+                .then(|| (t.kind.0, t.timestamp, t.payload.to_vec()))
+        })
+        .collect()
+}
+
+fn step_all(clients: &mut [&mut Client]) {
+    for c in clients.iter_mut() {
+        c.step();
+    }
+}
+
+/// Steps every client until `done` or `limit`.
+fn run_until(
+    clients: &mut [&mut Client],
+    limit: Duration,
+    mut done: impl FnMut(&[&mut Client]) -> bool,
+) -> bool {
+    let deadline = WallInstant::now() + limit;
+    loop {
+        step_all(clients);
+        if done(clients) {
+            return true;
+        }
+        if WallInstant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
+    const SUBSCRIBERS: usize = 50;
+    let server = start_server_with(&["--workers", "2"]);
+    let (mut publisher, ph, _, pflow) = netstream_client(server.addr, 1);
+    publisher.send(
+        ph,
+        pflow,
+        &command("publish", 0.0, vec![Value::str("cam"), Value::str("live")]),
+    );
+    assert!(run_until(
+        &mut [&mut publisher],
+        Duration::from_secs(5),
+        |c| codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
+    ));
+    let mut subs: Vec<(Client, u32, FlowId, FlowId)> = (0..SUBSCRIBERS)
+        .map(|i| netstream_client(server.addr, 100 + i as u64))
+        .collect();
+    for (c, h, _, flow) in subs.iter_mut() {
+        c.send(*h, *flow, &command("play", 0.0, vec![Value::str("cam")]));
+    }
+    let started = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    let deadline = WallInstant::now() + Duration::from_secs(20);
+    while WallInstant::now() < deadline && !subs.iter().all(|s| started(&s.0)) {
+        subs.iter_mut().for_each(|s| s.0.step());
+        publisher.step();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(subs.iter().all(|s| started(&s.0)), "every play started");
+
+    // The stream: metadata, sequence headers, then 2 s of audio and video, sent at about 4×
+    // real time.
+    let mut sent = vec![
+        metadata(),
+        tc(0x08, 0, &AUDIO_HEADER),
+        tc(0x09, 0, &VIDEO_HEADER),
+    ];
+    sent.extend(media(0, 2000).into_iter().map(|m| m.1));
+    for chunk in sent.chunks(8) {
+        for m in chunk {
+            publisher.send(ph, pflow, m);
+        }
+        publisher.step();
+        subs.iter_mut().for_each(|s| s.0.step());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let expected = sent.len();
+    let deadline = WallInstant::now() + Duration::from_secs(30);
+    while WallInstant::now() < deadline
+        && !subs.iter().all(|s| received_media(&s.0).len() >= expected)
+    {
+        publisher.step();
+        subs.iter_mut().for_each(|s| s.0.step());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for (i, (c, ..)) in subs.iter().enumerate() {
+        let got = received_media(c);
+        assert_eq!(got.len(), expected, "subscriber {i} got every message");
+        // Metadata (as onMetaData), then the headers at 0, then every frame in order with its
+        // own timestamp (the stream starts at 0, so rebasing keeps them).
+        assert_eq!(got[0].0, 0x12);
+        assert_eq!(
+            (got[1].0, got[1].1, &got[1].2[..]),
+            (0x08, 0, &AUDIO_HEADER[..])
+        );
+        assert_eq!(
+            (got[2].0, got[2].1, &got[2].2[..]),
+            (0x09, 0, &VIDEO_HEADER[..])
+        );
+        for (k, m) in got[3..].iter().enumerate() {
+            let original = TcMessage::parse(&sent[3 + k]).unwrap();
+            assert_eq!(
+                (m.0, m.1),
+                (original.kind.0, original.timestamp),
+                "subscriber {i} message {k}"
+            );
+            assert_eq!(&m.2[..], original.payload);
+        }
+    }
+}
+
+#[test]
+fn a_late_joiner_starts_with_headers_and_a_keyframe_and_the_publisher_can_come_back() {
+    let server = start_server_with(&["--workers", "2"]);
+    let (mut publisher, ph, _, pflow) = netstream_client(server.addr, 7);
+    publisher.send(ph, pflow, &command("publish", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut publisher],
+        Duration::from_secs(5),
+        |c| codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
+    ));
+    for m in [
+        metadata(),
+        tc(0x08, 0, &AUDIO_HEADER),
+        tc(0x09, 0, &VIDEO_HEADER),
+    ] {
+        publisher.send(ph, pflow, &m);
+    }
+    // 1.5 s of stream: the last key frame is frame 30.
+    for (_, m) in media(0, 1500) {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+    }
+    assert!(run_until(
+        &mut [&mut publisher],
+        Duration::from_secs(5),
+        |c| {
+            c[0].endpoint
+                .session(ph)
+                .and_then(|s| s.flow_backlog(pflow))
+                == Some(0)
+        }
+    ));
+    // Two late joiners (whichever worker each lands on).
+    let mut late: Vec<(Client, u32, FlowId, FlowId)> = (0..2)
+        .map(|i| netstream_client(server.addr, 20 + i))
+        .collect();
+    for (c, h, _, flow) in late.iter_mut() {
+        c.send(*h, *flow, &command("play", 0.0, vec![Value::str("cam")]));
+    }
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    while WallInstant::now() < deadline && !late.iter().all(|l| received_media(&l.0).len() >= 4) {
+        late.iter_mut().for_each(|l| l.0.step());
+        publisher.step();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for (c, ..) in &late {
+        let got = received_media(c);
+        assert!(got.len() >= 4, "{got:?}");
+        assert_eq!(got[0].0, 0x12, "metadata first");
+        assert_eq!(&got[1].2[..], &AUDIO_HEADER[..]);
+        assert_eq!(&got[2].2[..], &VIDEO_HEADER[..]);
+        assert_eq!(
+            (got[3].0, got[3].2[0], got[3].1),
+            (0x09, 0x17, 0),
+            "a key frame, at 0"
+        );
+        // It is the last key frame sent, frame 30 (its payload says when it was taken).
+        assert_eq!(&got[3].2[5..9], &(GOP * (1000 / FPS)).to_be_bytes());
+    }
+    // The publisher leaves: the audience is told; it comes back: told again, and fed again.
+    publisher.send(ph, pflow, &command("closeStream", 0.0, vec![]));
+    let notified = |c: &Client, code: &str| codes(c).iter().any(|k| k == code);
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    while WallInstant::now() < deadline
+        && !late
+            .iter()
+            .all(|l| notified(&l.0, "NetStream.Play.UnpublishNotify"))
+    {
+        late.iter_mut().for_each(|l| l.0.step());
+        publisher.step();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(late
+        .iter()
+        .all(|l| notified(&l.0, "NetStream.Play.UnpublishNotify")));
+    publisher.send(ph, pflow, &command("publish", 0.0, vec![Value::str("cam")]));
+    let before: Vec<usize> = late.iter().map(|l| received_media(&l.0).len()).collect();
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    while WallInstant::now() < deadline
+        && !late
+            .iter()
+            .all(|l| notified(&l.0, "NetStream.Play.PublishNotify"))
+    {
+        late.iter_mut().for_each(|l| l.0.step());
+        publisher.step();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(late
+        .iter()
+        .all(|l| notified(&l.0, "NetStream.Play.PublishNotify")));
+    for m in [tc(0x09, 0, &VIDEO_HEADER)]
+        .into_iter()
+        .chain(media(0, 200).into_iter().map(|m| m.1))
+    {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+    }
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    while WallInstant::now() < deadline
+        && !late
+            .iter()
+            .zip(&before)
+            .all(|(l, b)| received_media(&l.0).len() > b + 5)
+    {
+        late.iter_mut().for_each(|l| l.0.step());
+        publisher.step();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        late.iter()
+            .zip(&before)
+            .all(|(l, b)| received_media(&l.0).len() > b + 5),
+        "fed again"
+    );
+}

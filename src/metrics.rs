@@ -10,7 +10,7 @@ use updraft_dataplane::worker::Shared;
 use crate::ops::metrics_http::{MetricsSource, PromWriter};
 
 /// Counters that are levels, not totals.
-const GAUGES: [&str; 1] = ["sessions_open"];
+const GAUGES: [&str; 3] = ["sessions_open", "publications", "subscribers"];
 
 /// The data plane's counters, read at each request.
 pub struct PlaneMetrics {
@@ -83,14 +83,23 @@ impl MetricsSource for PlaneMetrics {
                 )
             })
             .collect();
-        let sessions: u64 = self.snapshot().iter().map(|c| c.sessions_open).sum();
+        let snapshot = self.snapshot();
+        let sessions: u64 = snapshot.iter().map(|c| c.sessions_open).sum();
+        let publications: u64 = snapshot.iter().map(|c| c.publications).sum();
+        let subscribers: u64 = snapshot.iter().map(|c| c.subscribers).sum();
         let control: serde_json::Map<String, serde_json::Value> = CONTROL_STATS
             .iter()
             .zip(self.shared.control_stats())
             .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(v)))
             .collect();
-        serde_json::json!({ "sessions": sessions, "workers": workers, "control": control })
-            .to_string()
+        serde_json::json!({
+            "sessions": sessions,
+            "publications": publications,
+            "subscribers": subscribers,
+            "workers": workers,
+            "control": control,
+        })
+        .to_string()
     }
 }
 

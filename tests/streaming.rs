@@ -149,7 +149,8 @@ fn run_until(
 #[test]
 fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
     const SUBSCRIBERS: usize = 50;
-    let server = start_server_with(&["--workers", "2"]);
+    let metrics = free_tcp_addr();
+    let server = start_server_with(&["--workers", "2", "--metrics", &metrics.to_string()]);
     let (mut publisher, ph, _, pflow) = netstream_client(server.addr, 1);
     publisher.send(
         ph,
@@ -175,6 +176,9 @@ fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(subs.iter().all(|s| started(&s.0)), "every play started");
+    let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
+    assert_eq!(stats["publications"], 1, "{stats}");
+    assert_eq!(stats["subscribers"], SUBSCRIBERS, "{stats}");
 
     // The stream: metadata, sequence headers, then 2 s of audio and video, sent at about 4×
     // real time.
@@ -201,6 +205,17 @@ fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
         subs.iter_mut().for_each(|s| s.0.step());
         std::thread::sleep(Duration::from_millis(1));
     }
+    // Both workers served subscribers; media crossed between them.
+    let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
+    let workers = stats["workers"].as_array().unwrap();
+    assert!(
+        workers.iter().all(|w| w["subscribers"].as_u64() > Some(0)),
+        "{stats}"
+    );
+    assert!(
+        workers.iter().any(|w| w["media_in"].as_u64() > Some(0)),
+        "{stats}"
+    );
     for (i, (c, ..)) in subs.iter().enumerate() {
         let got = received_media(c);
         assert_eq!(got.len(), expected, "subscriber {i} got every message");
@@ -340,5 +355,189 @@ fn a_late_joiner_starts_with_headers_and_a_keyframe_and_the_publisher_can_come_b
             .zip(&before)
             .all(|(l, b)| received_media(&l.0).len() > b + 5),
         "fed again"
+    );
+}
+
+/// The user-control events `c` received: (event, first u32 of its data).
+fn user_controls(c: &Client) -> Vec<(u16, u32)> {
+    c.messages()
+        .iter()
+        .filter_map(|m| {
+            let t = TcMessage::parse(m).ok()?;
+            (t.kind.0 == 0x04 && t.payload.len() >= 6).then(|| {
+                let p = t.payload;
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A publisher that has published `cam` with headers; answers it with its session and flow.
+fn publishing(addr: SocketAddr, seed: u64) -> (Client, u32, FlowId) {
+    let (mut publisher, ph, _, pflow) = netstream_client(addr, seed);
+    publisher.send(ph, pflow, &command("publish", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut publisher],
+        Duration::from_secs(5),
+        |c| { codes(c[0]).contains(&"NetStream.Publish.Start".to_string()) }
+    ));
+    for m in [
+        metadata(),
+        tc(0x08, 0, &AUDIO_HEADER),
+        tc(0x09, 0, &VIDEO_HEADER),
+    ] {
+        publisher.send(ph, pflow, &m);
+    }
+    (publisher, ph, pflow)
+}
+
+#[test]
+fn a_lossy_subscriber_still_plays_and_the_others_are_unaffected() {
+    let server = start_server_with(&["--workers", "2"]);
+    let (mut publisher, ph, pflow) = publishing(server.addr, 61);
+    let mut subs: Vec<(Client, u32, FlowId, FlowId)> = (0..3)
+        .map(|i| netstream_client(server.addr, 70 + i))
+        .collect();
+    for (c, h, _, flow) in subs.iter_mut() {
+        c.send(*h, *flow, &command("play", 0.0, vec![Value::str("cam")]));
+    }
+    let started = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    while WallInstant::now() < deadline && !subs.iter().all(|s| started(&s.0)) {
+        subs.iter_mut().for_each(|s| s.0.step());
+        publisher.step();
+    }
+    assert!(subs.iter().all(|s| started(&s.0)));
+    // Flow synchronisation (event 34) opened each subscription.
+    assert!(subs
+        .iter()
+        .all(|s| user_controls(&s.0).iter().any(|u| u.0 == 34)));
+    subs[0].0.set_loss(20, 9);
+    let stream = media(0, 3000);
+    let pace = Duration::from_micros(2500);
+    for (_, m) in &stream {
+        publisher.send(ph, pflow, m);
+        publisher.step();
+        subs.iter_mut().for_each(|s| s.0.step());
+        std::thread::sleep(pace);
+    }
+    // Frames, not headers: AAC raw and AVC NALU packets (second payload byte 1).
+    let frames = |c: &Client| {
+        received_media(c)
+            .iter()
+            .filter(|m| m.0 != 0x12 && m.2.get(1) == Some(&1))
+            .count()
+    };
+    let deadline = WallInstant::now() + Duration::from_secs(20);
+    while WallInstant::now() < deadline
+        && !(subs[1..].iter().all(|s| frames(&s.0) >= stream.len())
+            && frames(&subs[0].0) * 10 >= stream.len() * 8)
+    {
+        publisher.step();
+        subs.iter_mut().for_each(|s| s.0.step());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The clean subscribers get everything; the lossy one at least 80%, in order.
+    for (c, ..) in &subs[1..] {
+        assert_eq!(frames(c), stream.len(), "every frame");
+    }
+    let lossy = received_media(&subs[0].0);
+    assert!(
+        frames(&subs[0].0) * 10 >= stream.len() * 8,
+        "{} of {}",
+        frames(&subs[0].0),
+        stream.len()
+    );
+    for kind in [0x08u8, 0x09] {
+        let ts: Vec<u32> = lossy.iter().filter(|m| m.0 == kind).map(|m| m.1).collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "in order: {ts:?}");
+    }
+}
+
+#[test]
+fn muted_video_and_unbuffered_play_start_at_the_right_frames() {
+    let server = start_server_with(&["--workers", "1"]);
+    let (mut publisher, ph, pflow) = publishing(server.addr, 81);
+    for (_, m) in media(0, 1500) {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+    }
+    assert!(run_until(
+        &mut [&mut publisher],
+        Duration::from_secs(5),
+        |c| {
+            c[0].endpoint
+                .session(ph)
+                .and_then(|s| s.flow_backlog(pflow))
+                == Some(0)
+        }
+    ));
+    // An unbuffered player (Cumulus's play(name, -3000)) and one that mutes video.
+    let (mut unbuffered, uh, _, uflow) = netstream_client(server.addr, 82);
+    unbuffered.send(
+        uh,
+        uflow,
+        &command("play", 0.0, vec![Value::str("cam"), Value::Number(-3000.0)]),
+    );
+    let (mut audio_only, ah, _, aflow) = netstream_client(server.addr, 83);
+    audio_only.send(ah, aflow, &command("play", 0.0, vec![Value::str("cam")]));
+    audio_only.send(
+        ah,
+        aflow,
+        &command("receiveVideo", 0.0, vec![Value::Boolean(false)]),
+    );
+    let started = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    assert!(run_until(
+        &mut [&mut unbuffered, &mut audio_only, &mut publisher],
+        Duration::from_secs(5),
+        |c| { started(c[0]) && started(c[1]) }
+    ));
+    // Let receiveVideo(false) take effect, then 1 more second of stream (key frame at 1980 ms).
+    run_until(
+        &mut [&mut unbuffered, &mut audio_only, &mut publisher],
+        Duration::from_millis(300),
+        |_| false,
+    );
+    for (_, m) in media(1500, 1000) {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+        unbuffered.step();
+        audio_only.step();
+    }
+    assert!(run_until(
+        &mut [&mut unbuffered, &mut audio_only, &mut publisher],
+        Duration::from_secs(10),
+        |c| {
+            received_media(c[0]).iter().filter(|m| m.0 == 0x09).count() >= 5
+                && received_media(c[1]).iter().filter(|m| m.0 == 0x08).count() >= 20
+        }
+    ));
+    // Unbuffered: headers, then no cached frame: its first frame is the next key frame.
+    let u = received_media(&unbuffered);
+    let first_frame = u.iter().find(|m| m.0 == 0x09 && m.2[1] == 1).unwrap();
+    assert_eq!(first_frame.2[0], 0x17);
+    assert_eq!(
+        &first_frame.2[5..9],
+        &(2 * GOP * (1000 / FPS)).to_be_bytes()
+    );
+    // Muted video: after the replay of the cached group of pictures, audio only.
+    let a = received_media(&audio_only);
+    let last_video = a.iter().rposition(|m| m.0 == 0x09 && m.2[1] == 1);
+    let frames_after: Vec<u32> = a[last_video.map_or(0, |i| i + 1)..]
+        .iter()
+        .filter(|m| m.0 == 0x09)
+        .map(|m| m.1)
+        .collect();
+    assert!(
+        frames_after.is_empty(),
+        "no video after receiveVideo(false)"
+    );
+    assert!(a.iter().filter(|m| m.0 == 0x08).count() >= 20);
+    assert!(
+        a.iter().any(|m| m.0 == 0x09 && m.2[1] == 1),
+        "the cached GOP came before the mute"
     );
 }

@@ -65,6 +65,7 @@ const TAG_DOWN_UNPUBLISH: u8 = 0x8A;
 const TAG_DOWN_ROUTE: u8 = 0x8B;
 const TAG_DOWN_PLAY: u8 = 0x8C;
 const TAG_DOWN_STOP_PLAY: u8 = 0x8D;
+const TAG_DOWN_RECEIVE: u8 = 0x8E;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -281,6 +282,8 @@ pub enum Down {
         flow: u64,
         /// The stream.
         stream: u32,
+        /// Start at the next key frame instead of the cached one (Cumulus's `play(name, -3000)`).
+        unbuffered: bool,
     },
     /// Stop playing on the client's NetStream `flow` of `session_id`.
     StopPlay {
@@ -288,6 +291,17 @@ pub enum Down {
         session_id: u32,
         /// The client's NetStream flow.
         flow: u64,
+    },
+    /// `receiveAudio` / `receiveVideo` on the client's NetStream `flow` of `session_id`.
+    Receive {
+        /// The subscriber's session.
+        session_id: u32,
+        /// The client's NetStream flow.
+        flow: u64,
+        /// Video (else audio).
+        video: bool,
+        /// Whether to receive it.
+        enabled: bool,
     },
     /// The control plane's counters, in the order of
     /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
@@ -445,6 +459,13 @@ impl Down {
                 session_id: r.u32()?,
                 flow: r.u64()?,
                 stream: r.u32()?,
+                unbuffered: r.bool("unbuffered")?,
+            },
+            TAG_DOWN_RECEIVE => Down::Receive {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+                video: r.bool("receive video")?,
+                enabled: r.bool("receive enabled")?,
             },
             TAG_DOWN_STOP_PLAY => Down::StopPlay {
                 session_id: r.u32()?,
@@ -543,11 +564,25 @@ impl Down {
                 session_id,
                 flow,
                 stream,
+                unbuffered,
             } => {
                 w.u8(TAG_DOWN_PLAY)?;
                 w.u32(*session_id)?;
                 w.u64(*flow)?;
-                w.u32(*stream)
+                w.u32(*stream)?;
+                w.bool(*unbuffered)
+            }
+            Down::Receive {
+                session_id,
+                flow,
+                video,
+                enabled,
+            } => {
+                w.u8(TAG_DOWN_RECEIVE)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)?;
+                w.bool(*video)?;
+                w.bool(*enabled)
             }
             Down::StopPlay { session_id, flow } => {
                 w.u8(TAG_DOWN_STOP_PLAY)?;
@@ -1404,13 +1439,22 @@ mod tests {
                     add,
                 }
             }),
-            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(session_id, flow, stream)| {
-                Down::Play {
+            (any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
+                |(session_id, flow, stream, unbuffered)| Down::Play {
                     session_id,
                     flow,
                     stream,
+                    unbuffered,
                 }
-            }),
+            ),
+            (any::<u32>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+                |(session_id, flow, video, enabled)| Down::Receive {
+                    session_id,
+                    flow,
+                    video,
+                    enabled,
+                }
+            ),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(session_id, flow)| Down::StopPlay { session_id, flow }),
         ]
@@ -1460,7 +1504,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_STOP_PLAY],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_RECEIVE],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

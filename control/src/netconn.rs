@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use rtmfp::amf::Value;
-use rtmfp::flash::command::{status, status_object, Command, NetCommand, ObjectEncoding};
+use rtmfp::flash::command::{
+    status, status_object, Command, NetCommand, ObjectEncoding, PLAY_START_UNBUFFERED,
+};
 use rtmfp::flash::message::{TcMessage, UserControl};
 
 use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
@@ -265,7 +267,22 @@ impl NetConnections {
                 }
             }
             Ok(NetCommand::CloseStream) => routed(self.streams.stop((session, flow))),
-            Ok(NetCommand::ReceiveAudio(_)) | Ok(NetCommand::ReceiveVideo(_)) => Vec::new(),
+            Ok(NetCommand::ReceiveAudio(enabled)) if stream_id != 0 => {
+                vec![Dispatched::Owner(Down::Receive {
+                    session_id: session,
+                    flow,
+                    video: false,
+                    enabled,
+                })]
+            }
+            Ok(NetCommand::ReceiveVideo(enabled)) if stream_id != 0 => {
+                vec![Dispatched::Owner(Down::Receive {
+                    session_id: session,
+                    flow,
+                    video: true,
+                    enabled,
+                })]
+            }
             Ok(NetCommand::Publish {
                 name: Some(name), ..
             }) if stream_id != 0 => {
@@ -283,7 +300,9 @@ impl NetConnections {
             }
             Ok(NetCommand::Play(p)) if stream_id != 0 => {
                 let key = key(p.name);
-                routed(self.streams.play(&key, p.name, (session, flow)))
+                // Cumulus's unbuffered mode (digest §1.11).
+                let unbuffered = p.start == PLAY_START_UNBUFFERED;
+                routed(self.streams.play(&key, p.name, (session, flow), unbuffered))
             }
             _ => {
                 let app = client.app.clone().unwrap_or_default();

@@ -158,8 +158,8 @@ impl Streams {
         Ok(out)
     }
 
-    /// `play(name)` from `to` for the stream `key`.
-    pub fn play(&mut self, key: &str, name: &str, to: StreamFlow) -> Vec<Routed> {
+    /// `play(name)` from `to` for the stream `key`; `unbuffered` starts at the next key frame.
+    pub fn play(&mut self, key: &str, name: &str, to: StreamFlow, unbuffered: bool) -> Vec<Routed> {
         let s = self.stream(key, name);
         let worker = worker_of(to.0);
         let first_on_worker = !s.subscribers.iter().any(|f| worker_of(f.0) == worker);
@@ -192,6 +192,7 @@ impl Streams {
                     session_id: to.0,
                     flow: to.1,
                     stream: s.id,
+                    unbuffered,
                 },
             ),
         ];
@@ -315,7 +316,7 @@ mod tests {
             s.publish("live/cam", "cam", SUB0).is_err(),
             "the name is taken"
         );
-        let out = s.play("live/cam", "cam", SUB1);
+        let out = s.play("live/cam", "cam", SUB1, false);
         assert_eq!(codes(&out, SUB1), [status::PLAY_RESET, status::PLAY_START]);
         assert!(out
             .iter()
@@ -330,14 +331,14 @@ mod tests {
                 }
             )));
         // A second subscriber on the publisher's own worker needs no route.
-        let out = s.play("live/cam", "cam", SUB0);
+        let out = s.play("live/cam", "cam", SUB0, false);
         assert!(!out.iter().any(|(_, d)| matches!(d, Down::Route { .. })));
     }
 
     #[test]
     fn waiting_players_are_notified_and_routed_when_the_publisher_comes_and_goes() {
         let mut s = Streams::new();
-        s.play("live/cam", "cam", SUB1);
+        s.play("live/cam", "cam", SUB1, false);
         let out = s.publish("live/cam", "cam", PUB).unwrap();
         assert_eq!(codes(&out, SUB1), [status::PLAY_PUBLISH_NOTIFY]);
         assert!(out
@@ -363,7 +364,7 @@ mod tests {
     #[test]
     fn stopping_forgets_unused_streams() {
         let mut s = Streams::new();
-        s.play("a", "a", SUB0);
+        s.play("a", "a", SUB0, false);
         let out = s.stop(SUB0);
         assert!(out.iter().any(|(_, d)| matches!(d, Down::StopPlay { .. })));
         assert!(s.is_empty());

@@ -78,6 +78,10 @@ counters! {
         sessions_closed,
         /// Sessions open now.
         sessions_open,
+        /// Streams published on this worker now.
+        publications,
+        /// Subscriptions served by this worker now.
+        subscribers,
         /// Control-plane links (re)established.
         control_links,
         /// Media messages received from publishers on this worker.
@@ -92,6 +96,9 @@ counters! {
         media_refused,
         /// Media messages dropped because another worker's media queue was full.
         drop_media_queue_full,
+        /// Media messages not sent to a subscriber: it was behind (whole frames, up to the next
+        /// key frame), had muted them, or was waiting for a key frame.
+        media_dropped,
     }
 }
 

@@ -174,6 +174,14 @@ impl StreamCache {
         }
     }
 
+    /// Metadata and sequence headers alone, in order (what an unbuffered play starts with).
+    pub fn headers(&self) -> impl Iterator<Item = &Arc<[u8]>> {
+        self.metadata
+            .iter()
+            .chain(&self.audio_header)
+            .chain(&self.video_header)
+    }
+
     /// Whether a key frame is cached.
     pub fn has_keyframe(&self) -> bool {
         !self.gop.is_empty()
@@ -187,11 +195,7 @@ impl StreamCache {
     /// What a late joiner gets first, in order: metadata, sequence headers, the group of
     /// pictures.
     pub fn replay(&self) -> impl Iterator<Item = &Arc<[u8]>> {
-        self.metadata
-            .iter()
-            .chain(&self.audio_header)
-            .chain(&self.video_header)
-            .chain(&self.gop)
+        self.headers().chain(&self.gop)
     }
 
     /// Forgets everything (the publisher left).

@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rtmfp::crypto::read_session_id;
-use rtmfp::flash::message::TcMessage;
+use rtmfp::flash::message::{TcMessage, UserControl};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
@@ -199,8 +199,11 @@ struct Subscriber {
     flow: FlowId,
     /// The stream timestamp that is 0 for this subscriber.
     base: Option<u32>,
-    /// Joined with no key frame cached: video waits for the next one.
+    /// Video waits for the next key frame (joined without one cached, or fell behind).
     waiting_keyframe: bool,
+    /// `receiveAudio` / `receiveVideo`.
+    audio: bool,
+    video: bool,
 }
 
 /// A stream as one worker sees it.
@@ -217,6 +220,10 @@ struct StreamState {
 pub const AUDIO_LIFETIME: Duration = Duration::from_secs(2);
 /// Lifetime of video messages.
 pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
+/// A subscriber with more than this many bytes not yet acknowledged is behind: its video is
+/// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
+/// audio until it catches up. A slow subscriber never slows the others.
+pub const MAX_SUBSCRIBER_BACKLOG: usize = 256 * 1024;
 /// Media items taken from other workers per loop turn.
 const MEDIA_ITEMS_PER_TURN: usize = 4096;
 /// Capacity of each worker's queue of media from other workers.
@@ -261,6 +268,8 @@ pub struct Worker<IO: BatchIo> {
     /// The stream each publishing (session, client flow) feeds.
     publishing: HashMap<(u32, u64), u32>,
     scratch: Vec<u8>,
+    /// Last flow-synchronisation ID sent.
+    sync_id: u32,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -294,6 +303,7 @@ impl<IO: BatchIo> Worker<IO> {
             streams: HashMap::new(),
             publishing: HashMap::new(),
             scratch: Vec::new(),
+            sync_id: 0,
         }
     }
 
@@ -383,6 +393,12 @@ impl<IO: BatchIo> Worker<IO> {
         self.expire_timers(now);
         self.service_dirty(now);
         self.flush();
+        self.counters.publications = self.streams.values().filter(|s| s.published).count() as u64;
+        self.counters.subscribers = self
+            .streams
+            .values()
+            .map(|s| s.subscribers.len() as u64)
+            .sum();
         for (w, pending) in self.wake_pending.iter_mut().enumerate() {
             if std::mem::take(pending) {
                 self.shared.wakers[w].wake();
@@ -542,7 +558,26 @@ impl<IO: BatchIo> Worker<IO> {
                 session_id,
                 flow,
                 stream,
-            } => self.play(now, session_id, FlowId(flow), stream),
+                unbuffered,
+            } => self.play(now, session_id, FlowId(flow), stream, unbuffered),
+            Down::Receive {
+                session_id,
+                flow,
+                video,
+                enabled,
+            } => {
+                for state in self.streams.values_mut() {
+                    for sub in state.subscribers.iter_mut() {
+                        if sub.session_id == session_id && sub.flow == FlowId(flow) {
+                            if video {
+                                sub.video = enabled;
+                            } else {
+                                sub.audio = enabled;
+                            }
+                        }
+                    }
+                }
+            }
             Down::StopPlay { session_id, flow } => {
                 for state in self.streams.values_mut() {
                     state
@@ -760,13 +795,38 @@ impl<IO: BatchIo> Worker<IO> {
         kind: Option<MediaKind>,
     ) {
         let Some(kind) = kind else { return };
+        let Some(slot) = self.slot_of(sub.session_id) else {
+            return;
+        };
+        let behind = self.entry_mut(slot).is_some_and(|e| {
+            e.replies
+                .iter()
+                .find(|r| r.0 == sub.flow)
+                .and_then(|r| e.session.flow_backlog(r.1))
+                .is_some_and(|b| b > MAX_SUBSCRIBER_BACKLOG)
+        });
+        match kind {
+            MediaKind::Audio { header: false } if behind || !sub.audio => {
+                self.counters.media_dropped += 1;
+                return;
+            }
+            MediaKind::Video { header: false, .. } if behind || !sub.video => {
+                sub.waiting_keyframe = true;
+                self.counters.media_dropped += 1;
+                return;
+            }
+            _ => {}
+        }
         if sub.waiting_keyframe {
             match kind {
                 MediaKind::Video {
                     keyframe: true,
                     header: false,
                 } => sub.waiting_keyframe = false,
-                MediaKind::Video { header: false, .. } => return,
+                MediaKind::Video { header: false, .. } => {
+                    self.counters.media_dropped += 1;
+                    return;
+                }
                 _ => {}
             }
         }
@@ -786,9 +846,6 @@ impl<IO: BatchIo> Worker<IO> {
             MediaKind::Audio { header: false } => Some(now + AUDIO_LIFETIME),
             MediaKind::Video { header: false, .. } => Some(now + VIDEO_LIFETIME),
             _ => None,
-        };
-        let Some(slot) = self.slot_of(sub.session_id) else {
-            return;
         };
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -811,18 +868,44 @@ impl<IO: BatchIo> Worker<IO> {
         self.mark_dirty(slot);
     }
 
-    fn play(&mut self, now: Instant, session_id: u32, flow: FlowId, stream: u32) {
+    fn play(&mut self, now: Instant, session_id: u32, flow: FlowId, stream: u32, unbuffered: bool) {
         let state = self.streams.entry(stream).or_default();
         state
             .subscribers
             .retain(|s| !(s.session_id == session_id && s.flow == flow));
-        let replay: Vec<Arc<[u8]>> = state.cache.replay().cloned().collect();
+        let replay: Vec<Arc<[u8]>> = if unbuffered {
+            state.cache.headers().cloned().collect()
+        } else {
+            state.cache.replay().cloned().collect()
+        };
+        let buffered = !unbuffered && state.cache.has_keyframe();
         let mut sub = Subscriber {
             session_id,
             flow,
-            base: state.cache.start_timestamp(),
-            waiting_keyframe: !state.cache.has_keyframe(),
+            base: if buffered {
+                state.cache.start_timestamp()
+            } else {
+                None
+            },
+            waiting_keyframe: !buffered,
+            audio: true,
+            video: true,
         };
+        // Flow synchronisation at the start of a subscription (RFC 7425 §5.2, event 34): one
+        // flow carries the stream here.
+        self.sync_id = self.sync_id.wrapping_add(1);
+        let sync = UserControl::FlowSync {
+            sync_id: self.sync_id,
+            count: 1,
+        }
+        .to_message(0);
+        if let Some(slot) = self.slot_of(session_id) {
+            if let Some(e) = self.entry_mut(slot) {
+                if let Some(f) = e.reply_flow(flow) {
+                    let _ = e.session.send(now, f, &sync, SendOptions::default());
+                }
+            }
+        }
         for m in &replay {
             let kind = classify(m);
             self.deliver(now, &mut sub, m, kind);

@@ -189,6 +189,9 @@ pub struct Client {
     pub endpoint: Endpoint<ChaCha20Rng>,
     pub epoch: WallInstant,
     pub events: Vec<(u32, EndpointEvent)>,
+    /// Percentage of received datagrams dropped on purpose (loss injection), and the state of
+    /// the generator that picks them.
+    pub loss: Option<(u32, ChaCha20Rng)>,
 }
 
 /// NetConnection flow metadata (stream 0).
@@ -244,7 +247,20 @@ impl Client {
             ),
             epoch: WallInstant::now(),
             events: Vec::new(),
+            loss: None,
         }
+    }
+
+    /// Drops `percent` of the datagrams this client receives, from now on.
+    pub fn set_loss(&mut self, percent: u32, seed: u64) {
+        self.loss = Some((percent, ChaCha20Rng::seed_from_u64(seed)));
+    }
+
+    fn lost(&mut self) -> bool {
+        use rand_chacha::rand_core::RngCore;
+        self.loss
+            .as_mut()
+            .is_some_and(|(p, rng)| rng.next_u32() % 100 < *p)
     }
 
     pub fn now(&self) -> Instant {
@@ -317,6 +333,9 @@ impl Client {
         }
         self.socket.set_nonblocking(true).unwrap();
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            if self.lost() {
+                continue;
+            }
             let now = self.now();
             self.endpoint.handle_datagram(now, from, &mut buf[..n]);
         }

@@ -203,6 +203,10 @@ impl ControlSettings {
                 ..HandshakeLimits::default()
             },
             keepalive_ms: self.keepalive_ms,
+            first_stream: {
+                let r = random32()?;
+                u32::from_be_bytes([r[0], r[1], r[2], r[3]])
+            },
         })
     }
 }

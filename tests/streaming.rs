@@ -541,3 +541,67 @@ fn muted_video_and_unbuffered_play_start_at_the_right_frames() {
         "the cached GOP came before the mute"
     );
 }
+
+#[test]
+fn streams_survive_a_control_plane_restart() {
+    let server = start_server_with(&["--workers", "2"]);
+    let control = server.control_pid.expect("a control process");
+    let (mut publisher, ph, pflow) = publishing(server.addr, 91);
+    let (mut first, fh, _, fflow) = netstream_client(server.addr, 92);
+    first.send(fh, fflow, &command("play", 0.0, vec![Value::str("cam")]));
+    for (_, m) in media(0, 500) {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+        first.step();
+    }
+    assert!(run_until(
+        &mut [&mut first, &mut publisher],
+        Duration::from_secs(5),
+        |c| { received_media(c[0]).len() > 10 }
+    ));
+    ServerProcess::signal(control, "KILL");
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    while WallInstant::now() < deadline && !server.logged("control process restarted") {
+        publisher.step();
+        first.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(server.logged("control process restarted"));
+    // Media keeps flowing to the first player across the restart.
+    let before = received_media(&first).len();
+    for (_, m) in media(500, 500) {
+        publisher.send(ph, pflow, &m);
+        publisher.step();
+        first.step();
+    }
+    assert!(run_until(
+        &mut [&mut first, &mut publisher],
+        Duration::from_secs(5),
+        |c| { received_media(c[0]).len() > before + 10 }
+    ));
+    // The new control plane knows the stream: a new player is served at once from the cache,
+    let (mut second, sh, _, sflow) = netstream_client(server.addr, 93);
+    second.send(sh, sflow, &command("play", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut second, &mut first, &mut publisher],
+        Duration::from_secs(5),
+        |c| {
+            received_media(c[0])
+                .iter()
+                .any(|m| m.0 == 0x09 && m.2[0] == 0x17 && m.2[1] == 1)
+        }
+    ));
+    // a second publisher of the name is refused, and the publisher's leaving is announced.
+    let (mut rival, rh, _, rflow) = netstream_client(server.addr, 94);
+    rival.send(rh, rflow, &command("publish", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(&mut [&mut rival], Duration::from_secs(5), |c| {
+        codes(c[0]).contains(&"NetStream.Publish.BadName".to_string())
+    }));
+    publisher.send(ph, pflow, &command("closeStream", 0.0, vec![]));
+    let told = |c: &Client| codes(c).contains(&"NetStream.Play.UnpublishNotify".to_string());
+    assert!(run_until(
+        &mut [&mut first, &mut second, &mut publisher],
+        Duration::from_secs(5),
+        |c| { told(c[0]) && told(c[1]) }
+    ));
+}

@@ -183,6 +183,7 @@ fn run() -> io::Result<()> {
                     dh_threads: DH_THREADS,
                     limits: HandshakeLimits::default(),
                     keepalive_ms: (0, 0),
+                    first_stream: 1,
                 },
                 Box::new(WwwApps::new("/nonexistent")),
             )

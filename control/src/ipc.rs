@@ -51,6 +51,11 @@ const TAG_UP_RESYNC: u8 = 0x02;
 const TAG_UP_STARTUP: u8 = 0x03;
 const TAG_UP_MESSAGE: u8 = 0x04;
 const TAG_UP_CLOSED: u8 = 0x05;
+const TAG_UP_STREAMS: u8 = 0x06;
+/// Most stream entries in one [`Up::Streams`]; a worker sends several when it has more.
+pub const MAX_RESYNC_STREAMS: usize = 1024;
+/// Longest stream key (application path and stream name), in bytes.
+pub const MAX_STREAM_KEY: usize = 1024;
 
 const TAG_DOWN_WELCOME: u8 = 0x81;
 const TAG_DOWN_TRANSMIT: u8 = 0x82;
@@ -90,6 +95,8 @@ const PREFIX_LEN: usize = 4;
 const MIN_ADDRESS_LEN: usize = 1 + IPV4_LEN + 2;
 /// Shortest encoded [`SessionInfo`]: session ID, peer ID, IPv4 address.
 const MIN_SESSION_INFO_LEN: usize = 4 + PEER_ID_LEN + MIN_ADDRESS_LEN;
+/// Bytes of a [`StreamEntry`] with an empty key: session, flow, stream, key length, publisher.
+const MIN_STREAM_ENTRY_LEN: usize = 4 + 8 + 4 + 4 + 1;
 
 /// Errors of [`Up`] and [`Down`] encoding and decoding.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -145,6 +152,22 @@ pub struct SessionInfo {
     pub address: SocketAddr,
 }
 
+/// A stream this worker serves: reported after a control restart so that the new control
+/// plane knows who publishes and who plays what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The client's session.
+    pub session_id: u32,
+    /// The client's NetStream flow.
+    pub flow: u64,
+    /// The stream's number.
+    pub stream: u32,
+    /// The stream's key (application path and name).
+    pub key: String,
+    /// Publisher (else player).
+    pub publisher: bool,
+}
+
 /// A message from a worker to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Up {
@@ -187,6 +210,11 @@ pub enum Up {
     Closed {
         /// The ended session.
         session_id: u32,
+    },
+    /// The streams this worker publishes and plays, after a (re)connect (follows `Resync`).
+    Streams {
+        /// The entries.
+        entries: Vec<StreamEntry>,
     },
 }
 
@@ -258,6 +286,8 @@ pub enum Down {
         flow: u64,
         /// The stream (a control-plane number for the stream name).
         stream: u32,
+        /// The stream's key (application path and name), reported back after a control restart.
+        key: String,
     },
     /// Stream `stream` is no longer published here.
     Unpublish {
@@ -284,6 +314,8 @@ pub enum Down {
         stream: u32,
         /// Start at the next key frame instead of the cached one (Cumulus's `play(name, -3000)`).
         unbuffered: bool,
+        /// The stream's key, reported back after a control restart.
+        key: String,
     },
     /// Stop playing on the client's NetStream `flow` of `session_id`.
     StopPlay {
@@ -338,6 +370,20 @@ impl Up {
                     });
                 }
                 Up::Resync { sessions }
+            }
+            TAG_UP_STREAMS => {
+                let n = r.count("streams", MAX_RESYNC_STREAMS, MIN_STREAM_ENTRY_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(StreamEntry {
+                        session_id: r.u32()?,
+                        flow: r.u64()?,
+                        stream: r.u32()?,
+                        key: r.string("stream key", MAX_STREAM_KEY)?,
+                        publisher: r.bool("publisher")?,
+                    });
+                }
+                Up::Streams { entries }
             }
             TAG_UP_STARTUP => Up::Startup {
                 from: r.address()?,
@@ -403,6 +449,18 @@ impl Up {
                 w.u8(TAG_UP_CLOSED)?;
                 w.u32(*session_id)
             }
+            Up::Streams { entries } => {
+                w.u8(TAG_UP_STREAMS)?;
+                w.count("streams", entries.len(), MAX_RESYNC_STREAMS)?;
+                for e in entries {
+                    w.u32(e.session_id)?;
+                    w.u64(e.flow)?;
+                    w.u32(e.stream)?;
+                    w.bytes("stream key", e.key.as_bytes(), MAX_STREAM_KEY)?;
+                    w.bool(e.publisher)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -448,6 +506,7 @@ impl Down {
                 session_id: r.u32()?,
                 flow: r.u64()?,
                 stream: r.u32()?,
+                key: r.string("stream key", MAX_STREAM_KEY)?,
             },
             TAG_DOWN_UNPUBLISH => Down::Unpublish { stream: r.u32()? },
             TAG_DOWN_ROUTE => Down::Route {
@@ -460,6 +519,7 @@ impl Down {
                 flow: r.u64()?,
                 stream: r.u32()?,
                 unbuffered: r.bool("unbuffered")?,
+                key: r.string("stream key", MAX_STREAM_KEY)?,
             },
             TAG_DOWN_RECEIVE => Down::Receive {
                 session_id: r.u32()?,
@@ -540,11 +600,13 @@ impl Down {
                 session_id,
                 flow,
                 stream,
+                key,
             } => {
                 w.u8(TAG_DOWN_PUBLISH)?;
                 w.u32(*session_id)?;
                 w.u64(*flow)?;
-                w.u32(*stream)
+                w.u32(*stream)?;
+                w.bytes("stream key", key.as_bytes(), MAX_STREAM_KEY)
             }
             Down::Unpublish { stream } => {
                 w.u8(TAG_DOWN_UNPUBLISH)?;
@@ -565,12 +627,14 @@ impl Down {
                 flow,
                 stream,
                 unbuffered,
+                key,
             } => {
                 w.u8(TAG_DOWN_PLAY)?;
                 w.u32(*session_id)?;
                 w.u64(*flow)?;
                 w.u32(*stream)?;
-                w.bool(*unbuffered)
+                w.bool(*unbuffered)?;
+                w.bytes("stream key", key.as_bytes(), MAX_STREAM_KEY)
             }
             Down::Receive {
                 session_id,
@@ -815,6 +879,13 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], IpcError> {
         let len = self.count(what, max, 1)?;
         self.take(len)
+    }
+
+    fn string(&mut self, what: &'static str, max: usize) -> Result<String, IpcError> {
+        let bytes = self.bytes(what, max)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| IpcError::BadValue(what))
     }
 
     fn address(&mut self) -> Result<SocketAddr, IpcError> {
@@ -1386,6 +1457,26 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|session_id| Up::Closed { session_id }),
+            vec(
+                (
+                    any::<u32>(),
+                    any::<u64>(),
+                    any::<u32>(),
+                    "\\PC{0,30}",
+                    any::<bool>()
+                )
+                    .prop_map(|(session_id, flow, stream, key, publisher)| {
+                        StreamEntry {
+                            session_id,
+                            flow,
+                            stream,
+                            key,
+                            publisher,
+                        }
+                    }),
+                0..8
+            )
+            .prop_map(|entries| Up::Streams { entries }),
         ]
     }
 
@@ -1424,13 +1515,14 @@ mod tests {
             any::<u32>().prop_map(|session_id| Down::Close { session_id }),
             any::<u32>().prop_map(|session_id| Down::Kill { session_id }),
             vec(any::<u64>(), 0..=MAX_STATS).prop_map(|values| Down::Stats { values }),
-            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(session_id, flow, stream)| {
-                Down::Publish {
+            (any::<u32>(), any::<u64>(), any::<u32>(), "[a-z/]{0,40}").prop_map(
+                |(session_id, flow, stream, key)| Down::Publish {
                     session_id,
                     flow,
                     stream,
+                    key,
                 }
-            }),
+            ),
             any::<u32>().prop_map(|stream| Down::Unpublish { stream }),
             (any::<u32>(), any::<u8>(), any::<bool>()).prop_map(|(stream, worker, add)| {
                 Down::Route {
@@ -1439,14 +1531,20 @@ mod tests {
                     add,
                 }
             }),
-            (any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()).prop_map(
-                |(session_id, flow, stream, unbuffered)| Down::Play {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<bool>(),
+                "\\PC{0,20}"
+            )
+                .prop_map(|(session_id, flow, stream, unbuffered, key)| Down::Play {
                     session_id,
                     flow,
                     stream,
                     unbuffered,
-                }
-            ),
+                    key,
+                }),
             (any::<u32>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
                 |(session_id, flow, video, enabled)| Down::Receive {
                     session_id,
@@ -1504,7 +1602,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_CLOSED, TAG_DOWN_WELCOME..=TAG_DOWN_RECEIVE],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_STREAMS, TAG_DOWN_WELCOME..=TAG_DOWN_RECEIVE],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

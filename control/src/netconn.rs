@@ -13,7 +13,7 @@ use rtmfp::flash::message::{TcMessage, UserControl};
 
 use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
 use crate::ids::SessionIdParts;
-use crate::ipc::Down;
+use crate::ipc::{Down, StreamEntry};
 use crate::streams::{Routed, Streams};
 
 /// A client's NetConnection state.
@@ -85,6 +85,18 @@ impl NetConnections {
         if let Some(c) = self.clients.get_mut(&session) {
             c.app = Some(String::new());
         }
+    }
+
+    /// Numbers new streams from `first` on. A restarted control plane starts from a random
+    /// number, so that a stream it creates cannot take the number of one a worker is about to
+    /// report (see [`NetConnections::restore_stream`]).
+    pub fn number_streams_from(&mut self, first: u32) {
+        self.streams.number_from(first);
+    }
+
+    /// A stream a worker reported after a control restart.
+    pub fn restore_stream(&mut self, entry: &StreamEntry) {
+        self.streams.restore(entry);
     }
 
     /// Sessions known.

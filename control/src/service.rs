@@ -74,6 +74,9 @@ pub struct ServiceConfig {
     pub limits: HandshakeLimits,
     /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer).
     pub keepalive_ms: (u32, u32),
+    /// Where stream numbering starts (random per start, so that a restarted control plane does
+    /// not reuse the numbers of streams the workers still serve).
+    pub first_stream: u32,
 }
 
 /// The responder an identity seed makes: every DH group, Flash-compatible crypto options.
@@ -152,9 +155,11 @@ pub fn run(
         });
     }
     drop(tx);
+    let mut netconn = NetConnections::new(apps, config.keepalive_ms);
+    netconn.number_streams_from(config.first_stream);
     let mut service = Service {
         handshakes: Handshakes::new(responder, config.limits),
-        netconn: NetConnections::new(apps, config.keepalive_ms),
+        netconn,
         links: state,
         pool,
         out_buf: Vec::with_capacity(MAX_MESSAGE),
@@ -352,6 +357,11 @@ impl Service {
                     if l.ids.claim(s.session_id) {
                         self.netconn.resume(s.session_id, s.peer_id, s.address);
                     }
+                }
+            }
+            Up::Streams { entries } => {
+                for e in &entries {
+                    self.netconn.restore_stream(e);
                 }
             }
             Up::Startup { from, mut datagram } => {

@@ -10,7 +10,7 @@ use rtmfp::amf::Value;
 use rtmfp::flash::command::{status, status_object, Command, DataMessage, ObjectEncoding};
 
 use crate::ids::SessionIdParts;
-use crate::ipc::Down;
+use crate::ipc::{Down, StreamEntry};
 
 /// A message for a worker: the worker's index and the message.
 pub type Routed = (usize, Down);
@@ -72,6 +72,11 @@ impl Streams {
         Streams::default()
     }
 
+    /// Numbers new streams after `first`.
+    pub fn number_from(&mut self, first: u32) {
+        self.next_id = first;
+    }
+
     /// Streams known (published or played).
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -131,6 +136,7 @@ impl Streams {
                     session_id: from.0,
                     flow: from.1,
                     stream: id,
+                    key: key.to_string(),
                 },
             ),
         ];
@@ -193,6 +199,7 @@ impl Streams {
                     flow: to.1,
                     stream: s.id,
                     unbuffered,
+                    key: key.to_string(),
                 },
             ),
         ];
@@ -251,6 +258,25 @@ impl Streams {
         self.by_key
             .retain(|_, s| s.publisher.is_some() || !s.subscribers.is_empty());
         out
+    }
+
+    /// A stream a worker reported after a control restart: the stream keeps its number, and its
+    /// publisher or player is known again. The name is the key's last component.
+    pub fn restore(&mut self, entry: &StreamEntry) {
+        let name = entry.key.rsplit('/').next().unwrap_or_default().to_string();
+        let s = self.by_key.entry(entry.key.clone()).or_insert(Stream {
+            id: entry.stream,
+            name,
+            publisher: None,
+            subscribers: Vec::new(),
+        });
+        let flow = (entry.session_id, entry.flow);
+        if entry.publisher {
+            s.publisher = Some(flow);
+        } else if !s.subscribers.contains(&flow) {
+            s.subscribers.push(flow);
+        }
+        self.next_id = self.next_id.max(entry.stream);
     }
 
     /// `session` closed: everything it published is unpublished, everything it played stops.
@@ -359,6 +385,35 @@ mod tests {
         assert!(out
             .iter()
             .any(|(_, d)| matches!(d, Down::Publish { stream: 1, .. })));
+    }
+
+    #[test]
+    fn restored_streams_keep_their_numbers_and_people() {
+        let mut s = Streams::new();
+        s.number_from(1000);
+        for (flow, publisher) in [(PUB, true), (SUB1, false)] {
+            s.restore(&StreamEntry {
+                session_id: flow.0,
+                flow: flow.1,
+                stream: 7,
+                key: "live/cam".into(),
+                publisher,
+            });
+        }
+        assert!(
+            s.publish("live/cam", "cam", SUB0).is_err(),
+            "still published"
+        );
+        let out = s.play("live/cam", "cam", SUB0, false);
+        assert!(out
+            .iter()
+            .any(|(_, d)| matches!(d, Down::Play { stream: 7, .. })));
+        let out = s.session_closed(PUB.0);
+        assert_eq!(codes(&out, SUB1), [status::PLAY_UNPUBLISH_NOTIFY]);
+        let out = s.publish("live/other", "other", PUB).unwrap();
+        assert!(out
+            .iter()
+            .any(|(_, d)| matches!(d, Down::Publish { stream: 1001, .. })));
     }
 
     #[test]

@@ -28,7 +28,8 @@ use rtmfp::time::Instant;
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, SessionInfo, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS, MAX_STATS,
+    Down, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS,
+    MAX_RESYNC_STREAMS, MAX_STATS,
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
@@ -214,6 +215,8 @@ struct StreamState {
     /// Workers to forward to (when published here).
     routes: Vec<u8>,
     published: bool,
+    /// Application path and name, reported to a restarted control plane.
+    key: String,
 }
 
 /// Lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016 §3.6.2.3).
@@ -443,6 +446,36 @@ impl<IO: BatchIo> Worker<IO> {
                 sessions: Vec::new(),
             });
         }
+        // And which streams it publishes and plays, so that the directory survives.
+        let mut entries: Vec<StreamEntry> = self
+            .publishing
+            .iter()
+            .map(|(&(session_id, flow), &stream)| StreamEntry {
+                session_id,
+                flow,
+                stream,
+                key: self
+                    .streams
+                    .get(&stream)
+                    .map(|s| s.key.clone())
+                    .unwrap_or_default(),
+                publisher: true,
+            })
+            .collect();
+        for (&stream, state) in &self.streams {
+            entries.extend(state.subscribers.iter().map(|sub| StreamEntry {
+                session_id: sub.session_id,
+                flow: sub.flow.0,
+                stream,
+                key: state.key.clone(),
+                publisher: false,
+            }));
+        }
+        for chunk in entries.chunks(MAX_RESYNC_STREAMS) {
+            self.send_up(&Up::Streams {
+                entries: chunk.to_vec(),
+            });
+        }
         tracing::info!(
             worker = self.index,
             sessions = live.len(),
@@ -515,11 +548,13 @@ impl<IO: BatchIo> Worker<IO> {
                 session_id,
                 flow,
                 stream,
+                key,
             } => {
                 if self.slot_of(session_id).is_some() {
                     self.publishing.insert((session_id, flow), stream);
                     let state = self.streams.entry(stream).or_default();
                     state.published = true;
+                    state.key = key;
                     state.cache.clear();
                 }
             }
@@ -559,7 +594,11 @@ impl<IO: BatchIo> Worker<IO> {
                 flow,
                 stream,
                 unbuffered,
-            } => self.play(now, session_id, FlowId(flow), stream, unbuffered),
+                key,
+            } => {
+                self.streams.entry(stream).or_default().key = key;
+                self.play(now, session_id, FlowId(flow), stream, unbuffered)
+            }
             Down::Receive {
                 session_id,
                 flow,

@@ -92,12 +92,42 @@ impl MetricsSource for PlaneMetrics {
             .zip(self.shared.control_stats())
             .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(v)))
             .collect();
+        let streams: Vec<serde_json::Value> = self
+            .shared
+            .stream_reports()
+            .into_iter()
+            .map(|r| {
+                let subs: Vec<serde_json::Value> = r
+                    .subscribers
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "session": s.session_id,
+                            "delivered": s.delivered,
+                            "droppedFrames": s.dropped,
+                            "backlog": s.backlog,
+                            "rtt_ms": s.rtt_ms,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": r.key,
+                    "worker": r.worker,
+                    "published": r.published,
+                    "messages": r.messages,
+                    "bytes": r.bytes,
+                    "byteRate": r.byte_rate,
+                    "subscribers": subs,
+                })
+            })
+            .collect();
         serde_json::json!({
             "sessions": sessions,
             "publications": publications,
             "subscribers": subscribers,
             "workers": workers,
             "control": control,
+            "streams": streams,
         })
         .to_string()
     }

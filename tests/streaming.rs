@@ -206,7 +206,30 @@ fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
         std::thread::sleep(Duration::from_millis(1));
     }
     // Both workers served subscribers; media crossed between them.
+    std::thread::sleep(Duration::from_millis(1100)); // a stream report period
     let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
+    let streams = stats["streams"].as_array().unwrap();
+    let published = streams
+        .iter()
+        .find(|s| s["published"] == true)
+        .expect("{stats}");
+    assert_eq!(published["name"], "live/cam");
+    assert!(
+        published["messages"].as_u64() >= Some(expected as u64),
+        "{stats}"
+    );
+    let reported: usize = streams
+        .iter()
+        .map(|s| s["subscribers"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(reported, SUBSCRIBERS, "{stats}");
+    assert!(
+        streams
+            .iter()
+            .flat_map(|s| s["subscribers"].as_array().unwrap())
+            .all(|s| s["delivered"].as_u64() >= Some(expected as u64) && s["droppedFrames"] == 0),
+        "{stats}"
+    );
     let workers = stats["workers"].as_array().unwrap();
     assert!(
         workers.iter().all(|w| w["subscribers"].as_u64() > Some(0)),

@@ -127,6 +127,42 @@ pub fn timestamp(message: &[u8]) -> u32 {
         .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// One stream as one worker serves it, for `/stats` (and for Lua later): what its publisher
+/// sent (when published on this worker) and how each subscriber here is doing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamReport {
+    /// The stream's key (application path and name).
+    pub key: String,
+    /// The worker.
+    pub worker: u8,
+    /// Whether its publisher is on this worker.
+    pub published: bool,
+    /// Media messages received from the publisher or from its worker.
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes per second over the last report period.
+    pub byte_rate: u64,
+    /// The subscribers on this worker.
+    pub subscribers: Vec<SubscriberReport>,
+}
+
+/// One subscriber's QoS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscriberReport {
+    /// The subscriber's session.
+    pub session_id: u32,
+    /// Media messages queued to it.
+    pub delivered: u64,
+    /// Media messages not sent to it (behind, muted, waiting for a key frame): Cumulus's
+    /// `droppedFrames`.
+    pub dropped: u64,
+    /// Bytes sent to it and not yet acknowledged.
+    pub backlog: u64,
+    /// Its smoothed round-trip time, in milliseconds: Cumulus's `latency` is half of it.
+    pub rtt_ms: Option<u64>,
+}
+
 /// Most messages kept for the current group of pictures.
 const MAX_GOP_MESSAGES: usize = 2048;
 /// Most bytes kept for the current group of pictures.

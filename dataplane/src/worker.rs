@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -34,7 +34,9 @@ use updraft_control::ipc::{
 
 use crate::counters::{SharedCounters, WorkerCounters};
 use crate::io::{BatchIo, RxBatch, TxBatch, SLOT_SIZE};
-use crate::media::{classify, prepare, timestamp, MediaItem, MediaKind, StreamCache};
+use crate::media::{
+    classify, prepare, timestamp, MediaItem, MediaKind, StreamCache, StreamReport, SubscriberReport,
+};
 use crate::sys::{poll_readable, EventFd};
 use crate::wheel::TimerWheel;
 
@@ -76,6 +78,9 @@ pub struct Shared {
     pub control_stats: Vec<AtomicU64>,
     /// How many of `control_stats` the latest report filled.
     pub control_stats_len: AtomicUsize,
+    /// Each worker's latest stream reports (replaced once per [`REPORT_PERIOD`]; never locked
+    /// on the packet path).
+    pub streams: Vec<Mutex<Vec<StreamReport>>>,
 }
 
 impl Shared {
@@ -90,6 +95,7 @@ impl Shared {
             running: AtomicUsize::new(workers),
             control_stats: (0..MAX_STATS).map(|_| AtomicU64::new(0)).collect(),
             control_stats_len: AtomicUsize::new(0),
+            streams: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
         })
     }
 
@@ -102,6 +108,14 @@ impl Shared {
         self.control_stats[..n]
             .iter()
             .map(|v| v.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Every worker's latest stream reports.
+    pub fn stream_reports(&self) -> Vec<StreamReport> {
+        self.streams
+            .iter()
+            .flat_map(|m| m.lock().map(|v| v.clone()).unwrap_or_default())
             .collect()
     }
 
@@ -202,6 +216,8 @@ struct Subscriber {
     base: Option<u32>,
     /// Video waits for the next key frame (joined without one cached, or fell behind).
     waiting_keyframe: bool,
+    delivered: u64,
+    dropped: u64,
     /// `receiveAudio` / `receiveVideo`.
     audio: bool,
     video: bool,
@@ -217,6 +233,10 @@ struct StreamState {
     published: bool,
     /// Application path and name, reported to a restarted control plane.
     key: String,
+    messages: u64,
+    bytes: u64,
+    /// `bytes` at the last report.
+    reported_bytes: u64,
 }
 
 /// Lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016 §3.6.2.3).
@@ -227,6 +247,8 @@ pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
 /// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
 /// audio until it catches up. A slow subscriber never slows the others.
 pub const MAX_SUBSCRIBER_BACKLOG: usize = 256 * 1024;
+/// How often a worker publishes its stream reports.
+pub const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// Media items taken from other workers per loop turn.
 const MEDIA_ITEMS_PER_TURN: usize = 4096;
 /// Capacity of each worker's queue of media from other workers.
@@ -273,6 +295,7 @@ pub struct Worker<IO: BatchIo> {
     scratch: Vec<u8>,
     /// Last flow-synchronisation ID sent.
     sync_id: u32,
+    last_report: std::time::Instant,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -307,6 +330,7 @@ impl<IO: BatchIo> Worker<IO> {
             publishing: HashMap::new(),
             scratch: Vec::new(),
             sync_id: 0,
+            last_report: std::time::Instant::now(),
         }
     }
 
@@ -396,6 +420,9 @@ impl<IO: BatchIo> Worker<IO> {
         self.expire_timers(now);
         self.service_dirty(now);
         self.flush();
+        if self.last_report.elapsed() >= REPORT_PERIOD {
+            self.report_streams();
+        }
         self.counters.publications = self.streams.values().filter(|s| s.published).count() as u64;
         self.counters.subscribers = self
             .streams
@@ -799,6 +826,8 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         }
         state.cache.observe(&message);
+        state.messages += 1;
+        state.bytes += message.len() as u64;
         if published_here {
             for &w in &state.routes {
                 let item = MediaItem {
@@ -847,11 +876,13 @@ impl<IO: BatchIo> Worker<IO> {
         match kind {
             MediaKind::Audio { header: false } if behind || !sub.audio => {
                 self.counters.media_dropped += 1;
+                sub.dropped += 1;
                 return;
             }
             MediaKind::Video { header: false, .. } if behind || !sub.video => {
                 sub.waiting_keyframe = true;
                 self.counters.media_dropped += 1;
+                sub.dropped += 1;
                 return;
             }
             _ => {}
@@ -864,6 +895,7 @@ impl<IO: BatchIo> Worker<IO> {
                 } => sub.waiting_keyframe = false,
                 MediaKind::Video { header: false, .. } => {
                     self.counters.media_dropped += 1;
+                    sub.dropped += 1;
                     return;
                 }
                 _ => {}
@@ -898,6 +930,7 @@ impl<IO: BatchIo> Worker<IO> {
                     .is_ok()
                 {
                     self.counters.media_delivered += 1;
+                    sub.delivered += 1;
                 } else {
                     self.counters.media_refused += 1;
                 }
@@ -927,6 +960,8 @@ impl<IO: BatchIo> Worker<IO> {
                 None
             },
             waiting_keyframe: !buffered,
+            delivered: 0,
+            dropped: 0,
             audio: true,
             video: true,
         };
@@ -951,6 +986,60 @@ impl<IO: BatchIo> Worker<IO> {
         }
         if let Some(state) = self.streams.get_mut(&stream) {
             state.subscribers.push(sub);
+        }
+    }
+
+    /// Publishes this worker's stream reports (once per [`REPORT_PERIOD`]).
+    fn report_streams(&mut self) {
+        let secs = self.last_report.elapsed().as_secs_f64().max(f64::EPSILON);
+        self.last_report = std::time::Instant::now();
+        let mut reports = Vec::with_capacity(self.streams.len());
+        for state in self.streams.values_mut() {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let byte_rate = ((state.bytes - state.reported_bytes) as f64 / secs) as u64;
+            state.reported_bytes = state.bytes;
+            let subscribers = state
+                .subscribers
+                .iter()
+                .map(|sub| {
+                    let p = SessionIdParts::of(sub.session_id);
+                    let e = self
+                        .table
+                        .get(usize::from(p.slot))
+                        .and_then(|e| e.as_deref())
+                        .filter(|e| e.id == sub.session_id);
+                    SubscriberReport {
+                        session_id: sub.session_id,
+                        delivered: sub.delivered,
+                        dropped: sub.dropped,
+                        backlog: e
+                            .and_then(|e| {
+                                let f = e.replies.iter().find(|r| r.0 == sub.flow)?.1;
+                                e.session.flow_backlog(f)
+                            })
+                            .unwrap_or(0) as u64,
+                        rtt_ms: e
+                            .and_then(|e| e.session.srtt())
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    }
+                })
+                .collect();
+            reports.push(StreamReport {
+                key: state.key.clone(),
+                worker: self.index,
+                published: state.published,
+                messages: state.messages,
+                bytes: state.bytes,
+                byte_rate,
+                subscribers,
+            });
+        }
+        if let Ok(mut slot) = self.shared.streams[usize::from(self.index)].lock() {
+            *slot = reports;
         }
     }
 

@@ -1,3 +1,12 @@
-//! Updraft load generator: real RTMFP initiators built on `rtmfp`, scenarios, latency histograms.
+//! Updraft load generator: real RTMFP initiators built on the `rtmfp` core (many sessions on
+//! one UDP socket, multiplexed by session ID), scenarios, and latency histograms.
 //!
-//! Not implemented yet: this crate is filled by the loadgen issue. It exports nothing until then.
+//! Scenarios so far: `connect` (a handshake storm) and `fanout` (one publisher, many
+//! subscribers, latency measured from send times carried in the payload). Each returns a
+//! [`Report`].
+
+pub mod driver;
+pub mod report;
+pub mod scenario;
+
+pub use report::Report;

@@ -1,0 +1,218 @@
+//! One UDP socket and one `rtmfp` endpoint carrying many client sessions, stepped without
+//! blocking.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant as WallInstant;
+
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rtmfp::amf::{Object, Value};
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::endpoint::{Endpoint, EndpointEvent};
+use rtmfp::flash::command::{Command, ObjectEncoding};
+use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::ids::FlowId;
+use rtmfp::session::flows::SendOptions;
+use rtmfp::session::{Event, SessionConfig};
+use rtmfp::startup::components::build_url_epd;
+use rtmfp::startup::initiator::InitiatorConfig;
+use rtmfp::time::Instant;
+
+/// Largest datagram read or written.
+const DATAGRAM: usize = 8192;
+
+/// What happened to one session so far.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// When its handshake started.
+    pub started: Option<Instant>,
+    /// When it opened.
+    pub opened: Option<Instant>,
+    /// It failed to open or closed.
+    pub failed: bool,
+    /// Messages received, with the flow they came on.
+    pub messages: Vec<(FlowId, Vec<u8>)>,
+}
+
+/// Many client sessions on one socket.
+pub struct Driver {
+    socket: UdpSocket,
+    endpoint: Endpoint<ChaCha20Rng>,
+    epoch: WallInstant,
+    /// Every session's state, by handle.
+    pub sessions: HashMap<u32, SessionState>,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Keep received messages (a fanout counts them itself and need not keep them).
+    pub keep_messages: bool,
+    buf: Vec<u8>,
+}
+
+impl Driver {
+    /// A driver on a fresh loopback or wildcard socket, offering DH groups 2, 14 and 16 and the
+    /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
+    pub fn new(bind: SocketAddr, seed: u64) -> io::Result<Driver> {
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let config = InitiatorConfig {
+            groups: DhGroup::ALL.to_vec(),
+            policy: NegotiationPolicy::FLASH_COMPATIBLE,
+        };
+        Ok(Driver {
+            socket,
+            endpoint: Endpoint::new(
+                ChaCha20Rng::seed_from_u64(seed),
+                None,
+                config,
+                SessionConfig::default(),
+            ),
+            epoch: WallInstant::now(),
+            sessions: HashMap::new(),
+            packets_out: 0,
+            packets_in: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+            keep_messages: true,
+            buf: vec![0; DATAGRAM],
+        })
+    }
+
+    /// The driver's clock.
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Starts a session to `server` for `url`; answers its handle.
+    pub fn open(&mut self, server: SocketAddr, url: &str) -> u32 {
+        let now = self.now();
+        let h = self
+            .endpoint
+            .connect(now, build_url_epd(url.as_bytes()), None, &[server]);
+        self.sessions.entry(h).or_default().started = Some(now);
+        h
+    }
+
+    /// Opens a TC flow on session `h` for NetStream `stream_id` (0: the NetConnection).
+    pub fn open_flow(&mut self, h: u32, stream_id: u64) -> Option<FlowId> {
+        let meta = FlowMetadata::Tc {
+            stream_id,
+            receive_intent: ReceiveIntent::Sequence,
+        }
+        .to_vec();
+        self.endpoint.session_mut(h)?.open_flow(&meta, None).ok()
+    }
+
+    /// Sends `message` on `flow` of session `h`, with an optional lifetime.
+    pub fn send(
+        &mut self,
+        h: u32,
+        flow: FlowId,
+        message: &[u8],
+        lifetime: Option<std::time::Duration>,
+    ) -> bool {
+        let now = self.now();
+        let expiry = lifetime.map(|d| now + d);
+        self.endpoint
+            .session_mut(h)
+            .is_some_and(|s| s.send(now, flow, message, SendOptions { expiry }).is_ok())
+    }
+
+    /// Bytes queued on `flow` of session `h` and not yet acknowledged.
+    pub fn backlog(&self, h: u32, flow: FlowId) -> usize {
+        self.endpoint
+            .session(h)
+            .and_then(|s| s.flow_backlog(flow))
+            .unwrap_or(0)
+    }
+
+    /// One turn: send what is due, take what arrived, run timers; calls `on_message` for every
+    /// message received (`session`, `flow`, bytes, now).
+    pub fn step(&mut self, mut on_message: impl FnMut(u32, FlowId, &[u8], Instant)) {
+        let now = self.now();
+        while let Some(t) = self.endpoint.poll_transmit(now, &mut self.buf) {
+            if self
+                .socket
+                .send_to(&self.buf[..t.len], t.destination)
+                .is_ok()
+            {
+                self.packets_out += 1;
+                self.bytes_out += t.len as u64;
+            }
+        }
+        while let Ok((n, from)) = self.socket.recv_from(&mut self.buf) {
+            self.packets_in += 1;
+            self.bytes_in += n as u64;
+            let now = self.now();
+            self.endpoint.handle_datagram(now, from, &mut self.buf[..n]);
+        }
+        let now = self.now();
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        while let Some((h, e)) = self.endpoint.poll_event() {
+            let state = self.sessions.entry(h).or_default();
+            match e {
+                EndpointEvent::Connected { .. } => state.opened = Some(now),
+                EndpointEvent::ConnectFailed => state.failed = true,
+                EndpointEvent::Session(Event::Closed { .. }) => state.failed = true,
+                EndpointEvent::Session(Event::Message { flow, data }) => {
+                    on_message(h, flow, &data, now);
+                    if self.keep_messages {
+                        state.messages.push((flow, data));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sessions open.
+    pub fn opened(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.opened.is_some())
+            .count()
+    }
+
+    /// Sessions that failed.
+    pub fn failed(&self) -> usize {
+        self.sessions.values().filter(|s| s.failed).count()
+    }
+}
+
+/// A `connect` to `app` with `objectEncoding` 3 (Cumulus requires it; AMF0 servers echo it).
+pub fn connect_message(app: &str) -> Vec<u8> {
+    Command::new(
+        "connect",
+        1.0,
+        Value::Object(Object::anonymous(vec![
+            ("app".into(), Value::str(app)),
+            ("objectEncoding".into(), Value::Number(3.0)),
+        ])),
+        vec![],
+    )
+    .to_message(ObjectEncoding::Amf0, 0)
+    .unwrap_or_default()
+}
+
+/// A command with transaction 0 (no answer expected) or `txn`.
+pub fn command(name: &str, txn: f64, args: Vec<Value<'_>>) -> Vec<u8> {
+    Command::new(name, txn, Value::Null, args)
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap_or_default()
+}
+
+/// The status code of an `onStatus`/`_result`/`_error` message, if it is one.
+pub fn status_code(message: &[u8]) -> Option<String> {
+    let tc = rtmfp::flash::message::TcMessage::parse(message).ok()?;
+    let c = Command::parse(&tc).ok()?;
+    Some(c.args.first()?.get("code")?.as_str()?.to_string())
+}

@@ -1,0 +1,140 @@
+//! `updraft-loadgen`: drives an RTMFP server with real sessions and reports rates and latency.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs};
+use updraft_loadgen::Report;
+
+const USAGE: &str = "usage:
+  updraft-loadgen connect --server ADDR:PORT [--sessions N] [--rate PER_S] [--app APP]
+                          [--timeout SECONDS] [--json FILE]
+  updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
+                          [--duration SECONDS] [--app APP] [--stream NAME] [--json FILE]";
+
+struct Flags {
+    values: Vec<(String, String)>,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> Result<Flags, String> {
+        let mut values = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(name) = a.strip_prefix("--") else {
+                return Err(format!("unexpected argument {a}"));
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => (
+                    name.to_string(),
+                    it.next()
+                        .cloned()
+                        .ok_or(format!("--{name} needs a value"))?,
+                ),
+            };
+            values.push((name, value));
+        }
+        Ok(Flags { values })
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: Option<T>) -> Result<T, String> {
+        match self.values.iter().rev().find(|(n, _)| n == name) {
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| format!("--{name} {v}: not a valid value")),
+            None => default.ok_or(format!("--{name} is required")),
+        }
+    }
+
+    fn check(&self, known: &[&str]) -> Result<(), String> {
+        match self
+            .values
+            .iter()
+            .find(|(n, _)| !known.contains(&n.as_str()))
+        {
+            Some((n, _)) => Err(format!("unknown option --{n}")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
+    let bad = |e: String| (2, format!("{e}\n{USAGE}"));
+    let (scenario, rest) = args
+        .split_first()
+        .ok_or_else(|| bad("no scenario".into()))?;
+    let flags = Flags::parse(rest).map_err(bad)?;
+    let json: Option<String> = flags
+        .get("json", Some(String::new()))
+        .ok()
+        .filter(|s| !s.is_empty());
+    let result = match scenario.as_str() {
+        "connect" => {
+            flags
+                .check(&["server", "sessions", "rate", "app", "timeout", "json"])
+                .map_err(bad)?;
+            let args = ConnectArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                sessions: flags.get("sessions", Some(100)).map_err(bad)?,
+                rate: flags
+                    .get::<f64>("rate", Some(0.0))
+                    .map_err(bad)
+                    .map(|r| (r > 0.0).then_some(r))?,
+                app: flags.get("app", Some(String::new())).map_err(bad)?,
+                timeout: Duration::from_secs_f64(flags.get("timeout", Some(30.0)).map_err(bad)?),
+            };
+            scenario::connect(&args)
+        }
+        "fanout" => {
+            flags
+                .check(&[
+                    "server",
+                    "subscribers",
+                    "bitrate",
+                    "size",
+                    "duration",
+                    "app",
+                    "stream",
+                    "json",
+                ])
+                .map_err(bad)?;
+            let args = FanoutArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                subscribers: flags.get("subscribers", Some(10)).map_err(bad)?,
+                bitrate_kbps: flags.get("bitrate", Some(2000)).map_err(bad)?,
+                size: flags.get("size", Some(1200)).map_err(bad)?,
+                duration: Duration::from_secs_f64(flags.get("duration", Some(10.0)).map_err(bad)?),
+                app: flags.get("app", Some("live".to_string())).map_err(bad)?,
+                stream: flags
+                    .get("stream", Some("loadgen".to_string()))
+                    .map_err(bad)?,
+            };
+            scenario::fanout(&args)
+        }
+        "--help" | "-h" | "help" => return Err((0, USAGE.to_string())),
+        other => return Err(bad(format!("unknown scenario {other}"))),
+    };
+    // A server that does not answer, or refuses, is exit code 2 with the stage reached.
+    result.map(|r| (r, json)).map_err(|e| (2, e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok((report, json)) => {
+            print!("{}", report.table());
+            if let Some(path) = json {
+                if let Err(e) = std::fs::write(&path, report.json().to_string()) {
+                    eprintln!("updraft-loadgen: cannot write {path}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, message)) => {
+            eprintln!("updraft-loadgen: {message}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The scenarios. Every loop is bounded in time.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant as WallInstant};
+
+use rtmfp::amf::Value;
+use rtmfp::ids::FlowId;
+
+use crate::driver::{command, connect_message, status_code, Driver};
+use crate::report::Report;
+
+/// Why a scenario could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// No session opened: the server did not answer the handshake (or refused it).
+    NoHandshake,
+    /// The server refused `connect` (its status code).
+    ConnectRejected(String),
+    /// A stage did not complete in time.
+    Stalled(&'static str),
+    /// A socket error.
+    Io(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::NoHandshake => write!(
+                f,
+                "no session opened: no RHello or no RIKeying from the server"
+            ),
+            LoadError::ConnectRejected(code) => write!(f, "connect rejected: {code}"),
+            LoadError::Stalled(stage) => write!(f, "stalled: {stage}"),
+            LoadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for LoadError {
+    fn from(e: std::io::Error) -> Self {
+        LoadError::Io(e.to_string())
+    }
+}
+
+/// How long a stage (connects, `connect` answers, plays) may take.
+const STAGE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a fanout waits after the last message for stragglers.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// `connect`: a handshake storm.
+#[derive(Debug, Clone)]
+pub struct ConnectArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// Sessions to open.
+    pub sessions: usize,
+    /// Handshakes started per second (`None`: all at once).
+    pub rate: Option<f64>,
+    /// The application path.
+    pub app: String,
+    /// How long the sessions may take to open.
+    pub timeout: Duration,
+}
+
+fn local_for(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
+/// Opens `sessions` sessions at `rate`; the latency is the handshake time.
+pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
+    let mut d = Driver::new(local_for(args.server), 1)?;
+    d.keep_messages = false;
+    let url = format!("rtmfp://{}/{}", args.server, args.app);
+    let start = WallInstant::now();
+    let deadline = start + args.timeout;
+    let mut started = 0usize;
+    while WallInstant::now() < deadline {
+        let due = match args.rate {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(r) => ((start.elapsed().as_secs_f64() * r) as usize + 1).min(args.sessions),
+            None => args.sessions,
+        };
+        while started < due {
+            d.open(args.server, &url);
+            started += 1;
+        }
+        d.step(|_, _, _, _| {});
+        if started == args.sessions && d.opened() + d.failed() >= args.sessions {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let mut report = Report::new("connect");
+    report.elapsed = start.elapsed();
+    for s in d.sessions.values() {
+        if let (Some(a), Some(b)) = (s.started, s.opened) {
+            report.record(b.saturating_duration_since(a));
+        }
+    }
+    report.sessions_ok = d.opened() as u64;
+    report.sessions_failed = (args.sessions - d.opened()) as u64;
+    report.packets_out = d.packets_out;
+    report.packets_in = d.packets_in;
+    report.bytes_out = d.bytes_out;
+    report.bytes_in = d.bytes_in;
+    if report.sessions_ok == 0 {
+        return Err(LoadError::NoHandshake);
+    }
+    Ok(report)
+}
+
+/// `fanout`: one publisher, many subscribers.
+#[derive(Debug, Clone)]
+pub struct FanoutArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// The publisher's bitrate, in kbit/s.
+    pub bitrate_kbps: u64,
+    /// Bytes per media message.
+    pub size: usize,
+    /// How long the publisher sends.
+    pub duration: Duration,
+    /// The application path.
+    pub app: String,
+    /// The stream name.
+    pub stream: String,
+}
+
+/// The header of a fanout media payload: FLV video byte, AVC packet type, composition time.
+const VIDEO_INTER: [u8; 5] = [0x27, 0x01, 0, 0, 0];
+/// The same for a key frame (the first message, so subscribers start at once).
+const VIDEO_KEY: [u8; 5] = [0x17, 0x01, 0, 0, 0];
+/// Payload bytes before the padding: the header, a sequence number and a send time.
+const PAYLOAD_HEAD: usize = 5 + 8 + 8;
+/// Lifetime of fanout messages (video).
+const LIFETIME: Duration = Duration::from_secs(3);
+
+fn wait(
+    d: &mut Driver,
+    what: &'static str,
+    mut done: impl FnMut(&Driver) -> bool,
+) -> Result<(), LoadError> {
+    let deadline = WallInstant::now() + STAGE_LIMIT;
+    while !done(d) {
+        if WallInstant::now() > deadline {
+            return Err(LoadError::Stalled(what));
+        }
+        d.step(|_, _, _, _| {});
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+fn has_code(d: &Driver, h: u32, code: &str) -> bool {
+    d.sessions.get(&h).is_some_and(|s| {
+        s.messages
+            .iter()
+            .any(|(_, m)| status_code(m).as_deref() == Some(code))
+    })
+}
+
+fn rejected(d: &Driver, h: u32) -> Option<String> {
+    d.sessions.get(&h).and_then(|s| {
+        s.messages
+            .iter()
+            .filter_map(|(_, m)| status_code(m))
+            .find(|c| c.contains("Rejected") || c.contains("InvalidApp") || c.contains("Failed"))
+    })
+}
+
+/// Runs a fanout and reports delivery and end-to-end latency.
+pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
+    let mut d = Driver::new(local_for(args.server), 2)?;
+    let url = format!("rtmfp://{}/{}", args.server, args.app);
+    let publisher = d.open(args.server, &url);
+    let subs: Vec<u32> = (0..args.subscribers)
+        .map(|_| d.open(args.server, &url))
+        .collect();
+    let all: Vec<u32> = std::iter::once(publisher)
+        .chain(subs.iter().copied())
+        .collect();
+    wait(&mut d, "handshakes", |d| {
+        d.opened() + d.failed() >= all.len()
+    })?;
+    if d.opened() == 0 {
+        return Err(LoadError::NoHandshake);
+    }
+    let mut streams: HashMap<u32, FlowId> = HashMap::new();
+    for &h in &all {
+        if let Some(nc) = d.open_flow(h, 0) {
+            d.send(h, nc, &connect_message(&args.app), None);
+        }
+    }
+    wait(&mut d, "connect answers", |d| {
+        all.iter()
+            .all(|&h| has_code(d, h, "NetConnection.Connect.Success") || rejected(d, h).is_some())
+    })?;
+    if let Some(code) = all.iter().find_map(|&h| rejected(&d, h)) {
+        return Err(LoadError::ConnectRejected(code));
+    }
+    for &h in &all {
+        if let Some(f) = d.open_flow(h, 1) {
+            streams.insert(h, f);
+        }
+    }
+    let pflow = *streams
+        .get(&publisher)
+        .ok_or(LoadError::Stalled("publisher stream flow"))?;
+    d.send(
+        publisher,
+        pflow,
+        &command("publish", 0.0, vec![Value::str(&args.stream)]),
+        None,
+    );
+    wait(&mut d, "publish", |d| {
+        has_code(d, publisher, "NetStream.Publish.Start")
+    })?;
+    for &h in &subs {
+        if let Some(&f) = streams.get(&h) {
+            d.send(
+                h,
+                f,
+                &command("play", 0.0, vec![Value::str(&args.stream)]),
+                None,
+            );
+        }
+    }
+    wait(&mut d, "plays", |d| {
+        subs.iter().all(|&h| has_code(d, h, "NetStream.Play.Start"))
+    })?;
+    d.keep_messages = false;
+
+    // The stream: `size`-byte video messages at `bitrate`, each carrying its sequence number
+    // and send time.
+    let size = args.size.max(PAYLOAD_HEAD);
+    #[allow(clippy::cast_precision_loss)]
+    let interval =
+        Duration::from_secs_f64((size * 8) as f64 / (args.bitrate_kbps.max(1) * 1000) as f64);
+    let mut report = Report::new("fanout");
+    let mut seen: HashMap<u32, HashSet<u64>> = subs.iter().map(|&h| (h, HashSet::new())).collect();
+    let mut latencies: Vec<Duration> = Vec::new();
+    let start = WallInstant::now();
+    let mut next = start;
+    let mut seq = 0u64;
+    let mut payload = vec![0u8; size + 5];
+    let received = std::cell::Cell::new(0u64);
+    let mut on_message = |h: u32, _: FlowId, m: &[u8], now: rtmfp::time::Instant| {
+        // TC message: type, timestamp, then our payload.
+        if m.first() != Some(&0x09) || m.len() < 5 + PAYLOAD_HEAD {
+            return;
+        }
+        let p = &m[5..];
+        let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
+        let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
+        if let Some(set) = seen.get_mut(&h) {
+            if set.insert(seq) {
+                received.set(received.get() + 1);
+                latencies.push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
+            }
+        }
+    };
+    while start.elapsed() < args.duration {
+        while WallInstant::now() >= next && start.elapsed() < args.duration {
+            let now = d.now();
+            payload[0] = 0x09;
+            let ts = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
+            payload[1..5].copy_from_slice(&ts.to_be_bytes());
+            payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
+            payload[10..18].copy_from_slice(&seq.to_be_bytes());
+            payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
+            d.send(publisher, pflow, &payload, Some(LIFETIME));
+            seq += 1;
+            next += interval;
+        }
+        d.step(&mut on_message);
+    }
+    let drain = WallInstant::now() + DRAIN;
+    while WallInstant::now() < drain {
+        d.step(&mut on_message);
+        if received.get() >= seq * subs.len() as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    report.elapsed = start.elapsed();
+    for l in latencies {
+        report.record(l);
+    }
+    report.expected = seq * subs.len() as u64;
+    report.delivered = seen.values().map(|s| s.len() as u64).sum();
+    report.lost = report.expected - report.delivered.min(report.expected);
+    report.sessions_ok = d.opened() as u64;
+    report.sessions_failed = d.failed() as u64;
+    report.packets_out = d.packets_out;
+    report.packets_in = d.packets_in;
+    report.bytes_out = d.bytes_out;
+    report.bytes_in = d.bytes_in;
+    Ok(report)
+}

@@ -363,6 +363,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+
+        /// Key pairs and shared secrets are what num-bigint's `modpow` gives.
+        #[test]
+        fn key_pairs_match_modpow(seed in proptest::prelude::any::<u64>()) {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            for group in DhGroup::ALL {
+                let p = group.modulus();
+                let a = DhKeyPair::generate(group, &mut rng);
+                let b = DhKeyPair::generate(group, &mut rng);
+                let two = BigUint::from(DH_GENERATOR);
+                proptest::prop_assert_eq!(a.public_key(), two.modpow(&a.private, p).to_bytes_be());
+                let y = BigUint::from_bytes_be(b.public_key());
+                proptest::prop_assert_eq!(
+                    a.compute_shared_secret(b.public_key()).unwrap(),
+                    y.modpow(&a.private, p).to_bytes_be()
+                );
+                let again = DhKeyPair::from_private(group, &a.private.to_bytes_be()).unwrap();
+                proptest::prop_assert_eq!(again.public_key(), a.public_key());
+            }
+        }
+    }
+
     #[test]
     fn private_exponent_length() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);

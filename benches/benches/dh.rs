@@ -9,7 +9,7 @@
 //!   teeth over crypto-bigint Montgomery products, with a constant-time table scan (every entry
 //!   read, masked) or a direct (secret-indexed) lookup;
 //! - `dh_keypair`: what `rtmfp::crypto::DhKeyPair` does now (`rtmfp/src/crypto/modexp.rs`:
-//!   `cbig_pow` for the shared secret, the 6-teeth constant-time comb with a compile-time
+//!   `cbig_pow` for the shared secret, the 8-teeth constant-time comb with a compile-time
 //!   modulus for key generation).
 //!
 //! Run with `cargo bench -p benches --bench dh -- --warm-up-time 1 --measurement-time 3`.

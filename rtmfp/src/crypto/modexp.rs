@@ -34,11 +34,11 @@ const_monty_params!(
     "The 4096-bit MODP prime of group 16 in Montgomery form."
 );
 
-/// Teeth of the generator's comb: the table has 2^6 = 64 entries (8 KiB for group 2, 32 KiB
-/// for group 16), and 2^x costs ⌈bits / 6⌉ squarings, products and table scans (38 for group
-/// 2's 224-bit exponents). 8 teeth are faster with a direct table index, but their 256-entry
-/// constant-time scans cost more than they save (see the benchmark `crypto/dh`).
-const COMB_TEETH: u32 = 6;
+/// Teeth of the generator's comb: the table has 2^8 = 256 entries (32 KiB for group 2, 128 KiB
+/// for group 16), and 2^x costs ⌈bits / 8⌉ squarings, products and table scans (28 for group
+/// 2's 224-bit exponents). With the masked scan, 8 teeth beat 6 and 4 in the benchmark
+/// `crypto/dh` (`cbig_comb*_ct`) for groups 2 and 14.
+const COMB_TEETH: u32 = 8;
 /// Entries of the comb table.
 const COMB_ENTRIES: usize = 1 << COMB_TEETH;
 

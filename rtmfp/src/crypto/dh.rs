@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use num_bigint::BigUint;
 use rand_core::RngCore;
 
+use super::modexp;
 use super::CryptoError;
 
 /// Decodes a hex string into bytes at compile time.
@@ -32,16 +33,19 @@ const fn hex_bytes<const N: usize>(hex: &str) -> [u8; N] {
 /// The generator of every group here (RFC 2409 §6.2; RFC 3526 §3, §5).
 pub const DH_GENERATOR: u32 = 2;
 
-/// The 1024-bit MODP prime of group 2 (RFC 2409 §6.2; RFC 7296 Appendix B.2).
-pub const MODP_1024_PRIME: [u8; 128] = hex_bytes(concat!(
+/// The 1024-bit prime in hexadecimal, as published.
+pub(crate) const MODP_1024_HEX: &str = concat!(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74",
     "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437",
     "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
     "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF",
-));
+);
 
-/// The 2048-bit MODP prime of group 14 (RFC 3526 §3).
-pub const MODP_2048_PRIME: [u8; 256] = hex_bytes(concat!(
+/// The 1024-bit MODP prime of group 2 (RFC 2409 §6.2; RFC 7296 Appendix B.2).
+pub const MODP_1024_PRIME: [u8; 128] = hex_bytes(MODP_1024_HEX);
+
+/// The 2048-bit prime in hexadecimal, as published.
+pub(crate) const MODP_2048_HEX: &str = concat!(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74",
     "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437",
     "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
@@ -50,10 +54,13 @@ pub const MODP_2048_PRIME: [u8; 256] = hex_bytes(concat!(
     "9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B",
     "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718",
     "3995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF",
-));
+);
 
-/// The 4096-bit MODP prime of group 16 (RFC 3526 §5).
-pub const MODP_4096_PRIME: [u8; 512] = hex_bytes(concat!(
+/// The 2048-bit MODP prime of group 14 (RFC 3526 §3).
+pub const MODP_2048_PRIME: [u8; 256] = hex_bytes(MODP_2048_HEX);
+
+/// The 4096-bit prime in hexadecimal, as published.
+pub(crate) const MODP_4096_HEX: &str = concat!(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74",
     "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437",
     "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
@@ -70,7 +77,10 @@ pub const MODP_4096_PRIME: [u8; 512] = hex_bytes(concat!(
     "DBBBC2DB04DE8EF92E8EFC141FBECAA6287C59474E6BC05D99B2964FA090C3A2",
     "233BA186515BE7ED1F612970CEE2D7AFB81BDD762170481CD0069127D5B05AA9",
     "93B4EA988D8FDDC186FFB7DC90A6C08F4DF435C934063199FFFFFFFFFFFFFFFF",
-));
+);
+
+/// The 4096-bit MODP prime of group 16 (RFC 3526 §5).
+pub const MODP_4096_PRIME: [u8; 512] = hex_bytes(MODP_4096_HEX);
 
 /// A public key must be at least 2^24 and at most p − 2^24 (RFC 7425 §4.6.2).
 const PUBLIC_KEY_MARGIN_BITS: u32 = 24;
@@ -214,10 +224,8 @@ impl DhKeyPair {
             *top |= PRIVATE_EXPONENT_TOP_BIT;
         }
         let private = BigUint::from_bytes_be(&bytes);
+        let public = modexp::pow_generator(group, &bytes);
         bytes.fill(0);
-        let public = BigUint::from(DH_GENERATOR)
-            .modpow(&private, group.modulus())
-            .to_bytes_be();
         DhKeyPair {
             group,
             private,
@@ -233,9 +241,7 @@ impl DhKeyPair {
         if private.bits() == 0 || &private >= group.modulus() {
             return Err(CryptoError::InvalidPublicKey);
         }
-        let public = BigUint::from(DH_GENERATOR)
-            .modpow(&private, group.modulus())
-            .to_bytes_be();
+        let public = modexp::pow_generator(group, &private.to_bytes_be());
         Ok(DhKeyPair {
             group,
             private,
@@ -257,7 +263,10 @@ impl DhKeyPair {
     /// `far_public ^ private mod p` as minimal big-endian bytes (RFC 7425 §4.6.5).
     pub fn compute_shared_secret(&self, far_public: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let y = parse_public_key(self.group, far_public)?;
-        Ok(y.modpow(&self.private, self.group.modulus()).to_bytes_be())
+        let mut private = self.private.to_bytes_be();
+        let secret = modexp::pow(self.group, &y.to_bytes_be(), &private);
+        private.fill(0);
+        Ok(secret)
     }
 }
 
@@ -351,6 +360,30 @@ mod tests {
             let mut padded = vec![0, 0];
             padded.extend_from_slice(b.public_key());
             assert_eq!(a.compute_shared_secret(&padded).unwrap(), s1);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+
+        /// Key pairs and shared secrets are what num-bigint's `modpow` gives.
+        #[test]
+        fn key_pairs_match_modpow(seed in proptest::prelude::any::<u64>()) {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            for group in DhGroup::ALL {
+                let p = group.modulus();
+                let a = DhKeyPair::generate(group, &mut rng);
+                let b = DhKeyPair::generate(group, &mut rng);
+                let two = BigUint::from(DH_GENERATOR);
+                proptest::prop_assert_eq!(a.public_key(), two.modpow(&a.private, p).to_bytes_be());
+                let y = BigUint::from_bytes_be(b.public_key());
+                proptest::prop_assert_eq!(
+                    a.compute_shared_secret(b.public_key()).unwrap(),
+                    y.modpow(&a.private, p).to_bytes_be()
+                );
+                let again = DhKeyPair::from_private(group, &a.private.to_bytes_be()).unwrap();
+                proptest::prop_assert_eq!(again.public_key(), a.public_key());
+            }
         }
     }
 

@@ -19,6 +19,8 @@ mod checksum;
 mod dh;
 mod fingerprint;
 mod kdf;
+#[cfg(feature = "dh")]
+mod modexp;
 mod negotiate;
 mod packet;
 mod vlu;

@@ -6,6 +6,7 @@
 //! One reader thread per link decodes messages into a single queue; this thread is the only
 //! one that changes state, so nothing here takes a lock.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,10 @@ pub const CONTROL_STATS: [&str; 19] = [
 ];
 /// How many of [`CONTROL_STATS`] are levels rather than totals (they follow the totals).
 pub const CONTROL_STATS_LEVELS: std::ops::Range<usize> = 14..17;
+/// Most messages waiting for room on one worker's link; more are dropped and counted.
+const MAX_OUTBOX: usize = 262_144;
+/// How soon the service retries a full link.
+const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 /// Capacity of the queue from link readers and DH threads to the service thread.
 const INPUT_QUEUE: usize = 65_536;
 
@@ -109,6 +114,28 @@ struct Link {
     up: bool,
     ids: IdAllocator,
     dropped: u64,
+    /// Messages waiting for room on the link.
+    outbox: VecDeque<Vec<u8>>,
+}
+
+impl Link {
+    /// Sends what waits; answers whether the outbox is empty now.
+    fn flush(&mut self) -> bool {
+        while let Some(front) = self.outbox.front() {
+            match self.socket.send_with_flags(front, libc_flags()) {
+                Ok(_) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => {
+                    // The worker's end is gone; its reader reports the link down.
+                    self.dropped += self.outbox.len() as u64;
+                    self.outbox.clear();
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Serves `links` (link `i` belongs to worker `i`) until every link has closed.
@@ -152,6 +179,7 @@ pub fn run(
             up: true,
             ids: IdAllocator::new(u8::try_from(i).unwrap_or(u8::MAX)),
             dropped: 0,
+            outbox: VecDeque::new(),
         });
     }
     drop(tx);
@@ -179,7 +207,12 @@ pub fn run(
             let values = service.report(rx.len());
             service.send(0, &Down::Stats { values });
         }
-        match rx.recv_timeout(REPORT_PERIOD) {
+        let wait = if service.flush() {
+            REPORT_PERIOD
+        } else {
+            OUTBOX_RETRY
+        };
+        match rx.recv_timeout(wait) {
             Ok(input) => service.handle(now(), input),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -263,6 +296,9 @@ impl Service {
         self.links.iter().map(|l| l.ids.live()).sum()
     }
 
+    /// Sends a message to a worker, in order. When the link is full, the message waits in the
+    /// link's bounded outbox (flushed by the service loop): a busy worker delays its answers,
+    /// it does not lose them, and the control plane never blocks on it.
     fn send(&mut self, link: usize, msg: &Down) {
         let Some(l) = self.links.get_mut(link) else {
             return;
@@ -275,13 +311,23 @@ impl Service {
             l.dropped += 1;
             return;
         }
-        // Never block on a stalled worker: its answer is lost and RTMFP retries.
-        if l.socket
-            .send_with_flags(&self.out_buf, libc_flags())
-            .is_err()
+        if l.flush()
+            && l.socket
+                .send_with_flags(&self.out_buf, libc_flags())
+                .is_ok()
         {
-            l.dropped += 1;
+            return;
         }
+        if l.outbox.len() >= MAX_OUTBOX {
+            l.dropped += 1;
+            return;
+        }
+        l.outbox.push_back(self.out_buf.clone());
+    }
+
+    /// Flushes every link's outbox; answers whether all are empty.
+    fn flush(&mut self) -> bool {
+        self.links.iter_mut().fold(true, |all, l| l.flush() && all)
     }
 
     fn link_of(session: u32) -> usize {

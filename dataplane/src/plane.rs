@@ -41,6 +41,8 @@ pub struct DataPlane {
     local_addr: SocketAddr,
 }
 
+/// Kernel buffer of each end of a control link, in bytes.
+const LINK_BUFFER: usize = 4 << 20;
 /// Most workers: the owner byte of a session ID.
 pub const MAX_WORKERS: usize = 255;
 
@@ -130,6 +132,10 @@ impl DataPlane {
         let mut control_ends = Vec::new();
         for (i, tx) in self.link_tx.iter().enumerate() {
             let (worker_end, control_end) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+            // Room for bursts (hundreds of connects or plays at once) in both directions.
+            for end in [&worker_end, &control_end] {
+                crate::sys::force_buffer_sizes(std::os::fd::AsRawFd::as_raw_fd(end), LINK_BUFFER)?;
+            }
             // A worker that has not taken its previous link yet gets the newest one.
             let _ = tx.try_send(worker_end);
             self.shared.wakers[i].wake();

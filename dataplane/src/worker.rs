@@ -7,7 +7,7 @@
 //! go to the control plane, which answers with datagrams to send and keyed sessions to install.
 //! NetConnection commands go up to the control plane; its replies come back down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -247,6 +247,10 @@ pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
 /// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
 /// audio until it catches up. A slow subscriber never slows the others.
 pub const MAX_SUBSCRIBER_BACKLOG: usize = 256 * 1024;
+/// Most messages waiting for room on the control link; more are dropped and counted.
+pub const MAX_OUTBOX: usize = 65_536;
+/// Longest a worker sleeps while its outbox waits for room on the control link.
+const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 /// How often a worker publishes its stream reports.
 pub const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// Media items taken from other workers per loop turn.
@@ -296,6 +300,8 @@ pub struct Worker<IO: BatchIo> {
     /// Last flow-synchronisation ID sent.
     sync_id: u32,
     last_report: std::time::Instant,
+    /// Messages for the control plane waiting for room on the link.
+    outbox: VecDeque<Vec<u8>>,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -331,6 +337,7 @@ impl<IO: BatchIo> Worker<IO> {
             scratch: Vec::new(),
             sync_id: 0,
             last_report: std::time::Instant::now(),
+            outbox: VecDeque::new(),
         }
     }
 
@@ -363,10 +370,13 @@ impl<IO: BatchIo> Worker<IO> {
     /// One loop turn: wait, receive, control messages, timers, transmit.
     pub fn turn(&mut self) -> io::Result<()> {
         let now = self.now();
-        let wait = self
+        let mut wait = self
             .wheel
             .next_deadline(now, WAIT_HORIZON_TICKS)
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        if !self.flush_outbox() {
+            wait = wait.min(OUTBOX_RETRY);
+        }
         let waker = &self.shared.wakers[usize::from(self.index)];
         let link_fd = self.link.as_ref().map_or(-1, |l| l.as_raw_fd());
         let mut ready = [false; 3];
@@ -444,6 +454,8 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         }
         self.link = Some(link);
+        // What waited for the old control plane is moot: the new one gets a resync.
+        self.outbox.clear();
         self.counters.control_links += 1;
         let workers = u8::try_from(self.shared.wakers.len()).unwrap_or(u8::MAX);
         self.send_up(&Up::Hello {
@@ -510,29 +522,75 @@ impl<IO: BatchIo> Worker<IO> {
         );
     }
 
+    /// Sends a message to the control plane, in order. When the link is full the message
+    /// waits in a bounded outbox, flushed every turn; nothing is dropped unless the outbox
+    /// overflows or the link is down.
     fn send_up(&mut self, msg: &Up) -> bool {
-        let Some(link) = &self.link else {
+        if self.link.is_none() {
             self.counters.control_up_dropped += 1;
             return false;
-        };
+        }
         self.up_buf.clear();
         if msg.encode(&mut self.up_buf).is_err() {
             self.counters.control_up_dropped += 1;
             return false;
         }
-        match link.send_with_flags(&self.up_buf, libc::MSG_NOSIGNAL) {
-            Ok(_) => true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.counters.control_up_dropped += 1;
-                false
+        if self.flush_outbox() {
+            match self.try_send_up() {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(()) => return false,
             }
+        }
+        if self.outbox.len() >= MAX_OUTBOX {
+            self.counters.control_up_dropped += 1;
+            return false;
+        }
+        self.outbox.push_back(self.up_buf.clone());
+        true
+    }
+
+    /// Sends `up_buf`: `Ok(false)` when the link is full, `Err` when it is lost.
+    fn try_send_up(&mut self) -> Result<bool, ()> {
+        let Some(link) = &self.link else {
+            return Err(());
+        };
+        match link.send_with_flags(&self.up_buf, libc::MSG_NOSIGNAL) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => {
                 tracing::warn!(worker = self.index, error = %e, "control link lost");
                 self.link = None;
-                self.counters.control_up_dropped += 1;
-                false
+                self.counters.control_up_dropped += 1 + self.outbox.len() as u64;
+                self.outbox.clear();
+                Err(())
             }
         }
+    }
+
+    /// Sends what waits in the outbox; answers whether it is empty now.
+    fn flush_outbox(&mut self) -> bool {
+        while let Some(front) = self.outbox.front() {
+            let Some(link) = &self.link else {
+                self.counters.control_up_dropped += self.outbox.len() as u64;
+                self.outbox.clear();
+                return true;
+            };
+            match link.send_with_flags(front, libc::MSG_NOSIGNAL) {
+                Ok(_) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    tracing::warn!(worker = self.index, error = %e, "control link lost");
+                    self.link = None;
+                    self.counters.control_up_dropped += self.outbox.len() as u64;
+                    self.outbox.clear();
+                    return true;
+                }
+            }
+        }
+        true
     }
 
     fn read_control(&mut self) {

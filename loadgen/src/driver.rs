@@ -174,6 +174,23 @@ impl Driver {
         }
     }
 
+    /// Closes every session in order (Close Request, RFC 7016 §3.5.5) and keeps stepping for
+    /// at most `linger`, so that the server frees them at once.
+    pub fn close_all(&mut self, linger: std::time::Duration) {
+        let now = self.now();
+        let handles: Vec<u32> = self.sessions.keys().copied().collect();
+        for h in handles {
+            if let Some(s) = self.endpoint.session_mut(h) {
+                s.close(now);
+            }
+        }
+        let deadline = WallInstant::now() + linger;
+        while WallInstant::now() < deadline {
+            self.step(|_, _, _, _| {});
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Sessions open.
     pub fn opened(&self) -> usize {
         self.sessions

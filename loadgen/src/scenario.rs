@@ -45,6 +45,8 @@ impl From<std::io::Error> for LoadError {
 
 /// How long a stage (connects, `connect` answers, plays) may take.
 const STAGE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a scenario keeps answering after closing its sessions.
+const CLOSE_LINGER: Duration = Duration::from_millis(300);
 /// How long a fanout waits after the last message for stragglers.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -108,6 +110,7 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
     report.packets_in = d.packets_in;
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
+    d.close_all(CLOSE_LINGER);
     if report.sessions_ok == 0 {
         return Err(LoadError::NoHandshake);
     }
@@ -302,5 +305,6 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     report.packets_in = d.packets_in;
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
+    d.close_all(CLOSE_LINGER);
     Ok(report)
 }

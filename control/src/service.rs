@@ -327,7 +327,12 @@ impl Service {
 
     /// Flushes every link's outbox; answers whether all are empty.
     fn flush(&mut self) -> bool {
-        self.links.iter_mut().fold(true, |all, l| l.flush() && all)
+        let mut empty = true;
+        for l in &mut self.links {
+            // Every link is flushed, whether or not an earlier one is still full.
+            empty &= l.flush();
+        }
+        empty
     }
 
     fn link_of(session: u32) -> usize {

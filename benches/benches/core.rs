@@ -12,8 +12,8 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
 use rtmfp::crypto::{
-    DhGroup, DhKeyPair, HmacMode, NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode,
-    DEFAULT_HMAC_LEN,
+    encrypt_cbc_zero_iv_many_with, Aes128EncKey, Backend, CbcJob, DhGroup, DhKeyPair, HmacMode,
+    NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode, DEFAULT_HMAC_LEN,
 };
 use rtmfp::flash::command::{names, Command, NetCommand, ObjectEncoding};
 use rtmfp::flash::message::TcMessage;
@@ -181,6 +181,63 @@ fn crypto(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    g.finish();
+}
+
+/// Subscribers of one live stream served by one core in the fanout benchmark: one packet each,
+/// every one under its own session key.
+const FANOUT_SUBSCRIBERS: usize = 64;
+
+/// Live-stream fanout: one packet encrypted for each of 64 subscribers with distinct keys, one at
+/// a time with the `cbc` crate (as `PacketEncoder` does) against the multi-buffer kernel on every
+/// backend this CPU has. The throughput counts the bytes of all 64 packets.
+fn cbc_encrypt_fanout(c: &mut Criterion) {
+    use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, InnerIvInit, KeyInit};
+    type CbcEncryptor = cbc::Encryptor<aes::Aes128Enc>;
+    const ZERO_IV: [u8; 16] = [0; 16];
+
+    let raw_keys: Vec<[u8; 16]> = (0..FANOUT_SUBSCRIBERS)
+        .map(|i| {
+            let mut key = KEY;
+            key[0] = i as u8;
+            key
+        })
+        .collect();
+    let ciphers: Vec<aes::Aes128Enc> = raw_keys
+        .iter()
+        .map(|k| aes::Aes128Enc::new(k.into()))
+        .collect();
+    let keys: Vec<Aes128EncKey> = raw_keys.iter().map(Aes128EncKey::new).collect();
+
+    let mut g = c.benchmark_group("crypto/cbc_encrypt_fanout");
+    // 100 B and 1200 B packets, padded to the cipher block as the packet encoder pads them.
+    for (size, padded) in [(100usize, 112usize), (1200, 1200)] {
+        let mut buffers = vec![vec![0x42u8; padded]; FANOUT_SUBSCRIBERS];
+        g.throughput(Throughput::Bytes((padded * FANOUT_SUBSCRIBERS) as u64));
+        g.bench_function(format!("serial_{size}B_x{FANOUT_SUBSCRIBERS}"), |b| {
+            b.iter(|| {
+                for (cipher, buf) in ciphers.iter().zip(&mut buffers) {
+                    CbcEncryptor::inner_iv_init(cipher.clone(), &ZERO_IV.into())
+                        .encrypt_padded_mut::<NoPadding>(buf, padded)
+                        .unwrap();
+                }
+                black_box(&mut buffers);
+            })
+        });
+        for backend in Backend::ALL.into_iter().filter(|b| b.is_available()) {
+            let name = format!("multibuf_{}_{size}B_x{FANOUT_SUBSCRIBERS}", backend.name());
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let mut jobs: Vec<CbcJob<'_>> = keys
+                        .iter()
+                        .zip(&mut buffers)
+                        .map(|(key, data)| CbcJob { key, data })
+                        .collect();
+                    encrypt_cbc_zero_iv_many_with(backend, black_box(&mut jobs)).unwrap();
+                })
+            });
+        }
+    }
     g.finish();
 }
 
@@ -384,7 +441,7 @@ mod group {
     criterion_group! {
         name = benches;
         config = config();
-        targets = wire, crypto, amf, handshake
+        targets = wire, crypto, cbc_encrypt_fanout, amf, handshake
     }
 }
 use group::benches;

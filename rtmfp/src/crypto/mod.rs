@@ -8,6 +8,8 @@
 //!   ([`derive_session_keys`]);
 //! - negotiation of the optional HMAC and sequence numbers ([`negotiate`]);
 //! - Diffie-Hellman over groups 2, 14 and 16 with public-key validation (feature `dh`);
+//! - multi-buffer AES-128-CBC encryption of many sessions' packets at once, for fanout
+//!   ([`encrypt_cbc_zero_iv_many`]);
 //! - certificate fingerprints, that is Flash peer IDs ([`fingerprint`]).
 //!
 //! What it does not do: parse or build chunks, certificates or keying components beyond the few
@@ -21,6 +23,7 @@ mod fingerprint;
 mod kdf;
 #[cfg(feature = "dh")]
 mod modexp;
+mod multibuf;
 mod negotiate;
 mod packet;
 mod vlu;
@@ -33,6 +36,9 @@ pub use dh::{
 };
 pub use fingerprint::fingerprint;
 pub use kdf::{derive_session_keys, SessionKeys, AES_KEY_LEN, DERIVED_LEN};
+pub use multibuf::{
+    backend, encrypt_cbc_zero_iv_many, encrypt_cbc_zero_iv_many_with, Aes128EncKey, Backend, CbcJob,
+};
 pub use negotiate::{
     negotiate, DirectionOptions, KeyingNegotiation, NegotiatedModes, NegotiatedOption,
     NegotiationFlags, NegotiationPolicy, OptionPolicy, KEYING_OPTION_HMAC_NEGOTIATION,
@@ -83,4 +89,7 @@ pub enum CryptoError {
     /// A far DH public key that fails the RFC 7425 §4.6.2 checks.
     #[error("invalid Diffie-Hellman public key")]
     InvalidPublicKey,
+    /// A multi-buffer AES backend this CPU cannot run was asked for.
+    #[error("AES backend {0} is not available on this CPU")]
+    UnavailableBackend(&'static str),
 }

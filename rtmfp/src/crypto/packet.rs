@@ -687,7 +687,10 @@ mod tests {
                 return false;
             }
             self.0.insert(sseq);
-            if sseq > SSEQ_WINDOW {
+            // rtmfp-cpp forgets everything at or below `sseq - window` once `sseq > window`,
+            // so right at `sseq == window` it would still take 0, 32 packets old. We refuse
+            // every packet 32 or more behind, that one included (found by this property).
+            if sseq >= SSEQ_WINDOW {
                 self.0.extend(0..=sseq - SSEQ_WINDOW);
             }
             true

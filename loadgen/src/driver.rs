@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Instant as WallInstant;
 
 use rand_chacha::rand_core::SeedableRng;
@@ -19,9 +19,10 @@ use rtmfp::session::{Event, SessionConfig};
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::time::Instant;
+use updraft_dataplane::io::{bind_reuseport, BatchIo, MmsgSocket, RxBatch, TxBatch, BATCH};
 
-/// Largest datagram read or written.
-const DATAGRAM: usize = 8192;
+/// Kernel socket buffer of the loadgen's socket: a fanout receives bursts for every subscriber.
+const SOCKET_BUFFER: usize = 8 << 20;
 
 /// What happened to one session so far.
 #[derive(Debug, Default)]
@@ -38,7 +39,9 @@ pub struct SessionState {
 
 /// Many client sessions on one socket.
 pub struct Driver {
-    socket: UdpSocket,
+    socket: MmsgSocket,
+    rx: RxBatch,
+    tx: TxBatch,
     endpoint: Endpoint<ChaCha20Rng>,
     epoch: WallInstant,
     /// Every session's state, by handle.
@@ -53,21 +56,21 @@ pub struct Driver {
     pub bytes_in: u64,
     /// Keep received messages (a fanout counts them itself and need not keep them).
     pub keep_messages: bool,
-    buf: Vec<u8>,
 }
 
 impl Driver {
     /// A driver on a fresh loopback or wildcard socket, offering DH groups 2, 14 and 16 and the
     /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
     pub fn new(bind: SocketAddr, seed: u64) -> io::Result<Driver> {
-        let socket = UdpSocket::bind(bind)?;
-        socket.set_nonblocking(true)?;
+        let socket = MmsgSocket::new(bind_reuseport(bind, Some(SOCKET_BUFFER))?)?;
         let config = InitiatorConfig {
             groups: DhGroup::ALL.to_vec(),
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
         };
         Ok(Driver {
             socket,
+            rx: RxBatch::default(),
+            tx: TxBatch::default(),
             endpoint: Endpoint::new(
                 ChaCha20Rng::seed_from_u64(seed),
                 None,
@@ -81,7 +84,6 @@ impl Driver {
             bytes_out: 0,
             bytes_in: 0,
             keep_messages: true,
-            buf: vec![0; DATAGRAM],
         })
     }
 
@@ -137,21 +139,24 @@ impl Driver {
     /// message received (`session`, `flow`, bytes, now).
     pub fn step(&mut self, mut on_message: impl FnMut(u32, FlowId, &[u8], Instant)) {
         let now = self.now();
-        while let Some(t) = self.endpoint.poll_transmit(now, &mut self.buf) {
-            if self
-                .socket
-                .send_to(&self.buf[..t.len], t.destination)
-                .is_ok()
-            {
-                self.packets_out += 1;
-                self.bytes_out += t.len as u64;
-            }
-        }
-        while let Ok((n, from)) = self.socket.recv_from(&mut self.buf) {
-            self.packets_in += 1;
-            self.bytes_in += n as u64;
+        self.transmit(now);
+        // Batches of datagrams, one clock read per batch.
+        loop {
+            let n = self.socket.recv(&mut self.rx).unwrap_or(0);
             let now = self.now();
-            self.endpoint.handle_datagram(now, from, &mut self.buf[..n]);
+            for i in 0..n {
+                if let Some((from, truncated, bytes)) = self.rx.get_mut(i) {
+                    self.packets_in += 1;
+                    self.bytes_in += bytes.len() as u64;
+                    if !truncated {
+                        self.endpoint.handle_datagram(now, from, bytes);
+                    }
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+            self.transmit(now);
         }
         let now = self.now();
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
@@ -188,6 +193,32 @@ impl Driver {
         while WallInstant::now() < deadline {
             self.step(|_, _, _, _| {});
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Sends what the sessions have, in batches.
+    fn transmit(&mut self, now: Instant) {
+        loop {
+            let endpoint = &mut self.endpoint;
+            let mut sent = None;
+            self.tx.push_with(|buf| {
+                let t = endpoint.poll_transmit(now, buf)?;
+                sent = Some(t.len);
+                Some((t.destination, t.len))
+            });
+            match sent {
+                Some(len) => {
+                    self.packets_out += 1;
+                    self.bytes_out += len as u64;
+                    if self.tx.is_full() {
+                        self.socket.send(&mut self.tx);
+                    }
+                }
+                None => break,
+            }
+        }
+        if !self.tx.is_empty() {
+            self.socket.send(&mut self.tx);
         }
     }
 

@@ -88,6 +88,9 @@ pub struct Endpoint<R: RngCore> {
     initiator_config: InitiatorConfig,
     session_config: SessionConfig,
     sessions: HashMap<u32, Session>,
+    /// Sessions touched since they last had nothing to send or report (see [`Activity`]);
+    /// only these are polled, so an idle session costs nothing per turn.
+    activity: Activity,
     opening: HashMap<u32, Initiator>,
     /// IIKeying answers by (address, initiator session ID), to repeat them (RFC 7016 §3.5.1.1.2).
     accepted: HashMap<(SocketAddr, u32), Accepted>,
@@ -122,6 +125,7 @@ impl<R: RngCore> Endpoint<R> {
             initiator_config,
             session_config,
             sessions: HashMap::new(),
+            activity: Activity::default(),
             opening: HashMap::new(),
             accepted: HashMap::new(),
             startup_out: VecDeque::new(),
@@ -188,6 +192,9 @@ impl<R: RngCore> Endpoint<R> {
 
     /// A session by handle, to send on it or close it.
     pub fn session_mut(&mut self, handle: u32) -> Option<&mut Session> {
+        if self.sessions.contains_key(&handle) {
+            self.activity.touch(handle);
+        }
         self.sessions.get_mut(&handle)
     }
 
@@ -203,7 +210,11 @@ impl<R: RngCore> Endpoint<R> {
         }
         let mut closed = None;
         let mut found = None;
-        for (&id, s) in self.sessions.iter_mut() {
+        for i in 0..self.activity.touched.len() {
+            let id = self.activity.touched[i].0;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if let Some(e) = s.poll_event() {
                 if matches!(e, Event::Closed { .. }) {
                     closed = Some(id);
@@ -211,6 +222,10 @@ impl<R: RngCore> Endpoint<R> {
                 found = Some((id, EndpointEvent::Session(e)));
                 break;
             }
+            self.activity.touched[i].2 = true;
+        }
+        if found.is_none() {
+            self.activity.settle(&self.sessions);
         }
         if let Some(id) = closed {
             self.accepted.retain(|_, a| a.near_session_id != id);
@@ -239,7 +254,9 @@ impl<R: RngCore> Endpoint<R> {
         if sid != SessionId::STARTUP.0 && !self.opening.contains_key(&sid) {
             match self.sessions.get_mut(&sid) {
                 Some(s) => {
-                    if let Err(e) = s.handle_datagram(now, from, datagram) {
+                    let result = s.handle_datagram(now, from, datagram);
+                    self.activity.touch(sid);
+                    if let Err(e) = result {
                         self.malformed(from, &e);
                     }
                 }
@@ -453,6 +470,7 @@ impl<R: RngCore> Endpoint<R> {
         };
         let session = self.new_session(now, Role::Responder, rsid, isid, from, encoder, decoder);
         self.sessions.insert(rsid, session);
+        self.activity.touch(rsid);
         self.accepted.insert(
             (from, isid),
             Accepted {
@@ -526,6 +544,7 @@ impl<R: RngCore> Endpoint<R> {
             decoder,
         );
         self.sessions.insert(sid, session);
+        self.activity.touch(sid);
         self.events.push_back((
             sid,
             EndpointEvent::Connected {
@@ -544,7 +563,11 @@ impl<R: RngCore> Endpoint<R> {
                 len: n,
             });
         }
-        let ids: Vec<u32> = self.opening.keys().copied().collect();
+        let ids: Vec<u32> = if self.opening.is_empty() {
+            Vec::new()
+        } else {
+            self.opening.keys().copied().collect()
+        };
         for id in ids {
             let Some(init) = self.opening.get_mut(&id) else {
                 continue;
@@ -585,11 +608,17 @@ impl<R: RngCore> Endpoint<R> {
                 }
             }
         }
-        for s in self.sessions.values_mut() {
+        for i in 0..self.activity.touched.len() {
+            let id = self.activity.touched[i].0;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if let Some(t) = s.poll_transmit(now, buf) {
                 return Some(t);
             }
+            self.activity.touched[i].1 = true;
         }
+        self.activity.settle(&self.sessions);
         None
     }
 
@@ -600,12 +629,16 @@ impl<R: RngCore> Endpoint<R> {
             .values()
             .filter_map(Initiator::poll_timeout)
             .min();
-        let b = self
-            .sessions
-            .values()
+        // Settled sessions by their cached deadline; touched ones as they are now.
+        let settled = self.activity.deadlines.first().map(|d| d.0);
+        let touched = self
+            .activity
+            .touched
+            .iter()
+            .filter_map(|t| self.sessions.get(&t.0))
             .filter_map(Session::poll_timeout)
             .min();
-        a.into_iter().chain(b).min()
+        a.into_iter().chain(settled).chain(touched).min()
     }
 
     /// Runs timers due at `now`; forgets closed sessions whose events were all delivered.
@@ -621,8 +654,20 @@ impl<R: RngCore> Endpoint<R> {
             self.opening.remove(&id);
             self.events.push_back((id, EndpointEvent::ConnectFailed));
         }
-        for s in self.sessions.values_mut() {
-            s.handle_timeout(now);
+        // Sessions whose deadline has come join the touched ones; only those are run.
+        while let Some(&(deadline, id)) = self.activity.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.activity.touch(id);
+        }
+        for i in 0..self.activity.touched.len() {
+            let id = self.activity.touched[i].0;
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.handle_timeout(now);
+            }
+            self.activity.touched[i].1 = false;
+            self.activity.touched[i].2 = false;
         }
     }
 
@@ -634,6 +679,77 @@ impl<R: RngCore> Endpoint<R> {
             .is_some_and(|s| s.state() == crate::session::State::Closed)
         {
             self.sessions.remove(&handle);
+            self.activity.forget(handle);
+        }
+    }
+}
+
+/// Which sessions need polling. A session is touched by anything that can change it (a
+/// datagram, a timer, `session_mut`); it settles once a `poll_transmit` and a `poll_event`
+/// pass have both found nothing in it, and then waits, with its deadline cached, for the
+/// next touch or for its deadline.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Touched sessions: (handle, nothing to send, nothing to report).
+    touched: Vec<(u32, bool, bool)>,
+    /// Position of each touched session in `touched`.
+    index: HashMap<u32, usize>,
+    /// Settled sessions by deadline.
+    deadlines: std::collections::BTreeSet<(Instant, u32)>,
+    /// The cached deadline of each settled session.
+    deadline_of: HashMap<u32, Instant>,
+}
+
+impl Activity {
+    fn touch(&mut self, id: u32) {
+        if let Some(d) = self.deadline_of.remove(&id) {
+            self.deadlines.remove(&(d, id));
+        }
+        match self.index.get(&id) {
+            Some(&i) => {
+                self.touched[i].1 = false;
+                self.touched[i].2 = false;
+            }
+            None => {
+                self.index.insert(id, self.touched.len());
+                self.touched.push((id, false, false));
+            }
+        }
+    }
+
+    /// Removes the touched session at `i`, keeping the index right.
+    fn untouch_at(&mut self, i: usize) -> u32 {
+        let (id, ..) = self.touched.swap_remove(i);
+        self.index.remove(&id);
+        if let Some(moved) = self.touched.get(i) {
+            self.index.insert(moved.0, i);
+        }
+        id
+    }
+
+    fn forget(&mut self, id: u32) {
+        if let Some(d) = self.deadline_of.remove(&id) {
+            self.deadlines.remove(&(d, id));
+        }
+        if let Some(&i) = self.index.get(&id) {
+            self.untouch_at(i);
+        }
+    }
+
+    /// Settles the touched sessions found idle by both polls.
+    fn settle(&mut self, sessions: &HashMap<u32, Session>) {
+        let mut i = 0;
+        while i < self.touched.len() {
+            let (_, tx_idle, ev_idle) = self.touched[i];
+            if tx_idle && ev_idle {
+                let id = self.untouch_at(i);
+                if let Some(d) = sessions.get(&id).and_then(Session::poll_timeout) {
+                    self.deadlines.insert((d, id));
+                    self.deadline_of.insert(id, d);
+                }
+            } else {
+                i += 1;
+            }
         }
     }
 }

@@ -516,12 +516,19 @@ fn serve(
             if let Ok(Some(status)) = child.try_wait() {
                 tracing::error!(%status, "control process died; restarting it");
                 std::thread::sleep(RESTART_DELAY);
-                let links = plane
+                // A failed restart is retried on the next turn; the data plane keeps serving.
+                match plane
                     .connect_control()
-                    .map_err(|e| format!("cannot link the control plane: {e}"))?;
-                control = start_control(links, &settings, false)?;
-                if let ControlPlane::Process(c) = &control {
-                    tracing::info!(pid = c.id(), "control process restarted");
+                    .map_err(|e| format!("cannot link the control plane: {e}"))
+                    .and_then(|links| start_control(links, &settings, false))
+                {
+                    Ok(c) => {
+                        if let ControlPlane::Process(p) = &c {
+                            tracing::info!(pid = p.id(), "control process restarted");
+                        }
+                        control = c;
+                    }
+                    Err(e) => tracing::error!("control restart failed, retrying: {e}"),
                 }
             }
         }
@@ -582,8 +589,12 @@ fn control_main(args: &[String]) -> Result<(), String> {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--links" => {
+                let mut seen = std::collections::HashSet::new();
                 for fd in value.split(',') {
                     let fd: i32 = fd.parse().map_err(|e| format!("--links {fd}: {e}"))?;
+                    if !seen.insert(fd) {
+                        return Err(format!("--links: fd {fd} named twice"));
+                    }
                     let owned = updraft_dataplane::sys::claim_inherited_socket(fd)
                         .map_err(|e| format!("link fd {fd}: {e}"))?;
                     let socket = Socket::from(owned);

@@ -249,7 +249,8 @@ impl Handshakes {
         datagram: &mut [u8],
         out: &mut Vec<Action>,
     ) {
-        let budget = datagram.len().saturating_mul(AMPLIFICATION_FACTOR);
+        // One budget for everything this datagram makes us send, however many chunks it has.
+        let mut budget = datagram.len().saturating_mul(AMPLIFICATION_FACTOR);
         let Ok(decoded) = self.decoder.decode(datagram) else {
             self.stats.malformed += 1;
             return;
@@ -270,7 +271,7 @@ impl Handshakes {
             match chunk {
                 Ok(Chunk::IHello(h)) => {
                     self.stats.ihello += 1;
-                    self.on_ihello(now, from, h.epd, h.tag, budget, out);
+                    self.on_ihello(now, from, h.epd, h.tag, &mut budget, out);
                 }
                 Ok(Chunk::IIKeying(k)) => {
                     self.stats.iikeying += 1;
@@ -292,7 +293,7 @@ impl Handshakes {
         from: SocketAddr,
         epd: &[u8],
         tag: &[u8],
-        budget: usize,
+        budget: &mut usize,
         out: &mut Vec<Action>,
     ) {
         match self.responder.on_ihello(now, &from, epd, tag) {
@@ -305,11 +306,12 @@ impl Handshakes {
                 let Some(p) = startup_packet(&mut self.encoder, now, 0, &chunk) else {
                     return;
                 };
-                if p.len() > budget {
+                if p.len() > *budget {
                     self.stats.amplification_refused += 1;
-                    tracing::debug!(%from, rhello = p.len(), budget, "RHello withheld: amplification");
+                    tracing::debug!(%from, rhello = p.len(), budget = *budget, "RHello withheld: amplification");
                     return;
                 }
+                *budget -= p.len();
                 self.stats.rhello += 1;
                 out.push(Action::Transmit {
                     to: from,
@@ -488,7 +490,7 @@ mod tests {
     use rtmfp::startup::components::build_url_epd;
     use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
     use rtmfp::startup::responder::ResponderConfig;
-    use rtmfp::wire::{IHello, IIKeying};
+    use rtmfp::wire::{ChunkBody, IHello, IIKeying};
 
     fn responder() -> Arc<Responder> {
         Arc::new(Responder::new(
@@ -663,6 +665,35 @@ mod tests {
             }
         }
         assert_eq!(h.stats().amplification_refused + h.stats().rhello, 1);
+    }
+
+    #[test]
+    fn many_ihellos_in_one_datagram_share_one_budget() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let from: SocketAddr = "127.0.0.1:4005".parse().unwrap();
+        let epd = build_url_epd(b"rtmfp://a/");
+        let mut enc = PacketEncoder::startup();
+        let tag = [1u8; 16];
+        let hello = IHello {
+            epd: &epd,
+            tag: &tag[..],
+        };
+        let mut dg = rtmfp::endpoint::startup_packet_with(&mut enc, Instant::ZERO, 0, |w| {
+            (0..40).all(|_| hello.emit(w).is_ok())
+        })
+        .unwrap();
+        let len = dg.len();
+        let mut out = Vec::new();
+        h.on_startup(Instant::ZERO, 0, from, &mut dg, &mut out);
+        let sent: usize = out
+            .iter()
+            .map(|a| match a {
+                Action::Transmit { datagram, .. } => datagram.len(),
+                Action::Compute(_) => 0,
+            })
+            .sum();
+        assert!(sent <= AMPLIFICATION_FACTOR * len, "{sent} bytes for {len}");
+        assert!(h.stats().amplification_refused > 0);
     }
 
     #[test]

@@ -30,6 +30,8 @@ struct Client {
     stream_flows: HashMap<u64, u64>,
 }
 
+/// Most NetStreams one client may use at once.
+pub const MAX_NETSTREAMS: usize = 256;
 /// Most addresses kept from one `setPeerInfo`.
 const MAX_PEER_ADDRESSES: usize = 16;
 
@@ -200,7 +202,12 @@ impl NetConnections {
             })
         };
         let routed = |out: Vec<Routed>| out.into_iter().map(Dispatched::Routed).collect();
-        if stream_id != 0 {
+        // At most MAX_NETSTREAMS NetStreams per client: the stream directory and the workers'
+        // per-stream state stay bounded whatever a client sends.
+        let stream_room = stream_id == 0
+            || client.stream_flows.contains_key(&stream_id)
+            || client.stream_flows.len() < MAX_NETSTREAMS;
+        if stream_id != 0 && stream_room {
             client.stream_flows.insert(stream_id, flow);
         }
         let key = |name: &str| {
@@ -294,6 +301,14 @@ impl NetConnections {
                     video: true,
                     enabled,
                 })]
+            }
+            Ok(NetCommand::Publish { name: Some(_), .. }) | Ok(NetCommand::Play(_))
+                if !stream_room =>
+            {
+                vec![reply(refuse_stream(
+                    status::PLAY_FAILED,
+                    "Too many NetStreams on this connection",
+                ))]
             }
             Ok(NetCommand::Publish {
                 name: Some(name), ..

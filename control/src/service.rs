@@ -144,9 +144,14 @@ pub fn run(
     config: ServiceConfig,
     apps: Box<dyn Applications>,
 ) -> io::Result<()> {
-    let epoch = std::time::Instant::now();
-    let now =
-        || Instant::from_micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX));
+    // The handshake clock is Unix time, so that cookies given by a control process before a
+    // restart stay valid in the next one (both derive the same secret from the identity).
+    let now = || {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Instant::from_micros(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
+    };
     let responder = Arc::new(responder_for(config.identity_seed));
     let (tx, rx) = crossbeam_channel::bounded::<Input>(INPUT_QUEUE);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
@@ -349,7 +354,12 @@ impl Service {
                 }
             }
             Input::Keyed(done) => {
-                let session_id = self.links.get_mut(done.link).and_then(|l| l.ids.allocate());
+                // No ID for a worker whose link is down: its Install could not be delivered.
+                let session_id = self
+                    .links
+                    .get_mut(done.link)
+                    .filter(|l| l.up)
+                    .and_then(|l| l.ids.allocate());
                 let keyed = self
                     .handshakes
                     .complete(now, &done.request, done.result, session_id);

@@ -114,14 +114,27 @@ impl Streams {
         name: &str,
         from: StreamFlow,
     ) -> Result<Vec<Routed>, PublishError> {
-        let s = self.stream(key, name);
-        if s.publisher.is_some() {
+        if self
+            .by_key
+            .get(key)
+            .is_some_and(|s| s.publisher.is_some_and(|p| p != from))
+        {
             return Err(PublishError::NameTaken);
         }
+        // A NetStream that published another name stops doing so.
+        let mut previous = Vec::new();
+        for s in self.by_key.values_mut() {
+            if s.publisher == Some(from) && s.name != name {
+                s.publisher = None;
+                previous.push((worker_of(from.0), Down::Unpublish { stream: s.id }));
+            }
+        }
+        let s = self.stream(key, name);
         s.publisher = Some(from);
         let id = s.id;
         let publisher_worker = worker_of(from.0);
-        let mut out = vec![
+        let mut out = previous;
+        out.extend([
             reply(
                 from,
                 vec![status_message(
@@ -139,7 +152,7 @@ impl Streams {
                     key: key.to_string(),
                 },
             ),
-        ];
+        ]);
         let mut workers: Vec<usize> = s.subscribers.iter().map(|f| worker_of(f.0)).collect();
         workers.sort_unstable();
         workers.dedup();
@@ -166,6 +179,9 @@ impl Streams {
 
     /// `play(name)` from `to` for the stream `key`; `unbuffered` starts at the next key frame.
     pub fn play(&mut self, key: &str, name: &str, to: StreamFlow, unbuffered: bool) -> Vec<Routed> {
+        // A new play on a NetStream replaces what it played before (the worker replaces it
+        // too when it gets the Play).
+        let mut out = self.leave(to, Some(key));
         let s = self.stream(key, name);
         let worker = worker_of(to.0);
         let first_on_worker = !s.subscribers.iter().any(|f| worker_of(f.0) == worker);
@@ -190,7 +206,7 @@ impl Streams {
             .to_message(ObjectEncoding::Amf0, 0)
             .unwrap_or_default(),
         ];
-        let mut out = vec![
+        out.extend([
             reply(to, start.to_vec()),
             (
                 worker,
@@ -202,7 +218,7 @@ impl Streams {
                     key: key.to_string(),
                 },
             ),
-        ];
+        ]);
         if let Some(p) = s.publisher {
             let pw = worker_of(p.0);
             if first_on_worker && pw != worker {
@@ -253,6 +269,7 @@ impl Streams {
                         flow: flow.1,
                     },
                 ));
+                out.extend(Self::unroute_if_last(s, worker_of(flow.0)));
             }
         }
         self.by_key
@@ -279,6 +296,39 @@ impl Streams {
         self.next_id = self.next_id.max(entry.stream);
     }
 
+    /// The route from the publisher's worker to `worker`, when `worker` has no player left.
+    fn unroute_if_last(s: &Stream, worker: usize) -> Option<Routed> {
+        let p = s.publisher?;
+        let pw = worker_of(p.0);
+        (pw != worker && !s.subscribers.iter().any(|f| worker_of(f.0) == worker)).then(|| {
+            (
+                pw,
+                Down::Route {
+                    stream: s.id,
+                    worker: u8::try_from(worker).unwrap_or(u8::MAX),
+                    add: false,
+                },
+            )
+        })
+    }
+
+    /// `flow` stops playing any stream other than `except`.
+    fn leave(&mut self, flow: StreamFlow, except: Option<&str>) -> Vec<Routed> {
+        let mut out = Vec::new();
+        for (k, s) in self.by_key.iter_mut() {
+            if except == Some(k.as_str()) {
+                continue;
+            }
+            if let Some(i) = s.subscribers.iter().position(|&f| f == flow) {
+                s.subscribers.swap_remove(i);
+                out.extend(Self::unroute_if_last(s, worker_of(flow.0)));
+            }
+        }
+        self.by_key
+            .retain(|_, s| s.publisher.is_some() || !s.subscribers.is_empty());
+        out
+    }
+
     /// `session` closed: everything it published is unpublished, everything it played stops.
     pub fn session_closed(&mut self, session: u32) -> Vec<Routed> {
         let mut flows: Vec<StreamFlow> = Vec::new();
@@ -291,11 +341,9 @@ impl Streams {
         let mut out = Vec::new();
         for f in flows {
             // The closed session gets nothing: only the others' messages are kept.
-            out.extend(
-                self.stop(f)
-                    .into_iter()
-                    .filter(|(_, d)| !matches!(d, Down::Reply { session_id, .. } | Down::StopPlay { session_id, .. } if *session_id == session)),
-            );
+            out.extend(self.stop(f).into_iter().filter(
+                |(_, d)| !matches!(d, Down::Reply { session_id, .. } if *session_id == session),
+            ));
         }
         out
     }
@@ -414,6 +462,26 @@ mod tests {
         assert!(out
             .iter()
             .any(|(_, d)| matches!(d, Down::Publish { stream: 1001, .. })));
+    }
+
+    #[test]
+    fn leaving_players_are_unrouted_and_told_to_stop_even_when_closed() {
+        let mut s = Streams::new();
+        s.publish("live/cam", "cam", PUB).unwrap();
+        s.play("live/cam", "cam", SUB1, false);
+        // The last player on worker 1 leaves by closing: the worker still gets StopPlay (a
+        // Play may have crossed the close), and the publisher's worker drops the route.
+        let out = s.session_closed(SUB1.0);
+        assert!(out.iter().any(|(w, d)| *w == 1 && matches!(d, Down::StopPlay { .. })));
+        assert!(out.iter().any(|(w, d)| *w == 0
+            && matches!(d, Down::Route { worker: 1, add: false, .. })));
+        // A new play on the same NetStream replaces the old one.
+        s.play("live/cam", "cam", SUB0, false);
+        s.publish("live/other", "other", (0x0001_0005, 9)).unwrap();
+        let out = s.play("live/other", "other", SUB0, false);
+        assert!(out.iter().any(|(_, d)| matches!(d, Down::Play { .. })));
+        let cam = s.by_key.get("live/cam").unwrap();
+        assert!(!cam.subscribers.contains(&SUB0), "replaced");
     }
 
     #[test]

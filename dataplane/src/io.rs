@@ -333,8 +333,15 @@ impl BatchIo for MmsgSocket {
             match sys::send_gso(self.socket.as_raw_fd(), &segments[..run], size, list[i].1) {
                 Ok(_) => self.gso_sends += 1,
                 Err(e) => {
-                    tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
-                    self.gso = false;
+                    // Only "not supported here" turns GSO off for good; a firewall or routing
+                    // error concerns this destination alone.
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EIO | libc::ENOPROTOOPT)
+                    ) {
+                        tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                        self.gso = false;
+                    }
                     dropped += self.send_plain(&list[i..i + run]);
                 }
             }

@@ -256,7 +256,8 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration, ready: &mut [bool]) -> io
         p.fd = fd;
         p.events = libc::POLLIN;
     }
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // Round up: a sub-millisecond wait must not become a busy poll(0).
+    let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pfds[..n]` is a valid, initialised array that lives across the call.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
     ready.iter_mut().for_each(|r| *r = false);

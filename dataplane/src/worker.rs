@@ -542,7 +542,9 @@ impl<IO: BatchIo> Worker<IO> {
                 Err(()) => return false,
             }
         }
-        if self.outbox.len() >= MAX_OUTBOX {
+        // A full outbox drops what a client can retry, never a `Closed`: a lost one would
+        // leave the session's ID and published names taken in the control plane.
+        if self.outbox.len() >= MAX_OUTBOX && !matches!(msg, Up::Closed { .. }) {
             self.counters.control_up_dropped += 1;
             return false;
         }
@@ -636,11 +638,22 @@ impl<IO: BatchIo> Worker<IO> {
                 key,
             } => {
                 if self.slot_of(session_id).is_some() {
-                    self.publishing.insert((session_id, flow), stream);
+                    // A new publish on the same NetStream replaces the previous one.
+                    if let Some(old) = self.publishing.insert((session_id, flow), stream) {
+                        if old != stream {
+                            self.unpublish(old);
+                        }
+                    }
                     let state = self.streams.entry(stream).or_default();
                     state.published = true;
                     state.key = key;
                     state.cache.clear();
+                    // A new publisher's clock starts anew: every subscriber restarts at 0
+                    // from its next key frame.
+                    for sub in state.subscribers.iter_mut() {
+                        sub.base = None;
+                        sub.waiting_keyframe = true;
+                    }
                 }
             }
             Down::Unpublish { stream } => self.unpublish(stream),
@@ -681,8 +694,19 @@ impl<IO: BatchIo> Worker<IO> {
                 unbuffered,
                 key,
             } => {
-                self.streams.entry(stream).or_default().key = key;
-                self.play(now, session_id, FlowId(flow), stream, unbuffered)
+                // Only for a live session on one of its NetStream flows: a Play that crossed
+                // the session's close must not leave a subscriber behind for the next owner
+                // of the session ID.
+                let valid = self.slot_of(session_id).is_some_and(|slot| {
+                    self.table[usize::from(slot)]
+                        .as_ref()
+                        .is_some_and(|e| e.streams.iter().any(|s| s.0 == FlowId(flow) && s.1 != 0))
+                });
+                if valid {
+                    self.stop_flow(session_id, FlowId(flow));
+                    self.streams.entry(stream).or_default().key = key;
+                    self.play(now, session_id, FlowId(flow), stream, unbuffered)
+                }
             }
             Down::Receive {
                 session_id,
@@ -702,13 +726,7 @@ impl<IO: BatchIo> Worker<IO> {
                     }
                 }
             }
-            Down::StopPlay { session_id, flow } => {
-                for state in self.streams.values_mut() {
-                    state
-                        .subscribers
-                        .retain(|s| !(s.session_id == session_id && s.flow == FlowId(flow)));
-                }
-            }
+            Down::StopPlay { session_id, flow } => self.stop_flow(session_id, FlowId(flow)),
             Down::Stats { values } => {
                 let n = values.len().min(MAX_STATS);
                 for (slot, v) in self.shared.control_stats.iter().zip(&values[..n]) {
@@ -875,12 +893,15 @@ impl<IO: BatchIo> Worker<IO> {
     /// cached for late joiners, sent to this worker's subscribers, and (when published here)
     /// handed to the workers on the stream's routes.
     fn on_media(&mut self, now: Instant, stream: u32, message: Arc<[u8]>, published_here: bool) {
-        let Some(state) = self.streams.get_mut(&stream) else {
-            return;
-        };
+        // Items from the publisher's worker may arrive before this worker's Play: keep them.
+        let state = self.streams.entry(stream).or_default();
         if message.is_empty() {
-            // The publisher left (see MediaItem).
+            // The publisher left (see MediaItem): the next one starts a new clock.
             state.cache.clear();
+            for sub in state.subscribers.iter_mut() {
+                sub.base = None;
+                sub.waiting_keyframe = true;
+            }
             return;
         }
         state.cache.observe(&message);
@@ -969,7 +990,14 @@ impl<IO: BatchIo> Worker<IO> {
         let rebased = if header {
             0
         } else {
-            ts.wrapping_sub(*sub.base.get_or_insert(ts))
+            // A message a little older than the base (audio interleaved before the key frame)
+            // goes out at 0 rather than wrapping to 2^32 ms.
+            let d = ts.wrapping_sub(*sub.base.get_or_insert(ts));
+            if d > i32::MAX as u32 {
+                0
+            } else {
+                d
+            }
         };
         let expiry = match kind {
             MediaKind::Audio { header: false } => Some(now + AUDIO_LIFETIME),
@@ -996,6 +1024,15 @@ impl<IO: BatchIo> Worker<IO> {
         }
         self.scratch = scratch;
         self.mark_dirty(slot);
+    }
+
+    /// Whatever the client's NetStream `flow` of `session_id` played stops.
+    fn stop_flow(&mut self, session_id: u32, flow: FlowId) {
+        for state in self.streams.values_mut() {
+            state
+                .subscribers
+                .retain(|s| !(s.session_id == session_id && s.flow == flow));
+        }
     }
 
     fn play(&mut self, now: Instant, session_id: u32, flow: FlowId, stream: u32, unbuffered: bool) {
@@ -1125,6 +1162,10 @@ impl<IO: BatchIo> Worker<IO> {
         if let Some(state) = self.streams.get_mut(&stream) {
             state.published = false;
             state.cache.clear();
+            for sub in state.subscribers.iter_mut() {
+                sub.base = None;
+                sub.waiting_keyframe = true;
+            }
             for &w in &state.routes {
                 let reset = MediaItem {
                     stream,

@@ -107,6 +107,8 @@ enum Input {
     Malformed,
     LinkDown(usize),
     Keyed(Done),
+    /// A Diffie-Hellman result waits in the pool's queue.
+    Wake,
 }
 
 struct Link {
@@ -157,11 +159,10 @@ pub fn run(
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let forward = {
         let tx = tx.clone();
-        let done_rx = done_rx.clone();
+        // Only a wake-up, never blocking: the results wait in `done_rx`, which the service
+        // loop drains, so a full input queue (or a shutdown) cannot stall a DH thread.
         Arc::new(move || {
-            while let Ok(d) = done_rx.try_recv() {
-                let _ = tx.send(Input::Keyed(d));
-            }
+            let _ = tx.try_send(Input::Wake);
         }) as Arc<dyn Fn() + Send + Sync>
     };
     let pool = DhPool::start(
@@ -348,6 +349,7 @@ impl Service {
         match input {
             Input::Up(link, msg) => self.on_up(now, link, msg),
             Input::Malformed => self.malformed += 1,
+            Input::Wake => {}
             Input::LinkDown(link) => {
                 if let Some(l) = self.links.get_mut(link) {
                     l.up = false;

@@ -472,9 +472,18 @@ mod tests {
         // The last player on worker 1 leaves by closing: the worker still gets StopPlay (a
         // Play may have crossed the close), and the publisher's worker drops the route.
         let out = s.session_closed(SUB1.0);
-        assert!(out.iter().any(|(w, d)| *w == 1 && matches!(d, Down::StopPlay { .. })));
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 1 && matches!(d, Down::StopPlay { .. })));
         assert!(out.iter().any(|(w, d)| *w == 0
-            && matches!(d, Down::Route { worker: 1, add: false, .. })));
+            && matches!(
+                d,
+                Down::Route {
+                    worker: 1,
+                    add: false,
+                    ..
+                }
+            )));
         // A new play on the same NetStream replaces the old one.
         s.play("live/cam", "cam", SUB0, false);
         s.publish("live/other", "other", (0x0001_0005, 9)).unwrap();

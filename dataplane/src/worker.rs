@@ -1303,6 +1303,7 @@ impl<IO: BatchIo> Worker<IO> {
                         dump(id, e.session.far_address(), outgoing, &plain);
                     }
                 }
+                Event::FlowFinished { flow } => self.on_flow_finished(slot, flow),
                 Event::Closed { reason } => {
                     tracing::info!(worker = self.index, session = id, ?reason, "session closed");
                     closed = true;
@@ -1363,6 +1364,25 @@ impl<IO: BatchIo> Worker<IO> {
                 self.wheel.insert(t, id);
             }
         }
+    }
+
+    /// The client finished one of its flows: its NetStream is gone, so is our reply flow and
+    /// whatever the flow played or published here.
+    fn on_flow_finished(&mut self, slot: u16, flow: FlowId) {
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        let id = e.id;
+        e.streams.retain(|s| s.0 != flow);
+        if let Some(i) = e.replies.iter().position(|r| r.0 == flow) {
+            let (_, reply) = e.replies.swap_remove(i);
+            let _ = e.session.close_flow(reply);
+        }
+        self.stop_flow(id, flow);
+        if let Some(stream) = self.publishing.remove(&(id, flow.0)) {
+            self.unpublish(stream);
+        }
+        self.mark_dirty(slot);
     }
 
     fn on_flow_opened(&mut self, slot: u16, flow: FlowId, metadata: &[u8]) {

@@ -589,15 +589,14 @@ fn control_main(args: &[String]) -> Result<(), String> {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--links" => {
-                let mut seen = std::collections::HashSet::new();
-                for fd in value.split(',') {
-                    let fd: i32 = fd.parse().map_err(|e| format!("--links {fd}: {e}"))?;
-                    if !seen.insert(fd) {
-                        return Err(format!("--links: fd {fd} named twice"));
-                    }
-                    let owned = updraft_dataplane::sys::claim_inherited_socket(fd)
-                        .map_err(|e| format!("link fd {fd}: {e}"))?;
-                    let socket = Socket::from(owned);
+                let fds = value
+                    .split(',')
+                    .map(|fd| fd.parse::<i32>().map_err(|e| format!("--links {fd}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let owned = updraft_dataplane::sys::claim_inherited_sockets(&fds)
+                    .map_err(|e| format!("--links {value}: {e}"))?;
+                for fd in owned {
+                    let socket = Socket::from(fd);
                     socket.set_cloexec(true).map_err(|e| e.to_string())?;
                     links.push(socket);
                 }

@@ -60,6 +60,8 @@ pub const CONTROL_STATS: [&str; 19] = [
 pub const CONTROL_STATS_LEVELS: std::ops::Range<usize> = 14..17;
 /// Most messages waiting for room on one worker's link; more are dropped and counted.
 const MAX_OUTBOX: usize = 262_144;
+/// Most bytes waiting for room on one worker's link.
+const MAX_OUTBOX_BYTES: usize = 256 << 20;
 /// How soon the service retries a full link.
 const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 /// Capacity of the queue from link readers and DH threads to the service thread.
@@ -118,6 +120,8 @@ struct Link {
     dropped: u64,
     /// Messages waiting for room on the link.
     outbox: VecDeque<Vec<u8>>,
+    /// Bytes in `outbox`.
+    outbox_bytes: usize,
 }
 
 impl Link {
@@ -126,6 +130,7 @@ impl Link {
         while let Some(front) = self.outbox.front() {
             match self.socket.send_with_flags(front, libc_flags()) {
                 Ok(_) => {
+                    self.outbox_bytes -= front.len();
                     self.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -133,6 +138,7 @@ impl Link {
                     // The worker's end is gone; its reader reports the link down.
                     self.dropped += self.outbox.len() as u64;
                     self.outbox.clear();
+                    self.outbox_bytes = 0;
                 }
             }
         }
@@ -186,6 +192,7 @@ pub fn run(
             ids: IdAllocator::new(u8::try_from(i).unwrap_or(u8::MAX)),
             dropped: 0,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
         });
     }
     drop(tx);
@@ -324,10 +331,11 @@ impl Service {
         {
             return;
         }
-        if l.outbox.len() >= MAX_OUTBOX {
+        if l.outbox.len() >= MAX_OUTBOX || l.outbox_bytes + self.out_buf.len() > MAX_OUTBOX_BYTES {
             l.dropped += 1;
             return;
         }
+        l.outbox_bytes += self.out_buf.len();
         l.outbox.push_back(self.out_buf.clone());
     }
 

@@ -324,12 +324,40 @@ impl AsRawFd for EventFd {
     }
 }
 
-/// Takes ownership of a file descriptor this process inherited from its parent, which named
-/// it on the command line (the control-plane links).
-///
-/// Fails unless `fd` is open and is a socket, so that a wrong number cannot alias a file this
-/// process already owns.
-pub fn claim_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
+/// Takes ownership of the sockets this process inherited from its parent, which named them on
+/// the command line (the control-plane links). Callable once per process, with distinct
+/// descriptors, so that no descriptor ends up with two owners.
+pub fn claim_inherited_sockets(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    static CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut unique = fds.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a link descriptor is named twice",
+        ));
+    }
+    for &fd in fds {
+        check_inherited_socket(fd)?;
+    }
+    if CLAIMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the inherited links were claimed already",
+        ));
+    }
+    Ok(fds
+        .iter()
+        // SAFETY: each fd is open and a socket (checked above), was inherited at exec, is
+        // distinct from the others, and is claimed once per process (the flag above): nothing
+        // else in this process owns it.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect())
+}
+
+/// Fails unless `fd` is an open socket above the standard streams.
+fn check_inherited_socket(fd: RawFd) -> io::Result<()> {
     const FIRST_INHERITED: RawFd = 3;
     if fd < FIRST_INHERITED {
         return Err(io::Error::new(
@@ -349,10 +377,7 @@ pub fn claim_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
             format!("fd {fd} is not a socket"),
         ));
     }
-    // SAFETY: the fd is open (fstat succeeded), was inherited at exec and is referred to by
-    // nothing else in this process: the parent names each link fd once, and this is called
-    // once per named fd at start-up.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -485,9 +510,10 @@ mod tests {
 
     #[test]
     fn claiming_refuses_non_sockets() {
-        assert!(claim_inherited_socket(0).is_err());
+        assert!(check_inherited_socket(0).is_err());
         let f = std::fs::File::open("/proc/self/status").unwrap();
         let fd = f.as_raw_fd();
-        assert!(claim_inherited_socket(fd).is_err());
+        assert!(check_inherited_socket(fd).is_err());
+        assert!(claim_inherited_sockets(&[fd, fd]).is_err(), "named twice");
     }
 }

@@ -230,6 +230,8 @@ struct StreamState {
     subscribers: Vec<Subscriber>,
     /// Workers to forward to (when published here).
     routes: Vec<u8>,
+    /// Routes that lost messages to a full queue and owe their worker a gap mark.
+    gapped: Vec<u8>,
     published: bool,
     /// Application path and name, reported to a restarted control plane.
     key: String,
@@ -247,6 +249,11 @@ pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
 /// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
 /// audio until it catches up. A slow subscriber never slows the others.
 pub const MAX_SUBSCRIBER_BACKLOG: usize = 256 * 1024;
+/// A one-byte media item that tells a worker messages of the stream were lost on the way
+/// (no TC message is one byte long).
+const GAP_MARK: [u8; 1] = [0];
+/// Most bytes waiting for room on the control link.
+pub const MAX_OUTBOX_BYTES: usize = 64 << 20;
 /// Most messages waiting for room on the control link; more are dropped and counted.
 pub const MAX_OUTBOX: usize = 65_536;
 /// Longest a worker sleeps while its outbox waits for room on the control link.
@@ -302,6 +309,8 @@ pub struct Worker<IO: BatchIo> {
     last_report: std::time::Instant,
     /// Messages for the control plane waiting for room on the link.
     outbox: VecDeque<Vec<u8>>,
+    /// Bytes in `outbox`.
+    outbox_bytes: usize,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -338,6 +347,7 @@ impl<IO: BatchIo> Worker<IO> {
             sync_id: 0,
             last_report: std::time::Instant::now(),
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
         }
     }
 
@@ -456,6 +466,7 @@ impl<IO: BatchIo> Worker<IO> {
         self.link = Some(link);
         // What waited for the old control plane is moot: the new one gets a resync.
         self.outbox.clear();
+        self.outbox_bytes = 0;
         self.counters.control_links += 1;
         let workers = u8::try_from(self.shared.wakers.len()).unwrap_or(u8::MAX);
         self.send_up(&Up::Hello {
@@ -544,10 +555,13 @@ impl<IO: BatchIo> Worker<IO> {
         }
         // A full outbox drops what a client can retry, never a `Closed`: a lost one would
         // leave the session's ID and published names taken in the control plane.
-        if self.outbox.len() >= MAX_OUTBOX && !matches!(msg, Up::Closed { .. }) {
+        let full = self.outbox.len() >= MAX_OUTBOX
+            || self.outbox_bytes + self.up_buf.len() > MAX_OUTBOX_BYTES;
+        if full && !matches!(msg, Up::Closed { .. }) {
             self.counters.control_up_dropped += 1;
             return false;
         }
+        self.outbox_bytes += self.up_buf.len();
         self.outbox.push_back(self.up_buf.clone());
         true
     }
@@ -565,6 +579,7 @@ impl<IO: BatchIo> Worker<IO> {
                 self.link = None;
                 self.counters.control_up_dropped += 1 + self.outbox.len() as u64;
                 self.outbox.clear();
+                self.outbox_bytes = 0;
                 Err(())
             }
         }
@@ -576,10 +591,12 @@ impl<IO: BatchIo> Worker<IO> {
             let Some(link) = &self.link else {
                 self.counters.control_up_dropped += self.outbox.len() as u64;
                 self.outbox.clear();
+                self.outbox_bytes = 0;
                 return true;
             };
             match link.send_with_flags(front, libc::MSG_NOSIGNAL) {
                 Ok(_) => {
+                    self.outbox_bytes -= front.len();
                     self.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -588,6 +605,7 @@ impl<IO: BatchIo> Worker<IO> {
                     self.link = None;
                     self.counters.control_up_dropped += self.outbox.len() as u64;
                     self.outbox.clear();
+                    self.outbox_bytes = 0;
                     return true;
                 }
             }
@@ -895,6 +913,13 @@ impl<IO: BatchIo> Worker<IO> {
     fn on_media(&mut self, now: Instant, stream: u32, message: Arc<[u8]>, published_here: bool) {
         // Items from the publisher's worker may arrive before this worker's Play: keep them.
         let state = self.streams.entry(stream).or_default();
+        if message[..] == GAP_MARK[..] {
+            // The publisher's worker lost messages for us: resume at the next key frame.
+            for sub in state.subscribers.iter_mut() {
+                sub.waiting_keyframe = true;
+            }
+            return;
+        }
         if message.is_empty() {
             // The publisher left (see MediaItem): the next one starts a new clock.
             state.cache.clear();
@@ -909,16 +934,32 @@ impl<IO: BatchIo> Worker<IO> {
         state.bytes += message.len() as u64;
         if published_here {
             for &w in &state.routes {
+                let Some(queue) = self.media_out.get(usize::from(w)) else {
+                    continue;
+                };
+                // After a loss, the other worker first learns of the gap, so that its viewers
+                // wait for the next key frame instead of decoding a broken picture.
+                if state.gapped.contains(&w) {
+                    let gap = MediaItem {
+                        stream,
+                        message: Arc::from(&GAP_MARK[..]),
+                    };
+                    if queue.try_send(gap).is_err() {
+                        self.counters.drop_media_queue_full += 1;
+                        continue;
+                    }
+                    state.gapped.retain(|&g| g != w);
+                }
                 let item = MediaItem {
                     stream,
                     message: Arc::clone(&message),
                 };
-                match self.media_out.get(usize::from(w)).map(|q| q.try_send(item)) {
-                    Some(Ok(())) => {
-                        self.counters.media_out += 1;
-                        self.wake_pending[usize::from(w)] = true;
-                    }
-                    _ => self.counters.drop_media_queue_full += 1,
+                if queue.try_send(item).is_ok() {
+                    self.counters.media_out += 1;
+                    self.wake_pending[usize::from(w)] = true;
+                } else {
+                    self.counters.drop_media_queue_full += 1;
+                    state.gapped.push(w);
                 }
             }
         }

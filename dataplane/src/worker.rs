@@ -1495,3 +1495,86 @@ impl<IO: BatchIo> Worker<IO> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::MemIo;
+
+    /// A worker on the memory backend whose media queues are the given senders.
+    fn worker(index: u8, media_out: Vec<Sender<MediaItem>>, workers: usize) -> Worker<MemIo> {
+        let (io, _peer) = MemIo::pair().unwrap();
+        let (mut handoff_in, handoff_out) = handoff_queues(workers);
+        Worker::new(WorkerSetup {
+            index,
+            io,
+            handoff_in: handoff_in.remove(usize::from(index)),
+            handoff_out,
+            links: crossbeam_channel::bounded(1).1,
+            shared: Arc::new(Shared::new(workers).unwrap()),
+            session_config: SessionConfig::default(),
+            seed: [index; 32],
+            epoch: std::time::Instant::now(),
+            dump: None,
+            media_in: crossbeam_channel::bounded(1).1,
+            media_out,
+        })
+    }
+
+    fn video(ts: u32, key: bool) -> Arc<[u8]> {
+        let mut m = vec![0x09];
+        m.extend_from_slice(&ts.to_be_bytes());
+        m.extend_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
+        Arc::from(m)
+    }
+
+    #[test]
+    fn a_loss_between_workers_is_signalled_and_viewers_wait_for_a_key_frame() {
+        const STREAM: u32 = 5;
+        // Worker 0 publishes; worker 1's queue holds two items.
+        let (own_tx, _own_rx) = crossbeam_channel::bounded(2);
+        let (to_1, from_0) = crossbeam_channel::bounded(2);
+        let mut publisher = worker(0, vec![own_tx, to_1], 2);
+        let state = publisher.streams.entry(STREAM).or_default();
+        state.published = true;
+        state.routes.push(1);
+        let now = Instant::ZERO;
+        for ts in [0, 33, 66] {
+            publisher.on_media(now, STREAM, video(ts, ts == 0), true);
+        }
+        // The third did not fit: it is counted, and a gap is owed.
+        assert_eq!(publisher.counters.drop_media_queue_full, 1);
+        let first: Vec<MediaItem> = from_0.try_iter().collect();
+        assert_eq!(first.len(), 2);
+        publisher.on_media(now, STREAM, video(99, false), true);
+        let next: Vec<MediaItem> = from_0.try_iter().collect();
+        assert_eq!(next.len(), 2);
+        assert_eq!(&next[0].message[..], &GAP_MARK[..], "the gap comes first");
+        assert_eq!(timestamp(&next[1].message), 99);
+
+        // The viewers' worker: a subscriber in sync waits for a key frame after the gap.
+        let mut viewers = worker(1, Vec::new(), 2);
+        viewers
+            .streams
+            .entry(STREAM)
+            .or_default()
+            .subscribers
+            .push(Subscriber {
+                session_id: 0x0101_0001,
+                flow: FlowId(3),
+                base: Some(0),
+                waiting_keyframe: false,
+                delivered: 0,
+                dropped: 0,
+                audio: true,
+                video: true,
+            });
+        viewers.on_media(now, STREAM, Arc::clone(&next[0].message), false);
+        let sub = &viewers.streams[&STREAM].subscribers[0];
+        assert!(sub.waiting_keyframe);
+        assert_eq!(
+            viewers.streams[&STREAM].messages, 0,
+            "a gap mark is not media"
+        );
+    }
+}

@@ -33,6 +33,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const SUPERVISE_PERIOD: Duration = Duration::from_millis(50);
 /// Pause before restarting a control process that died, so a crash loop cannot spin.
 const RESTART_DELAY: Duration = Duration::from_millis(100);
+/// This process's own executable, on Linux.
+const SELF_EXE: &str = "/proc/self/exe";
 /// The user the control process runs as when the server starts as root.
 const UNPRIVILEGED_ID: u32 = 65_534;
 /// Default kernel socket buffer per worker: room for a burst of simultaneous connects.
@@ -241,7 +243,13 @@ fn start_control(
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
         return Ok(ControlPlane::Threads);
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    // The very binary this process runs, even if a package upgrade has replaced or deleted the
+    // file since (Linux keeps it reachable through /proc/self/exe): the control plane must
+    // speak this data plane's IPC version.
+    let exe = std::path::PathBuf::from(SELF_EXE);
+    if !exe.exists() {
+        return Err(format!("cannot find this executable at {SELF_EXE}"));
+    }
     let mut fds = Vec::new();
     for l in &links {
         l.set_cloexec(false)
@@ -249,7 +257,8 @@ fn start_control(
         fds.push(l.as_raw_fd().to_string());
     }
     let mut cmd = Command::new(exe);
-    cmd.arg(CONTROL_SUBCOMMAND)
+    cmd.arg0("updraft")
+        .arg(CONTROL_SUBCOMMAND)
         .arg("--links")
         .arg(fds.join(","))
         .arg("--www")

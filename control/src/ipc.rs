@@ -52,6 +52,14 @@ const TAG_UP_STARTUP: u8 = 0x03;
 const TAG_UP_MESSAGE: u8 = 0x04;
 const TAG_UP_CLOSED: u8 = 0x05;
 const TAG_UP_STREAMS: u8 = 0x06;
+const TAG_UP_NET_STATES: u8 = 0x07;
+/// Most entries in one [`Up::NetStates`] (each carries an application path of up to
+/// [`MAX_APP_PATH`] bytes, so a message stays under [`MAX_MESSAGE`]).
+pub const MAX_RESYNC_NET_STATES: usize = 128;
+/// Longest application path, in bytes.
+pub const MAX_APP_PATH: usize = 1024;
+/// Bytes of a [`NetState`] with an empty path: session, path length, next stream.
+const MIN_NET_STATE_LEN: usize = 4 + 4 + 4;
 /// Most stream entries in one [`Up::Streams`]; a worker sends several when it has more.
 pub const MAX_RESYNC_STREAMS: usize = 1024;
 /// Longest stream key (application path and stream name), in bytes.
@@ -71,6 +79,7 @@ const TAG_DOWN_ROUTE: u8 = 0x8B;
 const TAG_DOWN_PLAY: u8 = 0x8C;
 const TAG_DOWN_STOP_PLAY: u8 = 0x8D;
 const TAG_DOWN_RECEIVE: u8 = 0x8E;
+const TAG_DOWN_NET_STATE: u8 = 0x8F;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -168,6 +177,19 @@ pub struct StreamEntry {
     pub publisher: bool,
 }
 
+/// The NetConnection state of a session that the control plane leaves with its worker, so
+/// that a restarted control plane knows it again: the application it connected to and the
+/// next NetStream ID it will get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetState {
+    /// The session.
+    pub session_id: u32,
+    /// The application path it connected to.
+    pub app: String,
+    /// The next `createStream` result.
+    pub next_stream: u32,
+}
+
 /// A message from a worker to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Up {
@@ -215,6 +237,12 @@ pub enum Up {
     Streams {
         /// The entries.
         entries: Vec<StreamEntry>,
+    },
+    /// The NetConnection state of the worker's sessions, after a (re)connect (follows
+    /// `Streams`).
+    NetStates {
+        /// The entries.
+        entries: Vec<NetState>,
     },
 }
 
@@ -324,6 +352,8 @@ pub enum Down {
         /// The client's NetStream flow.
         flow: u64,
     },
+    /// Keep this NetConnection state of the session (see [`NetState`]).
+    NetState(NetState),
     /// `receiveAudio` / `receiveVideo` on the client's NetStream `flow` of `session_id`.
     Receive {
         /// The subscriber's session.
@@ -370,6 +400,14 @@ impl Up {
                     });
                 }
                 Up::Resync { sessions }
+            }
+            TAG_UP_NET_STATES => {
+                let n = r.count("net states", MAX_RESYNC_NET_STATES, MIN_NET_STATE_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(r.net_state()?);
+                }
+                Up::NetStates { entries }
             }
             TAG_UP_STREAMS => {
                 let n = r.count("streams", MAX_RESYNC_STREAMS, MIN_STREAM_ENTRY_LEN)?;
@@ -449,6 +487,11 @@ impl Up {
                 w.u8(TAG_UP_CLOSED)?;
                 w.u32(*session_id)
             }
+            Up::NetStates { entries } => {
+                w.u8(TAG_UP_NET_STATES)?;
+                w.count("net states", entries.len(), MAX_RESYNC_NET_STATES)?;
+                entries.iter().try_for_each(|e| w.net_state(e))
+            }
             Up::Streams { entries } => {
                 w.u8(TAG_UP_STREAMS)?;
                 w.count("streams", entries.len(), MAX_RESYNC_STREAMS)?;
@@ -521,6 +564,7 @@ impl Down {
                 unbuffered: r.bool("unbuffered")?,
                 key: r.string("stream key", MAX_STREAM_KEY)?,
             },
+            TAG_DOWN_NET_STATE => Down::NetState(r.net_state()?),
             TAG_DOWN_RECEIVE => Down::Receive {
                 session_id: r.u32()?,
                 flow: r.u64()?,
@@ -635,6 +679,10 @@ impl Down {
                 w.u32(*stream)?;
                 w.bool(*unbuffered)?;
                 w.bytes("stream key", key.as_bytes(), MAX_STREAM_KEY)
+            }
+            Down::NetState(state) => {
+                w.u8(TAG_DOWN_NET_STATE)?;
+                w.net_state(state)
             }
             Down::Receive {
                 session_id,
@@ -775,6 +823,12 @@ impl Writer<'_> {
         self.options(&secrets.receive)
     }
 
+    fn net_state(&mut self, n: &NetState) -> Result<(), IpcError> {
+        self.u32(n.session_id)?;
+        self.bytes("application path", n.app.as_bytes(), MAX_APP_PATH)?;
+        self.u32(n.next_stream)
+    }
+
     fn messages(&mut self, messages: &[Vec<u8>]) -> Result<(), IpcError> {
         self.count("messages", messages.len(), MAX_MESSAGES_PER_REPLY)?;
         for m in messages {
@@ -879,6 +933,14 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8], IpcError> {
         let len = self.count(what, max, 1)?;
         self.take(len)
+    }
+
+    fn net_state(&mut self) -> Result<NetState, IpcError> {
+        Ok(NetState {
+            session_id: self.u32()?,
+            app: self.string("application path", MAX_APP_PATH)?,
+            next_stream: self.u32()?,
+        })
     }
 
     fn string(&mut self, what: &'static str, max: usize) -> Result<String, IpcError> {
@@ -1477,6 +1539,19 @@ mod tests {
                 0..8
             )
             .prop_map(|entries| Up::Streams { entries }),
+            vec(
+                (any::<u32>(), "\\PC{0,30}", any::<u32>()).prop_map(
+                    |(session_id, app, next_stream)| {
+                        NetState {
+                            session_id,
+                            app,
+                            next_stream,
+                        }
+                    }
+                ),
+                0..8
+            )
+            .prop_map(|entries| Up::NetStates { entries }),
         ]
     }
 
@@ -1545,6 +1620,15 @@ mod tests {
                     unbuffered,
                     key,
                 }),
+            (any::<u32>(), "[a-z/]{0,20}", any::<u32>()).prop_map(
+                |(session_id, app, next_stream)| {
+                    Down::NetState(NetState {
+                        session_id,
+                        app,
+                        next_stream,
+                    })
+                }
+            ),
             (any::<u32>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
                 |(session_id, flow, video, enabled)| Down::Receive {
                     session_id,
@@ -1602,7 +1686,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_STREAMS, TAG_DOWN_WELCOME..=TAG_DOWN_RECEIVE],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_NET_STATES, TAG_DOWN_WELCOME..=TAG_DOWN_NET_STATE],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

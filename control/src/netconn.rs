@@ -13,7 +13,7 @@ use rtmfp::flash::message::{TcMessage, UserControl};
 
 use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
 use crate::ids::SessionIdParts;
-use crate::ipc::{Down, StreamEntry};
+use crate::ipc::{Down, NetState, StreamEntry};
 use crate::streams::{Routed, Streams};
 
 /// A client's NetConnection state.
@@ -79,13 +79,13 @@ impl NetConnections {
         );
     }
 
-    /// A session that was open before this control plane started (a worker reported it after a
-    /// control restart). Its NetConnection was accepted by the previous control plane, so it
-    /// stays connected; the application path was not kept and reads as the root application.
-    pub fn resume(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
-        self.open(session, peer_id, address);
-        if let Some(c) = self.clients.get_mut(&session) {
-            c.app = Some(String::new());
+    /// The NetConnection state a worker kept for one of its sessions (after a control
+    /// restart): the session is connected to that application again, and `createStream`
+    /// goes on from where it was. A session without one never connected.
+    pub fn restore_net(&mut self, state: &NetState) {
+        if let Some(c) = self.clients.get_mut(&state.session_id) {
+            c.app = Some(state.app.clone());
+            c.next_stream_id = f64::from(state.next_stream.max(1));
         }
     }
 
@@ -238,13 +238,22 @@ impl NetConnections {
                 tracing::info!(session, app = %app, encoding = ?c.object_encoding(), ?verdict, "connect");
                 match verdict {
                     ConnectVerdict::Accept => {
+                        let kept = Down::NetState(NetState {
+                            session_id: session,
+                            app: app.clone(),
+                            next_stream: stream_number(client.next_stream_id),
+                        });
                         client.app = Some(app);
-                        vec![reply(encode(Command::connect_success(
-                            cmd.transaction_id,
-                            c.object_encoding(),
-                            "Connection succeeded.",
-                            vec![],
-                        )))]
+                        vec![
+                            reply(encode(Command::connect_success(
+                                cmd.transaction_id,
+                                c.object_encoding(),
+                                "Connection succeeded.",
+                                vec![],
+                            ))),
+                            // The worker keeps it for a control restart.
+                            Dispatched::Owner(kept),
+                        ]
                     }
                     ConnectVerdict::InvalidApp => refuse(
                         status::CONNECT_INVALID_APP,
@@ -272,10 +281,18 @@ impl NetConnections {
             Ok(NetCommand::CreateStream) => {
                 let id = client.next_stream_id;
                 client.next_stream_id = id + 1.0;
-                vec![reply(encode(Command::create_stream_result(
-                    cmd.transaction_id,
-                    id,
-                )))]
+                let kept = Down::NetState(NetState {
+                    session_id: session,
+                    app: client.app.clone().unwrap_or_default(),
+                    next_stream: stream_number(client.next_stream_id),
+                });
+                vec![
+                    reply(encode(Command::create_stream_result(
+                        cmd.transaction_id,
+                        id,
+                    ))),
+                    Dispatched::Owner(kept),
+                ]
             }
             Ok(NetCommand::DeleteStream(id)) => {
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -404,6 +421,13 @@ fn refuse_stream(code: &str, description: &str) -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// A NetStream ID as the workers keep it.
+fn stream_number(id: f64) -> u32 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = id.clamp(1.0, f64::from(u32::MAX)) as u32;
+    n
+}
+
 /// Where a dispatched message goes: the session's own worker, or a worker named with it.
 enum Dispatched {
     Owner(Down),
@@ -508,7 +532,16 @@ mod tests {
     fn connect_success_echoes_object_encoding_in_amf0() {
         let mut n = layer();
         let out = n.on(7, 2, 0, &connect("live"));
-        assert_eq!(out.len(), 1);
+        // The reply, and the state the worker keeps for a control restart.
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1],
+            Down::NetState(NetState {
+                session_id: 7,
+                app: "live".into(),
+                next_stream: 1
+            })
+        );
         let Down::Reply {
             session_id,
             flow,
@@ -631,9 +664,24 @@ mod tests {
     }
 
     #[test]
-    fn resumed_sessions_stay_connected() {
+    fn restored_sessions_are_connected_again_and_count_on() {
         let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
-        n.resume(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        n.open(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        n.open(10, [3; 32], "127.0.0.1:5002".parse().unwrap());
+        n.restore_net(&NetState {
+            session_id: 9,
+            app: "live".into(),
+            next_stream: 4,
+        });
+        // Session 10 never connected: still nothing for it.
+        assert!(n
+            .on(
+                10,
+                2,
+                0,
+                &command(names::CREATE_STREAM, 5.0, Value::Null, vec![])
+            )
+            .is_empty());
         let r = replies(&n.on(
             9,
             2,
@@ -641,6 +689,11 @@ mod tests {
             &command(names::CREATE_STREAM, 5.0, Value::Null, vec![]),
         ));
         assert_eq!(r[0].name, names::RESULT);
+        assert_eq!(
+            r[0].args,
+            vec![Value::Number(4.0)],
+            "counting on from the kept state"
+        );
     }
 
     #[test]

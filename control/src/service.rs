@@ -426,8 +426,13 @@ impl Service {
                         return;
                     };
                     if l.ids.claim(s.session_id) {
-                        self.netconn.resume(s.session_id, s.peer_id, s.address);
+                        self.netconn.open(s.session_id, s.peer_id, s.address);
                     }
+                }
+            }
+            Up::NetStates { entries } => {
+                for e in &entries {
+                    self.netconn.restore_net(e);
                 }
             }
             Up::Streams { entries } => {

@@ -28,8 +28,8 @@ use rtmfp::time::Instant;
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_SESSIONS,
-    MAX_RESYNC_STREAMS, MAX_STATS,
+    Down, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_NET_STATES,
+    MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
@@ -181,6 +181,8 @@ struct Entry {
     dirty: bool,
     /// Close once everything sent has been acknowledged, or at this deadline.
     close_when_flushed: Option<Instant>,
+    /// NetConnection state kept for a restarted control plane.
+    net_state: Option<NetState>,
 }
 
 impl Entry {
@@ -526,6 +528,18 @@ impl<IO: BatchIo> Worker<IO> {
                 entries: chunk.to_vec(),
             });
         }
+        // And what the previous control plane knew of each NetConnection.
+        let states: Vec<NetState> = self
+            .table
+            .iter()
+            .flatten()
+            .filter_map(|e| e.net_state.clone())
+            .collect();
+        for chunk in states.chunks(MAX_RESYNC_NET_STATES) {
+            self.send_up(&Up::NetStates {
+                entries: chunk.to_vec(),
+            });
+        }
         tracing::info!(
             worker = self.index,
             sessions = live.len(),
@@ -649,6 +663,13 @@ impl<IO: BatchIo> Worker<IO> {
         let now = self.now();
         match msg {
             Down::Welcome { .. } => {}
+            Down::NetState(state) => {
+                if let Some(slot) = self.slot_of(state.session_id) {
+                    if let Some(e) = self.entry_mut(slot) {
+                        e.net_state = Some(state);
+                    }
+                }
+            }
             Down::Publish {
                 session_id,
                 flow,
@@ -864,6 +885,7 @@ impl<IO: BatchIo> Worker<IO> {
             armed: None,
             dirty: false,
             close_when_flushed: None,
+            net_state: None,
         }));
         self.counters.sessions_installed += 1;
         self.counters.sessions_open += 1;

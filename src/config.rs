@@ -16,6 +16,8 @@ use rtmfp::params::{DEFAULT_PORT, MIN_KEEPALIVE};
 pub const DEFAULT_KEEPALIVE_SERVER: Duration = Duration::from_secs(15);
 /// Default peer keepalive sent in event 41 (Cumulus: 10 s).
 pub const DEFAULT_KEEPALIVE_PEER: Duration = Duration::from_secs(10);
+/// Default `handshakeRate`: handshakes per second from one address.
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 200;
 /// Default `maxSessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 200_000;
 /// File names looked for in the working directory when `--config` is not given.
@@ -33,6 +35,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "threads",
             "publicAddress",
             "maxSessions",
+            "handshakeRate",
         ],
     ),
     ("logs", &["directory", "name"]),
@@ -71,6 +74,9 @@ pub struct Config {
     pub public_address: Option<String>,
     /// Most sessions served at once (`maxSessions`, an Updraft extension).
     pub max_sessions: usize,
+    /// Handshakes (IIKeyings) accepted per second from one source address
+    /// (`handshakeRate`, an Updraft extension).
+    pub handshake_rate: u32,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -86,6 +92,7 @@ impl Default for Config {
             threads: 0,
             public_address: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            handshake_rate: DEFAULT_HANDSHAKE_RATE,
             sections: BTreeMap::new(),
         }
     }
@@ -201,6 +208,11 @@ impl Config {
                 self.threads = value.parse().map_err(|_| {
                     format!("threads = {value} is not a number; 0 means one per core")
                 })?;
+            }
+            ("", "handshakeRate") => {
+                self.handshake_rate = value.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                    "handshakeRate = {value} is not a positive number of handshakes per second"
+                ))?;
             }
             ("", "maxSessions") => {
                 self.max_sessions = value.parse().ok().filter(|n| *n > 0).ok_or(format!(

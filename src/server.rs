@@ -190,6 +190,8 @@ struct ControlSettings {
     www: PathBuf,
     keepalive_ms: (u32, u32),
     max_sessions: usize,
+    /// IIKeyings per second per source address.
+    handshake_rate: u32,
     dh_threads: usize,
     log: u8,
 }
@@ -202,7 +204,9 @@ impl ControlSettings {
             dh_threads: self.dh_threads,
             limits: HandshakeLimits {
                 max_sessions: self.max_sessions,
-                ..HandshakeLimits::default()
+                rate: f64::from(self.handshake_rate),
+                // Twice the rate at once: a page of players behind one NAT connects together.
+                burst: 2.0 * f64::from(self.handshake_rate),
             },
             keepalive_ms: self.keepalive_ms,
             first_stream: {
@@ -270,6 +274,8 @@ fn start_control(
         ))
         .arg("--max-sessions")
         .arg(settings.max_sessions.to_string())
+        .arg("--handshake-rate")
+        .arg(settings.handshake_rate.to_string())
         .arg("--dh-threads")
         .arg(settings.dh_threads.to_string())
         .arg("--log")
@@ -451,6 +457,7 @@ fn serve(
             millis(config.keepalive_peer),
         ),
         max_sessions: config.max_sessions,
+        handshake_rate: config.handshake_rate,
         dh_threads: cores.div_ceil(2).max(1),
         log: level,
     };
@@ -591,6 +598,7 @@ fn control_main(args: &[String]) -> Result<(), String> {
     let mut www = PathBuf::from("www");
     let mut keepalive_ms = (15_000, 10_000);
     let mut max_sessions = HandshakeLimits::default().max_sessions;
+    let mut handshake_rate = crate::config::DEFAULT_HANDSHAKE_RATE;
     let mut dh_threads = 1;
     let mut level = logging::DEFAULT_LEVEL;
     let mut it = args.iter();
@@ -619,6 +627,9 @@ fn control_main(args: &[String]) -> Result<(), String> {
                 );
             }
             "--max-sessions" => max_sessions = value.parse().map_err(|_| "--max-sessions N")?,
+            "--handshake-rate" => {
+                handshake_rate = value.parse().map_err(|_| "--handshake-rate N")?
+            }
             "--dh-threads" => dh_threads = value.parse().map_err(|_| "--dh-threads N")?,
             "--log" => level = value.parse().map_err(|_| "--log N")?,
             other => return Err(format!("unknown option {other}")),
@@ -648,6 +659,7 @@ fn control_main(args: &[String]) -> Result<(), String> {
         www: www.clone(),
         keepalive_ms,
         max_sessions,
+        handshake_rate,
         dh_threads,
         log: level,
     };

@@ -59,12 +59,13 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver on a fresh loopback or wildcard socket, offering DH groups 2, 14 and 16 and the
+    /// A driver on a fresh loopback or wildcard socket, offering the DH `groups` (the server
+    /// picks the strongest it shares; Flash Player offers group 2 alone) and the
     /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
-    pub fn new(bind: SocketAddr, seed: u64) -> io::Result<Driver> {
+    pub fn new(bind: SocketAddr, seed: u64, groups: &[DhGroup]) -> io::Result<Driver> {
         let socket = MmsgSocket::new(bind_reuseport(bind, Some(SOCKET_BUFFER))?)?;
         let config = InitiatorConfig {
-            groups: DhGroup::ALL.to_vec(),
+            groups: groups.to_vec(),
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
         };
         Ok(Driver {

@@ -3,12 +3,15 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs};
+use rtmfp::crypto::DhGroup;
+use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs, RpcArgs};
 use updraft_loadgen::Report;
 
 const USAGE: &str = "usage:
   updraft-loadgen connect --server ADDR:PORT [--sessions N] [--rate PER_S] [--app APP]
-                          [--timeout SECONDS] [--json FILE]
+                          [--timeout SECONDS] [--groups 2|14|16|all] [--json FILE]
+  updraft-loadgen rpc     --server ADDR:PORT [--sessions N] [--duration SECONDS] [--method NAME]
+                          [--app APP] [--json FILE]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--json FILE]";
 
@@ -72,7 +75,9 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
     let result = match scenario.as_str() {
         "connect" => {
             flags
-                .check(&["server", "sessions", "rate", "app", "timeout", "json"])
+                .check(&[
+                    "server", "sessions", "rate", "app", "timeout", "groups", "json",
+                ])
                 .map_err(bad)?;
             let args = ConnectArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -83,8 +88,34 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     .map(|r| (r > 0.0).then_some(r))?,
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
                 timeout: Duration::from_secs_f64(flags.get("timeout", Some(30.0)).map_err(bad)?),
+                groups: match flags
+                    .get("groups", Some("all".to_string()))
+                    .map_err(bad)?
+                    .as_str()
+                {
+                    "all" => DhGroup::ALL.to_vec(),
+                    "2" => vec![DhGroup::Modp1024],
+                    "14" => vec![DhGroup::Modp2048],
+                    "16" => vec![DhGroup::Modp4096],
+                    other => return Err(bad(format!("--groups {other}: use 2, 14, 16 or all"))),
+                },
             };
             scenario::connect(&args)
+        }
+        "rpc" => {
+            flags
+                .check(&["server", "sessions", "duration", "method", "app", "json"])
+                .map_err(bad)?;
+            let args = RpcArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                sessions: flags.get("sessions", Some(10)).map_err(bad)?,
+                duration: Duration::from_secs_f64(flags.get("duration", Some(10.0)).map_err(bad)?),
+                method: flags
+                    .get("method", Some("updraftLoadgen".to_string()))
+                    .map_err(bad)?,
+                app: flags.get("app", Some(String::new())).map_err(bad)?,
+            };
+            scenario::rpc(&args)
         }
         "fanout" => {
             flags

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant as WallInstant};
 
 use rtmfp::amf::Value;
+use rtmfp::crypto::DhGroup;
 use rtmfp::ids::FlowId;
 
 use crate::driver::{command, connect_message, status_code, Driver};
@@ -63,7 +64,12 @@ pub struct ConnectArgs {
     pub app: String,
     /// How long the sessions may take to open.
     pub timeout: Duration,
+    /// The DH groups offered (the server picks the strongest it shares).
+    pub groups: Vec<DhGroup>,
 }
+
+/// What Flash Player offers: DH group 2 alone (RFC 7425 §4.2).
+pub const FLASH_GROUPS: [DhGroup; 1] = [DhGroup::Modp1024];
 
 fn local_for(server: SocketAddr) -> SocketAddr {
     if server.is_ipv4() {
@@ -75,7 +81,7 @@ fn local_for(server: SocketAddr) -> SocketAddr {
 
 /// Opens `sessions` sessions at `rate`; the latency is the handshake time.
 pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 1)?;
+    let mut d = Driver::new(local_for(args.server), 1, &args.groups)?;
     d.keep_messages = false;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
     let start = WallInstant::now();
@@ -180,7 +186,7 @@ fn rejected(d: &Driver, h: u32) -> Option<String> {
 
 /// Runs a fanout and reports delivery and end-to-end latency.
 pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 2)?;
+    let mut d = Driver::new(local_for(args.server), 2, &FLASH_GROUPS)?;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
     let publisher = d.open(args.server, &url);
     let subs: Vec<u32> = (0..args.subscribers)
@@ -307,4 +313,101 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
     Ok(report)
+}
+
+/// `rpc`: calls and their round trips.
+#[derive(Debug, Clone)]
+pub struct RpcArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// Sessions, each with one call in flight at a time.
+    pub sessions: usize,
+    /// How long to call.
+    pub duration: Duration,
+    /// The method (any answer counts: `_result` or `_error`).
+    pub method: String,
+    /// The application path.
+    pub app: String,
+}
+
+/// Each session calls `method` again as soon as the previous call is answered; reports calls
+/// per second and the round-trip time of each call.
+pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
+    let mut d = Driver::new(local_for(args.server), 3, &FLASH_GROUPS)?;
+    let url = format!("rtmfp://{}/{}", args.server, args.app);
+    let sessions: Vec<u32> = (0..args.sessions)
+        .map(|_| d.open(args.server, &url))
+        .collect();
+    wait(&mut d, "handshakes", |d| {
+        d.opened() + d.failed() >= sessions.len()
+    })?;
+    if d.opened() == 0 {
+        return Err(LoadError::NoHandshake);
+    }
+    let mut flows: HashMap<u32, FlowId> = HashMap::new();
+    for &h in &sessions {
+        if let Some(nc) = d.open_flow(h, 0) {
+            d.send(h, nc, &connect_message(&args.app), None);
+            flows.insert(h, nc);
+        }
+    }
+    wait(&mut d, "connect answers", |d| {
+        sessions
+            .iter()
+            .all(|&h| has_code(d, h, "NetConnection.Connect.Success") || rejected(d, h).is_some())
+    })?;
+    if let Some(code) = sessions.iter().find_map(|&h| rejected(&d, h)) {
+        return Err(LoadError::ConnectRejected(code));
+    }
+    d.keep_messages = false;
+    let mut report = Report::new("rpc");
+    // Per session: the transaction in flight and when it was sent.
+    let mut in_flight: HashMap<u32, (f64, rtmfp::time::Instant)> = HashMap::new();
+    let mut answers: Vec<(u32, f64, rtmfp::time::Instant)> = Vec::new();
+    let start = WallInstant::now();
+    let mut next_txn = 2.0;
+    while start.elapsed() < args.duration {
+        for &h in &sessions {
+            if in_flight.contains_key(&h) {
+                continue;
+            }
+            let Some(&nc) = flows.get(&h) else { continue };
+            let now = d.now();
+            if d.send(h, nc, &command(&args.method, next_txn, vec![]), None) {
+                in_flight.insert(h, (next_txn, now));
+                next_txn += 1.0;
+            }
+        }
+        d.step(|h, _, m, now| {
+            if let Some(txn) = transaction(m) {
+                answers.push((h, txn, now));
+            }
+        });
+        for (h, txn, at) in answers.drain(..) {
+            if let Some(&(sent_txn, sent_at)) = in_flight.get(&h) {
+                if sent_txn == txn {
+                    in_flight.remove(&h);
+                    report.delivered += 1;
+                    report.record(at.saturating_duration_since(sent_at));
+                }
+            }
+        }
+    }
+    report.elapsed = start.elapsed();
+    report.expected = report.delivered + in_flight.len() as u64;
+    report.sessions_ok = d.opened() as u64;
+    report.sessions_failed = d.failed() as u64;
+    report.packets_out = d.packets_out;
+    report.packets_in = d.packets_in;
+    report.bytes_out = d.bytes_out;
+    report.bytes_in = d.bytes_in;
+    d.close_all(CLOSE_LINGER);
+    Ok(report)
+}
+
+/// The transaction ID of an answer (`_result` or `_error`).
+fn transaction(message: &[u8]) -> Option<f64> {
+    let tc = rtmfp::flash::message::TcMessage::parse(message).ok()?;
+    let c = rtmfp::flash::command::Command::parse(&tc).ok()?;
+    matches!(c.name.as_ref(), "_result" | "_error").then_some(c.transaction_id)
 }

@@ -9,7 +9,7 @@ use updraft_control::apps::WwwApps;
 use updraft_control::handshake::HandshakeLimits;
 use updraft_control::service::{self, ServiceConfig};
 use updraft_dataplane::plane::{DataPlane, PlaneConfig};
-use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs, LoadError};
+use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs, LoadError, RpcArgs};
 
 fn server(workers: usize) -> (DataPlane, SocketAddr) {
     let plane = DataPlane::start(PlaneConfig {
@@ -51,6 +51,7 @@ fn connect_opens_every_session_and_measures_handshakes() {
         rate: Some(500.0),
         app: String::new(),
         timeout: Duration::from_secs(30),
+        groups: rtmfp::crypto::DhGroup::ALL.to_vec(),
     })
     .unwrap();
     assert_eq!((r.sessions_ok, r.sessions_failed), (50, 0));
@@ -94,6 +95,26 @@ fn a_server_that_does_not_answer_is_reported_with_its_stage() {
         rate: None,
         app: String::new(),
         timeout: Duration::from_secs(2),
+        groups: scenario::FLASH_GROUPS.to_vec(),
     });
     assert_eq!(r.unwrap_err(), LoadError::NoHandshake);
+}
+
+#[test]
+fn rpc_gets_every_call_answered() {
+    let (plane, addr) = server(2);
+    let r = scenario::rpc(&RpcArgs {
+        server: addr,
+        sessions: 10,
+        duration: Duration::from_millis(1000),
+        method: "noSuchMethod".into(),
+        app: String::new(),
+    })
+    .unwrap();
+    // Every call is answered (`_error` Call.Failed, since no application defines it); at
+    // most one per session is still in flight when the time is up.
+    assert!(r.delivered >= 100, "{}", r.table());
+    assert!(r.expected - r.delivered <= 10, "{}", r.table());
+    assert_eq!(r.latency.len(), r.delivered);
+    plane.shutdown();
 }

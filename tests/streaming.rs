@@ -628,3 +628,45 @@ fn streams_survive_a_control_plane_restart() {
         |c| { told(c[0]) && told(c[1]) }
     ));
 }
+
+#[test]
+fn media_on_other_flows_of_the_publishing_netstream_is_published() {
+    // rtmfp-cpp's tcpublish sends each track on a flow of its own, all with the NetStream's
+    // metadata; the publish command came on yet another.
+    let server = start_server_with(&["--workers", "1"]);
+    let (mut publisher, ph, pflow) = publishing(server.addr, 101);
+    let meta = FlowMetadata::Tc {
+        stream_id: STREAM,
+        receive_intent: ReceiveIntent::Sequence,
+    }
+    .to_vec();
+    let video_flow = publisher
+        .endpoint
+        .session_mut(ph)
+        .unwrap()
+        .open_flow(&meta, None)
+        .unwrap();
+    assert_ne!(video_flow, pflow);
+    let (mut player, h, _, flow) = netstream_client(server.addr, 102);
+    player.send(h, flow, &command("play", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut player, &mut publisher],
+        Duration::from_secs(5),
+        |c| { codes(c[0]).contains(&"NetStream.Play.Start".to_string()) }
+    ));
+    for (_, m) in media(0, 300).into_iter().filter(|m| m.1[0] == 0x09) {
+        publisher.send(ph, video_flow, &m);
+        publisher.step();
+    }
+    assert!(run_until(
+        &mut [&mut player, &mut publisher],
+        Duration::from_secs(5),
+        |c| {
+            received_media(c[0])
+                .iter()
+                .filter(|m| m.0 == 0x09 && m.2[1] == 1)
+                .count()
+                >= 9
+        }
+    ));
+}

@@ -305,6 +305,8 @@ pub struct Worker<IO: BatchIo> {
     streams: HashMap<u32, StreamState>,
     /// The stream each publishing (session, client flow) feeds.
     publishing: HashMap<(u32, u64), u32>,
+    /// The same by (session, NetStream ID): what media on any flow of that NetStream feeds.
+    publishing_ns: HashMap<(u32, u64), u32>,
     scratch: Vec<u8>,
     /// Last flow-synchronisation ID sent.
     sync_id: u32,
@@ -345,6 +347,7 @@ impl<IO: BatchIo> Worker<IO> {
             media_out: setup.media_out,
             streams: HashMap::new(),
             publishing: HashMap::new(),
+            publishing_ns: HashMap::new(),
             scratch: Vec::new(),
             sync_id: 0,
             last_report: std::time::Instant::now(),
@@ -676,7 +679,17 @@ impl<IO: BatchIo> Worker<IO> {
                 stream,
                 key,
             } => {
-                if self.slot_of(session_id).is_some() {
+                if let Some(slot) = self.slot_of(session_id) {
+                    // A NetStream's audio, video and data may come on flows of their own
+                    // (rtmfp-cpp's tcpublish opens one per track): media is recognised by
+                    // the NetStream ID in each flow's metadata.
+                    let ns = self.table[usize::from(slot)]
+                        .as_ref()
+                        .and_then(|e| e.streams.iter().find(|s| s.0 == FlowId(flow)))
+                        .map_or(0, |s| s.1);
+                    if ns != 0 {
+                        self.publishing_ns.insert((session_id, ns), stream);
+                    }
                     // A new publish on the same NetStream replaces the previous one.
                     if let Some(old) = self.publishing.insert((session_id, flow), stream) {
                         if old != stream {
@@ -1210,6 +1223,7 @@ impl<IO: BatchIo> Worker<IO> {
             .map(|(_, &s)| s)
             .collect();
         self.publishing.retain(|k, _| k.0 != session_id);
+        self.publishing_ns.retain(|k, _| k.0 != session_id);
         for stream in gone {
             self.unpublish(stream);
         }
@@ -1222,6 +1236,7 @@ impl<IO: BatchIo> Worker<IO> {
 
     fn unpublish(&mut self, stream: u32) {
         self.publishing.retain(|_, s| *s != stream);
+        self.publishing_ns.retain(|_, s| *s != stream);
         if let Some(state) = self.streams.get_mut(&stream) {
             state.published = false;
             state.cache.clear();
@@ -1477,7 +1492,11 @@ impl<IO: BatchIo> Worker<IO> {
                 stream_id,
                 data,
             });
-        } else if let Some(&stream) = self.publishing.get(&(id, flow.0)) {
+        } else if let Some(&stream) = self
+            .publishing_ns
+            .get(&(id, stream_id))
+            .filter(|_| stream_id != 0)
+        {
             if let Some(message) = prepare(data) {
                 self.counters.media_published += 1;
                 let now = self.now();

@@ -243,6 +243,34 @@ struct StreamState {
     reported_bytes: u64,
 }
 
+impl StreamState {
+    /// A new publisher (or none): its clock has nothing to do with the last one, so every
+    /// subscriber restarts at 0 from its next key frame.
+    fn restart_clock(&mut self) {
+        for sub in self.subscribers.iter_mut() {
+            sub.base = None;
+            sub.waiting_keyframe = true;
+        }
+    }
+}
+
+/// Queues `item` for worker `to` and marks it to be woken at the end of the turn; answers
+/// whether the queue took it.
+fn forward(
+    media_out: &[Sender<MediaItem>],
+    wake_pending: &mut [bool],
+    to: u8,
+    item: MediaItem,
+) -> bool {
+    let sent = media_out
+        .get(usize::from(to))
+        .is_some_and(|q| q.try_send(item).is_ok());
+    if sent {
+        wake_pending[usize::from(to)] = true;
+    }
+    sent
+}
+
 /// Lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016 §3.6.2.3).
 pub const AUDIO_LIFETIME: Duration = Duration::from_secs(2);
 /// Lifetime of video messages.
@@ -700,12 +728,7 @@ impl<IO: BatchIo> Worker<IO> {
                     state.published = true;
                     state.key = key;
                     state.cache.clear();
-                    // A new publisher's clock starts anew: every subscriber restarts at 0
-                    // from its next key frame.
-                    for sub in state.subscribers.iter_mut() {
-                        sub.base = None;
-                        sub.waiting_keyframe = true;
-                    }
+                    state.restart_clock();
                 }
             }
             Down::Unpublish { stream } => self.unpublish(stream),
@@ -721,19 +744,15 @@ impl<IO: BatchIo> Worker<IO> {
                     state.routes.push(worker);
                     if !known {
                         // A new audience worker starts from this cache, like a late joiner.
-                        let replay: Vec<Arc<[u8]>> = state.cache.replay().cloned().collect();
-                        for message in replay {
-                            let item = MediaItem { stream, message };
-                            match self
-                                .media_out
-                                .get(usize::from(worker))
-                                .map(|q| q.try_send(item))
-                            {
-                                Some(Ok(())) => {
-                                    self.counters.media_out += 1;
-                                    self.wake_pending[usize::from(worker)] = true;
-                                }
-                                _ => self.counters.drop_media_queue_full += 1,
+                        for message in state.cache.replay() {
+                            let item = MediaItem {
+                                stream,
+                                message: Arc::clone(message),
+                            };
+                            if forward(&self.media_out, &mut self.wake_pending, worker, item) {
+                                self.counters.media_out += 1;
+                            } else {
+                                self.counters.drop_media_queue_full += 1;
                             }
                         }
                     }
@@ -958,10 +977,7 @@ impl<IO: BatchIo> Worker<IO> {
         if message.is_empty() {
             // The publisher left (see MediaItem): the next one starts a new clock.
             state.cache.clear();
-            for sub in state.subscribers.iter_mut() {
-                sub.base = None;
-                sub.waiting_keyframe = true;
-            }
+            state.restart_clock();
             return;
         }
         state.cache.observe(&message);
@@ -969,9 +985,9 @@ impl<IO: BatchIo> Worker<IO> {
         state.bytes += message.len() as u64;
         if published_here {
             for &w in &state.routes {
-                let Some(queue) = self.media_out.get(usize::from(w)) else {
+                if self.media_out.get(usize::from(w)).is_none() {
                     continue;
-                };
+                }
                 // After a loss, the other worker first learns of the gap, so that its viewers
                 // wait for the next key frame instead of decoding a broken picture.
                 if state.gapped.contains(&w) {
@@ -979,7 +995,7 @@ impl<IO: BatchIo> Worker<IO> {
                         stream,
                         message: Arc::from(&GAP_MARK[..]),
                     };
-                    if queue.try_send(gap).is_err() {
+                    if !forward(&self.media_out, &mut self.wake_pending, w, gap) {
                         self.counters.drop_media_queue_full += 1;
                         continue;
                     }
@@ -989,9 +1005,8 @@ impl<IO: BatchIo> Worker<IO> {
                     stream,
                     message: Arc::clone(&message),
                 };
-                if queue.try_send(item).is_ok() {
+                if forward(&self.media_out, &mut self.wake_pending, w, item) {
                     self.counters.media_out += 1;
-                    self.wake_pending[usize::from(w)] = true;
                 } else {
                     self.counters.drop_media_queue_full += 1;
                     state.gapped.push(w);
@@ -1240,22 +1255,13 @@ impl<IO: BatchIo> Worker<IO> {
         if let Some(state) = self.streams.get_mut(&stream) {
             state.published = false;
             state.cache.clear();
-            for sub in state.subscribers.iter_mut() {
-                sub.base = None;
-                sub.waiting_keyframe = true;
-            }
+            state.restart_clock();
             for &w in &state.routes {
                 let reset = MediaItem {
                     stream,
                     message: Arc::from(Vec::new()),
                 };
-                if let Some(Ok(())) = self
-                    .media_out
-                    .get(usize::from(w))
-                    .map(|q| q.try_send(reset))
-                {
-                    self.wake_pending[usize::from(w)] = true;
-                }
+                forward(&self.media_out, &mut self.wake_pending, w, reset);
             }
         }
     }

@@ -361,31 +361,22 @@ impl NetConnections {
                     // No answer expected (RTMP §7.1.1).
                     return Vec::new();
                 }
+                let failed = |description: &str| {
+                    Command::error(
+                        cmd.transaction_id,
+                        status_object(
+                            status::LEVEL_ERROR,
+                            status::CALL_FAILED,
+                            description,
+                            vec![],
+                        )
+                        .into_owned(),
+                    )
+                };
                 let answer = match outcome {
                     CallOutcome::Result(v) => Command::result(cmd.transaction_id, v),
-                    CallOutcome::Error(description) => {
-                        return vec![reply(encode(Command::error(
-                            cmd.transaction_id,
-                            status_object(
-                                status::LEVEL_ERROR,
-                                status::CALL_FAILED,
-                                &description,
-                                vec![],
-                            ),
-                        )))]
-                    }
-                    CallOutcome::NotFound => {
-                        let description = format!("Method '{}' not found", cmd.name);
-                        return vec![reply(encode(Command::error(
-                            cmd.transaction_id,
-                            status_object(
-                                status::LEVEL_ERROR,
-                                status::CALL_FAILED,
-                                &description,
-                                vec![],
-                            ),
-                        )))];
-                    }
+                    CallOutcome::Error(description) => failed(&description),
+                    CallOutcome::NotFound => failed(&format!("Method '{}' not found", cmd.name)),
                 };
                 vec![reply(encode(answer))]
             }

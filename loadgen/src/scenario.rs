@@ -184,36 +184,47 @@ fn rejected(d: &Driver, h: u32) -> Option<String> {
     })
 }
 
-/// Runs a fanout and reports delivery and end-to-end latency.
-pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 2, &FLASH_GROUPS)?;
-    let url = format!("rtmfp://{}/{}", args.server, args.app);
-    let publisher = d.open(args.server, &url);
-    let subs: Vec<u32> = (0..args.subscribers)
-        .map(|_| d.open(args.server, &url))
-        .collect();
-    let all: Vec<u32> = std::iter::once(publisher)
-        .chain(subs.iter().copied())
-        .collect();
-    wait(&mut d, "handshakes", |d| {
-        d.opened() + d.failed() >= all.len()
+/// Opens `n` sessions to `app` and connects each NetConnection; answers the sessions (in the
+/// order opened) and their NetConnection flows. Errors name the stage that failed.
+fn connect_sessions(
+    d: &mut Driver,
+    server: SocketAddr,
+    app: &str,
+    n: usize,
+) -> Result<(Vec<u32>, HashMap<u32, FlowId>), LoadError> {
+    let url = format!("rtmfp://{server}/{app}");
+    let sessions: Vec<u32> = (0..n).map(|_| d.open(server, &url)).collect();
+    wait(d, "handshakes", |d| {
+        d.opened() + d.failed() >= sessions.len()
     })?;
     if d.opened() == 0 {
         return Err(LoadError::NoHandshake);
     }
-    let mut streams: HashMap<u32, FlowId> = HashMap::new();
-    for &h in &all {
+    let mut flows = HashMap::new();
+    for &h in &sessions {
         if let Some(nc) = d.open_flow(h, 0) {
-            d.send(h, nc, &connect_message(&args.app), None);
+            d.send(h, nc, &connect_message(app), None);
+            flows.insert(h, nc);
         }
     }
-    wait(&mut d, "connect answers", |d| {
-        all.iter()
+    wait(d, "connect answers", |d| {
+        sessions
+            .iter()
             .all(|&h| has_code(d, h, "NetConnection.Connect.Success") || rejected(d, h).is_some())
     })?;
-    if let Some(code) = all.iter().find_map(|&h| rejected(&d, h)) {
+    if let Some(code) = sessions.iter().find_map(|&h| rejected(d, h)) {
         return Err(LoadError::ConnectRejected(code));
     }
+    Ok((sessions, flows))
+}
+
+/// Runs a fanout and reports delivery and end-to-end latency.
+pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
+    let mut d = Driver::new(local_for(args.server), 2, &FLASH_GROUPS)?;
+    let (all, _) = connect_sessions(&mut d, args.server, &args.app, 1 + args.subscribers)?;
+    let publisher = all[0];
+    let subs = &all[1..];
+    let mut streams: HashMap<u32, FlowId> = HashMap::new();
     for &h in &all {
         if let Some(f) = d.open_flow(h, 1) {
             streams.insert(h, f);
@@ -231,7 +242,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     wait(&mut d, "publish", |d| {
         has_code(d, publisher, "NetStream.Publish.Start")
     })?;
-    for &h in &subs {
+    for &h in subs {
         if let Some(&f) = streams.get(&h) {
             d.send(
                 h,
@@ -334,31 +345,7 @@ pub struct RpcArgs {
 /// per second and the round-trip time of each call.
 pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
     let mut d = Driver::new(local_for(args.server), 3, &FLASH_GROUPS)?;
-    let url = format!("rtmfp://{}/{}", args.server, args.app);
-    let sessions: Vec<u32> = (0..args.sessions)
-        .map(|_| d.open(args.server, &url))
-        .collect();
-    wait(&mut d, "handshakes", |d| {
-        d.opened() + d.failed() >= sessions.len()
-    })?;
-    if d.opened() == 0 {
-        return Err(LoadError::NoHandshake);
-    }
-    let mut flows: HashMap<u32, FlowId> = HashMap::new();
-    for &h in &sessions {
-        if let Some(nc) = d.open_flow(h, 0) {
-            d.send(h, nc, &connect_message(&args.app), None);
-            flows.insert(h, nc);
-        }
-    }
-    wait(&mut d, "connect answers", |d| {
-        sessions
-            .iter()
-            .all(|&h| has_code(d, h, "NetConnection.Connect.Success") || rejected(d, h).is_some())
-    })?;
-    if let Some(code) = sessions.iter().find_map(|&h| rejected(&d, h)) {
-        return Err(LoadError::ConnectRejected(code));
-    }
+    let (sessions, flows) = connect_sessions(&mut d, args.server, &args.app, args.sessions)?;
     d.keep_messages = false;
     let mut report = Report::new("rpc");
     // Per session: the transaction in flight and when it was sent.

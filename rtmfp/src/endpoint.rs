@@ -210,8 +210,13 @@ impl<R: RngCore> Endpoint<R> {
         }
         let mut closed = None;
         let mut found = None;
-        for i in 0..self.activity.touched.len() {
-            let id = self.activity.touched[i].0;
+        // Sessions before `ev_from` were found with nothing to report since their last touch.
+        for i in self.activity.ev_from..self.activity.touched.len() {
+            self.activity.ev_from = i;
+            let (id, _, ev_idle) = self.activity.touched[i];
+            if ev_idle {
+                continue;
+            }
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -225,6 +230,7 @@ impl<R: RngCore> Endpoint<R> {
             self.activity.touched[i].2 = true;
         }
         if found.is_none() {
+            self.activity.ev_from = self.activity.touched.len();
             self.activity.settle(&self.sessions);
         }
         if let Some(id) = closed {
@@ -608,8 +614,14 @@ impl<R: RngCore> Endpoint<R> {
                 }
             }
         }
-        for i in 0..self.activity.touched.len() {
-            let id = self.activity.touched[i].0;
+        // Sessions before `tx_from` were found with nothing to send since their last touch:
+        // a datagram costs one session poll, not one per touched session.
+        for i in self.activity.tx_from..self.activity.touched.len() {
+            self.activity.tx_from = i;
+            let (id, tx_idle, _) = self.activity.touched[i];
+            if tx_idle {
+                continue;
+            }
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -618,6 +630,7 @@ impl<R: RngCore> Endpoint<R> {
             }
             self.activity.touched[i].1 = true;
         }
+        self.activity.tx_from = self.activity.touched.len();
         self.activity.settle(&self.sessions);
         None
     }
@@ -669,6 +682,8 @@ impl<R: RngCore> Endpoint<R> {
             self.activity.touched[i].1 = false;
             self.activity.touched[i].2 = false;
         }
+        self.activity.tx_from = 0;
+        self.activity.ev_from = 0;
     }
 
     /// Forgets a closed session (after its `Closed` event was seen).
@@ -698,6 +713,10 @@ struct Activity {
     deadlines: std::collections::BTreeSet<(Instant, u32)>,
     /// The cached deadline of each settled session.
     deadline_of: HashMap<u32, Instant>,
+    /// Every entry of `touched` before this one has nothing to send.
+    tx_from: usize,
+    /// Every entry of `touched` before this one has nothing to report.
+    ev_from: usize,
 }
 
 impl Activity {
@@ -709,10 +728,15 @@ impl Activity {
             Some(&i) => {
                 self.touched[i].1 = false;
                 self.touched[i].2 = false;
+                self.tx_from = self.tx_from.min(i);
+                self.ev_from = self.ev_from.min(i);
             }
             None => {
-                self.index.insert(id, self.touched.len());
+                let i = self.touched.len();
+                self.index.insert(id, i);
                 self.touched.push((id, false, false));
+                self.tx_from = self.tx_from.min(i);
+                self.ev_from = self.ev_from.min(i);
             }
         }
     }
@@ -723,6 +747,9 @@ impl Activity {
         self.index.remove(&id);
         if let Some(moved) = self.touched.get(i) {
             self.index.insert(moved.0, i);
+            // The entry moved into `i` may still have work: poll it again.
+            self.tx_from = self.tx_from.min(i);
+            self.ev_from = self.ev_from.min(i);
         }
         id
     }

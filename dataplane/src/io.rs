@@ -154,6 +154,16 @@ impl TxBatch {
         })
     }
 
+    /// The queued datagrams, writable in place (to finish them before sending, for instance to
+    /// encrypt several sessions' packets together).
+    pub fn datagrams_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.storage
+            .chunks_exact_mut(SLOT_SIZE)
+            .zip(self.lens)
+            .take(self.count)
+            .map(|(slot, len)| &mut slot[..len])
+    }
+
     /// Empties the batch.
     pub fn clear(&mut self) {
         self.count = 0;

@@ -18,7 +18,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rtmfp::crypto::read_session_id;
+use rtmfp::crypto::{
+    encrypt_cbc_zero_iv_many, finish_sealing, read_session_id, Aes128EncKey, CbcJob, SSID_LEN,
+};
 use rtmfp::flash::message::{TcMessage, UserControl};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::FlowId;
@@ -33,7 +35,7 @@ use updraft_control::ipc::{
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
-use crate::io::{BatchIo, RxBatch, TxBatch, SLOT_SIZE};
+use crate::io::{BatchIo, RxBatch, TxBatch, BATCH, SLOT_SIZE};
 use crate::media::{
     classify, prepare, timestamp, MediaItem, MediaKind, StreamCache, StreamReport, SubscriberReport,
 };
@@ -309,6 +311,8 @@ pub struct Worker<IO: BatchIo> {
     io: IO,
     rx: RxBatch,
     tx: TxBatch,
+    /// Datagrams of `tx` left for [`Worker::seal`]: their index and their session's key.
+    unsealed: Vec<(usize, Aes128EncKey)>,
     table: Vec<Option<Box<Entry>>>,
     wheel: TimerWheel,
     dirty: Vec<u16>,
@@ -353,6 +357,7 @@ impl<IO: BatchIo> Worker<IO> {
             io: setup.io,
             rx: RxBatch::default(),
             tx: TxBatch::default(),
+            unsealed: Vec::with_capacity(BATCH),
             table: Vec::new(),
             wheel: TimerWheel::new(),
             dirty: Vec::new(),
@@ -1409,13 +1414,16 @@ impl<IO: BatchIo> Worker<IO> {
                 break;
             };
             let mut sent = None;
+            let index = self.tx.len();
             self.tx.push_with(|buf| {
-                let t = e.session.poll_transmit(now, buf)?;
-                sent = Some(t.len);
+                let (t, key) = e.session.poll_transmit_deferred(now, buf)?;
+                sent = Some(key);
                 Some((t.destination, t.len))
             });
-            if sent.is_none() {
-                break;
+            match sent {
+                None => break,
+                Some(Some(key)) => self.unsealed.push((index, key)),
+                Some(None) => {}
             }
         }
         if closed {
@@ -1515,12 +1523,50 @@ impl<IO: BatchIo> Worker<IO> {
         if self.tx.is_empty() {
             return;
         }
+        self.seal();
         for (_, bytes) in self.tx.iter() {
             self.counters.tx_packets += 1;
             self.counters.tx_bytes += bytes.len() as u64;
         }
         let dropped = self.io.send(&mut self.tx);
         self.counters.tx_dropped += dropped as u64;
+    }
+
+    /// Encrypts the batch's session packets together, 8 or 16 sessions at a time
+    /// (multi-buffer AES-CBC, `rtmfp::crypto::encrypt_cbc_zero_iv_many`), and scrambles their
+    /// session IDs (RFC 7016 §2.2.2). No allocation: the jobs live on the stack.
+    fn seal(&mut self) {
+        let Some((_, first)) = self.unsealed.first() else {
+            return;
+        };
+        let mut jobs: [CbcJob<'_>; BATCH] = std::array::from_fn(|_| CbcJob {
+            key: first,
+            data: &mut [],
+        });
+        let mut pending = self.unsealed.iter().peekable();
+        let mut n = 0;
+        for (i, datagram) in self.tx.datagrams_mut().enumerate() {
+            let Some((_, key)) = pending.next_if(|(at, _)| *at == i) else {
+                continue;
+            };
+            if let (Some(job), Some(data)) = (jobs.get_mut(n), datagram.get_mut(SSID_LEN..)) {
+                *job = CbcJob { key, data };
+                n += 1;
+            }
+        }
+        // Lengths come from the packet encoder, whole blocks: this cannot fail.
+        let sealed = encrypt_cbc_zero_iv_many(&mut jobs[..n]).is_ok();
+        let mut pending = self.unsealed.iter().peekable();
+        for (i, datagram) in self.tx.datagrams_mut().enumerate() {
+            // Never send plaintext: a datagram that could not be sealed is spoilt, and the
+            // peer drops it.
+            if pending.next_if(|(at, _)| *at == i).is_some()
+                && (!sealed || finish_sealing(datagram).is_err())
+            {
+                datagram.fill(0);
+            }
+        }
+        self.unsealed.clear();
     }
 
     fn close_all(&mut self) {

@@ -45,9 +45,9 @@ pub use negotiate::{
     KEYING_OPTION_SSEQ_NEGOTIATION,
 };
 pub use packet::{
-    read_session_id, write_session_id, Decoded, HmacMode, PacketDecoder, PacketEncoder, PacketMode,
-    CHECKSUM_LEN, CIPHER_BLOCK_LEN, DEFAULT_HMAC_LEN, DEFAULT_KEY, MAX_HMAC_LEN, MIN_DATAGRAM_LEN,
-    MIN_HMAC_LEN, PADDING_BYTE, SSEQ_WINDOW, SSID_LEN,
+    finish_sealing, read_session_id, write_session_id, Decoded, HmacMode, PacketDecoder,
+    PacketEncoder, PacketMode, Sealing, CHECKSUM_LEN, CIPHER_BLOCK_LEN, DEFAULT_HMAC_LEN,
+    DEFAULT_KEY, MAX_HMAC_LEN, MIN_DATAGRAM_LEN, MIN_HMAC_LEN, PADDING_BYTE, SSEQ_WINDOW, SSID_LEN,
 };
 
 /// Errors of the crypto layer.

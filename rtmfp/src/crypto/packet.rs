@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::checksum::checksum;
+use super::multibuf::Aes128EncKey;
 use super::vlu::{read_vlu, vlu_len, write_vlu};
 use super::CryptoError;
 
@@ -155,11 +156,55 @@ fn keyed_hmac(mode: &PacketMode) -> Option<HmacSha256> {
         .and_then(|h| <HmacSha256 as Mac>::new_from_slice(&h.key).ok())
 }
 
+/// What [`PacketEncoder::encode_deferred`] wrote.
+#[derive(Clone)]
+pub enum Sealing {
+    /// The datagram is complete, `len` bytes. HMAC mode always seals at once: its trailer
+    /// covers the ciphertext.
+    Sealed(usize),
+    /// The datagram's plaintext is in place but not encrypted: encrypt bytes
+    /// `SSID_LEN..len` in place with `key` (AES-128-CBC, zero IV, for instance with
+    /// [`encrypt_cbc_zero_iv_many`](super::encrypt_cbc_zero_iv_many), together with other
+    /// sessions' packets), then call [`finish_sealing`] on the `len` bytes.
+    Unsealed {
+        /// Length of the datagram.
+        len: usize,
+        /// The session's send key, expanded.
+        key: Aes128EncKey,
+    },
+}
+
+impl core::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Sealing::Sealed(len) => f.debug_tuple("Sealed").field(len).finish(),
+            Sealing::Unsealed { len, .. } => f
+                .debug_struct("Unsealed")
+                .field("len", len)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Completes a datagram left [`Sealing::Unsealed`] once its ciphertext is in place: replaces
+/// the plain session ID the encoder left in its first 4 bytes by its scrambled form
+/// (RFC 7016 §2.2.2).
+pub fn finish_sealing(datagram: &mut [u8]) -> Result<(), CryptoError> {
+    let session_id = datagram
+        .first_chunk::<SSID_LEN>()
+        .map(|b| u32::from_be_bytes(*b))
+        .ok_or(CryptoError::BufferTooSmall)?;
+    write_session_id(datagram, session_id)
+}
+
 /// Encrypts packets for one direction of a session: the send key and the send mode. Assigns
 /// session sequence numbers itself, from 0 (rtmfp-cpp `m_txSequenceNumber`).
 #[derive(Clone)]
 pub struct PacketEncoder {
     cipher: Aes128Enc,
+    /// The same key expanded for the multi-buffer kernel ([`Self::encode_deferred`]); `None`
+    /// for the startup encoder, whose packets are always sealed at once.
+    multi_key: Option<Aes128EncKey>,
     hmac: Option<HmacSha256>,
     mode: PacketMode,
     next_sseq: u64,
@@ -180,6 +225,7 @@ impl PacketEncoder {
     pub fn new(key: &[u8; 16], mode: PacketMode) -> Self {
         PacketEncoder {
             cipher: Aes128Enc::new(&(*key).into()),
+            multi_key: Some(Aes128EncKey::new(key)),
             hmac: keyed_hmac(&mode),
             mode,
             next_sseq: 0,
@@ -191,6 +237,7 @@ impl PacketEncoder {
     pub fn startup() -> Self {
         PacketEncoder {
             cipher: default_ciphers().0.clone(),
+            multi_key: None,
             hmac: None,
             mode: PacketMode::STARTUP,
             next_sseq: 0,
@@ -253,14 +300,49 @@ impl PacketEncoder {
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
+        let total = self.write_plaintext(packet, out)?;
+        self.seal(far_session_id, packet.len(), &mut out[..total])?;
+        Ok(total)
+    }
+
+    /// Like [`encode`](Self::encode), but when the mode allows it (no HMAC, a session key)
+    /// leaves the encryption to the caller, so that it can encrypt many sessions' packets
+    /// together (multi-buffer CBC); see [`Sealing`]. The sequence number advances either way.
+    pub fn encode_deferred(
+        &mut self,
+        far_session_id: u32,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Result<Sealing, CryptoError> {
+        let key = match (&self.multi_key, &self.hmac) {
+            (Some(key), None) => key.clone(),
+            _ => {
+                return self
+                    .encode(far_session_id, packet, out)
+                    .map(Sealing::Sealed)
+            }
+        };
+        let len = self.write_plaintext(packet, out)?;
+        out[..SSID_LEN].copy_from_slice(&far_session_id.to_be_bytes());
+        self.advance_sseq();
+        Ok(Sealing::Unsealed { len, key })
+    }
+
+    fn advance_sseq(&mut self) {
+        if self.mode.sseq {
+            self.next_sseq = self.next_sseq.saturating_add(1);
+        }
+    }
+
+    /// Writes the plaintext after the SSID: SSEQ, checksum (without HMAC), `packet` and padding.
+    /// Answers the datagram's total length.
+    fn write_plaintext(&self, packet: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
         let total = self.encoded_len(packet.len());
         if out.len() < total || total == usize::MAX {
             return Err(CryptoError::BufferTooSmall);
         }
         let padded = self.padded_len(packet.len());
-        let hmac_len = self.mode.hmac_len();
-        let (ssid_and_ciphertext, rest) = out.split_at_mut(SSID_LEN + padded);
-        let ciphertext = &mut ssid_and_ciphertext[SSID_LEN..];
+        let ciphertext = &mut out[SSID_LEN..SSID_LEN + padded];
 
         let mut cursor = 0;
         if self.mode.sseq {
@@ -277,7 +359,21 @@ impl PacketEncoder {
             let sum = checksum(&ciphertext[cursor..]);
             ciphertext[checksum_at..cursor].copy_from_slice(&sum.to_be_bytes());
         }
+        Ok(total)
+    }
 
+    /// Encrypts the plaintext [`write_plaintext`](Self::write_plaintext) left in `datagram`,
+    /// adds the HMAC trailer if any and scrambles the session ID.
+    fn seal(
+        &mut self,
+        far_session_id: u32,
+        packet_len: usize,
+        datagram: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let padded = self.padded_len(packet_len);
+        let hmac_len = self.mode.hmac_len();
+        let (ssid_and_ciphertext, rest) = datagram.split_at_mut(SSID_LEN + padded);
+        let ciphertext = &mut ssid_and_ciphertext[SSID_LEN..];
         CbcEncryptor::inner_iv_init(self.cipher.clone(), &ZERO_IV.into())
             .encrypt_padded_mut::<NoPadding>(ciphertext, padded)
             .map_err(|_| CryptoError::NotBlockAligned)?;
@@ -291,10 +387,8 @@ impl PacketEncoder {
             rest[..hmac_len].copy_from_slice(&tag[..hmac_len]);
         }
         write_session_id(ssid_and_ciphertext, far_session_id)?;
-        if self.mode.sseq {
-            self.next_sseq = self.next_sseq.saturating_add(1);
-        }
-        Ok(total)
+        self.advance_sseq();
+        Ok(())
     }
 }
 
@@ -736,6 +830,57 @@ mod tests {
             // checksum, no SSEQ) still makes one whole block.
             let padding = d.packet.len() - packet.len();
             prop_assert!(padding < CIPHER_BLOCK_LEN || (packet.is_empty() && padding == CIPHER_BLOCK_LEN));
+        }
+
+        #[test]
+        fn deferred_sealing_matches_encode(
+            keys in proptest::collection::vec(any::<[u8; 16]>(), 1..20),
+            mode in mode_strategy(),
+            lens in proptest::collection::vec(0usize..1300, 20),
+            session_id in any::<u32>(),
+        ) {
+            // Several sessions' packets, sealed together by the multi-buffer kernel, come out
+            // byte for byte as `encode` writes them one at a time.
+            let mut direct: Vec<Vec<u8>> = Vec::new();
+            let mut deferred: Vec<(Vec<u8>, Option<Aes128EncKey>)> = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                let packet: Vec<u8> = (0..lens[i]).map(|b| (b * 7 + i) as u8).collect();
+                let mut a = PacketEncoder::new(key, mode.clone());
+                let mut b = a.clone();
+                for _ in 0..2 {
+                    let mut out = vec![0u8; a.encoded_len(packet.len())];
+                    a.encode(session_id, &packet, &mut out).unwrap();
+                    direct.push(out);
+                    let mut out = vec![0u8; b.encoded_len(packet.len())];
+                    match b.encode_deferred(session_id, &packet, &mut out).unwrap() {
+                        Sealing::Sealed(len) => {
+                            prop_assert!(mode.hmac.is_some());
+                            prop_assert_eq!(len, out.len());
+                            deferred.push((out, None));
+                        }
+                        Sealing::Unsealed { len, key } => {
+                            prop_assert!(mode.hmac.is_none());
+                            prop_assert_eq!(len, out.len());
+                            deferred.push((out, Some(key)));
+                        }
+                    }
+                }
+                prop_assert_eq!(a.next_sseq(), b.next_sseq());
+            }
+            let mut jobs: Vec<super::super::CbcJob<'_>> = deferred
+                .iter_mut()
+                .filter_map(|(d, key)| {
+                    key.as_ref().map(|key| super::super::CbcJob { key, data: &mut d[SSID_LEN..] })
+                })
+                .collect();
+            super::super::encrypt_cbc_zero_iv_many(&mut jobs).unwrap();
+            for (d, key) in deferred.iter_mut() {
+                if key.is_some() {
+                    finish_sealing(d).unwrap();
+                }
+            }
+            let deferred: Vec<Vec<u8>> = deferred.into_iter().map(|(d, _)| d).collect();
+            prop_assert_eq!(direct, deferred);
         }
 
         #[test]

@@ -16,7 +16,7 @@ use core::time::Duration;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use crate::crypto::{CryptoError, PacketDecoder, PacketEncoder};
+use crate::crypto::{Aes128EncKey, CryptoError, PacketDecoder, PacketEncoder, Sealing};
 use crate::ids::FlowId;
 use crate::params::{
     CLOSE_RTX, FARCLOSE_LINGER, MAX_PING_BODY, MAX_SESSION_PACKET, MIN_KEEPALIVE,
@@ -695,15 +695,40 @@ impl Session {
     /// Writes the next datagram due at `now` into `buf` and says where it goes, or `None` when
     /// there is nothing to send. Call it until it answers `None`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (transmit, _) = self.next_transmit(now, buf, false)?;
+        Some(transmit)
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), but may leave the datagram's encryption to
+    /// the caller, so that packets of many sessions are encrypted together by the multi-buffer
+    /// kernel ([`crate::crypto::encrypt_cbc_zero_iv_many`]). With `Some(key)`, the caller must
+    /// encrypt `buf[SSID_LEN..len]` in place with `key` and then call
+    /// [`crate::crypto::finish_sealing`] on `buf[..len]` before sending it; with `None` the
+    /// datagram is complete (HMAC mode, RFC 7425 §4.6.4, seals at once).
+    pub fn poll_transmit_deferred(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(Transmit, Option<Aes128EncKey>)> {
+        self.next_transmit(now, buf, true)
+    }
+
+    fn next_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        defer: bool,
+    ) -> Option<(Transmit, Option<Aes128EncKey>)> {
         if let Some((addr, challenge)) = self.mobility_probe.take() {
             if self.state == State::Open {
-                if let Some(len) =
-                    self.write_packet(now, buf, |_, w| (Ping { body: &challenge }).emit(w).is_ok())
-                {
-                    return Some(Transmit {
+                if let Some((len, key)) = self.write_packet(now, buf, defer, |_, w| {
+                    (Ping { body: &challenge }).emit(w).is_ok()
+                }) {
+                    let transmit = Transmit {
                         destination: addr,
                         len,
-                    });
+                    };
+                    return Some((transmit, key));
                 }
             }
         }
@@ -711,8 +736,8 @@ impl Session {
             return None;
         }
         let destination = self.far_address;
-        let len = self.write_packet(now, buf, |s, w| s.fill_packet(now, w))?;
-        Some(Transmit { destination, len })
+        let (len, key) = self.write_packet(now, buf, defer, |s, w| s.fill_packet(now, w))?;
+        Some((Transmit { destination, len }, key))
     }
 
     /// Writes control chunks, then flow chunks, into `w`; true if anything was written.
@@ -751,15 +776,18 @@ impl Session {
     }
 
     /// Assembles one packet with header, lets `fill` write chunks, and encrypts it into `buf`.
+    /// With `defer`, the answer may carry the key the caller must encrypt with (see
+    /// [`Self::poll_transmit_deferred`]).
     fn write_packet(
         &mut self,
         now: Instant,
         buf: &mut [u8],
+        defer: bool,
         fill: impl FnOnce(&mut Self, &mut Writer<'_>) -> bool,
-    ) -> Option<usize> {
+    ) -> Option<(usize, Option<Aes128EncKey>)> {
         // Taking the scratch buffer out lets `fill` borrow the session; `Vec::new` does not allocate.
         let mut plain = core::mem::take(&mut self.plain);
-        let result = self.write_packet_into(now, buf, &mut plain, fill);
+        let result = self.write_packet_into(now, buf, &mut plain, defer, fill);
         self.plain = plain;
         result
     }
@@ -769,8 +797,9 @@ impl Session {
         now: Instant,
         buf: &mut [u8],
         plain: &mut [u8],
+        defer: bool,
         fill: impl FnOnce(&mut Self, &mut Writer<'_>) -> bool,
-    ) -> Option<usize> {
+    ) -> Option<(usize, Option<Aes128EncKey>)> {
         let limit = self.config.max_packet.min(plain.len());
         let mut header = PacketHeader::new(self.role.mode());
         header.timestamp = Some(timestamp(now));
@@ -790,6 +819,17 @@ impl Session {
                 plain: plain.to_vec(),
             });
         }
-        self.encoder.encode(self.far_session_id, plain, buf).ok()
+        if !defer {
+            let len = self.encoder.encode(self.far_session_id, plain, buf).ok()?;
+            return Some((len, None));
+        }
+        match self
+            .encoder
+            .encode_deferred(self.far_session_id, plain, buf)
+            .ok()?
+        {
+            Sealing::Sealed(len) => Some((len, None)),
+            Sealing::Unsealed { len, key } => Some((len, Some(key))),
+        }
     }
 }

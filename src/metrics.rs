@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use updraft_control::service::{CONTROL_STATS, CONTROL_STATS_LEVELS};
 use updraft_dataplane::counters::WorkerCounters;
+use updraft_dataplane::media::Qos;
 use updraft_dataplane::worker::Shared;
 
 use crate::ops::metrics_http::{MetricsSource, PromWriter};
@@ -107,6 +108,9 @@ impl MetricsSource for PlaneMetrics {
                             "droppedFrames": s.dropped,
                             "backlog": s.backlog,
                             "rtt_ms": s.rtt_ms,
+                            "qos": qos_json(&s.qos),
+                            "fragmentsSent": s.fragments.sent,
+                            "fragmentsLost": s.fragments.lost,
                         })
                     })
                     .collect();
@@ -116,7 +120,10 @@ impl MetricsSource for PlaneMetrics {
                     "published": r.published,
                     "messages": r.messages,
                     "bytes": r.bytes,
-                    "byteRate": r.byte_rate,
+                    "byteRate": r.qos.byte_rate,
+                    "qos": qos_json(&r.qos),
+                    "fragmentsReceived": r.fragments.received,
+                    "fragmentsLost": r.fragments.lost,
                     "subscribers": subs,
                 })
             })
@@ -131,6 +138,17 @@ impl MetricsSource for PlaneMetrics {
         })
         .to_string()
     }
+}
+
+/// A QoS record with Cumulus's Lua field names.
+fn qos_json(q: &Qos) -> serde_json::Value {
+    serde_json::json!({
+        "lostRate": q.lost_rate,
+        "byteRate": q.byte_rate,
+        "congestionRate": q.congestion_rate,
+        "latency": q.latency_ms,
+        "droppedFrames": q.dropped_frames,
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! Message layout: the Flash TC message of RFC 7425 §5.1 (`type`, 32-bit timestamp, payload);
 //! audio and video payloads are FLV tag bodies, with the Enhanced RTMP extended headers.
 
+use rtmfp::flow::recv::RecvStats;
+use rtmfp::flow::send::SendStats;
 use std::sync::Arc;
 
 use rtmfp::flash::command::{names, DataMessage, ObjectEncoding};
@@ -141,10 +143,48 @@ pub struct StreamReport {
     pub messages: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Bytes per second over the last report period.
-    pub byte_rate: u64,
+    /// The publication's QoS over the last report period (Cumulus `publication.videoQOS`):
+    /// the publisher's losses and latency when it publishes on this worker, and the stream's
+    /// byte rate either way.
+    pub qos: Qos,
+    /// Fragments of the publisher's flow received and lost (zero when it publishes elsewhere).
+    pub fragments: RecvStats,
     /// The subscribers on this worker.
     pub subscribers: Vec<SubscriberReport>,
+}
+
+/// Quality of service over the last report period, as Cumulus's Lua `QOS` objects give it
+/// (`lostRate`, `byteRate`, `congestionRate`, `latency`, `droppedFrames`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Qos {
+    /// Share of fragments lost, 0 to 1: for a publication, sequence numbers its publisher gave
+    /// up on before they arrived; for a subscriber, fragments sent to it and declared lost
+    /// (retransmitted or abandoned).
+    pub lost_rate: f64,
+    /// Bytes per second of media.
+    pub byte_rate: u64,
+    /// Share of media messages dropped for lack of capacity, 0 to 1: for a subscriber, because
+    /// it fell behind (more unacknowledged data than the backlog limit); for a publication,
+    /// because another worker's media queue was full.
+    pub congestion_rate: f64,
+    /// Half the smoothed round-trip time, in milliseconds (`None` before a measurement).
+    pub latency_ms: Option<u64>,
+    /// Media messages dropped in all since the start (behind, muted, waiting for a key frame,
+    /// or not forwarded).
+    pub dropped_frames: u64,
+}
+
+impl Qos {
+    /// `part / whole` over a period, 0 when nothing happened.
+    pub fn rate(part: u64, whole: u64) -> f64 {
+        if whole == 0 {
+            0.0
+        } else {
+            #[allow(clippy::cast_precision_loss)]
+            let r = part as f64 / whole as f64;
+            r.min(1.0)
+        }
+    }
 }
 
 /// One subscriber's QoS.
@@ -161,6 +201,10 @@ pub struct SubscriberReport {
     pub backlog: u64,
     /// Its smoothed round-trip time, in milliseconds: Cumulus's `latency` is half of it.
     pub rtt_ms: Option<u64>,
+    /// Its QoS over the last report period (Cumulus `listener.videoQOS`).
+    pub qos: Qos,
+    /// Fragments of its media flow sent and declared lost since it started playing.
+    pub fragments: SendStats,
 }
 
 /// Most messages kept for the current group of pictures.

@@ -23,6 +23,8 @@ use rtmfp::crypto::{
 };
 use rtmfp::flash::message::{TcMessage, UserControl};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::flow::recv::RecvStats;
+use rtmfp::flow::send::SendStats;
 use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
@@ -37,7 +39,8 @@ use updraft_control::ipc::{
 use crate::counters::{SharedCounters, WorkerCounters};
 use crate::io::{BatchIo, RxBatch, TxBatch, BATCH, SLOT_SIZE};
 use crate::media::{
-    classify, prepare, timestamp, MediaItem, MediaKind, StreamCache, StreamReport, SubscriberReport,
+    classify, prepare, timestamp, MediaItem, MediaKind, Qos, StreamCache, StreamReport,
+    SubscriberReport,
 };
 use crate::sys::{poll_readable, EventFd};
 use crate::wheel::TimerWheel;
@@ -222,6 +225,12 @@ struct Subscriber {
     waiting_keyframe: bool,
     delivered: u64,
     dropped: u64,
+    /// Media messages dropped because it was behind (congestion).
+    behind: u64,
+    /// Media bytes queued to it.
+    bytes: u64,
+    /// The counters above at the last stream report.
+    reported: SubscriberMarks,
     /// `receiveAudio` / `receiveVideo`.
     audio: bool,
     video: bool,
@@ -241,8 +250,32 @@ struct StreamState {
     key: String,
     messages: u64,
     bytes: u64,
-    /// `bytes` at the last report.
-    reported_bytes: u64,
+    /// Messages that could not be forwarded to another worker (its queue was full).
+    forward_drops: u64,
+    /// Forward attempts (one per message and route).
+    forwards: u64,
+    /// `bytes`, `forwards`, `forward_drops` and the publisher's receive-flow statistics at the
+    /// last report.
+    reported: PublicationMarks,
+}
+
+/// Counters of a subscriber at the last stream report, to turn totals into rates.
+#[derive(Debug, Default, Clone, Copy)]
+struct SubscriberMarks {
+    delivered: u64,
+    dropped: u64,
+    behind: u64,
+    bytes: u64,
+    send: SendStats,
+}
+
+/// Counters of a publication at the last stream report, to turn totals into rates.
+#[derive(Debug, Default, Clone, Copy)]
+struct PublicationMarks {
+    bytes: u64,
+    forwards: u64,
+    forward_drops: u64,
+    recv: RecvStats,
 }
 
 impl StreamState {
@@ -254,6 +287,11 @@ impl StreamState {
             sub.waiting_keyframe = true;
         }
     }
+}
+
+/// Half a round-trip time in whole milliseconds: Cumulus's `latency`.
+fn half_ms(rtt: Duration) -> u64 {
+    u64::try_from(rtt.as_millis() / 2).unwrap_or(u64::MAX)
 }
 
 /// Queues `item` for worker `to` and marks it to be woken at the end of the turn; answers
@@ -1002,6 +1040,8 @@ impl<IO: BatchIo> Worker<IO> {
                     };
                     if !forward(&self.media_out, &mut self.wake_pending, w, gap) {
                         self.counters.drop_media_queue_full += 1;
+                        state.forwards += 1;
+                        state.forward_drops += 1;
                         continue;
                     }
                     state.gapped.retain(|&g| g != w);
@@ -1010,10 +1050,12 @@ impl<IO: BatchIo> Worker<IO> {
                     stream,
                     message: Arc::clone(&message),
                 };
+                state.forwards += 1;
                 if forward(&self.media_out, &mut self.wake_pending, w, item) {
                     self.counters.media_out += 1;
                 } else {
                     self.counters.drop_media_queue_full += 1;
+                    state.forward_drops += 1;
                     state.gapped.push(w);
                 }
             }
@@ -1052,12 +1094,14 @@ impl<IO: BatchIo> Worker<IO> {
             MediaKind::Audio { header: false } if behind || !sub.audio => {
                 self.counters.media_dropped += 1;
                 sub.dropped += 1;
+                sub.behind += u64::from(behind);
                 return;
             }
             MediaKind::Video { header: false, .. } if behind || !sub.video => {
                 sub.waiting_keyframe = true;
                 self.counters.media_dropped += 1;
                 sub.dropped += 1;
+                sub.behind += u64::from(behind);
                 return;
             }
             _ => {}
@@ -1113,6 +1157,7 @@ impl<IO: BatchIo> Worker<IO> {
                 {
                     self.counters.media_delivered += 1;
                     sub.delivered += 1;
+                    sub.bytes += message.len() as u64;
                 } else {
                     self.counters.media_refused += 1;
                 }
@@ -1153,6 +1198,9 @@ impl<IO: BatchIo> Worker<IO> {
             waiting_keyframe: !buffered,
             delivered: 0,
             dropped: 0,
+            behind: 0,
+            bytes: 0,
+            reported: SubscriberMarks::default(),
             audio: true,
             video: true,
         };
@@ -1185,17 +1233,56 @@ impl<IO: BatchIo> Worker<IO> {
         let secs = self.last_report.elapsed().as_secs_f64().max(f64::EPSILON);
         self.last_report = std::time::Instant::now();
         let mut reports = Vec::with_capacity(self.streams.len());
-        for state in self.streams.values_mut() {
+        // The publisher of each stream published here: its session and flow.
+        let publishers: HashMap<u32, (u32, u64)> = self
+            .publishing
+            .iter()
+            .map(|(&(session, flow), &stream)| (stream, (session, flow)))
+            .collect();
+        for (stream, state) in self.streams.iter_mut() {
             #[allow(
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
                 clippy::cast_precision_loss
             )]
-            let byte_rate = ((state.bytes - state.reported_bytes) as f64 / secs) as u64;
-            state.reported_bytes = state.bytes;
+            let byte_rate = ((state.bytes - state.reported.bytes) as f64 / secs) as u64;
+            let publisher = publishers.get(stream).and_then(|&(session, flow)| {
+                let p = SessionIdParts::of(session);
+                let e = self
+                    .table
+                    .get(usize::from(p.slot))
+                    .and_then(|e| e.as_deref())
+                    .filter(|e| e.id == session)?;
+                Some((
+                    e.session.recv_flow_stats(FlowId(flow)).unwrap_or_default(),
+                    e.session.srtt(),
+                ))
+            });
+            let (recv, srtt) = publisher.unwrap_or((state.reported.recv, None));
+            let qos = Qos {
+                lost_rate: Qos::rate(
+                    recv.lost.saturating_sub(state.reported.recv.lost),
+                    recv.received
+                        .saturating_sub(state.reported.recv.received)
+                        .saturating_add(recv.lost.saturating_sub(state.reported.recv.lost)),
+                ),
+                byte_rate,
+                congestion_rate: Qos::rate(
+                    state.forward_drops - state.reported.forward_drops,
+                    state.forwards - state.reported.forwards,
+                ),
+                latency_ms: srtt.map(half_ms),
+                dropped_frames: state.forward_drops,
+            };
+            state.reported = PublicationMarks {
+                bytes: state.bytes,
+                forwards: state.forwards,
+                forward_drops: state.forward_drops,
+                recv,
+            };
             let subscribers = state
                 .subscribers
-                .iter()
+                .iter_mut()
                 .map(|sub| {
                     let p = SessionIdParts::of(sub.session_id);
                     let e = self
@@ -1203,19 +1290,48 @@ impl<IO: BatchIo> Worker<IO> {
                         .get(usize::from(p.slot))
                         .and_then(|e| e.as_deref())
                         .filter(|e| e.id == sub.session_id);
+                    let reply = e.and_then(|e| e.replies.iter().find(|r| r.0 == sub.flow));
+                    let backlog = e
+                        .zip(reply)
+                        .and_then(|(e, r)| e.session.flow_backlog(r.1))
+                        .unwrap_or(0);
+                    let send = e
+                        .zip(reply)
+                        .and_then(|(e, r)| e.session.send_flow_stats(r.1))
+                        .unwrap_or(sub.reported.send);
+                    let srtt = e.and_then(|e| e.session.srtt());
+                    let last = sub.reported;
+                    let offered = (sub.delivered - last.delivered) + (sub.dropped - last.dropped);
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        clippy::cast_precision_loss
+                    )]
+                    let qos = Qos {
+                        lost_rate: Qos::rate(
+                            send.lost.saturating_sub(last.send.lost),
+                            send.sent.saturating_sub(last.send.sent),
+                        ),
+                        byte_rate: ((sub.bytes - last.bytes) as f64 / secs) as u64,
+                        congestion_rate: Qos::rate(sub.behind - last.behind, offered),
+                        latency_ms: srtt.map(half_ms),
+                        dropped_frames: sub.dropped,
+                    };
+                    sub.reported = SubscriberMarks {
+                        delivered: sub.delivered,
+                        dropped: sub.dropped,
+                        behind: sub.behind,
+                        bytes: sub.bytes,
+                        send,
+                    };
                     SubscriberReport {
                         session_id: sub.session_id,
                         delivered: sub.delivered,
                         dropped: sub.dropped,
-                        backlog: e
-                            .and_then(|e| {
-                                let f = e.replies.iter().find(|r| r.0 == sub.flow)?.1;
-                                e.session.flow_backlog(f)
-                            })
-                            .unwrap_or(0) as u64,
-                        rtt_ms: e
-                            .and_then(|e| e.session.srtt())
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        backlog: backlog as u64,
+                        rtt_ms: srtt.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        qos,
+                        fragments: send,
                     }
                 })
                 .collect();
@@ -1225,7 +1341,8 @@ impl<IO: BatchIo> Worker<IO> {
                 published: state.published,
                 messages: state.messages,
                 bytes: state.bytes,
-                byte_rate,
+                qos,
+                fragments: recv,
                 subscribers,
             });
         }
@@ -1659,6 +1776,9 @@ mod tests {
                 waiting_keyframe: false,
                 delivered: 0,
                 dropped: 0,
+                behind: 0,
+                bytes: 0,
+                reported: SubscriberMarks::default(),
                 audio: true,
                 video: true,
             });

@@ -62,6 +62,17 @@ pub struct RecvFlow {
     data_this_packet: bool,
     packets_since_ack: u32,
     last_advertised: Option<u64>,
+    stats: RecvStats,
+}
+
+/// What a receive flow has seen, for QoS reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvStats {
+    /// Sequence numbers received for the first time (abandoned ones included).
+    pub received: u64,
+    /// Sequence numbers given up: skipped by the sender's forward sequence number without
+    /// ever arriving, or arriving abandoned (RFC 7016 §3.6.2.7, §3.6.3.2).
+    pub lost: u64,
 }
 
 impl RecvFlow {
@@ -85,7 +96,13 @@ impl RecvFlow {
             data_this_packet: false,
             packets_since_ack: 0,
             last_advertised: None,
+            stats: RecvStats::default(),
         }
+    }
+
+    /// What the flow has received and lost so far.
+    pub fn stats(&self) -> RecvStats {
+        self.stats
     }
 
     /// Handles a fragment.
@@ -104,8 +121,10 @@ impl RecvFlow {
             self.skip_to(fsn);
             return;
         }
+        self.stats.received += 1;
         if f.abandoned {
             self.ack_now = true;
+            self.stats.lost += 1;
         }
         if f.fin && self.fin_seq.is_none() {
             self.fin_seq = Some(f.seq);
@@ -156,6 +175,10 @@ impl RecvFlow {
     /// The sender will not resend anything at or below `fsn`: treat it as received.
     fn skip_to(&mut self, fsn: u64) {
         if fsn > self.cum_ack {
+            // Sequence numbers the sender gave up on before they arrived.
+            let skipped = fsn - self.cum_ack;
+            let held = self.stored.range(self.cum_ack + 1..=fsn).count() as u64;
+            self.stats.lost += skipped.saturating_sub(held);
             self.cum_ack = fsn;
             self.advance();
             self.deliver();
@@ -447,6 +470,26 @@ mod tests {
         assert_eq!(f.cum_ack(), 4);
         assert_eq!(f.poll_message(), Some(b"w".to_vec()));
         assert_eq!(f.poll_message(), None);
+        // QoS: two received, 2 and 3 given up.
+        assert_eq!(
+            f.stats(),
+            RecvStats {
+                received: 2,
+                lost: 2
+            }
+        );
+        // An abandoned fragment counts as lost; a duplicate counts for nothing.
+        let mut abandoned = frag(5, 0, Fragment::Whole, b"");
+        abandoned.abandoned = true;
+        f.on_fragment(t(0), abandoned);
+        f.on_fragment(t(0), frag(4, 1, Fragment::Whole, b"w"));
+        assert_eq!(
+            f.stats(),
+            RecvStats {
+                received: 3,
+                lost: 3
+            }
+        );
         // A huge forward jump costs nothing.
         f.on_fragment(t(0), frag(u64::MAX / 2, 1, Fragment::Whole, b"z"));
         assert_eq!(f.cum_ack(), u64::MAX / 2);

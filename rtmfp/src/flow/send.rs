@@ -138,6 +138,17 @@ pub struct SendFlow {
     exception: Option<u64>,
     probe_next: Option<Instant>,
     probe_interval: Duration,
+    stats: SendStats,
+}
+
+/// What a send flow has sent and lost, for QoS reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Fragments transmitted, retransmissions included.
+    pub sent: u64,
+    /// Transmissions declared lost: by NAKs, by timeout, or abandoned while in flight
+    /// (RFC 7016 §3.6.2.5, §3.6.2.6, §3.6.2.7).
+    pub lost: u64,
 }
 
 impl SendFlow {
@@ -172,7 +183,13 @@ impl SendFlow {
             exception: None,
             probe_next: None,
             probe_interval: PERSIST_MIN,
+            stats: SendStats::default(),
         }
+    }
+
+    /// What the flow has sent and lost so far.
+    pub fn stats(&self) -> SendStats {
+        self.stats
     }
 
     /// The flow ID.
@@ -249,6 +266,7 @@ impl SendFlow {
                 f.abandoned = true;
                 if matches!(f.state, FragState::InFlight { .. }) {
                     f.state = FragState::Lost;
+                    self.stats.lost += 1;
                 }
             }
         }
@@ -424,6 +442,7 @@ impl SendFlow {
     /// Records that the fragment `seq` returned by [`Self::poll_fragment`] was sent at `now`.
     pub fn on_fragment_sent(&mut self, now: Instant, seq: u64) {
         if let Some(f) = self.frags.iter_mut().find(|f| f.seq == seq) {
+            self.stats.sent += 1;
             f.state = FragState::InFlight {
                 sent_at: now,
                 naks: 0,
@@ -463,6 +482,7 @@ impl SendFlow {
                     let naks = naks + 1;
                     if naks >= NAKS_FOR_LOSS {
                         f.state = FragState::Lost;
+                        self.stats.lost += 1;
                         out.lost_sent_at = Some(
                             out.lost_sent_at
                                 .map_or(sent_at, |t: Instant| t.min(sent_at)),
@@ -527,6 +547,7 @@ impl SendFlow {
             if let FragState::InFlight { sent_at, .. } = f.state {
                 if sent_at + erto <= now {
                     f.state = FragState::Lost;
+                    self.stats.lost += 1;
                     any = true;
                 }
             }
@@ -692,6 +713,8 @@ mod tests {
         assert_eq!(resent.len(), 1);
         assert_eq!(resent[0].0, 1);
         assert_eq!(resent[0].5, 100);
+        // QoS: six transmissions, one declared lost.
+        assert_eq!(f.stats(), SendStats { sent: 6, lost: 1 });
     }
 
     #[test]
@@ -704,6 +727,7 @@ mod tests {
         assert!(f.handle_timeout(t(250), ERTO));
         let again = drain(&mut f, t(250));
         assert_eq!(again.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(f.stats(), SendStats { sent: 6, lost: 3 });
     }
 
     #[test]

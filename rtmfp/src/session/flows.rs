@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::flow::congestion::Congestion;
 use crate::flow::options::{classify_options, FlowOptions};
-use crate::flow::recv::{FragmentIn, RecvFlow};
+use crate::flow::recv::{FragmentIn, RecvFlow, RecvStats};
 use crate::flow::rtt::RttEstimator;
 pub use crate::flow::send::SendError;
-use crate::flow::send::{AckInfo, SendFlow};
+use crate::flow::send::{AckInfo, SendFlow, SendStats};
 use crate::ids::FlowId;
 use crate::params::{MAX_FLOW_METADATA, SESSION_RETRANSMIT_LIMIT};
 use crate::time::Instant;
@@ -179,6 +179,16 @@ impl FlowSet {
     /// Bytes not yet acknowledged on a send flow.
     pub fn backlog(&self, flow: FlowId) -> Option<usize> {
         self.send.get(&flow).map(SendFlow::unacked_bytes)
+    }
+
+    /// What the send flow `flow` has sent and lost.
+    pub fn send_stats(&self, flow: FlowId) -> Option<SendStats> {
+        self.send.get(&flow).map(SendFlow::stats)
+    }
+
+    /// What the receive flow `flow` has received and lost.
+    pub fn recv_stats(&self, flow: FlowId) -> Option<RecvStats> {
+        self.recv.get(&flow).map(RecvFlow::stats)
     }
 
     /// Aborts every flow (the session left S_OPEN).

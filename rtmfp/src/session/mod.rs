@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::crypto::{Aes128EncKey, CryptoError, PacketDecoder, PacketEncoder, Sealing};
+use crate::flow::recv::RecvStats;
+use crate::flow::send::SendStats;
 use crate::ids::FlowId;
 use crate::params::{
     CLOSE_RTX, FARCLOSE_LINGER, MAX_PING_BODY, MAX_SESSION_PACKET, MIN_KEEPALIVE,
@@ -409,6 +411,16 @@ impl Session {
     /// Bytes queued but not yet acknowledged on a send flow (for back-pressure).
     pub fn flow_backlog(&self, flow: FlowId) -> Option<usize> {
         self.flows.backlog(flow)
+    }
+
+    /// What our send flow `flow` has sent and lost (for QoS reports).
+    pub fn send_flow_stats(&self, flow: FlowId) -> Option<SendStats> {
+        self.flows.send_stats(flow)
+    }
+
+    /// What the far end's flow `flow` has delivered to us and what it lost (for QoS reports).
+    pub fn recv_flow_stats(&self, flow: FlowId) -> Option<RecvStats> {
+        self.flows.recv_stats(flow)
     }
 
     /// Forwards an IHello to the far end inside this session, so that it answers the initiator

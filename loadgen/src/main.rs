@@ -13,7 +13,8 @@ const USAGE: &str = "usage:
   updraft-loadgen rpc     --server ADDR:PORT [--sessions N] [--duration SECONDS] [--method NAME]
                           [--app APP] [--json FILE]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
-                          [--duration SECONDS] [--app APP] [--stream NAME] [--json FILE]";
+                          [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
+                          [--json FILE]";
 
 struct Flags {
     values: Vec<(String, String)>,
@@ -127,6 +128,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     "duration",
                     "app",
                     "stream",
+                    "sockets",
                     "json",
                 ])
                 .map_err(bad)?;
@@ -140,6 +142,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                 stream: flags
                     .get("stream", Some("loadgen".to_string()))
                     .map_err(bad)?,
+                sockets: flags.get("sockets", Some(8)).map_err(bad)?,
             };
             scenario::fanout(&args)
         }

@@ -140,6 +140,8 @@ pub struct FanoutArgs {
     pub app: String,
     /// The stream name.
     pub stream: String,
+    /// UDP sockets (local ports) the sessions are spread over.
+    pub sockets: usize,
 }
 
 /// The header of a fanout media payload: FLV video byte, AVC packet type, composition time.
@@ -219,32 +221,54 @@ fn connect_sessions(
 }
 
 /// Runs a fanout and reports delivery and end-to-end latency.
+///
+/// The publisher and the subscribers are spread over `args.sockets` drivers, each with its own
+/// UDP socket (port): subscriber `i` goes to socket `i % sockets`, so that the server sends
+/// consecutive subscribers' packets to different destinations, as it would to real viewers,
+/// and cannot coalesce several subscribers' packets into one GSO send.
 pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 2, &FLASH_GROUPS)?;
-    let (all, _) = connect_sessions(&mut d, args.server, &args.app, 1 + args.subscribers)?;
-    let publisher = all[0];
-    let subs = &all[1..];
-    let mut streams: HashMap<u32, FlowId> = HashMap::new();
-    for &h in &all {
-        if let Some(f) = d.open_flow(h, 1) {
-            streams.insert(h, f);
+    let sockets = args.sockets.clamp(1, args.subscribers.max(1));
+    let mut drivers = Vec::with_capacity(sockets);
+    // Sessions per driver: the publisher first on driver 0, then subscribers round-robin.
+    let mut counts = vec![0usize; sockets];
+    counts[0] += 1;
+    for i in 0..args.subscribers {
+        counts[i % sockets] += 1;
+    }
+    let mut subs: Vec<(usize, u32)> = Vec::with_capacity(args.subscribers);
+    let mut publisher = None;
+    for (k, &n) in counts.iter().enumerate() {
+        let mut d = Driver::new(local_for(args.server), 2 + k as u64, &FLASH_GROUPS)?;
+        let (all, _) = connect_sessions(&mut d, args.server, &args.app, n)?;
+        let mut handles = all.into_iter();
+        if k == 0 {
+            publisher = handles.next();
+        }
+        subs.extend(handles.map(|h| (k, h)));
+        drivers.push(d);
+    }
+    let publisher = publisher.ok_or(LoadError::NoHandshake)?;
+    let mut streams: HashMap<(usize, u32), FlowId> = HashMap::new();
+    for &(k, h) in std::iter::once(&(0, publisher)).chain(&subs) {
+        if let Some(f) = drivers[k].open_flow(h, 1) {
+            streams.insert((k, h), f);
         }
     }
     let pflow = *streams
-        .get(&publisher)
+        .get(&(0, publisher))
         .ok_or(LoadError::Stalled("publisher stream flow"))?;
-    d.send(
+    drivers[0].send(
         publisher,
         pflow,
         &command("publish", 0.0, vec![Value::str(&args.stream)]),
         None,
     );
-    wait(&mut d, "publish", |d| {
+    wait(&mut drivers[0], "publish", |d| {
         has_code(d, publisher, "NetStream.Publish.Start")
     })?;
-    for &h in subs {
-        if let Some(&f) = streams.get(&h) {
-            d.send(
+    for &(k, h) in &subs {
+        if let Some(&f) = streams.get(&(k, h)) {
+            drivers[k].send(
                 h,
                 f,
                 &command("play", 0.0, vec![Value::str(&args.stream)]),
@@ -252,10 +276,14 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
             );
         }
     }
-    wait(&mut d, "plays", |d| {
-        subs.iter().all(|&h| has_code(d, h, "NetStream.Play.Start"))
-    })?;
-    d.keep_messages = false;
+    for (k, d) in drivers.iter_mut().enumerate() {
+        wait(d, "plays", |d| {
+            subs.iter()
+                .filter(|s| s.0 == k)
+                .all(|&(_, h)| has_code(d, h, "NetStream.Play.Start"))
+        })?;
+        d.keep_messages = false;
+    }
 
     // The stream: `size`-byte video messages at `bitrate`, each carrying its sequence number
     // and send time.
@@ -264,14 +292,15 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     let interval =
         Duration::from_secs_f64((size * 8) as f64 / (args.bitrate_kbps.max(1) * 1000) as f64);
     let mut report = Report::new("fanout");
-    let mut seen: HashMap<u32, HashSet<u64>> = subs.iter().map(|&h| (h, HashSet::new())).collect();
+    let mut seen: HashMap<(usize, u32), HashSet<u64>> =
+        subs.iter().map(|&s| (s, HashSet::new())).collect();
     let mut latencies: Vec<Duration> = Vec::new();
     let start = WallInstant::now();
     let mut next = start;
     let mut seq = 0u64;
     let mut payload = vec![0u8; size + 5];
     let received = std::cell::Cell::new(0u64);
-    let mut on_message = |h: u32, _: FlowId, m: &[u8], now: rtmfp::time::Instant| {
+    let mut on_message = |k: usize, h: u32, m: &[u8], now: rtmfp::time::Instant| {
         // TC message: type, timestamp, then our payload.
         if m.first() != Some(&0x09) || m.len() < 5 + PAYLOAD_HEAD {
             return;
@@ -279,31 +308,37 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         let p = &m[5..];
         let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
         let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
-        if let Some(set) = seen.get_mut(&h) {
+        if let Some(set) = seen.get_mut(&(k, h)) {
             if set.insert(seq) {
                 received.set(received.get() + 1);
                 latencies.push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
             }
         }
     };
+    // Every driver measures time from its own epoch; send times use the first driver's, and
+    // each receive time is moved onto it.
+    let offsets: Vec<i128> = drivers
+        .iter()
+        .map(|d| i128::from(drivers[0].now().as_micros()) - i128::from(d.now().as_micros()))
+        .collect();
     while start.elapsed() < args.duration {
         while WallInstant::now() >= next && start.elapsed() < args.duration {
-            let now = d.now();
+            let now = drivers[0].now();
             payload[0] = 0x09;
             let ts = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
             payload[1..5].copy_from_slice(&ts.to_be_bytes());
             payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
             payload[10..18].copy_from_slice(&seq.to_be_bytes());
             payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
-            d.send(publisher, pflow, &payload, Some(LIFETIME));
+            drivers[0].send(publisher, pflow, &payload, Some(LIFETIME));
             seq += 1;
             next += interval;
         }
-        d.step(&mut on_message);
+        step_all(&mut drivers, &offsets, &mut on_message);
     }
     let drain = WallInstant::now() + DRAIN;
     while WallInstant::now() < drain {
-        d.step(&mut on_message);
+        step_all(&mut drivers, &offsets, &mut on_message);
         if received.get() >= seq * subs.len() as u64 {
             break;
         }
@@ -316,14 +351,31 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     report.expected = seq * subs.len() as u64;
     report.delivered = seen.values().map(|s| s.len() as u64).sum();
     report.lost = report.expected - report.delivered.min(report.expected);
-    report.sessions_ok = d.opened() as u64;
-    report.sessions_failed = d.failed() as u64;
-    report.packets_out = d.packets_out;
-    report.packets_in = d.packets_in;
-    report.bytes_out = d.bytes_out;
-    report.bytes_in = d.bytes_in;
-    d.close_all(CLOSE_LINGER);
+    for d in drivers.iter_mut() {
+        report.sessions_ok += d.opened() as u64;
+        report.sessions_failed += d.failed() as u64;
+        report.packets_out += d.packets_out;
+        report.packets_in += d.packets_in;
+        report.bytes_out += d.bytes_out;
+        report.bytes_in += d.bytes_in;
+        d.close_all(CLOSE_LINGER / sockets as u32);
+    }
     Ok(report)
+}
+
+/// What a fanout does with a received message: (driver, session, message, receive time).
+type OnMessage<'a> = dyn FnMut(usize, u32, &[u8], rtmfp::time::Instant) + 'a;
+
+/// Steps every driver once; receive times are moved onto the first driver's clock by
+/// `offsets` (microseconds per driver).
+fn step_all(drivers: &mut [Driver], offsets: &[i128], on_message: &mut OnMessage<'_>) {
+    for (k, d) in drivers.iter_mut().enumerate() {
+        let offset = offsets.get(k).copied().unwrap_or(0);
+        d.step(|h, _, m, now| {
+            let micros = u64::try_from(i128::from(now.as_micros()) + offset).unwrap_or(0);
+            on_message(k, h, m, rtmfp::time::Instant::from_micros(micros));
+        });
+    }
 }
 
 /// `rpc`: calls and their round trips.

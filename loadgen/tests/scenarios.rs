@@ -75,6 +75,7 @@ fn fanout_delivers_everything_on_a_clean_path() {
         duration: Duration::from_millis(1500),
         app: String::new(),
         stream: "bench".into(),
+        sockets: 3,
     })
     .unwrap();
     // 1 Mbit/s of 1000-byte messages for 1.5 s: about 187 messages to each of 20 subscribers.

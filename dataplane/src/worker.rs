@@ -21,8 +21,9 @@ use rand_chacha::ChaCha20Rng;
 use rtmfp::crypto::{
     encrypt_cbc_zero_iv_many, finish_sealing, read_session_id, Aes128EncKey, CbcJob, SSID_LEN,
 };
-use rtmfp::flash::message::{TcMessage, UserControl};
+use rtmfp::flash::message::{TcMessage, UserControl, TC_HEADER_LEN};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::flow::payload::Payload;
 use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use rtmfp::ids::FlowId;
@@ -377,7 +378,6 @@ pub struct Worker<IO: BatchIo> {
     publishing: HashMap<(u32, u64), u32>,
     /// The same by (session, NetStream ID): what media on any flow of that NetStream feeds.
     publishing_ns: HashMap<(u32, u64), u32>,
-    scratch: Vec<u8>,
     /// Last flow-synchronisation ID sent.
     sync_id: u32,
     last_report: std::time::Instant,
@@ -419,7 +419,6 @@ impl<IO: BatchIo> Worker<IO> {
             streams: HashMap::new(),
             publishing: HashMap::new(),
             publishing_ns: HashMap::new(),
-            scratch: Vec::new(),
             sync_id: 0,
             last_report: std::time::Instant::now(),
             outbox: VecDeque::new(),
@@ -1076,7 +1075,7 @@ impl<IO: BatchIo> Worker<IO> {
         &mut self,
         now: Instant,
         sub: &mut Subscriber,
-        message: &[u8],
+        message: &Arc<[u8]>,
         kind: Option<MediaKind>,
     ) {
         let Some(kind) = kind else { return };
@@ -1144,15 +1143,22 @@ impl<IO: BatchIo> Worker<IO> {
             MediaKind::Video { header: false, .. } => Some(now + VIDEO_LIFETIME),
             _ => None,
         };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.push(message[0]);
-        scratch.extend_from_slice(&rebased.to_be_bytes());
-        scratch.extend_from_slice(message.get(5..).unwrap_or_default());
+        // The subscriber's own header (type and rebased timestamp) in front of the shared
+        // message body: queued without copying the body.
+        let mut head = [0u8; TC_HEADER_LEN];
+        head[0] = message[0];
+        head[1..].copy_from_slice(&rebased.to_be_bytes());
+        let Some(payload) = Payload::new(
+            &head,
+            Arc::clone(message),
+            TC_HEADER_LEN.min(message.len())..message.len(),
+        ) else {
+            return;
+        };
         if let Some(e) = self.entry_mut(slot) {
             if let Some(f) = e.reply_flow(sub.flow) {
                 if e.session
-                    .send(now, f, &scratch, SendOptions { expiry })
+                    .send_payload(now, f, payload, SendOptions { expiry })
                     .is_ok()
                 {
                     self.counters.media_delivered += 1;
@@ -1163,7 +1169,6 @@ impl<IO: BatchIo> Worker<IO> {
                 }
             }
         }
-        self.scratch = scratch;
         self.mark_dirty(slot);
     }
 

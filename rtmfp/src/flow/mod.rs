@@ -4,6 +4,7 @@
 
 pub mod congestion;
 pub mod options;
+pub mod payload;
 pub mod recv;
 pub mod rtt;
 pub mod send;

@@ -5,7 +5,6 @@
 
 use core::time::Duration;
 use std::collections::VecDeque;
-use std::rc::Rc;
 
 use crate::ids::FlowId;
 use crate::params::{
@@ -15,6 +14,7 @@ use crate::time::Instant;
 use crate::wire::{option_len, vlu_len, write_option, Fragment, Writer, CHUNK_HEADER_LEN};
 
 use super::options::{OPTION_METADATA, OPTION_RETURN_ASSOCIATION};
+use super::payload::Payload;
 
 /// Growth of the buffer-probe period (RFC 7016 §3.6.2.9.1; rtmfp-cpp uses √2).
 const PROBE_BACKOFF: f64 = core::f64::consts::SQRT_2;
@@ -73,8 +73,16 @@ pub struct FragmentOut<'a> {
     /// The User Data option list to include (metadata and return association), until the flow
     /// is first acknowledged (RFC 7016 §3.6.1.3).
     pub options: Option<&'a [u8]>,
-    /// The data.
-    pub data: &'a [u8],
+    /// The data, in two parts written one after the other (a payload's inline head and its
+    /// shared body; see [`Payload`]).
+    pub data: (&'a [u8], &'a [u8]),
+}
+
+impl FragmentOut<'_> {
+    /// Bytes of data.
+    pub fn data_len(&self) -> usize {
+        self.data.0.len() + self.data.1.len()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +100,7 @@ enum FragState {
 #[derive(Debug, Clone)]
 struct Frag {
     seq: u64,
-    message: Rc<[u8]>,
+    message: Payload,
     start: usize,
     end: usize,
     position: Fragment,
@@ -114,7 +122,7 @@ impl Frag {
 
 #[derive(Debug, Clone)]
 struct Queued {
-    message: Rc<[u8]>,
+    message: Payload,
     /// Bytes already cut into fragments.
     offset: usize,
     expiry: Option<Instant>,
@@ -205,22 +213,39 @@ impl SendFlow {
     /// Queues a message (copied once). With `expiry`, it is abandoned after that time.
     pub fn send_message(
         &mut self,
-        _now: Instant,
+        now: Instant,
         data: &[u8],
         expiry: Option<Instant>,
     ) -> Result<(), SendError> {
-        if !self.is_open() {
-            return Err(SendError::Closed);
-        }
-        if self.unacked_bytes().saturating_add(data.len()) > MAX_QUEUED_BYTES {
-            return Err(SendError::QueueFull);
-        }
-        self.queued_bytes += data.len();
+        self.check_room(data.len())?;
+        self.send_payload(now, Payload::copy_from(data), expiry)
+    }
+
+    /// Queues a message without copying its bytes (see [`Payload`]). With `expiry`, it is
+    /// abandoned after that time.
+    pub fn send_payload(
+        &mut self,
+        _now: Instant,
+        message: Payload,
+        expiry: Option<Instant>,
+    ) -> Result<(), SendError> {
+        self.check_room(message.len())?;
+        self.queued_bytes += message.len();
         self.queue.push_back(Queued {
-            message: Rc::from(data),
+            message,
             offset: 0,
             expiry,
         });
+        Ok(())
+    }
+
+    fn check_room(&self, len: usize) -> Result<(), SendError> {
+        if !self.is_open() {
+            return Err(SendError::Closed);
+        }
+        if self.unacked_bytes().saturating_add(len) > MAX_QUEUED_BYTES {
+            return Err(SendError::QueueFull);
+        }
         Ok(())
     }
 
@@ -405,7 +430,7 @@ impl SendFlow {
             self.fin_seq = Some(seq);
             self.frags.push_back(Frag {
                 seq,
-                message: Rc::from(&[][..]),
+                message: Payload::copy_from(&[]),
                 start: 0,
                 end: 0,
                 position: Fragment::Whole,
@@ -432,9 +457,9 @@ impl SendFlow {
             fin: f.fin,
             options: (!self.options_acked).then_some(self.options.as_slice()),
             data: if f.abandoned {
-                &[]
+                (&[], &[])
             } else {
-                f.message.get(f.start..f.end).unwrap_or_default()
+                f.message.slices(f.start, f.end)
             },
         }
     }
@@ -609,6 +634,8 @@ impl SendFlow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::payload::MAX_PAYLOAD_HEAD;
+    use std::sync::Arc;
 
     const ROOM: usize = 1100;
     const ERTO: Duration = Duration::from_millis(250);
@@ -631,7 +658,7 @@ mod tests {
                 fr.fragment,
                 fr.abandoned,
                 fr.fin,
-                fr.data.len(),
+                fr.data_len(),
                 fr.options.is_some(),
             ));
             let seq = fr.seq;
@@ -693,6 +720,65 @@ mod tests {
         let sent = drain(&mut f, t(50));
         assert_eq!(sent, vec![(5, 1, Fragment::Whole, false, false, 10, false)]);
         assert_eq!(f.unacked_bytes(), 10);
+    }
+
+    /// Everything `poll_fragment` hands out with `room`, sent at once: (seq, fsn offset,
+    /// position, abandoned, fin, data).
+    fn drain_data(
+        f: &mut SendFlow,
+        now: Instant,
+        room: usize,
+    ) -> Vec<(u64, u64, Fragment, bool, bool, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(fr) = f.poll_fragment(now, room, usize::MAX) {
+            out.push((
+                fr.seq,
+                fr.fsn_offset,
+                fr.fragment,
+                fr.abandoned,
+                fr.fin,
+                [fr.data.0, fr.data.1].concat(),
+            ));
+            let seq = fr.seq;
+            f.on_fragment_sent(now, seq);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_shared_payload_fragments_as_its_bytes_would(
+            messages in proptest::collection::vec(
+                (
+                    proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..=MAX_PAYLOAD_HEAD),
+                    proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..3000),
+                    0usize..40,
+                ),
+                1..6,
+            ),
+            room in 60usize..1300,
+        ) {
+            // One flow gets each message as a copy, the other as a head and a shared body
+            // range that starts `skip` bytes in: the same fragments come out.
+            let mut copied = flow();
+            let mut shared = flow();
+            for (head, body, skip) in &messages {
+                let skip = (*skip).min(body.len());
+                let whole: Vec<u8> = head.iter().chain(&body[skip..]).copied().collect();
+                copied.send_message(t(0), &whole, None).unwrap();
+                let payload = Payload::new(head, Arc::from(&body[..]), skip..body.len()).unwrap();
+                shared.send_payload(t(0), payload, None).unwrap();
+            }
+            proptest::prop_assert_eq!(copied.unacked_bytes(), shared.unacked_bytes());
+            proptest::prop_assert_eq!(drain_data(&mut copied, t(0), room), drain_data(&mut shared, t(0), room));
+            // Retransmissions too.
+            copied.handle_timeout(t(10_000), ERTO);
+            shared.handle_timeout(t(10_000), ERTO);
+            proptest::prop_assert_eq!(
+                drain_data(&mut copied, t(10_000), room),
+                drain_data(&mut shared, t(10_000), room)
+            );
+        }
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! under the session's congestion controller. Per-flow state machines live in [`crate::flow`];
 //! this module converts between them and wire chunks.
 
+use core::ops::Bound;
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::flow::congestion::Congestion;
 use crate::flow::options::{classify_options, FlowOptions};
+use crate::flow::payload::Payload;
 use crate::flow::recv::{FragmentIn, RecvFlow, RecvStats};
 use crate::flow::rtt::RttEstimator;
 pub use crate::flow::send::SendError;
@@ -17,7 +19,7 @@ use crate::params::{MAX_FLOW_METADATA, SESSION_RETRANSMIT_LIMIT};
 use crate::time::Instant;
 use crate::wire::{
     options, BitmapAck, BufferProbe, ChunkBody, FlowExceptionReport, NextUserData, RangeAck,
-    UserData, UserDataFlags, WireError, Writer,
+    SplitData, UserData, UserDataFlags, WireError, Writer,
 };
 
 use super::Event;
@@ -58,6 +60,15 @@ pub enum FlowError {
     /// A User Data chunk is malformed at the flow level (fsnOffset above seq, seq 0).
     #[error("invalid user data: {0}")]
     Invalid(&'static str),
+}
+
+impl From<SendError> for FlowError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Closed => FlowError::FlowClosed,
+            SendError::QueueFull => FlowError::QueueFull,
+        }
+    }
 }
 
 /// Data went unacknowledged for the session retransmission limit: the far end is gone.
@@ -152,10 +163,21 @@ impl FlowSet {
         opts: SendOptions,
     ) -> Result<(), FlowError> {
         let f = self.send.get_mut(&flow).ok_or(FlowError::UnknownFlow)?;
-        f.send_message(now, data, opts.expiry).map_err(|e| match e {
-            SendError::Closed => FlowError::FlowClosed,
-            SendError::QueueFull => FlowError::QueueFull,
-        })
+        f.send_message(now, data, opts.expiry)
+            .map_err(FlowError::from)
+    }
+
+    /// Queues a message on a send flow without copying its bytes (see [`Payload`]).
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        payload: Payload,
+        opts: SendOptions,
+    ) -> Result<(), FlowError> {
+        let f = self.send.get_mut(&flow).ok_or(FlowError::UnknownFlow)?;
+        f.send_payload(now, payload, opts.expiry)
+            .map_err(FlowError::from)
     }
 
     /// Closes a send flow after its queued data.
@@ -511,17 +533,25 @@ impl FlowSet {
     fn write_data(&mut self, now: Instant, w: &mut Writer<'_>) {
         let mut prev: Option<(FlowId, u64, u64)> = None;
         let mut wrote_data = false;
-        let first = self.send.range(self.cursor..).next().map(|(k, _)| *k);
-        let ids: Vec<FlowId> = match first {
-            Some(c) => self
+        // Round robin from the cursor: the flows at or after it, then those before it, found
+        // one by one (no list is built per packet).
+        let cursor = self.cursor;
+        let mut next = self.send.range(cursor..).next().map(|(k, _)| *k);
+        let mut wrapped = next.is_none();
+        if wrapped {
+            next = self.send.keys().next().copied();
+        }
+        while let Some(id) = next {
+            next = self
                 .send
-                .range(c..)
-                .chain(self.send.range(..c))
+                .range((Bound::Excluded(id), Bound::Unbounded))
+                .next()
                 .map(|(k, _)| *k)
-                .collect(),
-            None => self.send.keys().copied().collect(),
-        };
-        for id in ids {
+                .filter(|k| !wrapped || *k < cursor);
+            if next.is_none() && !wrapped {
+                wrapped = true;
+                next = self.send.keys().next().copied().filter(|k| *k < cursor);
+            }
             loop {
                 let in_flight: usize = self.send.values().map(SendFlow::in_flight_bytes).sum();
                 let allowance = self.congestion.allowance(in_flight);
@@ -540,21 +570,28 @@ impl FlowSet {
                     && prev.is_some_and(|(pf, ps, po)| {
                         pf == id && ps + 1 == frag.seq && po + 1 == frag.fsn_offset
                     });
+                let (data, tail) = frag.data;
                 let res = if continues {
-                    NextUserData {
-                        flags,
-                        options: None,
-                        data: frag.data,
+                    SplitData {
+                        chunk: NextUserData {
+                            flags,
+                            options: None,
+                            data,
+                        },
+                        tail,
                     }
                     .emit(w)
                 } else {
-                    UserData {
-                        flags,
-                        flow_id: id,
-                        seq: frag.seq,
-                        fsn_offset: frag.fsn_offset,
-                        options: frag.options,
-                        data: frag.data,
+                    SplitData {
+                        chunk: UserData {
+                            flags,
+                            flow_id: id,
+                            seq: frag.seq,
+                            fsn_offset: frag.fsn_offset,
+                            options: frag.options,
+                            data,
+                        },
+                        tail,
                     }
                     .emit(w)
                 };

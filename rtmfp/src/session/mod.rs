@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::crypto::{Aes128EncKey, CryptoError, PacketDecoder, PacketEncoder, Sealing};
+use crate::flow::payload::Payload;
 use crate::flow::recv::RecvStats;
 use crate::flow::send::SendStats;
 use crate::ids::FlowId;
@@ -396,6 +397,21 @@ impl Session {
             return Err(SessionError::Closed);
         }
         Ok(self.flows.send(now, flow, data, options)?)
+    }
+
+    /// Like [`send`](Self::send), without copying the message: `payload` shares its body with
+    /// every other session it is queued on (live-stream fanout).
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        payload: Payload,
+        options: SendOptions,
+    ) -> Result<(), SessionError> {
+        if self.state != State::Open {
+            return Err(SessionError::Closed);
+        }
+        Ok(self.flows.send_payload(now, flow, payload, options)?)
     }
 
     /// Closes a send flow in order: FIN after its queued data (RFC 7016 §3.6.2.8).

@@ -776,6 +776,38 @@ impl ChunkBody for UserData<'_> {
     }
 }
 
+/// A User Data or Next User Data chunk whose data is written in two pieces: the chunk's own
+/// `data`, then `tail`. The wire bytes are those of the chunk with the two concatenated; it lets
+/// a fragment of a shared payload (an inline head and a shared body) go into a packet without an
+/// intermediate copy. Data is the last field of both chunk types (RFC 7016 §2.3.11, §2.3.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitData<'a, C> {
+    /// The chunk, holding the first piece of the data.
+    pub chunk: C,
+    /// The rest of the data.
+    pub tail: &'a [u8],
+}
+
+impl<C: ChunkBody + UserDataLike> ChunkBody for SplitData<'_, C> {
+    const TYPE: ChunkType = C::TYPE;
+    fn payload_len(&self) -> usize {
+        self.chunk.payload_len() + self.tail.len()
+    }
+    fn validate(&self) -> Result<(), WireError> {
+        self.chunk.validate()
+    }
+    fn emit_payload(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        self.chunk.emit_payload(w)?;
+        w.put_bytes(self.tail)
+    }
+}
+
+/// The chunks whose payload ends with their data, so that more data can follow it
+/// ([`SplitData`]).
+pub trait UserDataLike {}
+impl UserDataLike for UserData<'_> {}
+impl UserDataLike for NextUserData<'_> {}
+
 /// Next User Data (RFC 7016 §2.3.12): `flags | [options 00] | data`, continuing the flow of the
 /// preceding User Data or Next User Data chunk in the same packet with sequence number + 1 (and
 /// fsnOffset + 1). The caller tracks that context.
@@ -1724,6 +1756,50 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn split_data_writes_the_concatenation(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            cut in any::<proptest::sample::Index>(),
+            seq in 1u64..1_000_000,
+            next in any::<bool>(),
+        ) {
+            let at = cut.index(data.len() + 1);
+            let (a, b) = data.split_at(at);
+            let flags = UserDataFlags { fragment: Fragment::Middle, abandoned: false, fin: false };
+            let emit_one = |c: &dyn Fn(&mut Writer<'_>) -> Result<(), WireError>| {
+                let mut buf = vec![0u8; 1024];
+                let mut w = Writer::new(&mut buf);
+                c(&mut w).unwrap();
+                let n = w.position();
+                buf.truncate(n);
+                buf
+            };
+            let (whole, split) = if next {
+                (
+                    emit_one(&|w| NextUserData { flags, options: None, data: &data }.emit(w)),
+                    emit_one(&|w| SplitData {
+                        chunk: NextUserData { flags, options: None, data: a },
+                        tail: b,
+                    }
+                    .emit(w)),
+                )
+            } else {
+                let chunk = |data| UserData {
+                    flags,
+                    flow_id: FlowId(5),
+                    seq,
+                    fsn_offset: 1,
+                    options: Some(&b"\x04\x00TC\x04"[..]),
+                    data,
+                };
+                (
+                    emit_one(&|w| chunk(&data).emit(w)),
+                    emit_one(&|w| SplitData { chunk: chunk(a), tail: b }.emit(w)),
+                )
+            };
+            prop_assert_eq!(whole, split);
+        }
 
         #[test]
         fn chunk_round_trip(c in arb_chunk()) {

@@ -28,7 +28,8 @@ pub use chunk::{
     BitmapAck, BitmapRanges, BufferProbe, Chunk, ChunkBody, ChunkType, Close, CloseAck,
     CookieChange, EcnReport, FlowExceptionReport, ForwardedIHello, Fragment, IHello, IIKeying,
     NextUserData, PacketFragment, Ping, PingReply, RHello, RIKeying, RangeAck, RangeAckRanges,
-    Redirect, UserData, UserDataFlags, CHUNK_HEADER_LEN, MAX_CHUNK_PAYLOAD,
+    Redirect, SplitData, UserData, UserDataFlags, UserDataLike, CHUNK_HEADER_LEN,
+    MAX_CHUNK_PAYLOAD,
 };
 pub use codec::{vlu_len, Reader, WireError, Writer, MAX_VLU_LEN};
 pub use header::{Mode, PacketHeader, MAX_HEADER_LEN};

@@ -118,6 +118,51 @@ impl Frag {
             self.end - self.start
         }
     }
+
+    /// What the fragment adds to the flow's running totals.
+    fn weight(&self) -> Weight {
+        Weight {
+            outstanding: if self.state == FragState::Acked {
+                0
+            } else {
+                self.len()
+            },
+            in_flight: if matches!(self.state, FragState::InFlight { .. }) {
+                self.len()
+            } else {
+                0
+            },
+            resend: usize::from(
+                self.state == FragState::Lost || (self.state == FragState::New && self.abandoned),
+            ),
+        }
+    }
+}
+
+/// Running totals over a flow's fragments, kept up to date on every change so that reading
+/// them costs nothing per packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Weight {
+    /// Bytes not acknowledged.
+    outstanding: usize,
+    /// Bytes in flight.
+    in_flight: usize,
+    /// Fragments waiting to be (re)sent: lost, or abandoned and not yet announced.
+    resend: usize,
+}
+
+impl Weight {
+    fn add(&mut self, w: Weight) {
+        self.outstanding += w.outstanding;
+        self.in_flight += w.in_flight;
+        self.resend += w.resend;
+    }
+
+    fn sub(&mut self, w: Weight) {
+        self.outstanding = self.outstanding.saturating_sub(w.outstanding);
+        self.in_flight = self.in_flight.saturating_sub(w.in_flight);
+        self.resend = self.resend.saturating_sub(w.resend);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +192,11 @@ pub struct SendFlow {
     probe_next: Option<Instant>,
     probe_interval: Duration,
     stats: SendStats,
+    /// Totals over `frags`.
+    totals: Weight,
+    /// No fragment or queued message expires before this (a lower bound), so expiry checks
+    /// can be skipped until then.
+    next_expiry: Option<Instant>,
 }
 
 /// What a send flow has sent and lost, for QoS reports.
@@ -192,6 +242,8 @@ impl SendFlow {
             probe_next: None,
             probe_interval: PERSIST_MIN,
             stats: SendStats::default(),
+            totals: Weight::default(),
+            next_expiry: None,
         }
     }
 
@@ -256,22 +308,42 @@ impl SendFlow {
 
     /// Bytes queued or sent and not yet acknowledged.
     pub fn unacked_bytes(&self) -> usize {
-        self.queued_bytes
-            + self
-                .frags
-                .iter()
-                .filter(|f| f.state != FragState::Acked)
-                .map(Frag::len)
-                .sum::<usize>()
+        self.queued_bytes + self.totals.outstanding
     }
 
     /// Bytes in flight (sent, not acknowledged, not declared lost).
     pub fn in_flight_bytes(&self) -> usize {
-        self.frags
-            .iter()
-            .filter(|f| matches!(f.state, FragState::InFlight { .. }))
-            .map(Frag::len)
-            .sum()
+        self.totals.in_flight
+    }
+
+    /// Applies `change` to fragment `i`, keeping the totals right.
+    fn update(&mut self, i: usize, change: impl FnOnce(&mut Frag)) {
+        if let Some(f) = self.frags.get_mut(i) {
+            let before = f.weight();
+            change(f);
+            let after = f.weight();
+            self.totals.sub(before);
+            self.totals.add(after);
+        }
+    }
+
+    /// Appends a fragment, keeping the totals right.
+    fn push_frag(&mut self, f: Frag) {
+        self.totals.add(f.weight());
+        self.frags.push_back(f);
+    }
+
+    fn note_expiry(&mut self, expiry: Option<Instant>) {
+        if let Some(e) = expiry {
+            self.next_expiry = Some(self.next_expiry.map_or(e, |n| n.min(e)));
+        }
+    }
+
+    /// The index of fragment `seq`: fragments carry consecutive sequence numbers.
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let first = self.frags.front()?.seq;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.frags.get(i).filter(|f| f.seq == seq).map(|_| i)
     }
 
     /// The forward sequence number: everything at or below it is acknowledged or abandoned.
@@ -286,15 +358,40 @@ impl SendFlow {
     /// Abandons expired messages: their fragments go out as ABN, without data, and queued parts
     /// are dropped (RFC 7016 §3.6.2.7).
     fn abandon_expired(&mut self, now: Instant) {
-        for f in self.frags.iter_mut() {
-            if !f.abandoned && f.state != FragState::Acked && f.expiry.is_some_and(|e| e <= now) {
-                f.abandoned = true;
-                if matches!(f.state, FragState::InFlight { .. }) {
-                    f.state = FragState::Lost;
-                    self.stats.lost += 1;
+        // Fragments are scanned only once the earliest of their expiries may have come; the
+        // queue is abandoned from its front, which is checked every time.
+        if self.next_expiry.is_some_and(|e| e <= now) {
+            self.abandon_expired_fragments(now);
+        }
+        self.abandon_expired_queue(now);
+    }
+
+    fn abandon_expired_fragments(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        for i in 0..self.frags.len() {
+            let f = &self.frags[i];
+            if f.abandoned || f.state == FragState::Acked {
+                continue;
+            }
+            match f.expiry {
+                Some(e) if e <= now => {
+                    let in_flight = matches!(f.state, FragState::InFlight { .. });
+                    self.stats.lost += u64::from(in_flight);
+                    self.update(i, |f| {
+                        f.abandoned = true;
+                        if in_flight {
+                            f.state = FragState::Lost;
+                        }
+                    });
                 }
+                Some(e) => next = Some(next.map_or(e, |n| n.min(e))),
+                None => {}
             }
         }
+        self.next_expiry = next;
+    }
+
+    fn abandon_expired_queue(&mut self, now: Instant) {
         while let Some(q) = self.queue.front() {
             if q.expiry.is_some_and(|e| e <= now) {
                 let started = q.offset > 0;
@@ -305,7 +402,7 @@ impl SendFlow {
                 // receiver's reassembly of it ends.
                 if let (true, Some(q)) = (started, q) {
                     let seq = self.take_seq();
-                    self.frags.push_back(Frag {
+                    self.push_frag(Frag {
                         seq,
                         message: q.message,
                         start: 0,
@@ -352,11 +449,14 @@ impl SendFlow {
         } else {
             self.options.len() + 1
         };
-        // Retransmissions and abandoned notices first.
-        let idx = self
-            .frags
-            .iter()
-            .position(|f| f.state == FragState::Lost || (f.state == FragState::New && f.abandoned));
+        // Retransmissions and abandoned notices first (looked for only when there are some).
+        let idx = if self.totals.resend == 0 {
+            None
+        } else {
+            self.frags.iter().position(|f| {
+                f.state == FragState::Lost || (f.state == FragState::New && f.abandoned)
+            })
+        };
         if let Some(i) = idx {
             let f = &self.frags[i];
             let overhead = USER_DATA_FIXED
@@ -408,7 +508,8 @@ impl SendFlow {
             if fin {
                 self.fin_seq = Some(seq);
             }
-            self.frags.push_back(Frag {
+            self.note_expiry(expiry);
+            self.push_frag(Frag {
                 seq,
                 message,
                 start,
@@ -428,7 +529,7 @@ impl SendFlow {
             }
             let seq = self.take_seq();
             self.fin_seq = Some(seq);
-            self.frags.push_back(Frag {
+            self.push_frag(Frag {
                 seq,
                 message: Payload::copy_from(&[]),
                 start: 0,
@@ -466,12 +567,14 @@ impl SendFlow {
 
     /// Records that the fragment `seq` returned by [`Self::poll_fragment`] was sent at `now`.
     pub fn on_fragment_sent(&mut self, now: Instant, seq: u64) {
-        if let Some(f) = self.frags.iter_mut().find(|f| f.seq == seq) {
+        if let Some(i) = self.index_of(seq) {
             self.stats.sent += 1;
-            f.state = FragState::InFlight {
-                sent_at: now,
-                naks: 0,
-            };
+            self.update(i, |f| {
+                f.state = FragState::InFlight {
+                    sent_at: now,
+                    naks: 0,
+                }
+            });
         }
     }
 
@@ -489,31 +592,33 @@ impl SendFlow {
         let acked =
             |seq: u64| seq <= ack.cum_ack || ack.ranges.iter().any(|&(a, b)| a <= seq && seq <= b);
         let mut highest_acked = None;
-        for f in self.frags.iter_mut() {
+        for i in 0..self.frags.len() {
+            let f = &self.frags[i];
             if f.state != FragState::Acked && f.state != FragState::New && acked(f.seq) {
                 out.acked_bytes += f.len();
-                f.state = FragState::Acked;
                 highest_acked = Some(f.seq);
+                self.update(i, |f| f.state = FragState::Acked);
             }
         }
         // A fragment sent before an acknowledged one and still unacknowledged gets a NAK;
         // three make it lost (RFC 7016 §3.6.2.5).
         if let Some(h) = highest_acked {
-            for f in self.frags.iter_mut() {
+            for i in 0..self.frags.len() {
+                let f = &self.frags[i];
                 if f.seq >= h {
                     break;
                 }
                 if let FragState::InFlight { sent_at, naks } = f.state {
                     let naks = naks + 1;
                     if naks >= NAKS_FOR_LOSS {
-                        f.state = FragState::Lost;
                         self.stats.lost += 1;
                         out.lost_sent_at = Some(
                             out.lost_sent_at
                                 .map_or(sent_at, |t: Instant| t.min(sent_at)),
                         );
+                        self.update(i, |f| f.state = FragState::Lost);
                     } else {
-                        f.state = FragState::InFlight { sent_at, naks };
+                        self.update(i, |f| f.state = FragState::InFlight { sent_at, naks });
                     }
                 }
             }
@@ -568,12 +673,12 @@ impl SendFlow {
     /// whether anything timed out.
     pub fn handle_timeout(&mut self, now: Instant, erto: Duration) -> bool {
         let mut any = false;
-        for f in self.frags.iter_mut() {
-            if let FragState::InFlight { sent_at, .. } = f.state {
+        for i in 0..self.frags.len() {
+            if let FragState::InFlight { sent_at, .. } = self.frags[i].state {
                 if sent_at + erto <= now {
-                    f.state = FragState::Lost;
                     self.stats.lost += 1;
                     any = true;
+                    self.update(i, |f| f.state = FragState::Lost);
                 }
             }
         }
@@ -609,6 +714,8 @@ impl SendFlow {
         self.queue.clear();
         self.queued_bytes = 0;
         self.frags.clear();
+        self.totals = Weight::default();
+        self.next_expiry = None;
         true
     }
 
@@ -778,6 +885,84 @@ mod tests {
                 drain_data(&mut copied, t(10_000), room),
                 drain_data(&mut shared, t(10_000), room)
             );
+        }
+    }
+
+    impl SendFlow {
+        /// The totals recomputed from the fragments, to check the running ones.
+        fn recount(&self) -> Weight {
+            let mut w = Weight::default();
+            for f in &self.frags {
+                w.add(f.weight());
+            }
+            w
+        }
+
+        /// Whether `next_expiry` is a lower bound of every live fragment's expiry.
+        fn expiry_bound_holds(&self) -> bool {
+            self.frags
+                .iter()
+                .filter(|f| !f.abandoned && f.state != FragState::Acked)
+                .filter_map(|f| f.expiry)
+                .all(|e| self.next_expiry.is_some_and(|n| n <= e))
+        }
+    }
+
+    /// One step of a random flow history.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send(usize, Option<u64>),
+        Drain(usize),
+        Ack(u64, Vec<(u64, u64)>),
+        Timeout,
+        Wait(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..4000, proptest::option::of(50u64..3000)).prop_map(|(n, e)| Op::Send(n, e)),
+            (40usize..1300).prop_map(Op::Drain),
+            (
+                0u64..40,
+                proptest::collection::vec((0u64..40, 0u64..4), 0..3)
+            )
+                .prop_map(|(cum, r)| Op::Ack(
+                    cum,
+                    r.into_iter().map(|(a, l)| (a, a + l)).collect()
+                )),
+            Just(Op::Timeout),
+            (1u64..400).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn running_totals_match_a_recount(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut f = flow();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Send(n, e) => {
+                        let _ = f.send_message(t(now), &vec![1; n], e.map(|e| t(now + e)));
+                    }
+                    Op::Drain(room) => {
+                        while let Some(fr) = f.poll_fragment(t(now), room, usize::MAX) {
+                            let seq = fr.seq;
+                            f.on_fragment_sent(t(now), seq);
+                        }
+                    }
+                    Op::Ack(cum, ranges) => {
+                        f.on_ack(t(now), AckInfo { buffer_blocks: 64, cum_ack: cum, ranges: &ranges });
+                    }
+                    Op::Timeout => {
+                        f.handle_timeout(t(now), ERTO);
+                    }
+                    Op::Wait(ms) => now += ms,
+                }
+                proptest::prop_assert_eq!(f.totals, f.recount());
+                proptest::prop_assert!(f.expiry_bound_holds());
+            }
         }
     }
 

@@ -15,12 +15,23 @@ pub const BATCH: usize = sys::MAX_BATCH;
 /// Largest GSO super-datagram: what one UDP datagram can carry.
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// A batch of received datagrams, in buffers allocated once.
+/// Receive buffers of a socket with UDP GRO: the batch storage in pieces big enough for a
+/// coalesced train (a GRO buffer is at most one 64 KiB UDP datagram).
+const GRO_SLOT_SIZE: usize = 64 * 1024;
+/// GRO buffers per batch: the same storage as [`BATCH`] plain slots.
+const GRO_SLOTS: usize = BATCH * SLOT_SIZE / GRO_SLOT_SIZE;
+/// Most datagrams a batch holds: every GRO buffer full of the kernel's most segments per train
+/// (`UDP_GRO_CNT_MAX`, 64), or [`BATCH`] plain ones.
+pub const MAX_RX_DATAGRAMS: usize = GRO_SLOTS * 64;
+
+/// A batch of received datagrams, in buffers allocated once. With UDP GRO, one receive buffer
+/// may hold a train of datagrams, which the batch lists one by one.
 pub struct RxBatch {
     storage: Vec<u8>,
-    lens: [usize; BATCH],
-    from: [SocketAddr; BATCH],
-    truncated: [bool; BATCH],
+    starts: [usize; MAX_RX_DATAGRAMS],
+    lens: [usize; MAX_RX_DATAGRAMS],
+    from: [SocketAddr; MAX_RX_DATAGRAMS],
+    truncated: [bool; MAX_RX_DATAGRAMS],
     count: usize,
 }
 
@@ -30,9 +41,10 @@ impl Default for RxBatch {
     fn default() -> Self {
         RxBatch {
             storage: vec![0; BATCH * SLOT_SIZE],
-            lens: [0; BATCH],
-            from: [NO_ADDR; BATCH],
-            truncated: [false; BATCH],
+            starts: [0; MAX_RX_DATAGRAMS],
+            lens: [0; MAX_RX_DATAGRAMS],
+            from: [NO_ADDR; MAX_RX_DATAGRAMS],
+            truncated: [false; MAX_RX_DATAGRAMS],
             count: 0,
         }
     }
@@ -55,26 +67,36 @@ impl RxBatch {
         if i >= self.count {
             return None;
         }
-        let start = i * SLOT_SIZE;
+        let start = self.starts[i];
         Some((
             self.from[i],
             self.truncated[i],
-            &mut self.storage[start..start + self.lens[i]],
+            self.storage.get_mut(start..start + self.lens[i])?,
         ))
+    }
+
+    /// Lists the datagram at `start..start + len` of the storage; false when the batch is full.
+    fn push_entry(&mut self, start: usize, len: usize, from: SocketAddr, truncated: bool) -> bool {
+        let i = self.count;
+        if i >= MAX_RX_DATAGRAMS {
+            return false;
+        }
+        self.starts[i] = start;
+        self.lens[i] = len;
+        self.from[i] = from;
+        self.truncated[i] = truncated;
+        self.count += 1;
+        true
     }
 
     /// Fills the batch from a test or an in-memory source: `(from, bytes)` pairs, at most
     /// [`BATCH`], each cut to [`SLOT_SIZE`].
     pub fn fill_from<'a>(&mut self, datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) {
         self.count = 0;
-        for (from, bytes) in datagrams.into_iter().take(BATCH) {
-            let i = self.count;
+        for (i, (from, bytes)) in datagrams.into_iter().take(BATCH).enumerate() {
             let n = bytes.len().min(SLOT_SIZE);
             self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
-            self.lens[i] = n;
-            self.from[i] = from;
-            self.truncated[i] = n < bytes.len();
-            self.count += 1;
+            self.push_entry(i * SLOT_SIZE, n, from, n < bytes.len());
         }
     }
 }
@@ -192,6 +214,10 @@ pub struct MmsgSocket {
     gso: bool,
     /// GSO sends made.
     gso_sends: u64,
+    /// UDP GRO is on: receives may return trains of datagrams.
+    gro: bool,
+    /// Receive buffers that held a GRO train.
+    gro_trains: u64,
 }
 
 impl MmsgSocket {
@@ -200,12 +226,27 @@ impl MmsgSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<MmsgSocket> {
         socket.set_nonblocking(false)?;
         let dual_stack = matches!(socket.local_addr()?, SocketAddr::V6(_));
+        // Coalesced receives when the kernel offers them (5.0+); plain ones otherwise.
+        let gro = match sys::enable_gro(socket.as_raw_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "UDP GRO unavailable; receiving datagrams one by one");
+                false
+            }
+        };
         Ok(MmsgSocket {
             socket,
             dual_stack,
             gso: true,
             gso_sends: 0,
+            gro,
+            gro_trains: 0,
         })
+    }
+
+    /// Receive buffers so far that held a train of datagrams coalesced by UDP GRO.
+    pub fn gro_trains(&self) -> u64 {
+        self.gro_trains
     }
 
     /// GSO sends made so far (each carried several datagrams).
@@ -289,28 +330,52 @@ fn wire_destination(dual_stack: bool, to: SocketAddr) -> SocketAddr {
 impl BatchIo for MmsgSocket {
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         batch.count = 0;
+        let slot_size = if self.gro { GRO_SLOT_SIZE } else { SLOT_SIZE };
         let mut slots: [Slot<'_>; BATCH] = {
-            let mut chunks = batch.storage.chunks_exact_mut(SLOT_SIZE);
+            let mut chunks = batch.storage.chunks_exact_mut(slot_size);
             std::array::from_fn(|_| Slot {
                 buf: chunks.next().unwrap_or_default(),
                 len: 0,
                 addr: NO_ADDR,
                 truncated: false,
+                segment: None,
             })
         };
-        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
+        let wanted = if self.gro { GRO_SLOTS } else { BATCH };
+        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots[..wanted]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
-        for (i, s) in slots[..n].iter().enumerate() {
-            batch.lens[i] = s.len;
-            batch.from[i] = canonical(s.addr);
-            batch.truncated[i] = s.truncated;
+        let received: [(usize, SocketAddr, bool, Option<u16>); BATCH] = std::array::from_fn(|i| {
+            slots.get(i).map_or((0, NO_ADDR, false, None), |s| {
+                (s.len, s.addr, s.truncated, s.segment)
+            })
+        });
+        for (i, &(len, addr, truncated, segment)) in received[..n].iter().enumerate() {
+            let base = i * slot_size;
+            let from = canonical(addr);
+            match segment.map(usize::from) {
+                // A GRO train: every segment but the last is `size` bytes.
+                Some(size) if size > 0 && len > size => {
+                    self.gro_trains += 1;
+                    let mut at = 0;
+                    while at < len {
+                        let end = (at + size).min(len);
+                        let last = end == len;
+                        if !batch.push_entry(base + at, end - at, from, last && truncated) {
+                            break;
+                        }
+                        at = end;
+                    }
+                }
+                _ => {
+                    batch.push_entry(base, len.min(slot_size), from, truncated);
+                }
+            }
         }
-        batch.count = n;
-        Ok(n)
+        Ok(batch.count)
     }
 
     fn send(&mut self, batch: &mut TxBatch) -> usize {
@@ -455,6 +520,69 @@ mod tests {
             };
             let (got, _) = sock.recv_from(&mut buf).unwrap();
             assert_eq!((got, buf[0]), (*n, k as u8), "datagram {k}");
+        }
+    }
+
+    #[test]
+    fn a_gro_receiver_splits_gso_trains_back_into_datagrams() {
+        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let b = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to_b = b.local_addr().unwrap();
+        let mut a = MmsgSocket::new(a).unwrap();
+        let mut b = MmsgSocket::new(b).unwrap();
+        // A train of 5 × 1000 + 300 (one GSO send), a lone 90 from another socket, then a
+        // second train of 40 × 1200: every datagram comes out alone, in order, from its sender.
+        let mut tx = TxBatch::default();
+        let mut plan: Vec<usize> = vec![1000, 1000, 1000, 1000, 1000, 300];
+        for (k, n) in plan.iter().enumerate() {
+            assert!(tx.push(to_b, &vec![k as u8; *n]));
+        }
+        assert_eq!(a.send(&mut tx), 0);
+        c.send_to(&[0xCC; 90], to_b).unwrap();
+        let second: Vec<usize> = vec![1200; 40];
+        for (k, n) in second.iter().enumerate() {
+            assert!(tx.push(to_b, &vec![(plan.len() + k) as u8; *n]));
+        }
+        assert_eq!(a.send(&mut tx), 0);
+        plan.extend(&second);
+        let mut got: Vec<(SocketAddr, usize, u8)> = Vec::new();
+        let mut rx = RxBatch::default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while got.len() < plan.len() + 1 && std::time::Instant::now() < deadline {
+            let n = b.recv(&mut rx).unwrap();
+            for i in 0..n {
+                let (from, truncated, bytes) = rx.get_mut(i).unwrap();
+                assert!(!truncated);
+                got.push((from, bytes.len(), bytes[0]));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let from_a: Vec<(usize, u8)> = got
+            .iter()
+            .filter(|g| g.0 != c.local_addr().unwrap())
+            .map(|g| (g.1, g.2))
+            .collect();
+        let expected: Vec<(usize, u8)> = plan
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (*n, k as u8))
+            .collect();
+        assert_eq!(from_a, expected);
+        assert_eq!(
+            got.iter()
+                .filter(|g| g.0 == c.local_addr().unwrap())
+                .map(|g| (g.1, g.2))
+                .collect::<Vec<_>>(),
+            vec![(90, 0xCC)]
+        );
+        if b.gro {
+            assert!(
+                b.gro_trains() >= 1,
+                "loopback delivers GSO trains whole to a GRO socket"
+            );
+        } else {
+            eprintln!("UDP GRO unavailable on this kernel: checked the plain path only");
         }
     }
 

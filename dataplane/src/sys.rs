@@ -19,6 +19,38 @@ pub struct Slot<'a> {
     pub addr: SocketAddr,
     /// Receive: the datagram was longer than the buffer and was cut.
     pub truncated: bool,
+    /// Receive: with UDP GRO on, the size of the datagrams the kernel coalesced into this
+    /// buffer (all of it but the last one, which may be shorter); `None` for one datagram.
+    pub segment: Option<u16>,
+}
+
+/// `SOL_UDP`: the socket option level of UDP (Linux `include/linux/socket.h`).
+const SOL_UDP: libc::c_int = 17;
+/// `UDP_GRO`: receive coalesced datagrams, with their size in a control message (Linux
+/// `include/uapi/linux/udp.h`, kernel 5.0+).
+const UDP_GRO: libc::c_int = 104;
+/// Control buffer per received message, in 8-byte words: room for one `UDP_GRO` message
+/// (`CMSG_SPACE(sizeof(int))` = 24 bytes on 64-bit Linux) and a spare.
+const CONTROL_WORDS: usize = 8;
+
+/// Asks the kernel to coalesce received UDP datagrams (`UDP_GRO`); [`recv_batch`] then reports
+/// each buffer's segment size. Fails on kernels without it.
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length passed is its size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Fills `slots` from `fd` with one `recvmmsg(MSG_DONTWAIT)`. Returns how many were filled;
@@ -34,6 +66,8 @@ pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    // 8-byte words, so that each buffer is aligned for `cmsghdr`.
+    let mut controls = [[0u64; CONTROL_WORDS]; MAX_BATCH];
     for i in 0..n {
         iovs[i].iov_base = slots[i].buf.as_mut_ptr().cast();
         iovs[i].iov_len = slots[i].buf.len();
@@ -41,10 +75,13 @@ pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
         hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
     }
-    // SAFETY: `hdrs[..n]` point at `iovs` and `names`, which live until the call returns, and
-    // each iovec covers exactly one slot's buffer, borrowed mutably for this call. The kernel
-    // writes at most `iov_len` bytes and `msg_namelen` bytes of address.
+    // SAFETY: `hdrs[..n]` point at `iovs`, `names` and `controls`, which live until the call
+    // returns, and each iovec covers exactly one slot's buffer, borrowed mutably for this call.
+    // The kernel writes at most `iov_len` bytes, `msg_namelen` bytes of address and
+    // `msg_controllen` bytes of control messages.
     let got = unsafe {
         libc::recvmmsg(
             fd,
@@ -62,8 +99,31 @@ pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
         slots[i].len = hdrs[i].msg_len as usize;
         slots[i].truncated = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         slots[i].addr = from_storage(&names[i]).unwrap_or(UNSPECIFIED);
+        slots[i].segment = gro_segment(&hdrs[i].msg_hdr);
     }
     Ok(got)
+}
+
+/// The `UDP_GRO` segment size among the control messages `recvmmsg` wrote into `msg`.
+fn gro_segment(msg: &libc::msghdr) -> Option<u16> {
+    // SAFETY: `msg` was filled by `recvmmsg`: `msg_control` points at a live control buffer of
+    // which the kernel wrote `msg_controllen` bytes, and CMSG_FIRSTHDR/CMSG_NXTHDR stay within
+    // them (they return null past the end).
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null `cmsg` points at a whole `cmsghdr` inside the control buffer.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == SOL_UDP && header.cmsg_type == UDP_GRO {
+            // SAFETY: a UDP_GRO message carries one int after its header (kernel
+            // `udp_cmsg_recv`); the data may be unaligned, hence `read_unaligned`.
+            let size =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
+            return u16::try_from(size).ok().filter(|&s| s > 0);
+        }
+        // SAFETY: as for CMSG_FIRSTHDR: the next header or null, within the buffer.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    None
 }
 
 /// Sends `slots` (each `buf` is one whole datagram to `addr`) with `sendmmsg`. Returns how
@@ -405,6 +465,7 @@ mod tests {
                     len: 0,
                     addr: UNSPECIFIED,
                     truncated: false,
+                    segment: None,
                 })
                 .collect();
             match recv_batch(b.as_raw_fd(), &mut slots) {
@@ -447,6 +508,7 @@ mod tests {
             len: 0,
             addr: UNSPECIFIED,
             truncated: false,
+            segment: None,
         }];
         assert_eq!(recv_batch(b.as_raw_fd(), &mut slots).unwrap(), 1);
         assert!(slots[0].truncated);

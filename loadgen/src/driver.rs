@@ -19,10 +19,12 @@ use rtmfp::session::{Event, SessionConfig};
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::time::Instant;
-use updraft_dataplane::io::{bind_reuseport, BatchIo, MmsgSocket, RxBatch, TxBatch, BATCH};
+use updraft_dataplane::io::{bind_reuseport, BatchIo, MmsgSocket, RxBatch, TxBatch};
 
 /// Kernel socket buffer of the loadgen's socket: a fanout receives bursts for every subscriber.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// Receive batches one [`Driver::step`] takes at most.
+const RX_BATCHES_PER_STEP: usize = 32;
 
 /// What happened to one session so far.
 #[derive(Debug, Default)]
@@ -141,8 +143,9 @@ impl Driver {
     pub fn step(&mut self, mut on_message: impl FnMut(u32, FlowId, &[u8], Instant)) {
         let now = self.now();
         self.transmit(now);
-        // Batches of datagrams, one clock read per batch.
-        loop {
+        // Batches of datagrams, one clock read per batch; at most RX_BATCHES_PER_STEP, so that
+        // timers and the caller get their turn under a flood.
+        for _ in 0..RX_BATCHES_PER_STEP {
             let n = self.socket.recv(&mut self.rx).unwrap_or(0);
             let now = self.now();
             for i in 0..n {
@@ -154,7 +157,7 @@ impl Driver {
                     }
                 }
             }
-            if n < BATCH {
+            if n == 0 {
                 break;
             }
             self.transmit(now);

@@ -436,6 +436,21 @@ impl BatchIo for MmsgSocket {
 /// Binds one socket of an `SO_REUSEPORT` group on `addr`, with `buffer` bytes of kernel
 /// receive and send buffer when given. IPv6 sockets also take IPv4 (dual stack).
 pub fn bind_reuseport(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, buffer, true)
+}
+
+/// Binds a socket of its own on `addr` (no `SO_REUSEPORT`: with port 0 the kernel may hand a
+/// reuse-port socket a port another such socket already holds, and the two would share its
+/// datagrams), with `buffer` bytes of kernel buffers when given. Dual stack for IPv6.
+pub fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, buffer, false)
+}
+
+fn bind_with(
+    addr: SocketAddr,
+    buffer: Option<usize>,
+    reuse_port: bool,
+) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
         Domain::IPV6
@@ -446,7 +461,9 @@ pub fn bind_reuseport(addr: SocketAddr, buffer: Option<usize>) -> io::Result<std
     if addr.is_ipv6() {
         s.set_only_v6(false)?;
     }
-    s.set_reuse_port(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     if let Some(bytes) = buffer {
         sys::force_buffer_sizes(std::os::fd::AsRawFd::as_raw_fd(&s), bytes)?;
     }
@@ -461,8 +478,8 @@ mod tests {
 
     #[test]
     fn mmsg_socket_moves_a_batch_both_ways() {
-        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), Some(1 << 20)).unwrap();
-        let b = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), Some(1 << 20)).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let to = b.local_addr().unwrap();
         let mut a = MmsgSocket::new(a).unwrap();
         let mut b = MmsgSocket::new(b).unwrap();
@@ -491,7 +508,7 @@ mod tests {
 
     #[test]
     fn runs_to_one_destination_go_out_by_gso_in_order() {
-        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut a = MmsgSocket::new(a).unwrap();
@@ -525,8 +542,8 @@ mod tests {
 
     #[test]
     fn a_gro_receiver_splits_gso_trains_back_into_datagrams() {
-        let a = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        let b = bind_reuseport("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
         let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to_b = b.local_addr().unwrap();
         let mut a = MmsgSocket::new(a).unwrap();
@@ -588,7 +605,7 @@ mod tests {
 
     #[test]
     fn dual_stack_sockets_report_ipv4_clients_as_ipv4() {
-        let Ok(s) = bind_reuseport("[::]:0".parse().unwrap(), None) else {
+        let Ok(s) = bind_udp("[::]:0".parse().unwrap(), None) else {
             eprintln!("skipped: no IPv6 on this host");
             return;
         };

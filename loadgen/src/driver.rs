@@ -19,7 +19,7 @@ use rtmfp::session::{Event, SessionConfig};
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::time::Instant;
-use updraft_dataplane::io::{bind_reuseport, BatchIo, MmsgSocket, RxBatch, TxBatch};
+use updraft_dataplane::io::{bind_udp, BatchIo, MmsgSocket, RxBatch, TxBatch};
 
 /// Kernel socket buffer of the loadgen's socket: a fanout receives bursts for every subscriber.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -37,6 +37,9 @@ pub struct SessionState {
     pub failed: bool,
     /// Messages received, with the flow they came on.
     pub messages: Vec<(FlowId, Vec<u8>)>,
+    /// The server's flow that first spoke to us: its NetConnection flow, to which NetStream
+    /// flows are associated (RFC 7425 §5.1.2; rtmfp-cpp's tcserver accepts no other flow).
+    pub server_flow: Option<FlowId>,
 }
 
 /// Many client sessions on one socket.
@@ -65,7 +68,7 @@ impl Driver {
     /// picks the strongest it shares; Flash Player offers group 2 alone) and the
     /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
     pub fn new(bind: SocketAddr, seed: u64, groups: &[DhGroup]) -> io::Result<Driver> {
-        let socket = MmsgSocket::new(bind_reuseport(bind, Some(SOCKET_BUFFER))?)?;
+        let socket = MmsgSocket::new(bind_udp(bind, Some(SOCKET_BUFFER))?)?;
         let config = InitiatorConfig {
             groups: groups.to_vec(),
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
@@ -112,7 +115,16 @@ impl Driver {
             receive_intent: ReceiveIntent::Sequence,
         }
         .to_vec();
-        self.endpoint.session_mut(h)?.open_flow(&meta, None).ok()
+        // NetStream flows answer the server's NetConnection flow, as Flash Player's do.
+        let associated = if stream_id == 0 {
+            None
+        } else {
+            self.sessions.get(&h).and_then(|s| s.server_flow)
+        };
+        self.endpoint
+            .session_mut(h)?
+            .open_flow(&meta, associated)
+            .ok()
     }
 
     /// Sends `message` on `flow` of session `h`, with an optional lifetime.
@@ -173,6 +185,7 @@ impl Driver {
                 EndpointEvent::ConnectFailed => state.failed = true,
                 EndpointEvent::Session(Event::Closed { .. }) => state.failed = true,
                 EndpointEvent::Session(Event::Message { flow, data }) => {
+                    state.server_flow.get_or_insert(flow);
                     on_message(h, flow, &data, now);
                     if self.keep_messages {
                         state.messages.push((flow, data));
@@ -267,4 +280,13 @@ pub fn status_code(message: &[u8]) -> Option<String> {
     let tc = rtmfp::flash::message::TcMessage::parse(message).ok()?;
     let c = Command::parse(&tc).ok()?;
     Some(c.args.first()?.get("code")?.as_str()?.to_string())
+}
+
+/// The number a `_result` answer to transaction `txn` carries (`createStream`'s stream ID).
+pub fn result_number(message: &[u8], txn: f64) -> Option<f64> {
+    let tc = rtmfp::flash::message::TcMessage::parse(message).ok()?;
+    let c = Command::parse(&tc).ok()?;
+    #[allow(clippy::float_cmp)]
+    let answers = c.name == "_result" && c.transaction_id == txn;
+    answers.then(|| c.args.first()?.as_f64())?
 }

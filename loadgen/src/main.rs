@@ -11,10 +11,12 @@ const USAGE: &str = "usage:
   updraft-loadgen connect --server ADDR:PORT [--sessions N] [--rate PER_S] [--app APP]
                           [--timeout SECONDS] [--groups 2|14|16|all] [--json FILE]
   updraft-loadgen rpc     --server ADDR:PORT [--sessions N] [--duration SECONDS] [--method NAME]
-                          [--app APP] [--json FILE]
+                          [--app APP] [--groups 2|14|16|all] [--json FILE]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
-                          [--json FILE]";
+                          [--groups 2|14|16|all] [--json FILE]
+(--groups: the Diffie-Hellman groups offered; Flash Player offers 2 only, rtmfp-cpp servers
+want 14 or more)";
 
 struct Flags {
     values: Vec<(String, String)>,
@@ -89,23 +91,15 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     .map(|r| (r > 0.0).then_some(r))?,
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
                 timeout: Duration::from_secs_f64(flags.get("timeout", Some(30.0)).map_err(bad)?),
-                groups: match flags
-                    .get("groups", Some("all".to_string()))
-                    .map_err(bad)?
-                    .as_str()
-                {
-                    "all" => DhGroup::ALL.to_vec(),
-                    "2" => vec![DhGroup::Modp1024],
-                    "14" => vec![DhGroup::Modp2048],
-                    "16" => vec![DhGroup::Modp4096],
-                    other => return Err(bad(format!("--groups {other}: use 2, 14, 16 or all"))),
-                },
+                groups: groups(&flags, "all").map_err(bad)?,
             };
             scenario::connect(&args)
         }
         "rpc" => {
             flags
-                .check(&["server", "sessions", "duration", "method", "app", "json"])
+                .check(&[
+                    "server", "sessions", "duration", "method", "app", "groups", "json",
+                ])
                 .map_err(bad)?;
             let args = RpcArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -115,6 +109,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     .get("method", Some("updraftLoadgen".to_string()))
                     .map_err(bad)?,
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
+                groups: groups(&flags, "2").map_err(bad)?,
             };
             scenario::rpc(&args)
         }
@@ -129,6 +124,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     "app",
                     "stream",
                     "sockets",
+                    "groups",
                     "json",
                 ])
                 .map_err(bad)?;
@@ -143,6 +139,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
                     .get("stream", Some("loadgen".to_string()))
                     .map_err(bad)?,
                 sockets: flags.get("sockets", Some(8)).map_err(bad)?,
+                groups: groups(&flags, "2").map_err(bad)?,
             };
             scenario::fanout(&args)
         }
@@ -151,6 +148,17 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
     };
     // A server that does not answer, or refuses, is exit code 2 with the stage reached.
     result.map(|r| (r, json)).map_err(|e| (2, e.to_string()))
+}
+
+/// The DH groups `--groups` names (`default` when absent): what the loadgen offers.
+fn groups(flags: &Flags, default: &str) -> Result<Vec<DhGroup>, String> {
+    match flags.get("groups", Some(default.to_string()))?.as_str() {
+        "all" => Ok(DhGroup::ALL.to_vec()),
+        "2" => Ok(vec![DhGroup::Modp1024]),
+        "14" => Ok(vec![DhGroup::Modp2048]),
+        "16" => Ok(vec![DhGroup::Modp4096]),
+        other => Err(format!("--groups {other}: use 2, 14, 16 or all")),
+    }
 }
 
 fn main() -> ExitCode {

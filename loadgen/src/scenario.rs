@@ -8,7 +8,7 @@ use rtmfp::amf::Value;
 use rtmfp::crypto::DhGroup;
 use rtmfp::ids::FlowId;
 
-use crate::driver::{command, connect_message, status_code, Driver};
+use crate::driver::{command, connect_message, result_number, status_code, Driver};
 use crate::report::Report;
 
 /// Why a scenario could not run.
@@ -142,6 +142,8 @@ pub struct FanoutArgs {
     pub stream: String,
     /// UDP sockets (local ports) the sessions are spread over.
     pub sockets: usize,
+    /// The DH groups offered (the server picks the strongest it shares).
+    pub groups: Vec<DhGroup>,
 }
 
 /// The header of a fanout media payload: FLV video byte, AVC packet type, composition time.
@@ -167,6 +169,18 @@ fn wait(
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(())
+}
+
+/// The transaction ID of the fanout's `createStream` calls (after `connect`'s 1).
+const CREATE_STREAM_TXN: f64 = 2.0;
+
+/// The stream ID the server answered session `h`'s `createStream` with.
+fn stream_id(d: &Driver, h: u32) -> Option<f64> {
+    d.sessions.get(&h).and_then(|s| {
+        s.messages
+            .iter()
+            .find_map(|(_, m)| result_number(m, CREATE_STREAM_TXN))
+    })
 }
 
 fn has_code(d: &Driver, h: u32, code: &str) -> bool {
@@ -223,23 +237,48 @@ fn connect_sessions(
 /// Runs a fanout and reports delivery and end-to-end latency.
 ///
 /// The publisher and the subscribers are spread over `args.sockets` drivers, each with its own
-/// UDP socket (port): subscriber `i` goes to socket `i % sockets`, so that the server sends
+/// UDP socket (port): subscriber `i` goes to socket `(i + 1) % sockets`, so that the server sends
 /// consecutive subscribers' packets to different destinations, as it would to real viewers,
 /// and cannot coalesce several subscribers' packets into one GSO send.
 pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
-    let sockets = args.sockets.clamp(1, args.subscribers.max(1));
+    let sockets = args.sockets.clamp(1, args.subscribers + 1);
     let mut drivers = Vec::with_capacity(sockets);
-    // Sessions per driver: the publisher first on driver 0, then subscribers round-robin.
+    // Sessions per driver: the publisher first on driver 0, then subscriber `i` on driver
+    // `(i + 1) % sockets`; with one socket per session, each has its own address (servers
+    // such as rtmfp-cpp's keep one session per far address, RFC 7016 §3.5.1.1.2).
     let mut counts = vec![0usize; sockets];
     counts[0] += 1;
     for i in 0..args.subscribers {
-        counts[i % sockets] += 1;
+        counts[(i + 1) % sockets] += 1;
     }
     let mut subs: Vec<(usize, u32)> = Vec::with_capacity(args.subscribers);
     let mut publisher = None;
+    let mut streams: HashMap<(usize, u32), FlowId> = HashMap::new();
     for (k, &n) in counts.iter().enumerate() {
-        let mut d = Driver::new(local_for(args.server), 2 + k as u64, &FLASH_GROUPS)?;
-        let (all, _) = connect_sessions(&mut d, args.server, &args.app, n)?;
+        let mut d = Driver::new(local_for(args.server), 2 + k as u64, &args.groups)?;
+        let (all, nc_flows) = connect_sessions(&mut d, args.server, &args.app, n)?;
+        // Each session asks for a NetStream (`createStream`, as Flash Player does before
+        // `publish` or `play`) and opens its flow with the stream ID the server gave.
+        for &h in &all {
+            if let Some(&nc) = nc_flows.get(&h) {
+                d.send(
+                    h,
+                    nc,
+                    &command("createStream", CREATE_STREAM_TXN, vec![]),
+                    None,
+                );
+            }
+        }
+        wait(&mut d, "createStream answers", |d| {
+            all.iter().all(|&h| stream_id(d, h).is_some())
+        })?;
+        for &h in &all {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let id = stream_id(&d, h).unwrap_or(1.0) as u64;
+            if let Some(f) = d.open_flow(h, id) {
+                streams.insert((k, h), f);
+            }
+        }
         let mut handles = all.into_iter();
         if k == 0 {
             publisher = handles.next();
@@ -248,12 +287,6 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         drivers.push(d);
     }
     let publisher = publisher.ok_or(LoadError::NoHandshake)?;
-    let mut streams: HashMap<(usize, u32), FlowId> = HashMap::new();
-    for &(k, h) in std::iter::once(&(0, publisher)).chain(&subs) {
-        if let Some(f) = drivers[k].open_flow(h, 1) {
-            streams.insert((k, h), f);
-        }
-    }
     let pflow = *streams
         .get(&(0, publisher))
         .ok_or(LoadError::Stalled("publisher stream flow"))?;
@@ -391,12 +424,14 @@ pub struct RpcArgs {
     pub method: String,
     /// The application path.
     pub app: String,
+    /// The DH groups offered (the server picks the strongest it shares).
+    pub groups: Vec<DhGroup>,
 }
 
 /// Each session calls `method` again as soon as the previous call is answered; reports calls
 /// per second and the round-trip time of each call.
 pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 3, &FLASH_GROUPS)?;
+    let mut d = Driver::new(local_for(args.server), 3, &args.groups)?;
     let (sessions, flows) = connect_sessions(&mut d, args.server, &args.app, args.sessions)?;
     d.keep_messages = false;
     let mut report = Report::new("rpc");

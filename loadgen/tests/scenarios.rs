@@ -76,6 +76,7 @@ fn fanout_delivers_everything_on_a_clean_path() {
         app: String::new(),
         stream: "bench".into(),
         sockets: 3,
+        groups: scenario::FLASH_GROUPS.to_vec(),
     })
     .unwrap();
     // 1 Mbit/s of 1000-byte messages for 1.5 s: about 187 messages to each of 20 subscribers.
@@ -110,6 +111,7 @@ fn rpc_gets_every_call_answered() {
         duration: Duration::from_millis(1000),
         method: "noSuchMethod".into(),
         app: String::new(),
+        groups: scenario::FLASH_GROUPS.to_vec(),
     })
     .unwrap();
     // Every call is answered (`_error` Call.Failed, since no application defines it); at

@@ -56,18 +56,32 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
 /// Fills `slots` from `fd` with one `recvmmsg(MSG_DONTWAIT)`. Returns how many were filled;
 /// `WouldBlock` when none was waiting.
 pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
-    let n = slots.len().min(MAX_BATCH);
+    // The message headers are zeroed for every call: a few slots (UDP GRO receives into two
+    // large buffers) take small arrays, instead of clearing room for a whole batch.
+    if slots.len() <= FEW_SLOTS {
+        recv_batch_in::<FEW_SLOTS>(fd, slots)
+    } else {
+        recv_batch_in::<MAX_BATCH>(fd, slots)
+    }
+}
+
+/// Slots up to which [`recv_batch`] uses small header arrays.
+const FEW_SLOTS: usize = 4;
+
+/// [`recv_batch`] with header arrays for `N` messages.
+fn recv_batch_in<const N: usize>(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
+    let n = slots.len().min(N);
     if n == 0 {
         return Ok(0);
     }
     // SAFETY: all-zero bytes are a valid value for these plain C structs.
-    let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
+    let mut names: [libc::sockaddr_storage; N] = unsafe { zeroed() };
     // SAFETY: as above.
-    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; N] = unsafe { zeroed() };
     // SAFETY: as above.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; N] = unsafe { zeroed() };
     // 8-byte words, so that each buffer is aligned for `cmsghdr`.
-    let mut controls = [[0u64; CONTROL_WORDS]; MAX_BATCH];
+    let mut controls = [[0u64; CONTROL_WORDS]; N];
     for i in 0..n {
         iovs[i].iov_base = slots[i].buf.as_mut_ptr().cast();
         iovs[i].iov_len = slots[i].buf.len();

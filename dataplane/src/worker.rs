@@ -348,7 +348,7 @@ pub fn media_queues(workers: usize) -> (Vec<Receiver<MediaItem>>, Vec<Sender<Med
 pub struct Worker<IO: BatchIo> {
     index: u8,
     io: IO,
-    rx: RxBatch,
+    rx: Option<Box<RxBatch>>,
     tx: TxBatch,
     /// Datagrams of `tx` left for [`Worker::seal`]: their index and their session's key.
     unsealed: Vec<(usize, Aes128EncKey)>,
@@ -393,7 +393,7 @@ impl<IO: BatchIo> Worker<IO> {
         Worker {
             index: setup.index,
             io: setup.io,
-            rx: RxBatch::default(),
+            rx: Some(Box::default()),
             tx: TxBatch::default(),
             unsealed: Vec::with_capacity(BATCH),
             table: Vec::new(),
@@ -491,12 +491,21 @@ impl<IO: BatchIo> Worker<IO> {
             self.on_media(now, item.stream, item.message, false);
         }
         for _ in 0..RX_BATCHES_PER_TURN {
-            let n = self.io.recv(&mut self.rx)?;
-            if n == 0 {
+            // Moved out while its datagrams are handled (a pointer move: building a new batch
+            // would allocate and zero 128 KiB).
+            let Some(mut rx) = self.rx.take() else {
                 break;
-            }
+            };
+            let n = self.io.recv(&mut rx);
+            let n = match n {
+                Ok(n) if n > 0 => n,
+                other => {
+                    self.rx = Some(rx);
+                    other?;
+                    break;
+                }
+            };
             let now = self.now();
-            let mut rx = std::mem::take(&mut self.rx);
             for i in 0..n {
                 if let Some((from, truncated, bytes)) = rx.get_mut(i) {
                     self.counters.rx_packets += 1;
@@ -504,7 +513,7 @@ impl<IO: BatchIo> Worker<IO> {
                     self.on_datagram(now, from, truncated, bytes);
                 }
             }
-            self.rx = rx;
+            self.rx = Some(rx);
             self.service_dirty(now);
             if n < crate::io::BATCH {
                 break;

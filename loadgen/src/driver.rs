@@ -68,7 +68,9 @@ impl Driver {
     /// picks the strongest it shares; Flash Player offers group 2 alone) and the
     /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
     pub fn new(bind: SocketAddr, seed: u64, groups: &[DhGroup]) -> io::Result<Driver> {
-        let socket = MmsgSocket::new(bind_udp(bind, Some(SOCKET_BUFFER))?)?;
+        let mut socket = MmsgSocket::new(bind_udp(bind, Some(SOCKET_BUFFER))?)?;
+        // A subscriber receives trains (a video frame in several datagrams): take them whole.
+        socket.enable_gro();
         let config = InitiatorConfig {
             groups: groups.to_vec(),
             policy: NegotiationPolicy::FLASH_COMPATIBLE,

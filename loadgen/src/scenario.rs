@@ -328,6 +328,12 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     let mut seen: HashMap<(usize, u32), HashSet<u64>> =
         subs.iter().map(|&s| (s, HashSet::new())).collect();
     let mut latencies: Vec<Duration> = Vec::new();
+    // Scripts that measure the server while the stream runs (benches/e2e) wait for this line.
+    eprintln!(
+        "fanout: {} subscribers playing; streaming for {:.1} s",
+        subs.len(),
+        args.duration.as_secs_f64()
+    );
     let start = WallInstant::now();
     let mut next = start;
     let mut seq = 0u64;

@@ -144,6 +144,11 @@ impl Driver {
             .is_some_and(|s| s.send(now, flow, message, SendOptions { expiry }).is_ok())
     }
 
+    /// The socket's descriptor, to wait for it with others.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.socket.readiness_fd()
+    }
+
     /// Bytes queued on `flow` of session `h` and not yet acknowledged.
     pub fn backlog(&self, h: u32, flow: FlowId) -> usize {
         self.endpoint

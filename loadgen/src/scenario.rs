@@ -7,6 +7,7 @@ use std::time::{Duration, Instant as WallInstant};
 use rtmfp::amf::Value;
 use rtmfp::crypto::DhGroup;
 use rtmfp::ids::FlowId;
+use updraft_dataplane::sys::Epoll;
 
 use crate::driver::{command, connect_message, result_number, status_code, Driver};
 use crate::report::Report;
@@ -356,28 +357,25 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     };
     // Every driver measures time from its own epoch; send times use the first driver's, and
     // each receive time is moved onto it.
-    let offsets: Vec<i128> = drivers
-        .iter()
-        .map(|d| i128::from(drivers[0].now().as_micros()) - i128::from(d.now().as_micros()))
-        .collect();
+    let mut fleet = Fleet::new(drivers)?;
     while start.elapsed() < args.duration {
         while WallInstant::now() >= next && start.elapsed() < args.duration {
-            let now = drivers[0].now();
+            let now = fleet.drivers[0].now();
             payload[0] = 0x09;
             let ts = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
             payload[1..5].copy_from_slice(&ts.to_be_bytes());
             payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
             payload[10..18].copy_from_slice(&seq.to_be_bytes());
             payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
-            drivers[0].send(publisher, pflow, &payload, Some(LIFETIME));
+            fleet.drivers[0].send(publisher, pflow, &payload, Some(LIFETIME));
             seq += 1;
             next += interval;
         }
-        step_all(&mut drivers, &offsets, &mut on_message);
+        fleet.step(&mut on_message);
     }
     let drain = WallInstant::now() + DRAIN;
     while WallInstant::now() < drain {
-        step_all(&mut drivers, &offsets, &mut on_message);
+        fleet.step(&mut on_message);
         if received.get() >= seq * subs.len() as u64 {
             break;
         }
@@ -390,7 +388,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     report.expected = seq * subs.len() as u64;
     report.delivered = seen.values().map(|s| s.len() as u64).sum();
     report.lost = report.expected - report.delivered.min(report.expected);
-    for d in drivers.iter_mut() {
+    for d in fleet.drivers.iter_mut() {
         report.sessions_ok += d.opened() as u64;
         report.sessions_failed += d.failed() as u64;
         report.packets_out += d.packets_out;
@@ -405,15 +403,74 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
 /// What a fanout does with a received message: (driver, session, message, receive time).
 type OnMessage<'a> = dyn FnMut(usize, u32, &[u8], rtmfp::time::Instant) + 'a;
 
-/// Steps every driver once; receive times are moved onto the first driver's clock by
-/// `offsets` (microseconds per driver).
-fn step_all(drivers: &mut [Driver], offsets: &[i128], on_message: &mut OnMessage<'_>) {
-    for (k, d) in drivers.iter_mut().enumerate() {
-        let offset = offsets.get(k).copied().unwrap_or(0);
-        d.step(|h, _, m, now| {
-            let micros = u64::try_from(i128::from(now.as_micros()) + offset).unwrap_or(0);
-            on_message(k, h, m, rtmfp::time::Instant::from_micros(micros));
-        });
+/// Drivers up to which every turn steps them all; above it, only those with datagrams waiting
+/// (and the publisher's) are stepped, and all of them every [`SWEEP`].
+const STEP_ALL_UP_TO: usize = 16;
+/// How often every driver is stepped, for its timers (delayed acknowledgements, keepalives).
+const SWEEP: Duration = Duration::from_millis(5);
+
+/// The drivers of a fanout and what it takes to step only the busy ones.
+struct Fleet {
+    drivers: Vec<Driver>,
+    /// Microseconds that move each driver's clock onto the first driver's.
+    offsets: Vec<i128>,
+    epoll: Epoll,
+    ready: Vec<u64>,
+    last_sweep: WallInstant,
+}
+
+impl Fleet {
+    fn new(drivers: Vec<Driver>) -> Result<Fleet, LoadError> {
+        let epoll = Epoll::new()?;
+        for (k, d) in drivers.iter().enumerate() {
+            epoll.add(d.fd(), k as u64)?;
+        }
+        let offsets = drivers
+            .iter()
+            .map(|d| i128::from(drivers[0].now().as_micros()) - i128::from(d.now().as_micros()))
+            .collect();
+        Ok(Fleet {
+            drivers,
+            offsets,
+            epoll,
+            ready: Vec::new(),
+            last_sweep: WallInstant::now(),
+        })
+    }
+
+    /// One turn: the publisher's driver, those with datagrams waiting, and every driver once
+    /// per [`SWEEP`]; receive times are moved onto the first driver's clock.
+    fn step(&mut self, on_message: &mut OnMessage<'_>) {
+        let sweep = self.drivers.len() <= STEP_ALL_UP_TO || self.last_sweep.elapsed() >= SWEEP;
+        if sweep {
+            self.last_sweep = WallInstant::now();
+            for k in 0..self.drivers.len() {
+                self.step_one(k, on_message);
+            }
+            return;
+        }
+        if self.epoll.wait(&mut self.ready, Duration::ZERO).is_err() {
+            self.ready.clear();
+        }
+        self.step_one(0, on_message);
+        let ready = std::mem::take(&mut self.ready);
+        for &k in &ready {
+            let k = usize::try_from(k).unwrap_or(usize::MAX);
+            if k != 0 {
+                self.step_one(k, on_message);
+            }
+        }
+        self.ready = ready;
+    }
+
+    fn step_one(&mut self, k: usize, on_message: &mut OnMessage<'_>) {
+        let offset = self.offsets.get(k).copied().unwrap_or(0);
+        if let Some(d) = self.drivers.get_mut(k) {
+            d.step(|h, _, m, now| {
+                let micros = u64::try_from(i128::from(now.as_micros()) + offset).unwrap_or(0);
+                on_message(k, h, m, rtmfp::time::Instant::from_micros(micros));
+            });
+        }
     }
 }
 

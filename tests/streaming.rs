@@ -278,6 +278,46 @@ fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
             assert_eq!(&m.2[..], original.payload);
         }
     }
+
+    // A large key frame (7 datagrams' worth): each subscriber's datagrams for it leave
+    // together, by UDP GSO, not one send each.
+    let before: u64 = workers
+        .iter()
+        .map(|w| w["tx_gso_datagrams"].as_u64().unwrap())
+        .sum();
+    let ts = 2000;
+    let mut frame = vec![0x17, 0x01, 0, 0, 0];
+    frame.resize(8000, 0xAB);
+    publisher.send(ph, pflow, &tc(0x09, ts, &frame));
+    let deadline = WallInstant::now() + Duration::from_secs(20);
+    while WallInstant::now() < deadline
+        && !subs.iter().all(|s| received_media(&s.0).len() > expected)
+    {
+        publisher.step();
+        subs.iter_mut().for_each(|s| s.0.step());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        subs.iter().all(|s| received_media(&s.0)
+            .last()
+            .is_some_and(|m| m.2.len() == frame.len())),
+        "every subscriber got the large frame"
+    );
+    std::thread::sleep(Duration::from_millis(1100)); // counters are published every turn
+    let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
+    let after: u64 = stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tx_gso_datagrams"].as_u64().unwrap())
+        .sum();
+    // 50 subscribers × 7 datagrams; a congestion window that splits a frame in two still
+    // leaves most of it in GSO sends.
+    assert!(
+        after - before >= (SUBSCRIBERS * 4) as u64,
+        "GSO carried {} datagrams: {stats}",
+        after - before
+    );
 }
 
 #[test]

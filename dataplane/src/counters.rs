@@ -54,6 +54,11 @@ counters! {
         tx_bytes,
         /// Datagrams the socket could not send.
         tx_dropped,
+        /// Sends that carried several datagrams to one destination at once (UDP GSO): a
+        /// subscriber's datagrams for one frame, for instance.
+        tx_gso_sends,
+        /// Datagrams carried by those sends.
+        tx_gso_datagrams,
         /// Dropped: longer than a receive buffer.
         drop_truncated,
         /// Dropped: too short to carry a session ID, or failed decryption or authentication.

@@ -202,6 +202,11 @@ pub trait BatchIo: Send {
     fn send(&mut self, batch: &mut TxBatch) -> usize;
     /// A file descriptor that becomes readable when datagrams wait.
     fn readiness_fd(&self) -> RawFd;
+    /// Sends that carried several datagrams at once (UDP GSO), and the datagrams they carried,
+    /// since the start; `(0, 0)` for a backend without them.
+    fn gso_totals(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// A UDP socket driven with `recvmmsg`/`sendmmsg`.
@@ -214,6 +219,8 @@ pub struct MmsgSocket {
     gso: bool,
     /// GSO sends made.
     gso_sends: u64,
+    /// Datagrams those sends carried.
+    gso_datagrams: u64,
     /// UDP GRO is on: receives may return trains of datagrams.
     gro: bool,
     /// Receive buffers that held a GRO train.
@@ -231,6 +238,7 @@ impl MmsgSocket {
             dual_stack,
             gso: true,
             gso_sends: 0,
+            gso_datagrams: 0,
             gro: false,
             gro_trains: 0,
         })
@@ -413,7 +421,10 @@ impl BatchIo for MmsgSocket {
             }
             let size = u16::try_from(list[i].0.len()).unwrap_or(u16::MAX);
             match sys::send_gso(self.socket.as_raw_fd(), &segments[..run], size, list[i].1) {
-                Ok(_) => self.gso_sends += 1,
+                Ok(_) => {
+                    self.gso_sends += 1;
+                    self.gso_datagrams += run as u64;
+                }
                 Err(e) => {
                     // Only "not supported here" turns GSO off for good; a firewall or routing
                     // error concerns this destination alone.
@@ -437,6 +448,10 @@ impl BatchIo for MmsgSocket {
 
     fn readiness_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    fn gso_totals(&self) -> (u64, u64) {
+        (self.gso_sends, self.gso_datagrams)
     }
 }
 

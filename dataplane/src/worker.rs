@@ -1661,6 +1661,7 @@ impl<IO: BatchIo> Worker<IO> {
         }
         let dropped = self.io.send(&mut self.tx);
         self.counters.tx_dropped += dropped as u64;
+        (self.counters.tx_gso_sends, self.counters.tx_gso_datagrams) = self.io.gso_totals();
     }
 
     /// Encrypts the batch's session packets together, 8 or 16 sessions at a time

@@ -61,6 +61,10 @@ pub struct Driver {
     pub bytes_in: u64,
     /// Keep received messages (a fanout counts them itself and need not keep them).
     pub keep_messages: bool,
+    /// Keep a copy of the last this many datagrams sent (the `garbage` scenario replays them).
+    pub keep_sent: usize,
+    /// Those copies, oldest first.
+    pub sent: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Driver {
@@ -92,6 +96,8 @@ impl Driver {
             bytes_out: 0,
             bytes_in: 0,
             keep_messages: true,
+            keep_sent: 0,
+            sent: std::collections::VecDeque::new(),
         })
     }
 
@@ -203,6 +209,29 @@ impl Driver {
         }
     }
 
+    /// Sends `bytes` as one datagram from this driver's socket, outside any session.
+    pub fn send_raw(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.tx.push(to, bytes) {
+            self.packets_out += 1;
+            self.bytes_out += bytes.len() as u64;
+        }
+        self.socket.send(&mut self.tx);
+    }
+
+    /// Closes session `h` in order (Close Request, RFC 7016 §3.5.5).
+    pub fn close(&mut self, h: u32) {
+        let now = self.now();
+        if let Some(s) = self.endpoint.session_mut(h) {
+            s.close(now);
+        }
+    }
+
+    /// Forgets what is kept of session `h` (a churn scenario would otherwise grow without end).
+    pub fn forget(&mut self, h: u32) {
+        self.sessions.remove(&h);
+        self.endpoint.remove_closed(h);
+    }
+
     /// Closes every session in order (Close Request, RFC 7016 §3.5.5) and keeps stepping for
     /// at most `linger`, so that the server frees them at once.
     pub fn close_all(&mut self, linger: std::time::Duration) {
@@ -234,6 +263,14 @@ impl Driver {
                 Some(len) => {
                     self.packets_out += 1;
                     self.bytes_out += len as u64;
+                    if self.keep_sent > 0 {
+                        if let Some((_, d)) = self.tx.iter().last() {
+                            if self.sent.len() == self.keep_sent {
+                                self.sent.pop_front();
+                            }
+                            self.sent.push_back(d.to_vec());
+                        }
+                    }
                     if self.tx.is_full() {
                         self.socket.send(&mut self.tx);
                     }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rtmfp::crypto::DhGroup;
-use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs, RpcArgs};
+use updraft_loadgen::scenario::{self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, RpcArgs};
 use updraft_loadgen::Report;
 
 const USAGE: &str = "usage:
@@ -15,6 +15,10 @@ const USAGE: &str = "usage:
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
                           [--groups 2|14|16|all] [--json FILE]
+  updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
+                          [--duration SECONDS] [--app APP] [--groups ...] [--json FILE]
+  updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
+                          [--app APP] [--groups ...] [--json FILE]
 (--groups: the Diffie-Hellman groups offered; Flash Player offers 2 only, rtmfp-cpp servers
 want 14 or more)";
 
@@ -143,11 +147,50 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
             };
             scenario::fanout(&args)
         }
+        "churn" => {
+            flags
+                .check(&[
+                    "server", "rate", "lifetime", "duration", "app", "groups", "json",
+                ])
+                .map_err(bad)?;
+            let args = ChurnArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                rate: flags.get("rate", Some(100.0)).map_err(bad)?,
+                lifetime: seconds(&flags, "lifetime", 1.0).map_err(bad)?,
+                duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
+                app: flags.get("app", Some(String::new())).map_err(bad)?,
+                groups: groups(&flags, "2").map_err(bad)?,
+            };
+            if args.rate.is_nan() || args.rate <= 0.0 {
+                return Err(bad("--rate must be above 0".to_string()));
+            }
+            scenario::churn(&args)
+        }
+        "garbage" => {
+            flags
+                .check(&["server", "rate", "duration", "app", "groups", "json"])
+                .map_err(bad)?;
+            let args = GarbageArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                rate: flags.get("rate", Some(10_000.0)).map_err(bad)?,
+                duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
+                app: flags.get("app", Some(String::new())).map_err(bad)?,
+                groups: groups(&flags, "2").map_err(bad)?,
+            };
+            scenario::garbage(&args)
+        }
         "--help" | "-h" | "help" => return Err((0, USAGE.to_string())),
         other => return Err(bad(format!("unknown scenario {other}"))),
     };
     // A server that does not answer, or refuses, is exit code 2 with the stage reached.
     result.map(|r| (r, json)).map_err(|e| (2, e.to_string()))
+}
+
+/// A duration in seconds from `--name` (`default` when absent); negative or not finite is
+/// refused.
+fn seconds(flags: &Flags, name: &str, default: f64) -> Result<Duration, String> {
+    let s: f64 = flags.get(name, Some(default))?;
+    Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} {s}: not a duration in seconds"))
 }
 
 /// The DH groups `--groups` names (`default` when absent): what the loadgen offers.

@@ -1,6 +1,6 @@
 //! The scenarios. Every loop is bounded in time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant as WallInstant};
 
@@ -547,4 +547,243 @@ fn transaction(message: &[u8]) -> Option<f64> {
     let tc = rtmfp::flash::message::TcMessage::parse(message).ok()?;
     let c = rtmfp::flash::command::Command::parse(&tc).ok()?;
     matches!(c.name.as_ref(), "_result" | "_error").then_some(c.transaction_id)
+}
+
+/// `churn`: sessions arriving and leaving.
+#[derive(Debug, Clone)]
+pub struct ChurnArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// New sessions per second.
+    pub rate: f64,
+    /// How long each session stays once connected, before it closes.
+    pub lifetime: Duration,
+    /// How long new sessions keep arriving.
+    pub duration: Duration,
+    /// The application path.
+    pub app: String,
+    /// The DH groups offered.
+    pub groups: Vec<DhGroup>,
+}
+
+/// One churning session's course.
+struct Life {
+    begun: rtmfp::time::Instant,
+    connecting: bool,
+    close_at: Option<WallInstant>,
+}
+
+/// How long a churn keeps a closed session's state for its last packets.
+const FORGET_AFTER: Duration = Duration::from_secs(1);
+
+/// Opens sessions at `rate`, connects each NetConnection, keeps it `lifetime`, closes it;
+/// reports the time from the first IHello to `NetConnection.Connect.Success`, and sessions
+/// that failed or were refused.
+pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
+    let mut d = Driver::new(local_for(args.server), 4, &args.groups)?;
+    let url = format!("rtmfp://{}/{}", args.server, args.app);
+    let mut report = Report::new("churn");
+    let mut lives: HashMap<u32, Life> = HashMap::new();
+    let mut closing: VecDeque<(u32, WallInstant)> = VecDeque::new();
+    let (mut started, mut connected, mut failed) = (0u64, 0u64, 0u64);
+    let start = WallInstant::now();
+    // Sessions still opening when the arrivals stop get the stage limit to finish.
+    let end = start + args.duration + args.lifetime + STAGE_LIMIT;
+    while WallInstant::now() < end {
+        let elapsed = start.elapsed();
+        if elapsed < args.duration {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let due = (elapsed.as_secs_f64() * args.rate) as u64 + 1;
+            while started < due {
+                let h = d.open(args.server, &url);
+                let begun = d.now();
+                lives.insert(
+                    h,
+                    Life {
+                        begun,
+                        connecting: false,
+                        close_at: None,
+                    },
+                );
+                started += 1;
+            }
+        } else if lives.is_empty() {
+            break;
+        }
+        d.step(|_, _, _, _| {});
+        let now = d.now();
+        let wall = WallInstant::now();
+        let handles: Vec<u32> = lives.keys().copied().collect();
+        for h in handles {
+            let Some(state) = d.sessions.get(&h) else {
+                continue;
+            };
+            let (opened, gone) = (state.opened.is_some(), state.failed);
+            let Some(life) = lives.get_mut(&h) else {
+                continue;
+            };
+            if gone || rejected(&d, h).is_some() {
+                failed += 1;
+                lives.remove(&h);
+                d.close(h);
+                closing.push_back((h, wall));
+                continue;
+            }
+            if opened && !life.connecting {
+                life.connecting = true;
+                if let Some(nc) = d.open_flow(h, 0) {
+                    d.send(h, nc, &connect_message(&args.app), None);
+                }
+            }
+            if life.close_at.is_none() && has_code(&d, h, "NetConnection.Connect.Success") {
+                connected += 1;
+                report.record(now.saturating_duration_since(life.begun));
+                life.close_at = Some(wall + args.lifetime);
+            }
+            if life.close_at.is_some_and(|t| t <= wall) {
+                lives.remove(&h);
+                d.close(h);
+                closing.push_back((h, wall));
+            }
+        }
+        while closing.front().is_some_and(|c| c.1 + FORGET_AFTER <= wall) {
+            if let Some((h, _)) = closing.pop_front() {
+                d.forget(h);
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    report.elapsed = start.elapsed();
+    report.expected = started;
+    report.delivered = connected;
+    report.lost = started - connected.min(started);
+    report.sessions_ok = connected;
+    report.sessions_failed = failed;
+    report.packets_out = d.packets_out;
+    report.packets_in = d.packets_in;
+    report.bytes_out = d.bytes_out;
+    report.bytes_in = d.bytes_in;
+    d.close_all(CLOSE_LINGER);
+    if connected == 0 {
+        return Err(LoadError::NoHandshake);
+    }
+    Ok(report)
+}
+
+/// `garbage`: malformed, replayed and truncated datagrams at a given rate, while one session
+/// keeps calling the server.
+#[derive(Debug, Clone)]
+pub struct GarbageArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// Garbage datagrams per second.
+    pub rate: f64,
+    /// How long.
+    pub duration: Duration,
+    /// The application path.
+    pub app: String,
+    /// The DH groups offered.
+    pub groups: Vec<DhGroup>,
+}
+
+/// Longest garbage datagram: what fits an Ethernet MTU.
+const MAX_GARBAGE_LEN: usize = 1400;
+/// The session's datagrams kept to replay and cut.
+const KEPT_FOR_REPLAY: usize = 32;
+
+/// Sends garbage at `rate` from a second socket and from the session's own: random bytes,
+/// startup-shaped datagrams (session ID 0, block-aligned) with random contents, replays of the
+/// session's own datagrams from another address, and truncated copies from the same address.
+/// Meanwhile the session calls the server, one call in flight; the report's latency is the
+/// call round trip, `lost` the calls not answered, and `packets_out` the garbage sent.
+pub fn garbage(args: &GarbageArgs) -> Result<Report, LoadError> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+    let mut d = Driver::new(local_for(args.server), 5, &args.groups)?;
+    d.keep_sent = KEPT_FOR_REPLAY;
+    let (sessions, flows) = connect_sessions(&mut d, args.server, &args.app, 1)?;
+    let h = sessions[0];
+    let nc = *flows
+        .get(&h)
+        .ok_or(LoadError::Stalled("NetConnection flow"))?;
+    d.keep_messages = false;
+    let junk = std::net::UdpSocket::bind(local_for(args.server))?;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+    let mut report = Report::new("garbage");
+    let (mut sent, mut calls, mut answered) = (0u64, 0u64, 0u64);
+    let mut in_flight: Option<(f64, rtmfp::time::Instant)> = None;
+    let mut answers: Vec<(f64, rtmfp::time::Instant)> = Vec::new();
+    let mut next_txn = 2.0;
+    let mut buf = vec![0u8; MAX_GARBAGE_LEN];
+    let start = WallInstant::now();
+    while start.elapsed() < args.duration {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
+        while sent < due {
+            let len = 1 + (rng.next_u32() as usize) % MAX_GARBAGE_LEN;
+            let kept = (!d.sent.is_empty())
+                .then(|| d.sent[(rng.next_u32() as usize) % d.sent.len()].clone());
+            match (sent % 4, kept) {
+                (2, Some(replay)) => {
+                    let _ = junk.send_to(&replay, args.server);
+                }
+                (3, Some(mut cut)) => {
+                    cut.truncate((rng.next_u32() as usize) % cut.len().max(1));
+                    d.send_raw(args.server, &cut);
+                }
+                (1, _) => {
+                    // A startup datagram (session ID 0) of whole blocks, contents random.
+                    let blocks = 1 + len / rtmfp::crypto::CIPHER_BLOCK_LEN;
+                    let n = (rtmfp::crypto::SSID_LEN + blocks * rtmfp::crypto::CIPHER_BLOCK_LEN)
+                        .min(MAX_GARBAGE_LEN);
+                    rng.fill_bytes(&mut buf[..n]);
+                    buf[..rtmfp::crypto::SSID_LEN].fill(0);
+                    let _ = junk.send_to(&buf[..n], args.server);
+                }
+                _ => {
+                    rng.fill_bytes(&mut buf[..len]);
+                    let _ = junk.send_to(&buf[..len], args.server);
+                }
+            }
+            sent += 1;
+        }
+        if in_flight.is_none() {
+            let now = d.now();
+            if d.send(h, nc, &command("updraftLoadgen", next_txn, vec![]), None) {
+                in_flight = Some((next_txn, now));
+                next_txn += 1.0;
+                calls += 1;
+            }
+        }
+        d.step(|_, _, m, now| {
+            if let Some(txn) = transaction(m) {
+                answers.push((txn, now));
+            }
+        });
+        for (txn, at) in answers.drain(..) {
+            if let Some((sent_txn, sent_at)) = in_flight {
+                #[allow(clippy::float_cmp)]
+                if sent_txn == txn {
+                    in_flight = None;
+                    answered += 1;
+                    report.record(at.saturating_duration_since(sent_at));
+                }
+            }
+        }
+    }
+    report.elapsed = start.elapsed();
+    // The call in flight when time is up is not counted.
+    let settled = calls - u64::from(in_flight.is_some());
+    report.expected = settled;
+    report.delivered = answered;
+    report.lost = settled - answered.min(settled);
+    let alive = d.sessions.get(&h).is_some_and(|s| !s.failed);
+    report.sessions_ok = u64::from(alive);
+    report.sessions_failed = u64::from(!alive);
+    report.packets_out = sent;
+    report.packets_in = d.packets_in;
+    report.bytes_out = d.bytes_out;
+    report.bytes_in = d.bytes_in;
+    d.close_all(CLOSE_LINGER);
+    Ok(report)
 }

@@ -9,7 +9,9 @@ use updraft_control::apps::WwwApps;
 use updraft_control::handshake::HandshakeLimits;
 use updraft_control::service::{self, ServiceConfig};
 use updraft_dataplane::plane::{DataPlane, PlaneConfig};
-use updraft_loadgen::scenario::{self, ConnectArgs, FanoutArgs, LoadError, RpcArgs};
+use updraft_loadgen::scenario::{
+    self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, LoadError, RpcArgs,
+};
 
 fn server(workers: usize) -> (DataPlane, SocketAddr) {
     let plane = DataPlane::start(PlaneConfig {
@@ -119,5 +121,72 @@ fn rpc_gets_every_call_answered() {
     assert!(r.delivered >= 100, "{}", r.table());
     assert!(r.expected - r.delivered <= 10, "{}", r.table());
     assert_eq!(r.latency.len(), r.delivered);
+    plane.shutdown();
+}
+
+#[test]
+fn churn_connects_and_closes_sessions_and_the_server_frees_them() {
+    let (plane, addr) = server(2);
+    let r = scenario::churn(&ChurnArgs {
+        server: addr,
+        rate: 100.0,
+        lifetime: Duration::from_millis(300),
+        duration: Duration::from_millis(1000),
+        app: String::new(),
+        groups: scenario::FLASH_GROUPS.to_vec(),
+    })
+    .unwrap();
+    // About 100 sessions arrive over the second; every one connects, and is timed.
+    assert!(r.expected >= 90, "{}", r.table());
+    assert_eq!(
+        (r.delivered, r.lost, r.sessions_failed),
+        (r.expected, 0, 0),
+        "{}",
+        r.table()
+    );
+    assert_eq!(r.latency.len(), r.delivered);
+    // Each closed in order: the server frees every one once its far-close linger (19 s,
+    // RFC 7016 §3.5.5) is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let open = || {
+        plane
+            .counters()
+            .iter()
+            .map(|c| c.sessions_open)
+            .sum::<u64>()
+    };
+    while open() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(open(), 0);
+    let closed: u64 = plane.counters().iter().map(|c| c.sessions_closed).sum();
+    assert_eq!(closed, r.expected);
+    plane.shutdown();
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_while_a_session_keeps_being_answered() {
+    let (plane, addr) = server(2);
+    let r = scenario::garbage(&GarbageArgs {
+        server: addr,
+        rate: 20_000.0,
+        duration: Duration::from_millis(1000),
+        app: String::new(),
+        groups: scenario::FLASH_GROUPS.to_vec(),
+    })
+    .unwrap();
+    assert!(r.packets_out >= 15_000, "{}", r.table());
+    // The session survived and every call it made was answered.
+    assert_eq!((r.sessions_ok, r.sessions_failed), (1, 0), "{}", r.table());
+    assert!(r.delivered >= 50, "{}", r.table());
+    assert_eq!(r.lost, 0, "{}", r.table());
+    // The server dropped what it could not use, and counted it.
+    std::thread::sleep(Duration::from_millis(100));
+    let dropped: u64 = plane
+        .counters()
+        .iter()
+        .map(|c| c.drop_malformed + c.drop_unknown_session + c.drop_truncated)
+        .sum();
+    assert!(dropped > 0, "{:?}", plane.counters());
     plane.shutdown();
 }

@@ -15,6 +15,9 @@ const USAGE: &str = "usage:
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
                           [--groups 2|14|16|all] [--json FILE]
+  updraft-loadgen publish --server ADDR:PORT [--publishers N] [--viewers N] [--bitrate KBPS]
+                          [--size BYTES] [--duration SECONDS] [--app APP] [--stream PREFIX]
+                          [--sockets N] [--groups ...] [--json FILE]
   updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
                           [--duration SECONDS] [--app APP] [--groups ...] [--json FILE]
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
@@ -117,27 +120,40 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
             };
             scenario::rpc(&args)
         }
-        "fanout" => {
-            flags
-                .check(&[
-                    "server",
-                    "subscribers",
-                    "bitrate",
-                    "size",
-                    "duration",
-                    "app",
-                    "stream",
-                    "sockets",
-                    "groups",
-                    "json",
-                ])
-                .map_err(bad)?;
+        "fanout" | "publish" => {
+            // `fanout`: one stream, many subscribers; `publish`: many streams, each with its
+            // own publisher and `--viewers` subscribers.
+            let publish = scenario == "publish";
+            let mut known = vec![
+                "server", "bitrate", "size", "duration", "app", "stream", "sockets", "groups",
+                "json",
+            ];
+            known.extend(if publish {
+                ["publishers", "viewers"].as_slice()
+            } else {
+                ["subscribers"].as_slice()
+            });
+            flags.check(&known).map_err(bad)?;
+            let (streams, subscribers) = if publish {
+                (
+                    flags.get("publishers", Some(10)).map_err(bad)?,
+                    flags.get("viewers", Some(1)).map_err(bad)?,
+                )
+            } else {
+                (1, flags.get("subscribers", Some(10)).map_err(bad)?)
+            };
+            if streams == 0 || (publish && subscribers == 0) {
+                return Err(bad(
+                    "--publishers and --viewers must be at least 1".to_string()
+                ));
+            }
             let args = FanoutArgs {
                 server: flags.get("server", None).map_err(bad)?,
-                subscribers: flags.get("subscribers", Some(10)).map_err(bad)?,
+                streams,
+                subscribers,
                 bitrate_kbps: flags.get("bitrate", Some(2000)).map_err(bad)?,
                 size: flags.get("size", Some(1200)).map_err(bad)?,
-                duration: Duration::from_secs_f64(flags.get("duration", Some(10.0)).map_err(bad)?),
+                duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
                 app: flags.get("app", Some("live".to_string())).map_err(bad)?,
                 stream: flags
                     .get("stream", Some("loadgen".to_string()))

@@ -33,6 +33,8 @@ pub struct Report {
     pub delivered: u64,
     /// Messages expected and never received.
     pub lost: u64,
+    /// Messages received where they should not have been (another stream's media).
+    pub misdelivered: u64,
     /// Latencies in microseconds (handshake time for `connect`, end-to-end for `fanout`).
     pub latency: Histogram<u64>,
 }
@@ -52,6 +54,7 @@ impl Report {
             expected: 0,
             delivered: 0,
             lost: 0,
+            misdelivered: 0,
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .unwrap_or_else(|_| unreachable!("valid bounds")),
         }
@@ -93,6 +96,7 @@ impl Report {
             "expected": self.expected,
             "delivered": self.delivered,
             "lost": self.lost,
+            "misdelivered": self.misdelivered,
             "latency_samples": self.latency.len(),
             "latency_ms": {
                 "p50": self.percentile_ms(0.5),
@@ -114,7 +118,7 @@ impl Report {
              sessions        {} ok, {} failed\n\
              packets out/in  {} / {} ({:.0} / {:.0} per s)\n\
              bytes out/in    {} / {}\n\
-             messages        {} expected, {} delivered, {} lost\n\
+             messages        {} expected, {} delivered, {} lost, {} misdelivered\n\
              latency (ms)    p50 {} p90 {} p99 {} p99.9 {} max {} ({} samples)\n",
             self.scenario,
             self.elapsed.as_secs_f64(),
@@ -129,6 +133,7 @@ impl Report {
             self.expected,
             self.delivered,
             self.lost,
+            self.misdelivered,
             l["p50"],
             l["p90"],
             l["p99"],

@@ -129,7 +129,9 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
 pub struct FanoutArgs {
     /// The server.
     pub server: SocketAddr,
-    /// Subscribers.
+    /// Streams, each with its own publisher (1 for `fanout`).
+    pub streams: usize,
+    /// Subscribers of each stream.
     pub subscribers: usize,
     /// The publisher's bitrate, in kbit/s.
     pub bitrate_kbps: u64,
@@ -151,8 +153,9 @@ pub struct FanoutArgs {
 const VIDEO_INTER: [u8; 5] = [0x27, 0x01, 0, 0, 0];
 /// The same for a key frame (the first message, so subscribers start at once).
 const VIDEO_KEY: [u8; 5] = [0x17, 0x01, 0, 0, 0];
-/// Payload bytes before the padding: the header, a sequence number and a send time.
-const PAYLOAD_HEAD: usize = 5 + 8 + 8;
+/// Payload bytes before the padding: the header, a sequence number, a send time and the
+/// stream's index.
+const PAYLOAD_HEAD: usize = 5 + 8 + 8 + 4;
 /// Lifetime of fanout messages (video).
 const LIFETIME: Duration = Duration::from_secs(3);
 
@@ -235,26 +238,28 @@ fn connect_sessions(
     Ok((sessions, flows))
 }
 
-/// Runs a fanout and reports delivery and end-to-end latency.
+/// Runs a fanout and reports delivery and end-to-end latency: `args.streams` publishers, each
+/// with `args.subscribers` subscribers of its own stream (`fanout` is one stream, `publish`
+/// many).
 ///
-/// The publisher and the subscribers are spread over `args.sockets` drivers, each with its own
-/// UDP socket (port): subscriber `i` goes to socket `(i + 1) % sockets`, so that the server sends
-/// consecutive subscribers' packets to different destinations, as it would to real viewers,
-/// and cannot coalesce several subscribers' packets into one GSO send.
+/// The sessions are spread over `args.sockets` drivers, each with its own UDP socket (port):
+/// session `j` (stream `j / (1 + subscribers)`, its publisher first) goes to socket
+/// `j % sockets`. With one socket per session each has its own address, as real viewers do
+/// (and as servers such as rtmfp-cpp's require: one session per far address, RFC 7016
+/// §3.5.1.1.2); with fewer, subscribers that share a socket and follow each other in the
+/// server's list can have their datagrams coalesced into one GSO send.
 pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
-    let sockets = args.sockets.clamp(1, args.subscribers + 1);
-    let mut drivers = Vec::with_capacity(sockets);
-    // Sessions per driver: the publisher first on driver 0, then subscriber `i` on driver
-    // `(i + 1) % sockets`; with one socket per session, each has its own address (servers
-    // such as rtmfp-cpp's keep one session per far address, RFC 7016 §3.5.1.1.2).
+    let per_stream = 1 + args.subscribers;
+    let total = args.streams.max(1) * per_stream;
+    let sockets = args.sockets.clamp(1, total);
     let mut counts = vec![0usize; sockets];
-    counts[0] += 1;
-    for i in 0..args.subscribers {
-        counts[(i + 1) % sockets] += 1;
+    for j in 0..total {
+        counts[j % sockets] += 1;
     }
-    let mut subs: Vec<(usize, u32)> = Vec::with_capacity(args.subscribers);
-    let mut publisher = None;
-    let mut streams: HashMap<(usize, u32), FlowId> = HashMap::new();
+    // Session `j`, once connected: its driver and handle.
+    let mut sessions: Vec<Option<(usize, u32)>> = vec![None; total];
+    let mut flows: HashMap<(usize, u32), FlowId> = HashMap::new();
+    let mut drivers = Vec::with_capacity(sockets);
     for (k, &n) in counts.iter().enumerate() {
         let mut d = Driver::new(local_for(args.server), 2 + k as u64, &args.groups)?;
         let (all, nc_flows) = connect_sessions(&mut d, args.server, &args.app, n)?;
@@ -273,73 +278,87 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         wait(&mut d, "createStream answers", |d| {
             all.iter().all(|&h| stream_id(d, h).is_some())
         })?;
-        for &h in &all {
+        for (i, &h) in all.iter().enumerate() {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let id = stream_id(&d, h).unwrap_or(1.0) as u64;
             if let Some(f) = d.open_flow(h, id) {
-                streams.insert((k, h), f);
+                flows.insert((k, h), f);
+            }
+            if let Some(slot) = sessions.get_mut(k + i * sockets) {
+                *slot = Some((k, h));
             }
         }
-        let mut handles = all.into_iter();
-        if k == 0 {
-            publisher = handles.next();
-        }
-        subs.extend(handles.map(|h| (k, h)));
         drivers.push(d);
     }
-    let publisher = publisher.ok_or(LoadError::NoHandshake)?;
-    let pflow = *streams
-        .get(&(0, publisher))
-        .ok_or(LoadError::Stalled("publisher stream flow"))?;
-    drivers[0].send(
-        publisher,
-        pflow,
-        &command("publish", 0.0, vec![Value::str(&args.stream)]),
-        None,
-    );
-    wait(&mut drivers[0], "publish", |d| {
-        has_code(d, publisher, "NetStream.Publish.Start")
-    })?;
-    for &(k, h) in &subs {
-        if let Some(&f) = streams.get(&(k, h)) {
-            drivers[k].send(
-                h,
-                f,
-                &command("play", 0.0, vec![Value::str(&args.stream)]),
-                None,
-            );
+    let name = |stream: usize| {
+        if args.streams > 1 {
+            format!("{}{stream}", args.stream)
+        } else {
+            args.stream.clone()
         }
+    };
+    // Publishers: (driver, handle, flow) per stream; subscribers: (driver, handle) → stream.
+    let mut publishers = Vec::with_capacity(args.streams);
+    let mut players = Vec::with_capacity(total);
+    let mut subs: HashMap<(usize, u32), usize> = HashMap::new();
+    for (j, session) in sessions.iter().enumerate() {
+        let (k, h) = session.ok_or(LoadError::NoHandshake)?;
+        let f = *flows
+            .get(&(k, h))
+            .ok_or(LoadError::Stalled("stream flows"))?;
+        let (stream, role) = (j / per_stream, j % per_stream);
+        if role == 0 {
+            publishers.push((k, h, f));
+            let publish = command("publish", 0.0, vec![Value::str(&name(stream))]);
+            drivers[k].send(h, f, &publish, None);
+        } else {
+            players.push((k, h, f, stream));
+            subs.insert((k, h), stream);
+        }
+    }
+    // Every publish is accepted, then every play starts.
+    for (k, d) in drivers.iter_mut().enumerate() {
+        wait(d, "publish", |d| {
+            publishers
+                .iter()
+                .filter(|p| p.0 == k)
+                .all(|p| has_code(d, p.1, "NetStream.Publish.Start"))
+        })?;
+    }
+    for &(k, h, f, stream) in &players {
+        drivers[k].send(
+            h,
+            f,
+            &command("play", 0.0, vec![Value::str(&name(stream))]),
+            None,
+        );
     }
     for (k, d) in drivers.iter_mut().enumerate() {
         wait(d, "plays", |d| {
-            subs.iter()
+            subs.keys()
                 .filter(|s| s.0 == k)
                 .all(|&(_, h)| has_code(d, h, "NetStream.Play.Start"))
         })?;
         d.keep_messages = false;
     }
 
-    // The stream: `size`-byte video messages at `bitrate`, each carrying its sequence number
-    // and send time.
+    // The streams: `size`-byte video messages at `bitrate` each, carrying a sequence number
+    // and the send time.
     let size = args.size.max(PAYLOAD_HEAD);
     #[allow(clippy::cast_precision_loss)]
     let interval =
         Duration::from_secs_f64((size * 8) as f64 / (args.bitrate_kbps.max(1) * 1000) as f64);
-    let mut report = Report::new("fanout");
+    let mut report = Report::new(if args.streams > 1 {
+        "publish"
+    } else {
+        "fanout"
+    });
     let mut seen: HashMap<(usize, u32), HashSet<u64>> =
-        subs.iter().map(|&s| (s, HashSet::new())).collect();
+        subs.keys().map(|&s| (s, HashSet::new())).collect();
     let mut latencies: Vec<Duration> = Vec::new();
-    // Scripts that measure the server while the stream runs (benches/e2e) wait for this line.
-    eprintln!(
-        "fanout: {} subscribers playing; streaming for {:.1} s",
-        subs.len(),
-        args.duration.as_secs_f64()
-    );
-    let start = WallInstant::now();
-    let mut next = start;
-    let mut seq = 0u64;
     let mut payload = vec![0u8; size + 5];
     let received = std::cell::Cell::new(0u64);
+    let misdelivered = std::cell::Cell::new(0u64);
     let mut on_message = |k: usize, h: u32, m: &[u8], now: rtmfp::time::Instant| {
         // TC message: type, timestamp, then our payload.
         if m.first() != Some(&0x09) || m.len() < 5 + PAYLOAD_HEAD {
@@ -348,6 +367,14 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         let p = &m[5..];
         let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
         let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
+        let stream = u32::from_be_bytes(p[21..25].try_into().unwrap_or_default());
+        if subs
+            .get(&(k, h))
+            .is_some_and(|&s| s as u64 != u64::from(stream))
+        {
+            misdelivered.set(misdelivered.get() + 1);
+            return;
+        }
         if let Some(set) = seen.get_mut(&(k, h)) {
             if set.insert(seq) {
                 received.set(received.get() + 1);
@@ -358,6 +385,16 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     // Every driver measures time from its own epoch; send times use the first driver's, and
     // each receive time is moved onto it.
     let mut fleet = Fleet::new(drivers)?;
+    // Scripts that measure the server while the stream runs (benches/e2e) wait for this line.
+    eprintln!(
+        "{}: {} subscribers playing; streaming for {:.1} s",
+        report.scenario,
+        subs.len(),
+        args.duration.as_secs_f64()
+    );
+    let start = WallInstant::now();
+    let mut next = start;
+    let mut seq = 0u64;
     while start.elapsed() < args.duration {
         while WallInstant::now() >= next && start.elapsed() < args.duration {
             let now = fleet.drivers[0].now();
@@ -367,16 +404,21 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
             payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
             payload[10..18].copy_from_slice(&seq.to_be_bytes());
             payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
-            fleet.drivers[0].send(publisher, pflow, &payload, Some(LIFETIME));
+            for (stream, &(k, h, f)) in publishers.iter().enumerate() {
+                let index = u32::try_from(stream).unwrap_or(u32::MAX);
+                payload[26..30].copy_from_slice(&index.to_be_bytes());
+                fleet.drivers[k].send(h, f, &payload, Some(LIFETIME));
+            }
             seq += 1;
             next += interval;
         }
         fleet.step(&mut on_message);
     }
+    let expected = seq * subs.len() as u64;
     let drain = WallInstant::now() + DRAIN;
     while WallInstant::now() < drain {
         fleet.step(&mut on_message);
-        if received.get() >= seq * subs.len() as u64 {
+        if received.get() >= expected {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -385,9 +427,10 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     for l in latencies {
         report.record(l);
     }
-    report.expected = seq * subs.len() as u64;
+    report.expected = expected;
     report.delivered = seen.values().map(|s| s.len() as u64).sum();
     report.lost = report.expected - report.delivered.min(report.expected);
+    report.misdelivered = misdelivered.get();
     for d in fleet.drivers.iter_mut() {
         report.sessions_ok += d.opened() as u64;
         report.sessions_failed += d.failed() as u64;

@@ -71,6 +71,7 @@ fn fanout_delivers_everything_on_a_clean_path() {
     let (plane, addr) = server(2);
     let r = scenario::fanout(&FanoutArgs {
         server: addr,
+        streams: 1,
         subscribers: 20,
         bitrate_kbps: 1000,
         size: 1000,
@@ -188,5 +189,37 @@ fn garbage_is_dropped_and_counted_while_a_session_keeps_being_answered() {
         .map(|c| c.drop_malformed + c.drop_unknown_session + c.drop_truncated)
         .sum();
     assert!(dropped > 0, "{:?}", plane.counters());
+    plane.shutdown();
+}
+
+#[test]
+fn publish_carries_many_streams_each_to_its_own_viewers() {
+    let (plane, addr) = server(2);
+    let r = scenario::fanout(&FanoutArgs {
+        server: addr,
+        streams: 10,
+        subscribers: 2,
+        bitrate_kbps: 500,
+        size: 1000,
+        duration: Duration::from_millis(1500),
+        app: String::new(),
+        stream: "many".into(),
+        sockets: 4,
+        groups: scenario::FLASH_GROUPS.to_vec(),
+    })
+    .unwrap();
+    assert_eq!(r.scenario, "publish");
+    assert_eq!(r.sessions_ok, 30);
+    // 0.5 Mbit/s of 1000-byte messages for 1.5 s: about 93 messages per stream, to each of
+    // its 2 viewers; none crosses into another stream (each viewer counts only its own).
+    assert!(r.expected >= 10 * 2 * 80, "{}", r.table());
+    assert_eq!(
+        (r.delivered, r.lost, r.misdelivered),
+        (r.expected, 0, 0),
+        "{}",
+        r.table()
+    );
+    let publications: u64 = plane.counters().iter().map(|c| c.publications).sum();
+    assert_eq!(publications, 10);
     plane.shutdown();
 }

@@ -9,21 +9,22 @@ use updraft_loadgen::Report;
 
 const USAGE: &str = "usage:
   updraft-loadgen connect --server ADDR:PORT [--sessions N] [--rate PER_S] [--app APP]
-                          [--timeout SECONDS] [--groups 2|14|16|all] [--json FILE]
+                          [--timeout SECONDS] [--groups G]
   updraft-loadgen rpc     --server ADDR:PORT [--sessions N] [--duration SECONDS] [--method NAME]
-                          [--app APP] [--groups 2|14|16|all] [--json FILE]
+                          [--app APP] [--groups G]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
-                          [--groups 2|14|16|all] [--json FILE]
+                          [--groups G]
   updraft-loadgen publish --server ADDR:PORT [--publishers N] [--viewers N] [--bitrate KBPS]
                           [--size BYTES] [--duration SECONDS] [--app APP] [--stream PREFIX]
-                          [--sockets N] [--groups ...] [--json FILE]
+                          [--sockets N] [--groups G]
   updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
-                          [--duration SECONDS] [--app APP] [--groups ...] [--json FILE]
+                          [--duration SECONDS] [--app APP] [--groups G]
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
-                          [--app APP] [--groups ...] [--json FILE]
-(--groups: the Diffie-Hellman groups offered; Flash Player offers 2 only, rtmfp-cpp servers
-want 14 or more)";
+                          [--app APP] [--groups G]
+every scenario: [--json FILE] (summary) [--plot FILE.svg] (throughput and latency over time)
+--groups G: the Diffie-Hellman groups offered, 2, 14, 16 or all; Flash Player offers 2 only,
+rtmfp-cpp servers want 14 or more";
 
 struct Flags {
     values: Vec<(String, String)>,
@@ -64,7 +65,7 @@ impl Flags {
         match self
             .values
             .iter()
-            .find(|(n, _)| !known.contains(&n.as_str()))
+            .find(|(n, _)| !known.contains(&n.as_str()) && !COMMON_OPTIONS.contains(&n.as_str()))
         {
             Some((n, _)) => Err(format!("unknown option --{n}")),
             None => Ok(()),
@@ -72,22 +73,35 @@ impl Flags {
     }
 }
 
-fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
+/// Options every scenario takes: where to write the JSON summary and the SVG plot.
+const COMMON_OPTIONS: [&str; 2] = ["json", "plot"];
+
+/// Where to write a run's summaries.
+struct Outputs {
+    json: Option<String>,
+    plot: Option<String>,
+}
+
+fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
     let bad = |e: String| (2, format!("{e}\n{USAGE}"));
     let (scenario, rest) = args
         .split_first()
         .ok_or_else(|| bad("no scenario".into()))?;
     let flags = Flags::parse(rest).map_err(bad)?;
-    let json: Option<String> = flags
-        .get("json", Some(String::new()))
-        .ok()
-        .filter(|s| !s.is_empty());
+    let path = |name: &str| {
+        flags
+            .get(name, Some(String::new()))
+            .ok()
+            .filter(|s| !s.is_empty())
+    };
+    let outputs = Outputs {
+        json: path("json"),
+        plot: path("plot"),
+    };
     let result = match scenario.as_str() {
         "connect" => {
             flags
-                .check(&[
-                    "server", "sessions", "rate", "app", "timeout", "groups", "json",
-                ])
+                .check(&["server", "sessions", "rate", "app", "timeout", "groups"])
                 .map_err(bad)?;
             let args = ConnectArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -104,9 +118,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
         }
         "rpc" => {
             flags
-                .check(&[
-                    "server", "sessions", "duration", "method", "app", "groups", "json",
-                ])
+                .check(&["server", "sessions", "duration", "method", "app", "groups"])
                 .map_err(bad)?;
             let args = RpcArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -126,7 +138,6 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
             let publish = scenario == "publish";
             let mut known = vec![
                 "server", "bitrate", "size", "duration", "app", "stream", "sockets", "groups",
-                "json",
             ];
             known.extend(if publish {
                 ["publishers", "viewers"].as_slice()
@@ -165,9 +176,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
         }
         "churn" => {
             flags
-                .check(&[
-                    "server", "rate", "lifetime", "duration", "app", "groups", "json",
-                ])
+                .check(&["server", "rate", "lifetime", "duration", "app", "groups"])
                 .map_err(bad)?;
             let args = ChurnArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -184,7 +193,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
         }
         "garbage" => {
             flags
-                .check(&["server", "rate", "duration", "app", "groups", "json"])
+                .check(&["server", "rate", "duration", "app", "groups"])
                 .map_err(bad)?;
             let args = GarbageArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -199,7 +208,7 @@ fn run(args: &[String]) -> Result<(Report, Option<String>), (u8, String)> {
         other => return Err(bad(format!("unknown scenario {other}"))),
     };
     // A server that does not answer, or refuses, is exit code 2 with the stage reached.
-    result.map(|r| (r, json)).map_err(|e| (2, e.to_string()))
+    result.map(|r| (r, outputs)).map_err(|e| (2, e.to_string()))
 }
 
 /// A duration in seconds from `--name` (`default` when absent); negative or not finite is
@@ -223,12 +232,18 @@ fn groups(flags: &Flags, default: &str) -> Result<Vec<DhGroup>, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
-        Ok((report, json)) => {
+        Ok((report, outputs)) => {
             print!("{}", report.table());
-            if let Some(path) = json {
-                if let Err(e) = std::fs::write(&path, report.json().to_string()) {
-                    eprintln!("updraft-loadgen: cannot write {path}: {e}");
-                    return ExitCode::from(1);
+            let files = [
+                (outputs.json, report.json().to_string()),
+                (outputs.plot, report.svg()),
+            ];
+            for (path, text) in files {
+                if let Some(path) = path {
+                    if let Err(e) = std::fs::write(&path, text) {
+                        eprintln!("updraft-loadgen: cannot write {path}: {e}");
+                        return ExitCode::from(1);
+                    }
                 }
             }
             ExitCode::SUCCESS

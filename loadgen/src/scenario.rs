@@ -10,7 +10,7 @@ use rtmfp::ids::FlowId;
 use updraft_dataplane::sys::Epoll;
 
 use crate::driver::{command, connect_message, result_number, status_code, Driver};
-use crate::report::Report;
+use crate::report::{Report, Totals};
 
 /// Why a scenario could not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
     let mut d = Driver::new(local_for(args.server), 1, &args.groups)?;
     d.keep_messages = false;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
+    let mut report = Report::new("connect");
+    report.show_progress();
     let start = WallInstant::now();
     let deadline = start + args.timeout;
     let mut started = 0usize;
@@ -99,12 +101,13 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
             started += 1;
         }
         d.step(|_, _, _, _| {});
+        report.sample(start.elapsed(), totals(&d, d.opened() as u64));
         if started == args.sessions && d.opened() + d.failed() >= args.sessions {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    let mut report = Report::new("connect");
+    report.finish_progress();
     report.elapsed = start.elapsed();
     for s in d.sessions.values() {
         if let (Some(a), Some(b)) = (s.started, s.opened) {
@@ -355,7 +358,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     });
     let mut seen: HashMap<(usize, u32), HashSet<u64>> =
         subs.keys().map(|&s| (s, HashSet::new())).collect();
-    let mut latencies: Vec<Duration> = Vec::new();
+    let latencies: std::cell::RefCell<Vec<Duration>> = std::cell::RefCell::default();
     let mut payload = vec![0u8; size + 5];
     let received = std::cell::Cell::new(0u64);
     let misdelivered = std::cell::Cell::new(0u64);
@@ -378,7 +381,9 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         if let Some(set) = seen.get_mut(&(k, h)) {
             if set.insert(seq) {
                 received.set(received.get() + 1);
-                latencies.push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
+                latencies
+                    .borrow_mut()
+                    .push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
             }
         }
     };
@@ -392,9 +397,24 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         subs.len(),
         args.duration.as_secs_f64()
     );
+    report.show_progress();
     let start = WallInstant::now();
     let mut next = start;
     let mut seq = 0u64;
+    let sample = |report: &mut Report, fleet: &Fleet| {
+        if !report.sample_due(start.elapsed()) {
+            return;
+        }
+        for l in latencies.borrow_mut().drain(..) {
+            report.record(l);
+        }
+        let t = Totals {
+            packets_out: fleet.drivers.iter().map(|d| d.packets_out).sum(),
+            packets_in: fleet.drivers.iter().map(|d| d.packets_in).sum(),
+            done: received.get(),
+        };
+        report.sample(start.elapsed(), t);
+    };
     while start.elapsed() < args.duration {
         while WallInstant::now() >= next && start.elapsed() < args.duration {
             let now = fleet.drivers[0].now();
@@ -413,18 +433,21 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
             next += interval;
         }
         fleet.step(&mut on_message);
+        sample(&mut report, &fleet);
     }
     let expected = seq * subs.len() as u64;
     let drain = WallInstant::now() + DRAIN;
     while WallInstant::now() < drain {
         fleet.step(&mut on_message);
+        sample(&mut report, &fleet);
         if received.get() >= expected {
             break;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    report.finish_progress();
     report.elapsed = start.elapsed();
-    for l in latencies {
+    for l in latencies.borrow_mut().drain(..) {
         report.record(l);
     }
     report.expected = expected;
@@ -541,6 +564,7 @@ pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
     let (sessions, flows) = connect_sessions(&mut d, args.server, &args.app, args.sessions)?;
     d.keep_messages = false;
     let mut report = Report::new("rpc");
+    report.show_progress();
     // Per session: the transaction in flight and when it was sent.
     let mut in_flight: HashMap<u32, (f64, rtmfp::time::Instant)> = HashMap::new();
     let mut answers: Vec<(u32, f64, rtmfp::time::Instant)> = Vec::new();
@@ -572,7 +596,10 @@ pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
                 }
             }
         }
+        let done = report.delivered;
+        report.sample(start.elapsed(), totals(&d, done));
     }
+    report.finish_progress();
     report.elapsed = start.elapsed();
     report.expected = report.delivered + in_flight.len() as u64;
     report.sessions_ok = d.opened() as u64;
@@ -626,6 +653,7 @@ pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
     let mut d = Driver::new(local_for(args.server), 4, &args.groups)?;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
     let mut report = Report::new("churn");
+    report.show_progress();
     let mut lives: HashMap<u32, Life> = HashMap::new();
     let mut closing: VecDeque<(u32, WallInstant)> = VecDeque::new();
     let (mut started, mut connected, mut failed) = (0u64, 0u64, 0u64);
@@ -694,8 +722,10 @@ pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
                 d.forget(h);
             }
         }
+        report.sample(start.elapsed(), totals(&d, connected));
         std::thread::sleep(Duration::from_micros(200));
     }
+    report.finish_progress();
     report.elapsed = start.elapsed();
     report.expected = started;
     report.delivered = connected;
@@ -753,6 +783,7 @@ pub fn garbage(args: &GarbageArgs) -> Result<Report, LoadError> {
     let junk = std::net::UdpSocket::bind(local_for(args.server))?;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
     let mut report = Report::new("garbage");
+    report.show_progress();
     let (mut sent, mut calls, mut answered) = (0u64, 0u64, 0u64);
     let mut in_flight: Option<(f64, rtmfp::time::Instant)> = None;
     let mut answers: Vec<(f64, rtmfp::time::Instant)> = Vec::new();
@@ -813,7 +844,14 @@ pub fn garbage(args: &GarbageArgs) -> Result<Report, LoadError> {
                 }
             }
         }
+        let t = Totals {
+            packets_out: sent + d.packets_out,
+            packets_in: d.packets_in,
+            done: answered,
+        };
+        report.sample(start.elapsed(), t);
     }
+    report.finish_progress();
     report.elapsed = start.elapsed();
     // The call in flight when time is up is not counted.
     let settled = calls - u64::from(in_flight.is_some());
@@ -829,4 +867,13 @@ pub fn garbage(args: &GarbageArgs) -> Result<Report, LoadError> {
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
     Ok(report)
+}
+
+/// A driver's totals for [`Report::sample`], with `done` things done so far.
+fn totals(d: &Driver, done: u64) -> Totals {
+    Totals {
+        packets_out: d.packets_out,
+        packets_in: d.packets_in,
+        done,
+    }
 }

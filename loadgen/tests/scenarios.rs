@@ -82,6 +82,9 @@ fn fanout_delivers_everything_on_a_clean_path() {
         groups: scenario::FLASH_GROUPS.to_vec(),
     })
     .unwrap();
+    // One sample per second while it ran, for --plot.
+    assert!(!r.series.is_empty() && r.series[0].in_per_s > 0.0, "{:?}", r.series);
+    assert!(r.svg().contains("<polyline"));
     // 1 Mbit/s of 1000-byte messages for 1.5 s: about 187 messages to each of 20 subscribers.
     assert!(r.expected >= 20 * 150, "{}", r.table());
     assert_eq!(r.lost, 0, "{}", r.table());

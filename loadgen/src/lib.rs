@@ -8,5 +8,6 @@
 pub mod driver;
 pub mod report;
 pub mod scenario;
+pub mod selftest;
 
 pub use report::Report;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rtmfp::crypto::DhGroup;
 use updraft_loadgen::scenario::{self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, RpcArgs};
+use updraft_loadgen::selftest::{self, SelftestArgs};
 use updraft_loadgen::Report;
 
 const USAGE: &str = "usage:
@@ -22,6 +23,8 @@ const USAGE: &str = "usage:
                           [--duration SECONDS] [--app APP] [--groups G]
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
                           [--app APP] [--groups G]
+  updraft-loadgen selftest [--duration SECONDS] [--size BYTES]
+                          (this machine's send and receive ceiling for the loadgen itself)
 every scenario: [--json FILE] (summary) [--plot FILE.svg] (throughput and latency over time)
 --groups G: the Diffie-Hellman groups offered, 2, 14, 16 or all; Flash Player offers 2 only,
 rtmfp-cpp servers want 14 or more";
@@ -203,6 +206,14 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                 groups: groups(&flags, "2").map_err(bad)?,
             };
             scenario::garbage(&args)
+        }
+        "selftest" => {
+            flags.check(&["duration", "size"]).map_err(bad)?;
+            let args = SelftestArgs {
+                duration: seconds(&flags, "duration", 3.0).map_err(bad)?,
+                size: flags.get("size", Some(1100)).map_err(bad)?,
+            };
+            selftest::selftest(&args)
         }
         "--help" | "-h" | "help" => return Err((0, USAGE.to_string())),
         other => return Err(bad(format!("unknown scenario {other}"))),

@@ -83,7 +83,11 @@ fn fanout_delivers_everything_on_a_clean_path() {
     })
     .unwrap();
     // One sample per second while it ran, for --plot.
-    assert!(!r.series.is_empty() && r.series[0].in_per_s > 0.0, "{:?}", r.series);
+    assert!(
+        !r.series.is_empty() && r.series[0].in_per_s > 0.0,
+        "{:?}",
+        r.series
+    );
     assert!(r.svg().contains("<polyline"));
     // 1 Mbit/s of 1000-byte messages for 1.5 s: about 187 messages to each of 20 subscribers.
     assert!(r.expected >= 20 * 150, "{}", r.table());
@@ -225,4 +229,16 @@ fn publish_carries_many_streams_each_to_its_own_viewers() {
     let publications: u64 = plane.counters().iter().map(|c| c.publications).sum();
     assert_eq!(publications, 10);
     plane.shutdown();
+}
+
+#[test]
+fn selftest_measures_both_ceilings_without_loss_of_what_arrived() {
+    let r = updraft_loadgen::selftest::selftest(&updraft_loadgen::selftest::SelftestArgs {
+        duration: Duration::from_millis(300),
+        size: 1100,
+    })
+    .unwrap();
+    // Both halves moved datagrams, and every datagram received decrypted and parsed.
+    assert!(r.packets_out > 1000 && r.packets_in > 1000, "{}", r.table());
+    assert_eq!((r.delivered, r.lost), (r.expected, 0), "{}", r.table());
 }

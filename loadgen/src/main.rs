@@ -15,16 +15,18 @@ const USAGE: &str = "usage:
                           [--app APP] [--groups G]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
-                          [--groups G]
+                          [--groups G] [--threads N] [--cores LIST]
   updraft-loadgen publish --server ADDR:PORT [--publishers N] [--viewers N] [--bitrate KBPS]
                           [--size BYTES] [--duration SECONDS] [--app APP] [--stream PREFIX]
-                          [--sockets N] [--groups G]
+                          [--sockets N] [--groups G] [--threads N] [--cores LIST]
   updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
                           [--duration SECONDS] [--app APP] [--groups G]
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
                           [--app APP] [--groups G]
   updraft-loadgen selftest [--duration SECONDS] [--size BYTES]
                           (this machine's send and receive ceiling for the loadgen itself)
+--threads N: drive the sockets from N threads, pinned in turn to --cores (default: the cores
+  this process may use)
 every scenario: [--json FILE] (summary) [--plot FILE.svg] (throughput and latency over time)
 --groups G: the Diffie-Hellman groups offered, 2, 14, 16 or all; Flash Player offers 2 only,
 rtmfp-cpp servers want 14 or more";
@@ -141,6 +143,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
             let publish = scenario == "publish";
             let mut known = vec![
                 "server", "bitrate", "size", "duration", "app", "stream", "sockets", "groups",
+                "threads", "cores",
             ];
             known.extend(if publish {
                 ["publishers", "viewers"].as_slice()
@@ -161,10 +164,13 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                     "--publishers and --viewers must be at least 1".to_string()
                 ));
             }
+            let threads: usize = flags.get("threads", Some(1)).map_err(bad)?;
             let args = FanoutArgs {
                 server: flags.get("server", None).map_err(bad)?,
                 streams,
                 subscribers,
+                threads,
+                cores: cores(&flags, threads).map_err(bad)?,
                 bitrate_kbps: flags.get("bitrate", Some(2000)).map_err(bad)?,
                 size: flags.get("size", Some(1200)).map_err(bad)?,
                 duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
@@ -227,6 +233,29 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
 fn seconds(flags: &Flags, name: &str, default: f64) -> Result<Duration, String> {
     let s: f64 = flags.get(name, Some(default))?;
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{name} {s}: not a duration in seconds"))
+}
+
+/// The cores `--cores 1,2,3` names, or with several `threads` the cores this process may run
+/// on; none (no pinning) for one thread without `--cores`.
+fn cores(flags: &Flags, threads: usize) -> Result<Vec<usize>, String> {
+    let list: String = flags.get("cores", Some(String::new()))?;
+    if list.is_empty() {
+        if threads <= 1 {
+            return Ok(Vec::new());
+        }
+        return Ok(core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect());
+    }
+    list.split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .map_err(|_| format!("--cores {list}: a comma-separated list of core numbers"))
+        })
+        .collect()
 }
 
 /// The DH groups `--groups` names (`default` when absent): what the loadgen offers.

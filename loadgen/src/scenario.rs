@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as WallInstant};
 
 use rtmfp::amf::Value;
@@ -136,6 +137,10 @@ pub struct FanoutArgs {
     pub streams: usize,
     /// Subscribers of each stream.
     pub subscribers: usize,
+    /// Threads that drive the sessions (their sockets dealt round-robin).
+    pub threads: usize,
+    /// Cores the threads are pinned to, in turn (empty: not pinned).
+    pub cores: Vec<usize>,
     /// The publisher's bitrate, in kbit/s.
     pub bitrate_kbps: u64,
     /// Bytes per media message.
@@ -345,125 +350,289 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         d.keep_messages = false;
     }
 
-    // The streams: `size`-byte video messages at `bitrate` each, carrying a sequence number
-    // and the send time.
+    // The streams: `size`-byte video messages at `bitrate` each, carrying a sequence number,
+    // the send time and the stream's index; every publisher sends `ticks` of them.
     let size = args.size.max(PAYLOAD_HEAD);
     #[allow(clippy::cast_precision_loss)]
     let interval =
         Duration::from_secs_f64((size * 8) as f64 / (args.bitrate_kbps.max(1) * 1000) as f64);
-    let mut report = Report::new(if args.streams > 1 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ticks = (args.duration.as_secs_f64() / interval.as_secs_f64())
+        .ceil()
+        .max(1.0) as u64;
+    let name = if args.streams > 1 {
         "publish"
     } else {
         "fanout"
-    });
-    let mut seen: HashMap<(usize, u32), HashSet<u64>> =
-        subs.keys().map(|&s| (s, HashSet::new())).collect();
-    let latencies: std::cell::RefCell<Vec<Duration>> = std::cell::RefCell::default();
-    let mut payload = vec![0u8; size + 5];
-    let received = std::cell::Cell::new(0u64);
-    let misdelivered = std::cell::Cell::new(0u64);
-    let mut on_message = |k: usize, h: u32, m: &[u8], now: rtmfp::time::Instant| {
-        // TC message: type, timestamp, then our payload.
-        if m.first() != Some(&0x09) || m.len() < 5 + PAYLOAD_HEAD {
-            return;
-        }
-        let p = &m[5..];
-        let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
-        let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
-        let stream = u32::from_be_bytes(p[21..25].try_into().unwrap_or_default());
-        if subs
-            .get(&(k, h))
-            .is_some_and(|&s| s as u64 != u64::from(stream))
-        {
-            misdelivered.set(misdelivered.get() + 1);
-            return;
-        }
-        if let Some(set) = seen.get_mut(&(k, h)) {
-            if set.insert(seq) {
-                received.set(received.get() + 1);
-                latencies
-                    .borrow_mut()
-                    .push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
-            }
-        }
     };
     // Every driver measures time from its own epoch; send times use the first driver's, and
     // each receive time is moved onto it.
-    let mut fleet = Fleet::new(drivers)?;
+    let offsets = clock_offsets(&drivers);
+    // The drivers, dealt round-robin to the threads (the first, with the first publisher, to
+    // thread 0), each thread pinned to its core.
+    let threads = args.threads.clamp(1, drivers.len());
+    let mut parts: Vec<Part> = (0..threads).map(|_| Part::default()).collect();
+    let mut local = vec![(0usize, 0usize); drivers.len()];
+    for (k, d) in drivers.into_iter().enumerate() {
+        let t = k % threads;
+        local[k] = (t, parts[t].drivers.len());
+        parts[t].drivers.push(d);
+        parts[t].offsets.push(offsets[k]);
+    }
+    for (stream, &(k, h, f)) in publishers.iter().enumerate() {
+        let (t, i) = local[k];
+        parts[t]
+            .publishers
+            .push((i, h, f, u32::try_from(stream).unwrap_or(u32::MAX)));
+    }
+    for (&(k, h), &stream) in &subs {
+        let (t, i) = local[k];
+        parts[t].subs.insert((i, h), stream);
+    }
     // Scripts that measure the server while the stream runs (benches/e2e) wait for this line.
     eprintln!(
-        "{}: {} subscribers playing; streaming for {:.1} s",
-        report.scenario,
+        "{name}: {} subscribers playing; streaming for {:.1} s",
         subs.len(),
         args.duration.as_secs_f64()
     );
-    report.show_progress();
-    let start = WallInstant::now();
-    let mut next = start;
-    let mut seq = 0u64;
-    let sample = |report: &mut Report, fleet: &Fleet| {
-        if !report.sample_due(start.elapsed()) {
-            return;
+    let cores = args.cores.clone();
+    let counters: Vec<PartCounters> = (0..threads).map(|_| PartCounters::default()).collect();
+    let plan = Plan {
+        start: WallInstant::now(),
+        interval,
+        ticks,
+        size,
+        name,
+        counters: &counters,
+    };
+    let results: Vec<Result<Report, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(t, part)| {
+                let plan = &plan;
+                let core = cores.get(t % cores.len().max(1)).copied();
+                scope.spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    part.run(t, plan)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or(Err(LoadError::Stalled("a loadgen thread")))
+            })
+            .collect()
+    });
+    let mut report = Report::new(name);
+    for r in results {
+        let r = r?;
+        if report.series.is_empty() {
+            report.series = r.series.clone();
         }
+        let _ = report.latency.add(&r.latency);
+        report.elapsed = report.elapsed.max(r.elapsed);
+        report.expected += r.expected;
+        report.delivered += r.delivered;
+        report.misdelivered += r.misdelivered;
+        report.sessions_ok += r.sessions_ok;
+        report.sessions_failed += r.sessions_failed;
+        report.packets_out += r.packets_out;
+        report.packets_in += r.packets_in;
+        report.bytes_out += r.bytes_out;
+        report.bytes_in += r.bytes_in;
+    }
+    report.lost = report.expected - report.delivered.min(report.expected);
+    Ok(report)
+}
+
+/// Each driver's clock offset onto the first driver's, in microseconds.
+fn clock_offsets(drivers: &[Driver]) -> Vec<i128> {
+    let base = drivers
+        .first()
+        .map_or(0, |d| i128::from(d.now().as_micros()));
+    drivers
+        .iter()
+        .map(|d| base - i128::from(d.now().as_micros()))
+        .collect()
+}
+
+/// What all the threads of a fanout share: the schedule, and each thread's running totals for
+/// the progress line.
+struct Plan<'a> {
+    start: WallInstant,
+    interval: Duration,
+    /// Messages each publisher sends.
+    ticks: u64,
+    size: usize,
+    name: &'static str,
+    counters: &'a [PartCounters],
+}
+
+/// One thread's running totals, published with relaxed stores (one writer each).
+#[derive(Default)]
+struct PartCounters {
+    packets_out: AtomicU64,
+    packets_in: AtomicU64,
+    received: AtomicU64,
+}
+
+/// One thread's share of a fanout: its drivers, the publishers among their sessions (driver,
+/// handle, flow, stream index) and the subscribers (driver, handle → stream index).
+#[derive(Default)]
+struct Part {
+    drivers: Vec<Driver>,
+    offsets: Vec<i128>,
+    publishers: Vec<(usize, u32, FlowId, u32)>,
+    subs: HashMap<(usize, u32), usize>,
+}
+
+impl Part {
+    /// Streams on this thread's drivers until every publisher has sent `plan.ticks` messages
+    /// and its subscribers have them (or the drain time is over); thread 0 also keeps the
+    /// progress line and the per-second samples (all threads' packets, its own latencies).
+    fn run(self, t: usize, plan: &Plan<'_>) -> Result<Report, LoadError> {
+        let Part {
+            drivers,
+            offsets,
+            publishers,
+            subs,
+        } = self;
+        let mut report = Report::new(plan.name);
+        let mut seen: HashMap<(usize, u32), HashSet<u64>> =
+            subs.keys().map(|&s| (s, HashSet::new())).collect();
+        let latencies: std::cell::RefCell<Vec<Duration>> = std::cell::RefCell::default();
+        let received = std::cell::Cell::new(0u64);
+        let misdelivered = std::cell::Cell::new(0u64);
+        let mut on_message = |k: usize, h: u32, m: &[u8], now: rtmfp::time::Instant| {
+            // TC message: type, timestamp, then our payload.
+            if m.first() != Some(&0x09) || m.len() < 5 + PAYLOAD_HEAD {
+                return;
+            }
+            let p = &m[5..];
+            let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
+            let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
+            let stream = u32::from_be_bytes(p[21..25].try_into().unwrap_or_default());
+            if subs
+                .get(&(k, h))
+                .is_some_and(|&s| s as u64 != u64::from(stream))
+            {
+                misdelivered.set(misdelivered.get() + 1);
+                return;
+            }
+            if let Some(set) = seen.get_mut(&(k, h)) {
+                if set.insert(seq) {
+                    received.set(received.get() + 1);
+                    latencies
+                        .borrow_mut()
+                        .push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
+                }
+            }
+        };
+        let mut fleet = Fleet::new(drivers, offsets)?;
+        if t == 0 {
+            report.show_progress();
+        }
+        let publish = |fleet: &Fleet| {
+            let mine = &plan.counters[t];
+            mine.packets_out.store(
+                fleet.drivers.iter().map(|d| d.packets_out).sum(),
+                Ordering::Relaxed,
+            );
+            mine.packets_in.store(
+                fleet.drivers.iter().map(|d| d.packets_in).sum(),
+                Ordering::Relaxed,
+            );
+            mine.received.store(received.get(), Ordering::Relaxed);
+        };
+        let sample = |report: &mut Report, fleet: &Fleet| {
+            let elapsed = plan.start.elapsed();
+            if !report.sample_due(elapsed) {
+                return;
+            }
+            publish(fleet);
+            for l in latencies.borrow_mut().drain(..) {
+                report.record(l);
+            }
+            if t == 0 {
+                let sum = |f: fn(&PartCounters) -> &AtomicU64| {
+                    plan.counters
+                        .iter()
+                        .map(|c| f(c).load(Ordering::Relaxed))
+                        .sum()
+                };
+                let totals = Totals {
+                    packets_out: sum(|c| &c.packets_out),
+                    packets_in: sum(|c| &c.packets_in),
+                    done: sum(|c| &c.received),
+                };
+                report.sample(elapsed, totals);
+            }
+        };
+        let mut payload = vec![0u8; plan.size + 5];
+        let mut next = plan.start;
+        let mut seq = 0u64;
+        while seq < plan.ticks {
+            while WallInstant::now() >= next && seq < plan.ticks {
+                let now = fleet
+                    .drivers
+                    .first()
+                    .map_or(rtmfp::time::Instant::from_micros(0), |d| {
+                        rtmfp::time::Instant::from_micros(
+                            u64::try_from(i128::from(d.now().as_micros()) + fleet.offsets[0])
+                                .unwrap_or(0),
+                        )
+                    });
+                payload[0] = 0x09;
+                let ts = u32::try_from(plan.start.elapsed().as_millis()).unwrap_or(u32::MAX);
+                payload[1..5].copy_from_slice(&ts.to_be_bytes());
+                payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
+                payload[10..18].copy_from_slice(&seq.to_be_bytes());
+                payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
+                for &(k, h, f, stream) in &publishers {
+                    payload[26..30].copy_from_slice(&stream.to_be_bytes());
+                    fleet.drivers[k].send(h, f, &payload, Some(LIFETIME));
+                }
+                seq += 1;
+                next += plan.interval;
+            }
+            fleet.step(&mut on_message);
+            sample(&mut report, &fleet);
+        }
+        let expected = plan.ticks * subs.len() as u64;
+        let drain = WallInstant::now() + DRAIN;
+        while WallInstant::now() < drain {
+            fleet.step(&mut on_message);
+            sample(&mut report, &fleet);
+            if received.get() >= expected {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        report.finish_progress();
+        report.elapsed = plan.start.elapsed();
         for l in latencies.borrow_mut().drain(..) {
             report.record(l);
         }
-        let t = Totals {
-            packets_out: fleet.drivers.iter().map(|d| d.packets_out).sum(),
-            packets_in: fleet.drivers.iter().map(|d| d.packets_in).sum(),
-            done: received.get(),
-        };
-        report.sample(start.elapsed(), t);
-    };
-    while start.elapsed() < args.duration {
-        while WallInstant::now() >= next && start.elapsed() < args.duration {
-            let now = fleet.drivers[0].now();
-            payload[0] = 0x09;
-            let ts = u32::try_from(start.elapsed().as_millis()).unwrap_or(u32::MAX);
-            payload[1..5].copy_from_slice(&ts.to_be_bytes());
-            payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
-            payload[10..18].copy_from_slice(&seq.to_be_bytes());
-            payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
-            for (stream, &(k, h, f)) in publishers.iter().enumerate() {
-                let index = u32::try_from(stream).unwrap_or(u32::MAX);
-                payload[26..30].copy_from_slice(&index.to_be_bytes());
-                fleet.drivers[k].send(h, f, &payload, Some(LIFETIME));
-            }
-            seq += 1;
-            next += interval;
+        report.expected = expected;
+        report.delivered = seen.values().map(|s| s.len() as u64).sum();
+        report.misdelivered = misdelivered.get();
+        let linger = CLOSE_LINGER / u32::try_from(fleet.drivers.len().max(1)).unwrap_or(1);
+        for d in fleet.drivers.iter_mut() {
+            report.sessions_ok += d.opened() as u64;
+            report.sessions_failed += d.failed() as u64;
+            report.packets_out += d.packets_out;
+            report.packets_in += d.packets_in;
+            report.bytes_out += d.bytes_out;
+            report.bytes_in += d.bytes_in;
+            d.close_all(linger);
         }
-        fleet.step(&mut on_message);
-        sample(&mut report, &fleet);
+        Ok(report)
     }
-    let expected = seq * subs.len() as u64;
-    let drain = WallInstant::now() + DRAIN;
-    while WallInstant::now() < drain {
-        fleet.step(&mut on_message);
-        sample(&mut report, &fleet);
-        if received.get() >= expected {
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    report.finish_progress();
-    report.elapsed = start.elapsed();
-    for l in latencies.borrow_mut().drain(..) {
-        report.record(l);
-    }
-    report.expected = expected;
-    report.delivered = seen.values().map(|s| s.len() as u64).sum();
-    report.lost = report.expected - report.delivered.min(report.expected);
-    report.misdelivered = misdelivered.get();
-    for d in fleet.drivers.iter_mut() {
-        report.sessions_ok += d.opened() as u64;
-        report.sessions_failed += d.failed() as u64;
-        report.packets_out += d.packets_out;
-        report.packets_in += d.packets_in;
-        report.bytes_out += d.bytes_out;
-        report.bytes_in += d.bytes_in;
-        d.close_all(CLOSE_LINGER / sockets as u32);
-    }
-    Ok(report)
 }
 
 /// What a fanout does with a received message: (driver, session, message, receive time).
@@ -486,15 +655,11 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn new(drivers: Vec<Driver>) -> Result<Fleet, LoadError> {
+    fn new(drivers: Vec<Driver>, offsets: Vec<i128>) -> Result<Fleet, LoadError> {
         let epoll = Epoll::new()?;
         for (k, d) in drivers.iter().enumerate() {
             epoll.add(d.fd(), k as u64)?;
         }
-        let offsets = drivers
-            .iter()
-            .map(|d| i128::from(drivers[0].now().as_micros()) - i128::from(d.now().as_micros()))
-            .collect();
         Ok(Fleet {
             drivers,
             offsets,

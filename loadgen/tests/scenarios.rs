@@ -73,6 +73,8 @@ fn fanout_delivers_everything_on_a_clean_path() {
         server: addr,
         streams: 1,
         subscribers: 20,
+        threads: 1,
+        cores: Vec::new(),
         bitrate_kbps: 1000,
         size: 1000,
         duration: Duration::from_millis(1500),
@@ -206,6 +208,9 @@ fn publish_carries_many_streams_each_to_its_own_viewers() {
         server: addr,
         streams: 10,
         subscribers: 2,
+        // Two threads, both pinned to core 0 (every machine has it).
+        threads: 2,
+        cores: vec![0],
         bitrate_kbps: 500,
         size: 1000,
         duration: Duration::from_millis(1500),

@@ -35,6 +35,8 @@ pub struct SessionState {
     pub opened: Option<Instant>,
     /// It failed to open or closed.
     pub failed: bool,
+    /// It failed to open after a responder answered its IHello (no usable RIKeying).
+    pub answered: bool,
     /// Messages received, with the flow they came on.
     pub messages: Vec<(FlowId, Vec<u8>)>,
     /// The server's flow that first spoke to us: its NetConnection flow, to which NetStream
@@ -150,6 +152,14 @@ impl Driver {
             .is_some_and(|s| s.send(now, flow, message, SendOptions { expiry }).is_ok())
     }
 
+    /// Whether a responder answered the IHello of any session that did not open (failed, or
+    /// still opening): a failure at the keying stage rather than at the hello stage.
+    pub fn any_answered(&self) -> bool {
+        self.sessions.iter().any(|(&h, s)| {
+            s.opened.is_none() && (s.answered || self.endpoint.opening_answered(h) == Some(true))
+        })
+    }
+
     /// The socket's descriptor, to wait for it with others.
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.socket.readiness_fd()
@@ -195,7 +205,10 @@ impl Driver {
             let state = self.sessions.entry(h).or_default();
             match e {
                 EndpointEvent::Connected { .. } => state.opened = Some(now),
-                EndpointEvent::ConnectFailed => state.failed = true,
+                EndpointEvent::ConnectFailed { answered } => {
+                    state.failed = true;
+                    state.answered = answered;
+                }
                 EndpointEvent::Session(Event::Closed { .. }) => state.failed = true,
                 EndpointEvent::Session(Event::Message { flow, data }) => {
                     state.server_flow.get_or_insert(flow);

@@ -16,8 +16,12 @@ use crate::report::{Report, Totals};
 /// Why a scenario could not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadError {
-    /// No session opened: the server did not answer the handshake (or refused it).
-    NoHandshake,
+    /// No session opened, and nothing answered the IHellos: no RHello (no server there, a
+    /// firewall, or a server that refuses the endpoint discriminator).
+    NoRHello,
+    /// No session opened although the server answered the IHellos: no usable RIKeying (keying
+    /// refused, a DH group it does not take, or a rate limit).
+    NoRIKeying,
     /// The server refused `connect` (its status code).
     ConnectRejected(String),
     /// A stage did not complete in time.
@@ -29,9 +33,10 @@ pub enum LoadError {
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::NoHandshake => write!(
+            LoadError::NoRHello => write!(f, "no session opened: no RHello from the server"),
+            LoadError::NoRIKeying => write!(
                 f,
-                "no session opened: no RHello or no RIKeying from the server"
+                "no session opened: the server sent RHello but no usable RIKeying"
             ),
             LoadError::ConnectRejected(code) => write!(f, "connect rejected: {code}"),
             LoadError::Stalled(stage) => write!(f, "stalled: {stage}"),
@@ -123,7 +128,7 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
     if report.sessions_ok == 0 {
-        return Err(LoadError::NoHandshake);
+        return Err(handshake_error(&d));
     }
     Ok(report)
 }
@@ -195,6 +200,15 @@ fn stream_id(d: &Driver, h: u32) -> Option<f64> {
     })
 }
 
+/// Why no session of `d` opened: the stage its handshakes reached.
+fn handshake_error(d: &Driver) -> LoadError {
+    if d.any_answered() {
+        LoadError::NoRIKeying
+    } else {
+        LoadError::NoRHello
+    }
+}
+
 fn has_code(d: &Driver, h: u32, code: &str) -> bool {
     d.sessions.get(&h).is_some_and(|s| {
         s.messages
@@ -226,7 +240,7 @@ fn connect_sessions(
         d.opened() + d.failed() >= sessions.len()
     })?;
     if d.opened() == 0 {
-        return Err(LoadError::NoHandshake);
+        return Err(handshake_error(d));
     }
     let mut flows = HashMap::new();
     for &h in &sessions {
@@ -310,7 +324,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     let mut players = Vec::with_capacity(total);
     let mut subs: HashMap<(usize, u32), usize> = HashMap::new();
     for (j, session) in sessions.iter().enumerate() {
-        let (k, h) = session.ok_or(LoadError::NoHandshake)?;
+        let (k, h) = session.ok_or(LoadError::Stalled("handshakes"))?;
         let f = *flows
             .get(&(k, h))
             .ok_or(LoadError::Stalled("stream flows"))?;
@@ -903,7 +917,7 @@ pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
     if connected == 0 {
-        return Err(LoadError::NoHandshake);
+        return Err(handshake_error(&d));
     }
     Ok(report)
 }

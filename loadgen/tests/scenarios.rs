@@ -14,6 +14,10 @@ use updraft_loadgen::scenario::{
 };
 
 fn server(workers: usize) -> (DataPlane, SocketAddr) {
+    server_with(workers, HandshakeLimits::default())
+}
+
+fn server_with(workers: usize, limits: HandshakeLimits) -> (DataPlane, SocketAddr) {
     let plane = DataPlane::start(PlaneConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         workers,
@@ -33,7 +37,7 @@ fn server(workers: usize) -> (DataPlane, SocketAddr) {
                 identity_seed: [2; 32],
                 dh_seed: [3; 32],
                 dh_threads: 1,
-                limits: HandshakeLimits::default(),
+                limits,
                 keepalive_ms: (15_000, 10_000),
                 first_stream: 1,
             },
@@ -111,7 +115,29 @@ fn a_server_that_does_not_answer_is_reported_with_its_stage() {
         timeout: Duration::from_secs(2),
         groups: scenario::FLASH_GROUPS.to_vec(),
     });
-    assert_eq!(r.unwrap_err(), LoadError::NoHandshake);
+    assert_eq!(r.unwrap_err(), LoadError::NoRHello);
+}
+
+#[test]
+fn a_server_that_answers_but_does_not_key_is_reported_at_the_keying_stage() {
+    // A server that takes no session: it answers IHello with RHello, refuses every IIKeying.
+    let (plane, addr) = server_with(
+        1,
+        HandshakeLimits {
+            max_sessions: 0,
+            ..HandshakeLimits::default()
+        },
+    );
+    let r = scenario::connect(&ConnectArgs {
+        server: addr,
+        sessions: 1,
+        rate: None,
+        app: String::new(),
+        timeout: Duration::from_secs(2),
+        groups: scenario::FLASH_GROUPS.to_vec(),
+    });
+    assert_eq!(r.unwrap_err(), LoadError::NoRIKeying);
+    plane.shutdown();
 }
 
 #[test]

@@ -41,7 +41,11 @@ pub enum EndpointEvent {
         peer_id: PeerId,
     },
     /// A session we opened failed to open (ultimate open timeout or keying failure).
-    ConnectFailed,
+    ConnectFailed {
+        /// Whether a responder answered the IHello (an RHello came): the failure was then at
+        /// the keying stage (no usable RIKeying), otherwise nobody answered at all.
+        answered: bool,
+    },
     /// The responder accepted a new session.
     Accepted {
         /// The initiator's peer ID.
@@ -183,6 +187,12 @@ impl<R: RngCore> Endpoint<R> {
         }
         self.opening.insert(id, init);
         id
+    }
+
+    /// For a session still opening: whether a responder answered its IHello yet (an RHello
+    /// came, keying is under way). `None` when `handle` is not opening.
+    pub fn opening_answered(&self, handle: u32) -> Option<bool> {
+        self.opening.get(&handle).map(Initiator::was_answered)
     }
 
     /// A session by handle.
@@ -422,7 +432,8 @@ impl<R: RngCore> Endpoint<R> {
                 return;
             }
             self.opening.remove(&id);
-            self.events.push_back((id, EndpointEvent::ConnectFailed));
+            let failed = EndpointEvent::ConnectFailed { answered: true };
+            self.events.push_back((id, failed));
         }
         let Some(responder) = &self.responder else {
             return;
@@ -537,7 +548,8 @@ impl<R: RngCore> Endpoint<R> {
             est.keys.encoder(est.negotiated.send),
             est.keys.decoder(est.negotiated.receive),
         ) else {
-            self.events.push_back((sid, EndpointEvent::ConnectFailed));
+            let failed = EndpointEvent::ConnectFailed { answered: true };
+            self.events.push_back((sid, failed));
             return;
         };
         let session = self.new_session(
@@ -660,12 +672,13 @@ impl<R: RngCore> Endpoint<R> {
         for (&id, init) in self.opening.iter_mut() {
             init.handle_timeout(now);
             if init.state() == InitiatorState::Failed {
-                failed.push(id);
+                failed.push((id, init.was_answered()));
             }
         }
-        for id in failed {
+        for (id, answered) in failed {
             self.opening.remove(&id);
-            self.events.push_back((id, EndpointEvent::ConnectFailed));
+            self.events
+                .push_back((id, EndpointEvent::ConnectFailed { answered }));
         }
         // Sessions whose deadline has come join the touched ones; only those are run.
         while let Some(&(deadline, id)) = self.activity.deadlines.first() {

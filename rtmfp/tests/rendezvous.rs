@@ -293,7 +293,7 @@ fn glare_leaves_exactly_one_session() {
     };
     let failed = |ev: &[(u32, EndpointEvent)], h: u32| {
         ev.iter()
-            .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::ConnectFailed))
+            .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::ConnectFailed { .. }))
     };
     // One side's opening session prevailed; the other gave it up and answered as responder.
     assert!(connected(&ex, hx) ^ connected(&ey, hy), "x {ex:?} y {ey:?}");

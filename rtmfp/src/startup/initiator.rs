@@ -199,6 +199,12 @@ impl Initiator {
         self.identity = Some(identity);
     }
 
+    /// Whether a responder answered (an RHello was accepted, so keying began): a failure after
+    /// this was at the keying stage (no RIKeying), before it at the hello stage (no RHello).
+    pub fn was_answered(&self) -> bool {
+        self.keying.is_some()
+    }
+
     /// Where the handshake stands.
     pub fn state(&self) -> InitiatorState {
         self.state

@@ -1,0 +1,373 @@
+//! The XDP program's decision, in Rust: the reference the C program (`src/xdp_rtmfp.bpf.c`) is
+//! checked against, and what the socket path can apply to the same configuration.
+//!
+//! For each frame: anything that is not IPv4 or IPv6 UDP to one of the configured ports passes
+//! to the kernel untouched (ARP, SSH, ICMP...); a source in the deny list is dropped; a UDP
+//! payload that cannot be an RTMFP datagram is dropped; the rest is redirected to the AF_XDP
+//! socket of the receiving queue (and passes if that queue has none).
+//!
+//! Parsing never panics and never reads past the frame: every field is read through `get`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Ethernet header: destination, source, EtherType (IEEE 802.3).
+pub const ETH_HEADER_LEN: usize = 14;
+/// An 802.1Q tag: TCI and the inner EtherType.
+pub const VLAN_TAG_LEN: usize = 4;
+/// EtherType of IPv4 (RFC 894).
+pub const ETH_P_IPV4: u16 = 0x0800;
+/// EtherType of IPv6 (RFC 2464).
+pub const ETH_P_IPV6: u16 = 0x86DD;
+/// EtherType of an 802.1Q VLAN tag.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (QinQ) service tag.
+pub const ETH_P_8021AD: u16 = 0x88A8;
+/// Shortest IPv4 header (RFC 791: IHL 5).
+pub const IPV4_MIN_HEADER_LEN: usize = 20;
+/// The fixed IPv6 header (RFC 8200 §3).
+pub const IPV6_HEADER_LEN: usize = 40;
+/// The UDP header (RFC 768).
+pub const UDP_HEADER_LEN: usize = 8;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv4 flags and fragment offset: more-fragments bit and the offset field (RFC 791).
+const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
+/// Shortest RTMFP datagram: the scrambled session ID and one cipher block (RFC 7016 §2.2.2).
+pub const RTMFP_MIN_LEN: usize = 20;
+/// Bytes before the cipher blocks: the scrambled session ID (RFC 7016 §2.2.2).
+pub const RTMFP_SSID_LEN: usize = 4;
+/// AES block size: an RTMFP datagram's ciphertext is whole blocks (RFC 7425 §4.6.4).
+pub const RTMFP_BLOCK_LEN: usize = 16;
+/// Most UDP ports the program serves.
+pub const MAX_PORTS: usize = 8;
+
+/// What the program does with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// To the kernel stack, untouched.
+    Pass,
+    /// Dropped: a denied source.
+    DropDenied,
+    /// Dropped: UDP to our port that cannot be RTMFP.
+    DropMalformed,
+    /// To the AF_XDP socket of the receiving queue.
+    Redirect,
+}
+
+/// An IPv4 or IPv6 prefix of the deny list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Leading bits that must match (clamped to the address length).
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `ip` falls in the prefix (addresses of the other family never do).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let len = u32::from(self.len.min(32));
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let len = u32::from(self.len.min(128));
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the program is configured with: its ports and the deny list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// UDP destination ports served (at most [`MAX_PORTS`] are used).
+    pub ports: Vec<u16>,
+    /// Sources dropped before anything else is looked at.
+    pub deny: Vec<Prefix>,
+}
+
+/// The fields of a frame the decision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UdpFrame {
+    source: IpAddr,
+    dest_port: u16,
+    payload_len: usize,
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    let b = bytes.get(at..at.checked_add(2)?)?;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Ethernet, up to two VLAN tags, IPv4 (unfragmented, first fragments excluded too) or IPv6
+/// (UDP as the first next header), UDP. `None` for anything else.
+fn parse(frame: &[u8]) -> Option<UdpFrame> {
+    let mut ether_type = be16(frame, 12)?;
+    let mut at = ETH_HEADER_LEN;
+    for _ in 0..2 {
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            ether_type = be16(frame, at + 2)?;
+            at += VLAN_TAG_LEN;
+        }
+    }
+    let (source, udp_at) = match ether_type {
+        ETH_P_IPV4 => {
+            let ip = frame.get(at..at + IPV4_MIN_HEADER_LEN)?;
+            if ip[0] >> 4 != 4 || ip[9] != IPPROTO_UDP {
+                return None;
+            }
+            // Fragments carry no UDP header, or only part of the datagram: not ours to judge.
+            if be16(ip, 6)? & IPV4_FRAGMENT_MASK != 0 {
+                return None;
+            }
+            let ihl = usize::from(ip[0] & 0x0F) * 4;
+            if ihl < IPV4_MIN_HEADER_LEN {
+                return None;
+            }
+            let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            (IpAddr::V4(source), at + ihl)
+        }
+        ETH_P_IPV6 => {
+            let ip = frame.get(at..at + IPV6_HEADER_LEN)?;
+            if ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
+                return None;
+            }
+            let mut source = [0u8; 16];
+            source.copy_from_slice(&ip[8..24]);
+            (IpAddr::V6(Ipv6Addr::from(source)), at + IPV6_HEADER_LEN)
+        }
+        _ => return None,
+    };
+    let udp = frame.get(udp_at..udp_at + UDP_HEADER_LEN)?;
+    let dest_port = be16(udp, 2)?;
+    let udp_len = usize::from(be16(udp, 4)?);
+    // The UDP length says where the payload ends (Ethernet may pad short frames); a length
+    // beyond the frame or below the header is not a datagram we can judge: let it pass.
+    if udp_len < UDP_HEADER_LEN || udp_at + udp_len > frame.len() {
+        return None;
+    }
+    Some(UdpFrame {
+        source,
+        dest_port,
+        payload_len: udp_len - UDP_HEADER_LEN,
+    })
+}
+
+/// Whether a UDP payload of `len` bytes can be an RTMFP datagram: the session ID and whole
+/// cipher blocks, at least one (RFC 7016 §2.2.2, RFC 7425 §4.6.4). HMAC trailers (rtmfp-cpp)
+/// break the rule; the program is for Flash-profile sessions.
+pub fn rtmfp_len_ok(len: usize) -> bool {
+    len >= RTMFP_MIN_LEN && (len - RTMFP_SSID_LEN).is_multiple_of(RTMFP_BLOCK_LEN)
+}
+
+impl Filter {
+    /// The verdict for one Ethernet frame.
+    pub fn classify(&self, frame: &[u8]) -> Verdict {
+        let Some(udp) = parse(frame) else {
+            return Verdict::Pass;
+        };
+        if !self
+            .ports
+            .iter()
+            .take(MAX_PORTS)
+            .any(|&p| p == udp.dest_port)
+        {
+            return Verdict::Pass;
+        }
+        if self.deny.iter().any(|p| p.contains(udp.source)) {
+            return Verdict::DropDenied;
+        }
+        if !rtmfp_len_ok(udp.payload_len) {
+            return Verdict::DropMalformed;
+        }
+        Verdict::Redirect
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PORT: u16 = 1935;
+
+    /// An Ethernet frame with `tags` VLAN tags, an IPv4 or IPv6 header from `source`, and a UDP
+    /// datagram to `port` carrying `payload` bytes.
+    fn frame(source: IpAddr, port: u16, payload: usize, tags: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        for _ in 0..tags {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&[0, 7]);
+        }
+        let udp_len = u16::try_from(UDP_HEADER_LEN + payload).unwrap();
+        match source {
+            IpAddr::V4(s) => {
+                f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+                let total = u16::try_from(IPV4_MIN_HEADER_LEN).unwrap() + udp_len;
+                f.extend_from_slice(&[0x45, 0]);
+                f.extend_from_slice(&total.to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0x40, 0, 64, IPPROTO_UDP, 0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&[10, 0, 0, 1]);
+            }
+            IpAddr::V6(s) => {
+                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&udp_len.to_be_bytes());
+                f.extend_from_slice(&[IPPROTO_UDP, 64]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+            }
+        }
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&udp_len.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend(std::iter::repeat_n(0xAB, payload));
+        f
+    }
+
+    fn filter() -> Filter {
+        Filter {
+            ports: vec![PORT],
+            deny: vec![
+                Prefix {
+                    addr: "192.0.2.0".parse().unwrap(),
+                    len: 24,
+                },
+                Prefix {
+                    addr: "2001:db8::".parse().unwrap(),
+                    len: 32,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn rtmfp_to_our_port_is_redirected_and_the_rest_judged() {
+        let f = filter();
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        let v6: IpAddr = "2001:db9::1".parse().unwrap();
+        for src in [v4, v6] {
+            for tags in 0..=2 {
+                // 4 + 16·k bytes: RTMFP-shaped.
+                assert_eq!(
+                    f.classify(&frame(src, PORT, 4 + 16 * 5, tags)),
+                    Verdict::Redirect
+                );
+                assert_eq!(
+                    f.classify(&frame(src, PORT, RTMFP_MIN_LEN, tags)),
+                    Verdict::Redirect
+                );
+                // Too short, or not whole blocks.
+                assert_eq!(
+                    f.classify(&frame(src, PORT, 19, tags)),
+                    Verdict::DropMalformed
+                );
+                assert_eq!(
+                    f.classify(&frame(src, PORT, 4 + 16 * 5 + 1, tags)),
+                    Verdict::DropMalformed
+                );
+                // Another port: not ours.
+                assert_eq!(f.classify(&frame(src, 53, 4 + 16, tags)), Verdict::Pass);
+            }
+        }
+        // Denied sources, both families, whatever the payload.
+        for src in ["192.0.2.200", "2001:db8:1::9"] {
+            let src: IpAddr = src.parse().unwrap();
+            assert_eq!(
+                f.classify(&frame(src, PORT, 4 + 16, 0)),
+                Verdict::DropDenied
+            );
+            assert_eq!(f.classify(&frame(src, PORT, 3, 0)), Verdict::DropDenied);
+            assert_eq!(
+                f.classify(&frame(src, 22, 3, 0)),
+                Verdict::Pass,
+                "other ports untouched"
+            );
+        }
+    }
+
+    #[test]
+    fn non_udp_fragments_and_truncated_frames_pass() {
+        let f = filter();
+        let src: IpAddr = "198.51.100.7".parse().unwrap();
+        let good = frame(src, PORT, 36, 0);
+        // ARP.
+        let mut arp = good.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(f.classify(&arp), Verdict::Pass);
+        // TCP.
+        let mut tcp = good.clone();
+        tcp[ETH_HEADER_LEN + 9] = 6;
+        assert_eq!(f.classify(&tcp), Verdict::Pass);
+        // A fragment (more-fragments bit), and a later fragment (offset).
+        let mut frag = good.clone();
+        frag[ETH_HEADER_LEN + 6] = 0x20;
+        assert_eq!(f.classify(&frag), Verdict::Pass);
+        let mut later = good.clone();
+        later[ETH_HEADER_LEN + 7] = 0x10;
+        assert_eq!(f.classify(&later), Verdict::Pass);
+        // Cut anywhere before the end of the UDP payload: nothing to judge.
+        for n in 0..good.len() {
+            assert_eq!(f.classify(&good[..n]), Verdict::Pass, "cut at {n}");
+        }
+        // Ethernet padding after the datagram does not count as payload.
+        let mut padded = frame(src, PORT, 20, 0);
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(f.classify(&padded), Verdict::Redirect);
+        // IPv4 options (IHL 6) move the UDP header.
+        let mut opts = frame(src, PORT, 20, 0);
+        opts[ETH_HEADER_LEN] = 0x46;
+        opts.splice(ETH_HEADER_LEN + 20..ETH_HEADER_LEN + 20, [1, 1, 1, 1]);
+        assert_eq!(f.classify(&opts), Verdict::Redirect);
+    }
+
+    #[test]
+    fn prefixes_match_by_their_leading_bits() {
+        let p = Prefix {
+            addr: "10.1.0.0".parse().unwrap(),
+            len: 16,
+        };
+        assert!(p.contains("10.1.255.3".parse().unwrap()));
+        assert!(!p.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            !p.contains("::ffff:10.1.0.1".parse().unwrap()),
+            "families do not mix"
+        );
+        let all = Prefix {
+            addr: "::".parse().unwrap(),
+            len: 0,
+        };
+        assert!(all.contains("2001:db8::1".parse().unwrap()));
+        let host = Prefix {
+            addr: "2001:db8::1".parse().unwrap(),
+            len: 200,
+        };
+        assert!(host.contains("2001:db8::1".parse().unwrap()));
+        assert!(!host.contains("2001:db8::2".parse().unwrap()));
+    }
+
+    proptest! {
+        #[test]
+        fn classify_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = filter().classify(&bytes);
+        }
+
+        #[test]
+        fn the_length_rule_is_the_rfc_layout(len in 0usize..2000) {
+            // The session ID, then one or more whole blocks: 20, 36, 52...
+            let layouts: Vec<usize> = (1..200).map(|blocks| 4 + 16 * blocks).collect();
+            prop_assert_eq!(rtmfp_len_ok(len), layouts.contains(&len));
+        }
+    }
+}

@@ -3,25 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=()
-for tool in cc pkg-config; do
-  command -v "$tool" >/dev/null 2>&1 || need_pkgs+=("$tool")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  pkgs=()
-  for t in "${need_pkgs[@]}"; do
-    case "$t" in
-      cc) pkgs+=(gcc) ;;
-      pkg-config) pkgs+=(pkg-config) ;;
-    esac
-  done
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
-  else
-    echo "test.sh: missing ${pkgs[*]}; install them with: sudo apt-get install ${pkgs[*]}" >&2
-    exit 1
-  fi
-fi
+./scripts/deps.sh
 if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo not found; install Rust (rustup) first" >&2
   exit 1
@@ -39,6 +21,11 @@ trap 'rm -f "$log"' EXIT
 # the fuzz targets explore without end). Cases that once failed are replayed from
 # */proptest-regressions whatever the seed.
 export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261124}"
+# As root (CI), tests that need privileges (loading BPF) must run: they fail instead of
+# skipping.
+if [ "$(id -u)" = 0 ]; then
+  export UPDRAFT_REQUIRE_PRIVILEGED_TESTS=1
+fi
 # Doc tests run separately (--all-targets skips them).
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"

@@ -5,12 +5,15 @@
 //! - [`classify`]: the program's decision in Rust, the reference the C program is checked
 //!   against.
 //!
-//! Still to come (the kernel-bypass issue): the typed loader, and the differential test of the
-//! loaded program (`BPF_PROG_TEST_RUN`) against [`classify`].
+//! - [`loader`]: loads the program with libbpf-rs and fills its maps; `tests/differential.rs`
+//!   runs it in the kernel (`BPF_PROG_TEST_RUN`) against [`classify`].
+//!
+//! Still to come (the kernel-bypass issue): attaching to an interface and the AF_XDP rings.
 
 pub mod classify;
 #[cfg(test)]
 mod elf;
+pub mod loader;
 
 pub use classify::{Filter, Prefix, Verdict};
 

@@ -193,48 +193,53 @@ impl Filter {
     }
 }
 
+/// An Ethernet frame carrying a UDP datagram of `payload` bytes (0xAB) from `source` (port
+/// 40000) to `port`, over IPv4 (to 10.0.0.1) or IPv6 (to ::1) after `tags` 802.1Q tags:
+/// for tests of the classifier and of the program, and for sending test traffic.
+pub fn udp_frame(source: IpAddr, port: u16, payload: usize, tags: usize) -> Vec<u8> {
+    const SOURCE_PORT: u16 = 40000;
+    const TTL: u8 = 64;
+    const VLAN_ID: [u8; 2] = [0, 7];
+    let mut f = vec![0u8; 12];
+    for _ in 0..tags {
+        f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        f.extend_from_slice(&VLAN_ID);
+    }
+    let udp_len = u16::try_from(UDP_HEADER_LEN + payload).unwrap_or(u16::MAX);
+    match source {
+        IpAddr::V4(s) => {
+            f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+            let total = (IPV4_MIN_HEADER_LEN as u16).saturating_add(udp_len);
+            // Version 4, IHL 5; don't-fragment set, no fragment offset.
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 1, 0x40, 0, TTL, IPPROTO_UDP, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&[10, 0, 0, 1]);
+        }
+        IpAddr::V6(s) => {
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&udp_len.to_be_bytes());
+            f.extend_from_slice(&[IPPROTO_UDP, TTL]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        }
+    }
+    f.extend_from_slice(&SOURCE_PORT.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend(std::iter::repeat_n(0xAB, payload));
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const PORT: u16 = 1935;
-
-    /// An Ethernet frame with `tags` VLAN tags, an IPv4 or IPv6 header from `source`, and a UDP
-    /// datagram to `port` carrying `payload` bytes.
-    fn frame(source: IpAddr, port: u16, payload: usize, tags: usize) -> Vec<u8> {
-        let mut f = vec![0u8; 12];
-        for _ in 0..tags {
-            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-            f.extend_from_slice(&[0, 7]);
-        }
-        let udp_len = u16::try_from(UDP_HEADER_LEN + payload).unwrap();
-        match source {
-            IpAddr::V4(s) => {
-                f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-                let total = u16::try_from(IPV4_MIN_HEADER_LEN).unwrap() + udp_len;
-                f.extend_from_slice(&[0x45, 0]);
-                f.extend_from_slice(&total.to_be_bytes());
-                f.extend_from_slice(&[0, 1, 0x40, 0, 64, IPPROTO_UDP, 0, 0]);
-                f.extend_from_slice(&s.octets());
-                f.extend_from_slice(&[10, 0, 0, 1]);
-            }
-            IpAddr::V6(s) => {
-                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-                f.extend_from_slice(&[0x60, 0, 0, 0]);
-                f.extend_from_slice(&udp_len.to_be_bytes());
-                f.extend_from_slice(&[IPPROTO_UDP, 64]);
-                f.extend_from_slice(&s.octets());
-                f.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-            }
-        }
-        f.extend_from_slice(&40000u16.to_be_bytes());
-        f.extend_from_slice(&port.to_be_bytes());
-        f.extend_from_slice(&udp_len.to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend(std::iter::repeat_n(0xAB, payload));
-        f
-    }
 
     fn filter() -> Filter {
         Filter {
@@ -261,36 +266,36 @@ mod tests {
             for tags in 0..=2 {
                 // 4 + 16·k bytes: RTMFP-shaped.
                 assert_eq!(
-                    f.classify(&frame(src, PORT, 4 + 16 * 5, tags)),
+                    f.classify(&udp_frame(src, PORT, 4 + 16 * 5, tags)),
                     Verdict::Redirect
                 );
                 assert_eq!(
-                    f.classify(&frame(src, PORT, RTMFP_MIN_LEN, tags)),
+                    f.classify(&udp_frame(src, PORT, RTMFP_MIN_LEN, tags)),
                     Verdict::Redirect
                 );
                 // Too short, or not whole blocks.
                 assert_eq!(
-                    f.classify(&frame(src, PORT, 19, tags)),
+                    f.classify(&udp_frame(src, PORT, 19, tags)),
                     Verdict::DropMalformed
                 );
                 assert_eq!(
-                    f.classify(&frame(src, PORT, 4 + 16 * 5 + 1, tags)),
+                    f.classify(&udp_frame(src, PORT, 4 + 16 * 5 + 1, tags)),
                     Verdict::DropMalformed
                 );
                 // Another port: not ours.
-                assert_eq!(f.classify(&frame(src, 53, 4 + 16, tags)), Verdict::Pass);
+                assert_eq!(f.classify(&udp_frame(src, 53, 4 + 16, tags)), Verdict::Pass);
             }
         }
         // Denied sources, both families, whatever the payload.
         for src in ["192.0.2.200", "2001:db8:1::9"] {
             let src: IpAddr = src.parse().unwrap();
             assert_eq!(
-                f.classify(&frame(src, PORT, 4 + 16, 0)),
+                f.classify(&udp_frame(src, PORT, 4 + 16, 0)),
                 Verdict::DropDenied
             );
-            assert_eq!(f.classify(&frame(src, PORT, 3, 0)), Verdict::DropDenied);
+            assert_eq!(f.classify(&udp_frame(src, PORT, 3, 0)), Verdict::DropDenied);
             assert_eq!(
-                f.classify(&frame(src, 22, 3, 0)),
+                f.classify(&udp_frame(src, 22, 3, 0)),
                 Verdict::Pass,
                 "other ports untouched"
             );
@@ -301,7 +306,7 @@ mod tests {
     fn non_udp_fragments_and_truncated_frames_pass() {
         let f = filter();
         let src: IpAddr = "198.51.100.7".parse().unwrap();
-        let good = frame(src, PORT, 36, 0);
+        let good = udp_frame(src, PORT, 36, 0);
         // ARP.
         let mut arp = good.clone();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
@@ -322,11 +327,11 @@ mod tests {
             assert_eq!(f.classify(&good[..n]), Verdict::Pass, "cut at {n}");
         }
         // Ethernet padding after the datagram does not count as payload.
-        let mut padded = frame(src, PORT, 20, 0);
+        let mut padded = udp_frame(src, PORT, 20, 0);
         padded.extend_from_slice(&[0; 6]);
         assert_eq!(f.classify(&padded), Verdict::Redirect);
         // IPv4 options (IHL 6) move the UDP header.
-        let mut opts = frame(src, PORT, 20, 0);
+        let mut opts = udp_frame(src, PORT, 20, 0);
         opts[ETH_HEADER_LEN] = 0x46;
         opts.splice(ETH_HEADER_LEN + 20..ETH_HEADER_LEN + 20, [1, 1, 1, 1]);
         assert_eq!(f.classify(&opts), Verdict::Redirect);

@@ -2,52 +2,15 @@
 //! kernel's `BPF_PROG_TEST_RUN`: crafted frames around every rule, and random mutations of
 //! them. Needs root (loading BPF) and a build with clang; says why when it skips.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use updraft_bpf::classify::{
-    Filter, Prefix, Verdict, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_MIN_HEADER_LEN,
-    UDP_HEADER_LEN,
-};
+use updraft_bpf::classify::{udp_frame, Filter, Prefix, Verdict};
 use updraft_bpf::loader::{LoadError, Loaded, VerdictCounts, XDP_DROP, XDP_PASS};
 
 const PORT: u16 = 1935;
 /// Random frames tried after the crafted ones.
 const RANDOM_FRAMES: usize = 20_000;
-
-fn frame(source: IpAddr, port: u16, payload: usize, tags: usize) -> Vec<u8> {
-    let mut f = vec![0u8; 12];
-    for _ in 0..tags {
-        f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-        f.extend_from_slice(&[0, 7]);
-    }
-    let udp_len = u16::try_from(UDP_HEADER_LEN + payload).unwrap();
-    match source {
-        IpAddr::V4(s) => {
-            f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-            let total = u16::try_from(IPV4_MIN_HEADER_LEN).unwrap() + udp_len;
-            f.extend_from_slice(&[0x45, 0]);
-            f.extend_from_slice(&total.to_be_bytes());
-            f.extend_from_slice(&[0, 1, 0x40, 0, 64, IPPROTO_UDP, 0, 0]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&[10, 0, 0, 1]);
-        }
-        IpAddr::V6(s) => {
-            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&udp_len.to_be_bytes());
-            f.extend_from_slice(&[IPPROTO_UDP, 64]);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        }
-    }
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&port.to_be_bytes());
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend(std::iter::repeat_n(0xAB, payload));
-    f
-}
 
 /// What the kernel's counters say the program decided for one frame.
 fn decided(before: VerdictCounts, after: VerdictCounts) -> Option<Verdict> {
@@ -115,7 +78,7 @@ fn the_loaded_program_decides_as_the_reference_classifier() {
         for port in [PORT, 10_000, 53] {
             for payload in [0, 3, 19, 20, 21, 35, 36, 52, 1184, 1185] {
                 for tags in 0..=2 {
-                    frames.push(frame(src, port, payload, tags));
+                    frames.push(udp_frame(src, port, payload, tags));
                 }
             }
         }

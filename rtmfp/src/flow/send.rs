@@ -757,21 +757,10 @@ mod tests {
 
     /// Sends everything that fits; answers (seq, fsn_offset, fragment, abandoned, fin, len, options?).
     fn drain(f: &mut SendFlow, now: Instant) -> Vec<(u64, u64, Fragment, bool, bool, usize, bool)> {
-        let mut out = Vec::new();
-        while let Some(fr) = f.poll_fragment(now, ROOM, usize::MAX) {
-            out.push((
-                fr.seq,
-                fr.fsn_offset,
-                fr.fragment,
-                fr.abandoned,
-                fr.fin,
-                fr.data_len(),
-                fr.options.is_some(),
-            ));
-            let seq = fr.seq;
-            f.on_fragment_sent(now, seq);
-        }
-        out
+        drain_data(f, now, ROOM)
+            .into_iter()
+            .map(|d| (d.0, d.1, d.2, d.3, d.4, d.5.len(), d.6))
+            .collect()
     }
 
     fn ack(
@@ -829,13 +818,12 @@ mod tests {
         assert_eq!(f.unacked_bytes(), 10);
     }
 
-    /// Everything `poll_fragment` hands out with `room`, sent at once: (seq, fsn offset,
-    /// position, abandoned, fin, data).
-    fn drain_data(
-        f: &mut SendFlow,
-        now: Instant,
-        room: usize,
-    ) -> Vec<(u64, u64, Fragment, bool, bool, Vec<u8>)> {
+    /// A fragment as `poll_fragment` handed it out: (seq, fsn offset, position, abandoned, fin,
+    /// data, options?).
+    type Sent = (u64, u64, Fragment, bool, bool, Vec<u8>, bool);
+
+    /// Everything `poll_fragment` hands out with `room`, sent at once.
+    fn drain_data(f: &mut SendFlow, now: Instant, room: usize) -> Vec<Sent> {
         let mut out = Vec::new();
         while let Some(fr) = f.poll_fragment(now, room, usize::MAX) {
             out.push((
@@ -845,6 +833,7 @@ mod tests {
                 fr.abandoned,
                 fr.fin,
                 [fr.data.0, fr.data.1].concat(),
+                fr.options.is_some(),
             ));
             let seq = fr.seq;
             f.on_fragment_sent(now, seq);

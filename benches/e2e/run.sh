@@ -36,9 +36,29 @@ stop_server() {
     wait "$1" 2>/dev/null || true
 }
 
-# field FILE KEY: a number from a loadgen JSON report.
-field() {
-    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+# row LABEL UNIT COUNT_KEY SCENARIO ARGS...: runs one loadgen scenario against a fresh server
+# and prints a table row: COUNT_KEY per second (from its JSON report) and the p99 latency.
+row() {
+    local label=$1 unit=$2 key=$3
+    shift 3
+    local port=$((20000 + RANDOM % 20000))
+    local server
+    server=$(start_server "$port")
+    rm -f "$WORK/report.json"
+    taskset -c 1 "$BIN/updraft-loadgen" "$1" --server "127.0.0.1:$port" "${@:2}" \
+        --json "$WORK/report.json" > /dev/null 2>&1 || true
+    stop_server "$server"
+    if [ -s "$WORK/report.json" ]; then
+        python3 - "$label" "$unit" "$key" "$WORK/report.json" <<'PY'
+import json, sys
+label, unit, key, path = sys.argv[1:5]
+r = json.load(open(path))
+rate = r[key] / r["elapsed_s"]
+print(f"| {label} | {r[key]:,} in {r['elapsed_s']:.2f} s: {rate:,.0f} {unit}/s; p99 {r['latency_ms']['p99']} ms |")
+PY
+    else
+        echo "| $label | failed |"
+    fi
 }
 
 {
@@ -49,33 +69,10 @@ field() {
     echo "| scenario | result |"
     echo "| --- | --- |"
 
-    port=$((20000 + RANDOM % 20000))
-    server=$(start_server "$port")
-    taskset -c 1 "$BIN/updraft-loadgen" connect --server "127.0.0.1:$port" --sessions 2000 \
-        --groups 2 --json "$WORK/connect.json" > /dev/null 2>&1 || true
-    stop_server "$server"
-    if [ -s "$WORK/connect.json" ]; then
-        ok=$(field "$WORK/connect.json" sessions_ok)
-        secs=$(field "$WORK/connect.json" elapsed_s)
-        p99=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latency_ms"]["p99"])' "$WORK/connect.json")
-        echo "| connect, 2,000 sessions at once, DH group 2 | $ok opened in $(printf %.2f "$secs") s: $(python3 -c "print(f'{$ok / $secs:,.0f}')") handshakes/s; p99 $p99 ms |"
-    else
-        echo "| connect | failed |"
-    fi
-
-    port=$((20000 + RANDOM % 20000))
-    server=$(start_server "$port")
-    taskset -c 1 "$BIN/updraft-loadgen" rpc --server "127.0.0.1:$port" --sessions 100 \
-        --duration 5 --json "$WORK/rpc.json" > /dev/null 2>&1 || true
-    stop_server "$server"
-    if [ -s "$WORK/rpc.json" ]; then
-        calls=$(field "$WORK/rpc.json" delivered)
-        secs=$(field "$WORK/rpc.json" elapsed_s)
-        p99=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latency_ms"]["p99"])' "$WORK/rpc.json")
-        echo "| rpc, 100 sessions, one call in flight each, 5 s | $(python3 -c "print(f'{$calls / $secs:,.0f}')") calls/s; round trip p99 $p99 ms |"
-    else
-        echo "| rpc | failed |"
-    fi
+    row "connect, 2,000 sessions at once, DH group 2" handshakes sessions_ok \
+        connect --sessions 2000 --groups 2
+    row "rpc, 100 sessions, one call in flight each, 5 s" calls delivered \
+        rpc --sessions 100 --duration 5
     echo "| socket versus XDP mode | not measured: the AF_XDP data plane is issue 5 |"
     echo
     echo "Fanout, one 2 Mbit/s publisher of 8000-byte video messages, one socket per session:"

@@ -887,6 +887,28 @@ mod tests {
             w
         }
 
+        /// `(unacked_bytes, in_flight_bytes)` summed afresh from the queue and the fragments'
+        /// states, independently of the running totals and of `Frag::weight`.
+        fn recount_bytes(&self) -> (usize, usize) {
+            let queued: usize = self.queue.iter().map(|q| q.message.len() - q.offset).sum();
+            let live = |f: &&Frag| !f.abandoned;
+            let unacked: usize = self
+                .frags
+                .iter()
+                .filter(live)
+                .filter(|f| f.state != FragState::Acked)
+                .map(|f| f.end - f.start)
+                .sum();
+            let in_flight: usize = self
+                .frags
+                .iter()
+                .filter(live)
+                .filter(|f| matches!(f.state, FragState::InFlight { .. }))
+                .map(|f| f.end - f.start)
+                .sum();
+            (queued + unacked, in_flight)
+        }
+
         /// Whether `next_expiry` is a lower bound of every live fragment's expiry.
         fn expiry_bound_holds(&self) -> bool {
             self.frags
@@ -905,6 +927,7 @@ mod tests {
         Ack(u64, Vec<(u64, u64)>),
         Timeout,
         Wait(u64),
+        Close,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -922,6 +945,7 @@ mod tests {
                 )),
             Just(Op::Timeout),
             (1u64..400).prop_map(Op::Wait),
+            Just(Op::Close),
         ]
     }
 
@@ -933,7 +957,15 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Send(n, e) => {
-                        let _ = f.send_message(t(now), &vec![1; n], e.map(|e| t(now + e)));
+                        let expiry = e.map(|e| t(now + e));
+                        if n % 2 == 0 {
+                            let _ = f.send_message(t(now), &vec![1; n], expiry);
+                        } else {
+                            // A shared payload whose range starts mid-body.
+                            let body: Arc<[u8]> = Arc::from(vec![2; n + 7]);
+                            let p = Payload::new(&[3; 5], body, 7..n + 7).unwrap();
+                            let _ = f.send_payload(t(now), p, expiry);
+                        }
                     }
                     Op::Drain(room) => {
                         while let Some(fr) = f.poll_fragment(t(now), room, usize::MAX) {
@@ -948,8 +980,13 @@ mod tests {
                         f.handle_timeout(t(now), ERTO);
                     }
                     Op::Wait(ms) => now += ms,
+                    Op::Close => f.close(),
                 }
                 proptest::prop_assert_eq!(f.totals, f.recount());
+                proptest::prop_assert_eq!(
+                    (f.unacked_bytes(), f.in_flight_bytes()),
+                    f.recount_bytes()
+                );
                 proptest::prop_assert!(f.expiry_bound_holds());
             }
         }

@@ -6,9 +6,11 @@
 //! payload that cannot be an RTMFP datagram is dropped; the rest is redirected to the AF_XDP
 //! socket of the receiving queue (and passes if that queue has none).
 //!
-//! Parsing never panics and never reads past the frame: every field is read through `get`.
+//! The frame is read by [`frame::parse_udp`], which never panics and never reads past it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
+
+use crate::frame;
 
 /// Ethernet header: destination, source, EtherType (IEEE 802.3).
 pub const ETH_HEADER_LEN: usize = 14;
@@ -30,8 +32,6 @@ pub const IPV6_HEADER_LEN: usize = 40;
 pub const UDP_HEADER_LEN: usize = 8;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
-/// IPv4 flags and fragment offset: more-fragments bit and the offset field (RFC 791).
-const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
 /// Shortest RTMFP datagram: the scrambled session ID and one cipher block (RFC 7016 §2.2.2).
 pub const RTMFP_MIN_LEN: usize = 20;
 /// Bytes before the cipher blocks: the scrambled session ID (RFC 7016 §2.2.2).
@@ -95,73 +95,6 @@ pub struct Filter {
     pub deny: Vec<Prefix>,
 }
 
-/// The fields of a frame the decision needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct UdpFrame {
-    source: IpAddr,
-    dest_port: u16,
-    payload_len: usize,
-}
-
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    let b = bytes.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([b[0], b[1]]))
-}
-
-/// Ethernet, up to two VLAN tags, IPv4 (unfragmented, first fragments excluded too) or IPv6
-/// (UDP as the first next header), UDP. `None` for anything else.
-fn parse(frame: &[u8]) -> Option<UdpFrame> {
-    let mut ether_type = be16(frame, 12)?;
-    let mut at = ETH_HEADER_LEN;
-    for _ in 0..2 {
-        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-            ether_type = be16(frame, at + 2)?;
-            at += VLAN_TAG_LEN;
-        }
-    }
-    let (source, udp_at) = match ether_type {
-        ETH_P_IPV4 => {
-            let ip = frame.get(at..at + IPV4_MIN_HEADER_LEN)?;
-            if ip[0] >> 4 != 4 || ip[9] != IPPROTO_UDP {
-                return None;
-            }
-            // Fragments carry no UDP header, or only part of the datagram: not ours to judge.
-            if be16(ip, 6)? & IPV4_FRAGMENT_MASK != 0 {
-                return None;
-            }
-            let ihl = usize::from(ip[0] & 0x0F) * 4;
-            if ihl < IPV4_MIN_HEADER_LEN {
-                return None;
-            }
-            let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            (IpAddr::V4(source), at + ihl)
-        }
-        ETH_P_IPV6 => {
-            let ip = frame.get(at..at + IPV6_HEADER_LEN)?;
-            if ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
-                return None;
-            }
-            let mut source = [0u8; 16];
-            source.copy_from_slice(&ip[8..24]);
-            (IpAddr::V6(Ipv6Addr::from(source)), at + IPV6_HEADER_LEN)
-        }
-        _ => return None,
-    };
-    let udp = frame.get(udp_at..udp_at + UDP_HEADER_LEN)?;
-    let dest_port = be16(udp, 2)?;
-    let udp_len = usize::from(be16(udp, 4)?);
-    // The UDP length says where the payload ends (Ethernet may pad short frames); a length
-    // beyond the frame or below the header is not a datagram we can judge: let it pass.
-    if udp_len < UDP_HEADER_LEN || udp_at + udp_len > frame.len() {
-        return None;
-    }
-    Some(UdpFrame {
-        source,
-        dest_port,
-        payload_len: udp_len - UDP_HEADER_LEN,
-    })
-}
-
 /// Whether a UDP payload of `len` bytes can be an RTMFP datagram: the session ID and whole
 /// cipher blocks, at least one (RFC 7016 §2.2.2, RFC 7425 §4.6.4). HMAC trailers (rtmfp-cpp)
 /// break the rule; the program is for Flash-profile sessions.
@@ -172,21 +105,23 @@ pub fn rtmfp_len_ok(len: usize) -> bool {
 impl Filter {
     /// The verdict for one Ethernet frame.
     pub fn classify(&self, frame: &[u8]) -> Verdict {
-        let Some(udp) = parse(frame) else {
+        // Not a UDP datagram we can read (not IP, not UDP, a fragment, truncated): the
+        // kernel's to judge.
+        let Ok(udp) = frame::parse_udp(frame) else {
             return Verdict::Pass;
         };
         if !self
             .ports
             .iter()
             .take(MAX_PORTS)
-            .any(|&p| p == udp.dest_port)
+            .any(|&p| p == udp.dest.port())
         {
             return Verdict::Pass;
         }
-        if self.deny.iter().any(|p| p.contains(udp.source)) {
+        if self.deny.iter().any(|p| p.contains(udp.source.ip())) {
             return Verdict::DropDenied;
         }
-        if !rtmfp_len_ok(udp.payload_len) {
+        if !rtmfp_len_ok(udp.payload.len()) {
             return Verdict::DropMalformed;
         }
         Verdict::Redirect

@@ -8,11 +8,12 @@
 //! - [`loader`]: loads the program with libbpf-rs and fills its maps; `tests/differential.rs`
 //!   runs it in the kernel (`BPF_PROG_TEST_RUN`) against [`classify`].
 //!
-//! Still to come (the kernel-bypass issue): attaching to an interface and the AF_XDP rings.
 
 pub mod classify;
 #[cfg(test)]
 mod elf;
+pub mod frame;
+mod link;
 pub mod loader;
 
 pub use classify::{Filter, Prefix, Verdict};

@@ -1,11 +1,13 @@
-//! Loading the XDP program into the kernel (libbpf-rs) and filling its maps from a [`Filter`].
-//! Attaching it to an interface and binding AF_XDP sockets come with the AF_XDP data plane.
+//! Loading the XDP program into the kernel (libbpf-rs), filling its maps from a [`Filter`],
+//! registering AF_XDP sockets in its XSKMAP, and attaching it to an interface by a bpf_link
+//! (which the kernel removes when the process dies, crashed or not).
 
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, ProgramInput};
 
-use crate::classify::{Filter, MAX_PORTS};
+use crate::classify::{Filter, Prefix, MAX_PORTS};
 use crate::{NO_OBJECT_REASON, OBJECT, PROGRAM};
 
 /// XDP actions (`enum xdp_action`, include/uapi/linux/bpf.h).
@@ -30,6 +32,61 @@ pub struct VerdictCounts {
     pub redirect_empty: u64,
 }
 
+/// Most queues the XSKMAP holds (`MAX_QUEUES` in the program).
+pub const MAX_QUEUES: u32 = 64;
+
+/// How the program runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver, before any socket buffer exists (`XDP_FLAGS_DRV_MODE`).
+    Native,
+    /// In the generic hook of the kernel stack, after the socket buffer is built, on any
+    /// device (`XDP_FLAGS_SKB_MODE`).
+    Generic,
+}
+
+impl XdpMode {
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+
+    fn flags(self) -> u32 {
+        match self {
+            XdpMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+            XdpMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+        }
+    }
+}
+
+/// The program attached to an interface: dropping it detaches the program.
+#[derive(Debug)]
+pub struct Attached {
+    link: OwnedFd,
+    mode: XdpMode,
+    ifindex: u32,
+}
+
+impl Attached {
+    /// Native or generic.
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// The interface.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The bpf_link's descriptor.
+    pub fn link_fd(&self) -> RawFd {
+        self.link.as_raw_fd()
+    }
+}
+
 /// Why the program could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -42,6 +99,12 @@ pub enum LoadError {
     /// The object lacks a map or program this loader expects.
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
+    /// Attaching to the interface failed (no XDP support in this mode, or one attached already).
+    #[error("attaching the XDP program in {} mode failed: {}", .0.name(), .1)]
+    Attach(XdpMode, std::io::Error),
+    /// A queue number past the XSKMAP.
+    #[error("queue {0} is past the XSKMAP ({MAX_QUEUES} queues)")]
+    Queue(u32),
 }
 
 /// The program, loaded and configured, not attached to any interface.
@@ -89,22 +152,72 @@ impl Loaded {
         self.map("config")?
             .update(&0u32.to_ne_bytes(), &config, MapFlags::ANY)?;
         for prefix in &filter.deny {
-            // struct { __u32 prefixlen; address in network order } (BPF_MAP_TYPE_LPM_TRIE).
-            let (map, key) = match prefix.addr {
-                IpAddr::V4(a) => {
-                    let mut key = u32::from(prefix.len.min(32)).to_ne_bytes().to_vec();
-                    key.extend_from_slice(&a.octets());
-                    ("deny_v4", key)
-                }
-                IpAddr::V6(a) => {
-                    let mut key = u32::from(prefix.len.min(128)).to_ne_bytes().to_vec();
-                    key.extend_from_slice(&a.octets());
-                    ("deny_v6", key)
-                }
-            };
-            self.map(map)?.update(&key, &DENIED, MapFlags::ANY)?;
+            self.deny(prefix)?;
         }
         Ok(())
+    }
+
+    fn deny_key(prefix: &Prefix) -> (&'static str, Vec<u8>) {
+        // struct { __u32 prefixlen; address in network order } (BPF_MAP_TYPE_LPM_TRIE).
+        match prefix.addr {
+            IpAddr::V4(a) => {
+                let mut key = u32::from(prefix.len.min(32)).to_ne_bytes().to_vec();
+                key.extend_from_slice(&a.octets());
+                ("deny_v4", key)
+            }
+            IpAddr::V6(a) => {
+                let mut key = u32::from(prefix.len.min(128)).to_ne_bytes().to_vec();
+                key.extend_from_slice(&a.octets());
+                ("deny_v6", key)
+            }
+        }
+    }
+
+    /// Adds `prefix` to the deny list: its sources are dropped from now on.
+    pub fn deny(&self, prefix: &Prefix) -> Result<(), LoadError> {
+        let (map, key) = Self::deny_key(prefix);
+        self.map(map)?.update(&key, &DENIED, MapFlags::ANY)?;
+        Ok(())
+    }
+
+    /// Removes `prefix` from the deny list (no error when it was not there).
+    pub fn allow(&self, prefix: &Prefix) -> Result<(), LoadError> {
+        let (map, key) = Self::deny_key(prefix);
+        let map = self.map(map)?;
+        if map.lookup(&key, MapFlags::ANY)?.is_some() {
+            map.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Registers the AF_XDP socket `fd` for receive queue `queue`: the program redirects
+    /// that queue's RTMFP datagrams to it.
+    pub fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), LoadError> {
+        if queue >= MAX_QUEUES {
+            return Err(LoadError::Queue(queue));
+        }
+        let value = u32::try_from(fd).map_err(|_| LoadError::Queue(queue))?;
+        self.map("xsks")?
+            .update(&queue.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)?;
+        Ok(())
+    }
+
+    /// Attaches the program to interface `ifindex` in `mode` with a bpf_link. Call it last,
+    /// once the sockets are registered, so that a failure before leaves nothing on the
+    /// interface.
+    pub fn attach(&self, ifindex: u32, mode: XdpMode) -> Result<Attached, LoadError> {
+        let program = self
+            .object
+            .progs()
+            .find(|p| p.name() == PROGRAM)
+            .ok_or(LoadError::Missing("program"))?;
+        let link = crate::link::xdp_link_create(program.as_fd(), ifindex, mode.flags())
+            .map_err(|e| LoadError::Attach(mode, e))?;
+        Ok(Attached {
+            link,
+            mode,
+            ifindex,
+        })
     }
 
     /// Runs the program once on `frame` in the kernel (`BPF_PROG_TEST_RUN`) and answers its

@@ -104,6 +104,23 @@ counters! {
         /// Media messages not sent to a subscriber: it was behind (whole frames, up to the next
         /// key frame), had muted them, or was waiting for a key frame.
         media_dropped,
+        /// The AF_XDP queue this worker serves, plus one (0: sockets only).
+        xdp_queue,
+        /// Datagrams received through the AF_XDP RX ring.
+        xdp_rx,
+        /// Datagrams sent through the AF_XDP TX ring.
+        xdp_tx,
+        /// Datagrams an AF_XDP worker sent by its socket: no next hop learned yet for the
+        /// destination, no free frame, or too long for a frame.
+        xdp_tx_via_socket,
+        /// Frames on the RX ring that were not UDP to our port (dropped).
+        xdp_rx_other,
+        /// Times the kernel found the fill ring empty (nothing to receive into).
+        xdp_fill_ring_empty,
+        /// Frames the kernel dropped on the way to the RX ring (ring full, or other).
+        xdp_rx_dropped,
+        /// Invalid descriptors the kernel saw on the rings (a bug if ever non-zero).
+        xdp_invalid_descs,
     }
 }
 

@@ -1,10 +1,11 @@
-//! The batch I/O trait every packet backend implements (sockets here, AF_XDP later), and the
-//! `recvmmsg`/`sendmmsg` socket backend.
+//! The batch I/O trait every packet backend implements (sockets here, AF_XDP in
+//! [`crate::xdp`]), and the `recvmmsg`/`sendmmsg` socket backend.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::counters::WorkerCounters;
 use crate::sys::{self, Slot};
 
 /// Bytes per datagram buffer. RTMFP packets fit an Ethernet MTU (RFC 7016 §3.5.3.2 keeps
@@ -89,14 +90,29 @@ impl RxBatch {
         true
     }
 
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// Appends a copy of `bytes` from `from` in the next free buffer (cut to [`SLOT_SIZE`],
+    /// and marked truncated if it was longer); false when the batch is full.
+    pub fn push_copy(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
+        let i = self.count;
+        if i >= BATCH {
+            return false;
+        }
+        let n = bytes.len().min(SLOT_SIZE);
+        self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
+        self.push_entry(i * SLOT_SIZE, n, from, n < bytes.len())
+    }
+
     /// Fills the batch from a test or an in-memory source: `(from, bytes)` pairs, at most
     /// [`BATCH`], each cut to [`SLOT_SIZE`].
     pub fn fill_from<'a>(&mut self, datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) {
         self.count = 0;
-        for (i, (from, bytes)) in datagrams.into_iter().take(BATCH).enumerate() {
-            let n = bytes.len().min(SLOT_SIZE);
-            self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
-            self.push_entry(i * SLOT_SIZE, n, from, n < bytes.len());
+        for (from, bytes) in datagrams.into_iter().take(BATCH) {
+            self.push_copy(from, bytes);
         }
     }
 }
@@ -202,10 +218,10 @@ pub trait BatchIo: Send {
     fn send(&mut self, batch: &mut TxBatch) -> usize;
     /// A file descriptor that becomes readable when datagrams wait.
     fn readiness_fd(&self) -> RawFd;
-    /// Sends that carried several datagrams at once (UDP GSO), and the datagrams they carried,
-    /// since the start; `(0, 0)` for a backend without them.
-    fn gso_totals(&self) -> (u64, u64) {
-        (0, 0)
+    /// Writes the backend's own counters into `c` (GSO sends, AF_XDP rings); a backend
+    /// without any leaves `c` alone.
+    fn report(&mut self, c: &mut WorkerCounters) {
+        let _ = c;
     }
 }
 
@@ -450,8 +466,9 @@ impl BatchIo for MmsgSocket {
         self.socket.as_raw_fd()
     }
 
-    fn gso_totals(&self) -> (u64, u64) {
-        (self.gso_sends, self.gso_datagrams)
+    fn report(&mut self, c: &mut WorkerCounters) {
+        c.tx_gso_sends = self.gso_sends;
+        c.tx_gso_datagrams = self.gso_datagrams;
     }
 }
 

@@ -1,8 +1,8 @@
 //! Updraft data plane: packet I/O behind one batch trait ([`io::BatchIo`]; sockets, and
 //! [`mem::MemIo`] in memory for tests and benchmarks), pinned workers
 //! that each own a shard of sessions ([`worker`]), and the start-up of a set of workers on
-//! `SO_REUSEPORT` sockets ([`plane`]). AF_XDP plugs into the same trait in the kernel-bypass
-//! issue; publications and fanout come with live streaming.
+//! `SO_REUSEPORT` sockets ([`plane`]), and AF_XDP: the rings ([`xsk`]) and the backend and
+//! its set-up on an interface ([`xdp`]).
 
 pub mod counters;
 pub mod io;
@@ -12,3 +12,5 @@ pub mod plane;
 pub mod sys;
 pub mod wheel;
 pub mod worker;
+pub mod xdp;
+pub mod xsk;

@@ -1,5 +1,6 @@
-//! Starting a data plane: one `SO_REUSEPORT` socket and one pinned thread per worker, the
-//! handoff queues between them, and the links to a control plane.
+//! Starting a data plane: one `SO_REUSEPORT` socket and one pinned thread per worker, an
+//! AF_XDP socket per worker when XDP is chosen, the handoff queues between workers, and the
+//! links to a control plane.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use socket2::{Domain, Socket, Type};
 use crate::counters::WorkerCounters;
 use crate::io::{bind_reuseport, MmsgSocket};
 use crate::worker::{handoff_queues, media_queues, DumpHook, Shared, Worker, WorkerSetup};
+use crate::xdp::{self, IoMode, PacketIo, XdpError, XdpSetup, XskIo};
+use updraft_bpf::Prefix;
 
 /// How to start the data plane.
 #[derive(Debug, Clone)]
@@ -31,6 +34,12 @@ pub struct PlaneConfig {
     pub seed: [u8; 32],
     /// Where workers dump packets (`--dump`), if anywhere.
     pub dump: Option<DumpHook>,
+    /// Sockets, AF_XDP, or the best that works.
+    pub mode: IoMode,
+    /// The interface for AF_XDP (default: the one holding the bound address).
+    pub interface: Option<String>,
+    /// Sources the XDP program drops from the start.
+    pub deny: Vec<Prefix>,
 }
 
 /// A running data plane.
@@ -39,6 +48,15 @@ pub struct DataPlane {
     threads: Vec<JoinHandle<io::Result<()>>>,
     link_tx: Vec<Sender<Socket>>,
     local_addr: SocketAddr,
+    /// The XDP program and its attachment, in XDP mode (dropped last: detaches).
+    xdp: Option<XdpProgram>,
+    io_description: String,
+}
+
+/// What stays of an XDP set-up while the workers run on its sockets.
+struct XdpProgram {
+    program: updraft_bpf::loader::Loaded,
+    _attached: updraft_bpf::loader::Attached,
 }
 
 /// Kernel buffer of each end of a control link, in bytes.
@@ -62,7 +80,22 @@ impl DataPlane {
         for _ in 1..workers {
             sockets.push(bind_reuseport(local_addr, config.udp_buffer)?);
         }
+        let (xdp, io_description) = Self::choose_io(&config, local_addr, workers)?;
+        let (mut xsks, xdp) = match xdp {
+            Some(setup) => (
+                setup.sockets.into_iter(),
+                Some(XdpProgram {
+                    program: setup.program,
+                    _attached: setup.attached,
+                }),
+            ),
+            None => (Vec::new().into_iter(), None),
+        };
         let shared = Arc::new(Shared::new(workers)?);
+        if let Ok(mut report) = shared.io.lock() {
+            report.xdp = xdp.is_some();
+            report.description.clone_from(&io_description);
+        }
         let (handoff_rx, handoff_tx) = handoff_queues(workers);
         let (media_rx, media_tx) = media_queues(workers);
         let mut media_rx = media_rx.into_iter();
@@ -81,7 +114,14 @@ impl DataPlane {
             seed[0] ^= i as u8;
             let setup = WorkerSetup {
                 index: i as u8,
-                io: MmsgSocket::new(socket)?,
+                io: match xsks.next() {
+                    Some(xsk) => PacketIo::Xdp(Box::new(XskIo::new(
+                        xsk,
+                        MmsgSocket::new(socket)?,
+                        local_addr.port(),
+                    )?)),
+                    None => PacketIo::Socket(MmsgSocket::new(socket)?),
+                },
                 handoff_in,
                 handoff_out: handoff_tx.clone(),
                 links: rx,
@@ -113,7 +153,81 @@ impl DataPlane {
             threads,
             link_tx,
             local_addr,
+            xdp,
+            io_description,
         })
+    }
+
+    /// Sets up AF_XDP when the mode asks for it and it works; answers the set-up (none for
+    /// sockets) and the line that says what was chosen and why. Only `--mode xdp` fails.
+    fn choose_io(
+        config: &PlaneConfig,
+        local_addr: SocketAddr,
+        workers: usize,
+    ) -> io::Result<(Option<XdpSetup>, String)> {
+        const SOCKETS: &str = "sockets (recvmmsg/sendmmsg)";
+        if config.mode == IoMode::Socket {
+            return Ok((None, format!("{SOCKETS}: --mode socket")));
+        }
+        let attempt = xdp::choose_interface(config.interface.as_deref(), local_addr.ip()).and_then(
+            |interface| {
+                if interface.loopback && config.mode == IoMode::Auto {
+                    return Err(XdpError::NoInterface(format!(
+                        "{} is the loopback device, where XDP gains nothing",
+                        interface.name
+                    )));
+                }
+                xdp::setup(interface, local_addr.port(), workers, &config.deny)
+            },
+        );
+        match attempt {
+            Ok(setup) => {
+                let line = setup.describe();
+                Ok((Some(setup), line))
+            }
+            Err(e) if config.mode == IoMode::Xdp => {
+                Err(io::Error::other(format!("--mode xdp: {e}")))
+            }
+            Err(e) => Ok((None, format!("{SOCKETS}: XDP unavailable: {e}"))),
+        }
+    }
+
+    /// What packet I/O the workers use, and why (one line, for the start-up log).
+    pub fn io_description(&self) -> &str {
+        &self.io_description
+    }
+
+    /// Whether the workers run on AF_XDP.
+    pub fn is_xdp(&self) -> bool {
+        self.xdp.is_some()
+    }
+
+    /// Reads the XDP program's verdict counters into the shared report (for the metrics); a
+    /// supervisor calls it now and then. Nothing to do in socket mode.
+    pub fn refresh_verdicts(&self) {
+        let Some(x) = &self.xdp else {
+            return;
+        };
+        match x.program.counts() {
+            Ok(counts) => {
+                if let Ok(mut report) = self.shared.io.lock() {
+                    report.verdicts = Some(counts);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "XDP verdict counters unreadable"),
+        }
+    }
+
+    /// Adds `prefix` to the XDP program's deny list (nothing to do in socket mode).
+    pub fn deny(&self, prefix: &Prefix) -> Result<(), updraft_bpf::loader::LoadError> {
+        self.xdp.as_ref().map_or(Ok(()), |x| x.program.deny(prefix))
+    }
+
+    /// Removes `prefix` from the XDP program's deny list.
+    pub fn allow(&self, prefix: &Prefix) -> Result<(), updraft_bpf::loader::LoadError> {
+        self.xdp
+            .as_ref()
+            .map_or(Ok(()), |x| x.program.allow(prefix))
     }
 
     /// The address the workers serve.

@@ -1,5 +1,5 @@
 //! The system calls the socket data plane needs and `std` does not offer: `recvmmsg`,
-//! `sendmmsg`, `poll` and `eventfd`. This is one of the two places in the workspace with
+//! `sendmmsg`, `poll`, `eventfd`, interface lookup and `setns`. This is one of the two places in the workspace with
 //! `unsafe` (the other is the AF_XDP ring code); every block says why it is sound.
 #![allow(unsafe_code)]
 
@@ -339,6 +339,12 @@ impl Epoll {
         Ok(Epoll {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
+    }
+
+    /// The set's own descriptor: readable when a watched descriptor is (so one set can stand
+    /// for several in a `poll`).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Watches `fd` for readability (level-triggered); `wait` reports it as `token`.
@@ -687,4 +693,91 @@ mod tests {
         assert!(check_inherited_socket(fd).is_err());
         assert!(claim_inherited_sockets(&[fd, fd]).is_err(), "named twice");
     }
+}
+
+/// A network interface, as AF_XDP needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name (`eth0`).
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// The loopback device.
+    pub loopback: bool,
+}
+
+/// The interfaces of this network namespace with their addresses (`getifaddrs`).
+pub fn interface_addresses() -> io::Result<Vec<(Interface, Option<std::net::IpAddr>)>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `list` is a writable pointer; on success the kernel-side list is ours until
+    // freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: `name` is NUL-terminated; if_nametoindex only reads it.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let addr = if entry.ifa_addr.is_null() {
+            None
+        } else {
+            // SAFETY: a non-null `ifa_addr` points to a sockaddr of the family it names; only
+            // AF_INET and AF_INET6 are read, each within its own size.
+            let family = unsafe { (*entry.ifa_addr).sa_family } as libc::c_int;
+            match family {
+                libc::AF_INET | libc::AF_INET6 => {
+                    // SAFETY: as above; `sockaddr_storage` is read only as the family's type.
+                    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+                    let len = if family == libc::AF_INET {
+                        size_of::<libc::sockaddr_in>()
+                    } else {
+                        size_of::<libc::sockaddr_in6>()
+                    };
+                    // SAFETY: `ifa_addr` holds `len` readable bytes (its family's size), and
+                    // `storage` has room for them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            entry.ifa_addr.cast::<u8>(),
+                            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                            len,
+                        )
+                    };
+                    from_storage(&storage).map(|a| a.ip())
+                }
+                _ => None,
+            }
+        };
+        out.push((
+            Interface {
+                name: name.to_string_lossy().into_owned(),
+                index,
+                loopback: entry.ifa_flags & libc::IFF_LOOPBACK as libc::c_uint != 0,
+            },
+            addr,
+        ));
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference into it remains.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// Creates a thread-local entry into the network namespace at `path` (`/run/netns/NAME`):
+/// the calling thread moves there (`setns`), and sockets it creates from then on belong to
+/// it. For tests that drive a client inside a namespace of their own.
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: setns takes a descriptor we hold open across the call and a flag.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -87,6 +87,19 @@ pub struct Shared {
     /// Each worker's latest stream reports (replaced once per [`REPORT_PERIOD`]; never locked
     /// on the packet path).
     pub streams: Vec<Mutex<Vec<StreamReport>>>,
+    /// The packet I/O in use, for the metrics (set at start, refreshed by the supervisor).
+    pub io: Mutex<IoReport>,
+}
+
+/// The packet I/O the workers use, as the metrics show it.
+#[derive(Debug, Clone, Default)]
+pub struct IoReport {
+    /// AF_XDP (else sockets).
+    pub xdp: bool,
+    /// What was chosen and why (the start-up log line).
+    pub description: String,
+    /// The XDP program's verdict counters, in XDP mode.
+    pub verdicts: Option<updraft_bpf::loader::VerdictCounts>,
 }
 
 impl Shared {
@@ -102,6 +115,7 @@ impl Shared {
             control_stats: (0..MAX_STATS).map(|_| AtomicU64::new(0)).collect(),
             control_stats_len: AtomicUsize::new(0),
             streams: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            io: Mutex::new(IoReport::default()),
         })
     }
 
@@ -123,6 +137,11 @@ impl Shared {
             .iter()
             .flat_map(|m| m.lock().map(|v| v.clone()).unwrap_or_default())
             .collect()
+    }
+
+    /// The packet I/O in use.
+    pub fn io_report(&self) -> IoReport {
+        self.io.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Asks every worker to shut down.
@@ -538,6 +557,7 @@ impl<IO: BatchIo> Worker<IO> {
                 self.shared.wakers[w].wake();
             }
         }
+        self.io.report(&mut self.counters);
         self.shared.counters[usize::from(self.index)].publish(&self.counters);
         Ok(())
     }
@@ -1661,7 +1681,6 @@ impl<IO: BatchIo> Worker<IO> {
         }
         let dropped = self.io.send(&mut self.tx);
         self.counters.tx_dropped += dropped as u64;
-        (self.counters.tx_gso_sends, self.counters.tx_gso_datagrams) = self.io.gso_totals();
     }
 
     /// Encrypts the batch's session packets together, 8 or 16 sessions at a time

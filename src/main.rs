@@ -14,7 +14,8 @@ use std::process::ExitCode;
 /// The usage text of `updraft`.
 fn usage() -> String {
     format!(
-        "usage: updraft [--config FILE] [--port N] [--bind ADDR] [--www DIR] [--workers N]\n               [--mode auto|socket|xdp] [--log=0..8] [--dump] [--daemon] [--pidfile FILE]\n               [--single-process] [--metrics ADDR:PORT]\n       serve RTMFP (default UDP [::]:1935, www ./www)\n{}\nusage: updraft --version | --help",
+        "usage: updraft [--config FILE] [--port N] [--bind ADDR] [--www DIR] [--workers N]\n               [--mode auto|socket|xdp] [--interface IF]
+               [--log=0..8] [--dump] [--daemon] [--pidfile FILE]\n               [--single-process] [--metrics ADDR:PORT]\n       serve RTMFP (default UDP [::]:1935, www ./www)\n{}\nusage: updraft --version | --help",
         inspect::USAGE
     )
 }

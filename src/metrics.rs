@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use updraft_bpf::loader::VerdictCounts;
 use updraft_control::service::{CONTROL_STATS, CONTROL_STATS_LEVELS};
 use updraft_dataplane::counters::WorkerCounters;
 use updraft_dataplane::media::Qos;
@@ -53,6 +54,23 @@ impl MetricsSource for PlaneMetrics {
                         value,
                     );
                 }
+            }
+        }
+        let io = self.shared.io_report();
+        w.gauge(
+            "updraft_xdp_mode",
+            "1 when the workers run on AF_XDP, 0 on sockets.",
+            &[],
+            if io.xdp { 1.0 } else { 0.0 },
+        );
+        if let Some(v) = io.verdicts {
+            for (verdict, value) in verdict_fields(&v) {
+                w.counter(
+                    "updraft_xdp_verdicts_total",
+                    "Frames the XDP program judged, by verdict.",
+                    &[("verdict", verdict)],
+                    value,
+                );
             }
         }
         for (i, value) in self.shared.control_stats().into_iter().enumerate() {
@@ -128,7 +146,19 @@ impl MetricsSource for PlaneMetrics {
                 })
             })
             .collect();
+        let io = self.shared.io_report();
+        let verdicts = io.verdicts.map(|v| {
+            serde_json::Value::Object(
+                verdict_fields(&v)
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+                    .collect(),
+            )
+        });
         serde_json::json!({
+            "mode": if io.xdp { "xdp" } else { "socket" },
+            "io": io.description,
+            "xdpVerdicts": verdicts,
             "sessions": sessions,
             "publications": publications,
             "subscribers": subscribers,
@@ -138,6 +168,17 @@ impl MetricsSource for PlaneMetrics {
         })
         .to_string()
     }
+}
+
+/// The XDP program's verdicts by name.
+fn verdict_fields(v: &VerdictCounts) -> [(&'static str, u64); 5] {
+    [
+        ("pass", v.pass),
+        ("drop_denied", v.drop_denied),
+        ("drop_malformed", v.drop_malformed),
+        ("redirect", v.redirect),
+        ("redirect_empty", v.redirect_empty),
+    ]
 }
 
 /// A QoS record with Cumulus's Lua field names.
@@ -187,5 +228,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("updraft_control_sessions 2"), "{text}");
+        assert!(text.contains("updraft_xdp_mode 0"), "{text}");
+        assert_eq!(json["mode"], "socket");
+        m.shared.io.lock().unwrap().verdicts = Some(VerdictCounts {
+            redirect: 7,
+            ..VerdictCounts::default()
+        });
+        let text = m.prometheus();
+        assert!(
+            text.contains("updraft_xdp_verdicts_total{verdict=\"redirect\"} 7"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&m.json()).unwrap();
+        assert_eq!(json["xdpVerdicts"]["redirect"], 7);
     }
 }

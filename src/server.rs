@@ -20,6 +20,7 @@ use updraft_control::apps::WwwApps;
 use updraft_control::handshake::HandshakeLimits;
 use updraft_control::service::{self, ServiceConfig};
 use updraft_dataplane::plane::{DataPlane, PlaneConfig, MAX_WORKERS};
+use updraft_dataplane::xdp::IoMode;
 
 use crate::config::Config;
 use crate::metrics::PlaneMetrics;
@@ -31,6 +32,8 @@ pub const CONTROL_SUBCOMMAND: &str = "control-plane";
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How often the supervisor looks at signals and the control process.
 const SUPERVISE_PERIOD: Duration = Duration::from_millis(50);
+/// Supervisor turns between two reads of the XDP program's counters (one second).
+const VERDICTS_EVERY: u32 = 20;
 /// Pause before restarting a control process that died, so a crash loop cannot spin.
 const RESTART_DELAY: Duration = Duration::from_millis(100);
 /// This process's own executable, on Linux.
@@ -39,17 +42,6 @@ const SELF_EXE: &str = "/proc/self/exe";
 const UNPRIVILEGED_ID: u32 = 65_534;
 /// Default kernel socket buffer per worker: room for a burst of simultaneous connects.
 const DEFAULT_UDP_BUFFER: usize = 4 << 20;
-
-/// How packets reach the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// XDP when available, else sockets.
-    Auto,
-    /// `recvmmsg`/`sendmmsg` sockets.
-    Socket,
-    /// AF_XDP, or fail.
-    Xdp,
-}
 
 /// Server options from the command line.
 #[derive(Debug, Clone)]
@@ -66,7 +58,9 @@ pub struct ServerOptions {
     /// Worker count, overriding `threads`.
     pub workers: Option<usize>,
     /// Data-plane mode.
-    pub mode: Mode,
+    pub mode: IoMode,
+    /// The interface for XDP (default: the one holding the bound address).
+    pub interface: Option<String>,
     /// Cumulus log level 0..=8.
     pub log: Option<u8>,
     /// Log every datagram the workers receive and send.
@@ -91,7 +85,8 @@ impl Default for ServerOptions {
             bind: IpAddr::from([0u16; 8]),
             www: PathBuf::from("www"),
             workers: None,
-            mode: Mode::Auto,
+            mode: IoMode::Auto,
+            interface: None,
             log: None,
             dump: false,
             daemon: false,
@@ -132,12 +127,13 @@ pub fn parse_args(args: &[String]) -> Result<ServerOptions, String> {
             }
             "--mode" => {
                 o.mode = match value()?.as_str() {
-                    "auto" => Mode::Auto,
-                    "socket" => Mode::Socket,
-                    "xdp" => Mode::Xdp,
+                    "auto" => IoMode::Auto,
+                    "socket" => IoMode::Socket,
+                    "xdp" => IoMode::Xdp,
                     other => return Err(format!("--mode {other}: use auto, socket or xdp")),
                 }
             }
+            "--interface" => o.interface = Some(value()?),
             "--log" | "-l" => {
                 let level: u8 = value()?.parse().map_err(|e| format!("--log: {e}"))?;
                 logging::level_filter(level)?;
@@ -338,12 +334,6 @@ pub fn run(args: &[String]) -> u8 {
             return 2;
         }
     };
-    if opts.mode == Mode::Xdp {
-        eprintln!(
-            "updraft: --mode xdp: this build has no AF_XDP data plane yet; use --mode socket or auto"
-        );
-        return 2;
-    }
     if opts.daemon {
         return match daemon::daemonize_by_reexec(args) {
             Ok(pid) => {
@@ -417,10 +407,7 @@ fn serve(
         .clamp(1, MAX_WORKERS);
     let port = opts.port.unwrap_or(config.port);
     let mut bind = SocketAddr::new(opts.bind, port);
-    let mode_note = match opts.mode {
-        Mode::Auto => "socket (auto: this build has no AF_XDP data plane yet)",
-        _ => "socket",
-    };
+    let io_mode = opts.mode;
     let session = SessionConfig {
         keepalive: Some(config.keepalive_server),
         ..SessionConfig::default()
@@ -435,20 +422,26 @@ fn serve(
         dump: opts
             .dump
             .then_some(crate::dump::log_packet as updraft_dataplane::worker::DumpHook),
+        mode: io_mode,
+        interface: opts.interface.clone(),
+        deny: Vec::new(),
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;
     let plane = match DataPlane::start(pc) {
         Ok(p) => p,
-        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() => {
+        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() && io_mode != IoMode::Xdp => {
             tracing::warn!(error = %e, "IPv6 unavailable; serving IPv4 only");
             bind = SocketAddr::new(IpAddr::from([0u8; 4]), port);
             let mut pc = plane_config(bind);
             pc.seed = random32()?;
             DataPlane::start(pc).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?
         }
+        Err(e) if io_mode == IoMode::Xdp => return Err(format!("cannot serve UDP {bind}: {e}")),
         Err(e) => return Err(format!("cannot bind UDP {bind}: {e}")),
     };
+    let mode_note = if plane.is_xdp() { "xdp" } else { "socket" };
+    tracing::info!("packet I/O: {}", plane.io_description());
     let settings = ControlSettings {
         identity_seed: random32()?,
         www: opts.www.clone(),
@@ -512,10 +505,15 @@ fn serve(
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let mut turns: u32 = 0;
     loop {
         std::thread::sleep(SUPERVISE_PERIOD);
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        turns = turns.wrapping_add(1);
+        if turns.is_multiple_of(VERDICTS_EVERY) {
+            plane.refresh_verdicts();
         }
         if hup.swap(false, Ordering::Relaxed) {
             match log.reopen() {
@@ -684,7 +682,7 @@ mod tests {
         assert_eq!(o.port, Some(2000));
         assert_eq!(o.www, PathBuf::from("/srv/www"));
         assert_eq!(o.workers, Some(3));
-        assert_eq!(o.mode, Mode::Socket);
+        assert_eq!(o.mode, IoMode::Socket);
         assert_eq!(o.log, Some(7));
         assert!(o.dump && o.single_process);
         assert_eq!(o.metrics, Some("127.0.0.1:9935".parse().unwrap()));

@@ -169,6 +169,9 @@ fn run() -> io::Result<()> {
         pin: false,
         seed: [1; 32],
         dump: None,
+        mode: updraft_dataplane::xdp::IoMode::Socket,
+        interface: None,
+        deny: Vec::new(),
     })?;
     let server = plane.local_addr();
     let links = plane.connect_control()?;

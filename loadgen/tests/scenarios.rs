@@ -26,6 +26,9 @@ fn server_with(workers: usize, limits: HandshakeLimits) -> (DataPlane, SocketAdd
         pin: false,
         seed: [1; 32],
         dump: None,
+        mode: updraft_dataplane::xdp::IoMode::Socket,
+        interface: None,
+        deny: Vec::new(),
     })
     .unwrap();
     let addr = plane.local_addr();

@@ -12,6 +12,11 @@ command -v clang >/dev/null 2>&1 || pkgs+=(clang)
 [ -f /usr/include/bpf/bpf_helpers.h ] || pkgs+=(libbpf-dev)
 [ -f /usr/include/libelf.h ] || pkgs+=(libelf-dev)
 [ -f /usr/include/zlib.h ] || pkgs+=(zlib1g-dev)
+# The AF_XDP tests build network namespaces and veth pairs (ip), check that other traffic
+# still passes (ping), and start an unprivileged server (setpriv, util-linux).
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+command -v ping >/dev/null 2>&1 || pkgs+=(iputils-ping)
+command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
 if [ ${#pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"

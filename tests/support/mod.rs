@@ -22,6 +22,8 @@ pub use rtmfp::startup::components::build_url_epd;
 pub use rtmfp::startup::initiator::InitiatorConfig;
 pub use rtmfp::time::Instant;
 
+pub mod live;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -112,25 +114,50 @@ pub fn start_server() -> ServerProcess {
 
 /// Starts the server with extra arguments (before the loopback port and address).
 pub fn start_server_with(extra: &[&str]) -> ServerProcess {
-    let www = TempDir::new("www");
+    let www = sample_www("www");
+    let mut command = Process::new(env!("CARGO_BIN_EXE_updraft"));
+    command
+        .args(["--www", www.0.to_str().unwrap()])
+        .args(extra)
+        .args(["--port", "0", "--bind", "127.0.0.1"]);
+    let server = spawn_server(&mut command, www);
+    assert!(server.logged("mode socket"));
+    server
+}
+
+/// A `www/` with a root application and `live`, readable by anyone (unprivileged servers
+/// and control processes read it too).
+pub fn sample_www(tag: &str) -> TempDir {
+    let www = TempDir::new(tag);
     std::fs::create_dir_all(www.0.join("live")).unwrap();
     std::fs::write(www.0.join("main.lua"), "-- root application\n").unwrap();
     std::fs::write(www.0.join("live/main.lua"), "-- application live\n").unwrap();
-    let mut child = Process::new(env!("CARGO_BIN_EXE_updraft"))
-        .args(["--www", www.0.to_str().unwrap()])
-        .args(extra)
-        .args(["--port", "0", "--bind", "127.0.0.1"])
+    let mut perms = std::fs::metadata(&www.0).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&www.0, perms).unwrap();
+    www
+}
+
+/// Runs `command` (a server on `www`), keeps its log and reads its address and control
+/// process from the start-up line; panics with what it said if it stops before that line.
+pub fn spawn_server(command: &mut Process, www: TempDir) -> ServerProcess {
+    let mut child = command
         .stderr(Stdio::piped())
         .spawn()
         .expect("start updraft");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let first = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("server peer ID"))
-        .expect("a start-up line");
-    assert!(first.contains("mode socket"), "{first}");
+    let mut log = Vec::new();
+    let first = lines.by_ref().map_while(Result::ok).find(|l| {
+        eprintln!("server: {l}");
+        log.push(l.clone());
+        l.contains("server peer ID")
+    });
+    let Some(first) = first else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no start-up line; the server said:\n{}", log.join("\n"));
+    };
     let addr = first
         .split("UDP ")
         .nth(1)
@@ -143,7 +170,7 @@ pub fn start_server_with(extra: &[&str]) -> ServerProcess {
         .nth(1)
         .and_then(|r| r.split(',').next())
         .and_then(|p| p.parse().ok());
-    let log = Arc::new(Mutex::new(vec![first]));
+    let log = Arc::new(Mutex::new(log));
     let sink = Arc::clone(&log);
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || {
@@ -232,7 +259,7 @@ impl Client {
     /// A client offering only `groups` (group 2 alone, as Flash Player uses, keeps handshakes
     /// cheap in tests with many clients).
     pub fn with_groups(seed: u64, groups: Vec<DhGroup>) -> Client {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         let config = InitiatorConfig {
             groups,
             policy: NegotiationPolicy::FLASH_COMPATIBLE,

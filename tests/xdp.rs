@@ -1,0 +1,426 @@
+//! The AF_XDP data plane end to end, in network namespaces: each test makes two namespaces of
+//! its own (unique names) joined by a veth pair, runs the server in one (`ip netns exec`) and
+//! drives clients from a thread that entered the other (`setns`), and removes both at the end
+//! however it ends. Every wait is bounded. Nothing leaves the two namespaces.
+//!
+//! They need root (namespaces, XDP, AF_XDP) and an XDP program in this build (clang at build
+//! time). Without them each test says why and skips; `UPDRAFT_REQUIRE_PRIVILEGED_TESTS` (set by
+//! `scripts/test.sh` when run as root, as CI does) turns a skip into a failure.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+
+use support::live::*;
+use support::*;
+
+/// The server's side of the veth pair.
+const SERVER_IP: &str = "10.201.0.1";
+/// The client's side.
+const CLIENT_IP: &str = "10.201.0.2";
+const PORT: u16 = 1935;
+const METRICS_PORT: u16 = 9935;
+
+fn skip_reason() -> Option<String> {
+    // The effective user ID, from /proc (no libc call needed).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    if !root {
+        return Some("not root: namespaces, XDP and AF_XDP need privileges".into());
+    }
+    if updraft_bpf::OBJECT.is_none() {
+        return Some(updraft_bpf::NO_OBJECT_REASON.into());
+    }
+    if !Process::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("no `ip` command (iproute2)".into());
+    }
+    None
+}
+
+/// Whether the test can run; prints why not, or fails when privileged tests are required.
+fn can_run(test: &str) -> bool {
+    match skip_reason() {
+        None => true,
+        Some(why) => {
+            assert!(
+                std::env::var_os("UPDRAFT_REQUIRE_PRIVILEGED_TESTS").is_none(),
+                "{test} cannot run, and privileged tests are required: {why}"
+            );
+            eprintln!("skipped {test}: {why}");
+            false
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Process::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair with `queues` queues each way; removed on drop.
+struct Topology {
+    server_ns: String,
+    client_ns: String,
+    server_if: String,
+}
+
+impl Topology {
+    fn new(queues: u32) -> Topology {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
+        let tag = format!("{}x{n}", std::process::id() % 100_000);
+        let t = Topology {
+            server_ns: format!("updraft-s{tag}"),
+            client_ns: format!("updraft-c{tag}"),
+            // Interface names have at most 15 bytes.
+            server_if: format!("uds{tag}"),
+        };
+        let client_if = format!("udc{tag}");
+        ip(&["netns", "add", &t.server_ns]);
+        ip(&["netns", "add", &t.client_ns]);
+        let q = queues.to_string();
+        ip(&[
+            "link",
+            "add",
+            &t.server_if,
+            "netns",
+            &t.server_ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "netns",
+            &t.client_ns,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ]);
+        for (ns, dev, addr) in [
+            (&t.server_ns, &t.server_if, SERVER_IP),
+            (&t.client_ns, &client_if, CLIENT_IP),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        t
+    }
+
+    fn netns_path(ns: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(ns)
+    }
+
+    /// Runs `f` on a thread inside the client namespace and answers what it returns.
+    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = Self::netns_path(&self.client_ns);
+        std::thread::spawn(move || {
+            updraft_dataplane::sys::enter_netns(&path).expect("enter the client namespace");
+            f()
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    /// Starts the server in the server namespace; `prefix` runs before it (`setpriv ...`).
+    fn server(&self, prefix: &[&str], extra: &[&str]) -> ServerProcess {
+        let www = sample_www("xdp-www");
+        let metrics = format!("{SERVER_IP}:{METRICS_PORT}");
+        let mut command = Process::new("ip");
+        command
+            .args(["netns", "exec", &self.server_ns])
+            .args(prefix)
+            .arg(env!("CARGO_BIN_EXE_updraft"))
+            .args(["--www", www.0.to_str().unwrap()])
+            .args(["--interface", &self.server_if, "--metrics", &metrics])
+            .args(["--port", &PORT.to_string(), "--bind", SERVER_IP])
+            .args(extra);
+        spawn_server(&mut command, www)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth pair with it.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Process::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn server_addr() -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), PORT)
+}
+
+fn metrics_addr() -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), METRICS_PORT)
+}
+
+/// `/stats` of the server, fetched over TCP from the client namespace.
+fn stats(t: &Topology) -> serde_json::Value {
+    let body = t.in_client(|| http_get(metrics_addr(), "/stats"));
+    serde_json::from_str(&body).expect("/stats is JSON")
+}
+
+fn worker_sum(stats: &serde_json::Value, field: &str) -> u64 {
+    stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[field].as_u64().unwrap())
+        .sum()
+}
+
+/// Connects to `live` and makes a call; answers the call's answer (`_result`, or `_error`
+/// while no Lua application defines the method) once its transaction came back.
+fn connect_and_call(seed: u64) -> String {
+    let mut c = Client::with_groups(seed, vec![GROUP2]);
+    let h = c
+        .open(server_addr(), "rtmfp://10.201.0.1/live")
+        .expect("a session through the rings");
+    let nc = c.connect_app(h, "live");
+    assert!(c.wait_messages(h, 1), "connect answered");
+    let (name, _, info) = command_reply(&c.messages()[0]).expect("a command");
+    assert_eq!(name, "_result", "{info:?}");
+    assert_eq!(
+        status_code(&info).as_deref(),
+        Some("NetConnection.Connect.Success")
+    );
+    c.send(
+        h,
+        nc,
+        &Command::new("add", CALL_TXN, Value::Null, vec![Value::Number(2.0)])
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap(),
+    );
+    assert!(c.wait_messages(h, 2), "the call answered");
+    let (name, txn, _) = command_reply(&c.messages()[1]).expect("an answer");
+    assert_eq!(txn, CALL_TXN);
+    name
+}
+
+/// The transaction of the test's call.
+const CALL_TXN: f64 = 2.0;
+
+fn answered(name: &str) -> bool {
+    matches!(name, "_result" | "_error")
+}
+
+/// A publisher and two players through the rings; answers the media messages each player got
+/// of the `sent` the publisher sent.
+fn publish_and_play() -> (usize, Vec<usize>) {
+    let (mut publisher, ph, pflow) = publishing(server_addr(), 21);
+    let mut players: Vec<(Client, u32)> = (0..2)
+        .map(|i| {
+            let (mut p, h, _, flow) = netstream_client(server_addr(), 30 + i);
+            p.send(h, flow, &command("play", 0.0, vec![Value::str("cam")]));
+            (p, h)
+        })
+        .collect();
+    {
+        let mut all: Vec<&mut Client> = players.iter_mut().map(|(c, _)| c).collect();
+        assert!(
+            run_until(&mut all, Duration::from_secs(5), |cs| cs
+                .iter()
+                .all(|c| codes(c).contains(&"NetStream.Play.Start".to_string()))),
+            "players started"
+        );
+    }
+    let stream = media(0, 1000);
+    let sent = stream.len();
+    for (_, m) in &stream {
+        publisher.send(ph, pflow, m);
+        publisher.step();
+    }
+    let mut all: Vec<&mut Client> = players.iter_mut().map(|(c, _)| c).collect();
+    all.push(&mut publisher);
+    run_until(&mut all, Duration::from_secs(5), |cs| {
+        cs[..2]
+            .iter()
+            .all(|c| received_media(c).iter().filter(|m| m.0 != 0x12).count() >= sent)
+    });
+    let got = players
+        .iter()
+        .map(|(c, _)| {
+            received_media(c)
+                .iter()
+                .filter(|(kind, _, payload)| {
+                    matches!(kind, 0x08 | 0x09) && payload.len() > AUDIO_HEADER.len() + 2
+                })
+                .count()
+        })
+        .collect();
+    (sent, got)
+}
+
+#[test]
+fn connect_rpc_publish_and_play_go_through_the_af_xdp_rings() {
+    if !can_run("connect_rpc_publish_and_play_go_through_the_af_xdp_rings") {
+        return;
+    }
+    let t = Topology::new(1);
+    let server = t.server(&[], &["--mode", "xdp", "--workers", "1"]);
+    assert!(
+        server.logged("packet I/O: AF_XDP on"),
+        "the start-up says XDP"
+    );
+
+    assert!(answered(&t.in_client(|| connect_and_call(1))));
+    let (sent, got) = t.in_client(publish_and_play);
+    for g in &got {
+        assert!(*g >= sent, "a player got {g} of {sent} media messages");
+    }
+
+    let s = stats(&t);
+    assert_eq!(s["mode"], "xdp", "{s}");
+    let rx = worker_sum(&s, "rx_packets");
+    let xdp_rx = worker_sum(&s, "xdp_rx");
+    let xdp_tx = worker_sum(&s, "xdp_tx");
+    let tx = worker_sum(&s, "tx_packets");
+    eprintln!("rx {rx} (rings {xdp_rx}), tx {tx} (rings {xdp_tx})");
+    assert!(
+        xdp_rx > 20 && xdp_rx == rx,
+        "every datagram came through the RX ring: {s}"
+    );
+    // Only a reply before any frame from its peer taught the next hop may use the socket:
+    // in practice none (the client speaks first).
+    assert!(
+        xdp_tx > 20 && xdp_tx + worker_sum(&s, "xdp_tx_via_socket") >= tx,
+        "{s}"
+    );
+    assert!(
+        xdp_tx * 100 >= tx * 99,
+        "the TX ring carried the replies: {s}"
+    );
+    assert_eq!(worker_sum(&s, "xdp_invalid_descs"), 0, "{s}");
+    assert_eq!(
+        s["workers"][0]["xdp_queue"], 1,
+        "worker 0 serves queue 0: {s}"
+    );
+
+    // Non-RTMFP traffic is untouched: ping, and the TCP of /stats above.
+    let ping = Process::new("ip")
+        .args(["netns", "exec", &t.client_ns, "ping", "-c", "2", "-W", "2"])
+        .arg(SERVER_IP)
+        .output()
+        .expect("run ping");
+    assert!(
+        ping.status.success(),
+        "ping through the XDP interface: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    // The program's counters, read by the supervisor once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = stats(&t);
+    let v = &s["xdpVerdicts"];
+    assert!(v["redirect"].as_u64().unwrap() >= xdp_rx, "{v}");
+    assert!(v["pass"].as_u64().unwrap() >= 4, "ping and TCP passed: {v}");
+    drop(server);
+}
+
+#[test]
+fn an_unprivileged_server_falls_back_to_sockets_and_serves() {
+    if !can_run("an_unprivileged_server_falls_back_to_sockets_and_serves") {
+        return;
+    }
+    let t = Topology::new(1);
+    let server = t.server(
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+        ],
+        &["--mode", "auto", "--workers", "1", "--single-process"],
+    );
+    assert!(
+        server.logged("packet I/O: sockets (recvmmsg/sendmmsg): XDP unavailable"),
+        "the start-up says why it fell back"
+    );
+    assert!(answered(&t.in_client(|| connect_and_call(2))));
+    let s = stats(&t);
+    assert_eq!(s["mode"], "socket", "{s}");
+    assert!(worker_sum(&s, "rx_packets") > 0);
+    assert_eq!(worker_sum(&s, "xdp_rx"), 0);
+}
+
+#[test]
+fn mode_xdp_fails_clearly_instead_of_falling_back() {
+    if !can_run("mode_xdp_fails_clearly_instead_of_falling_back") {
+        return;
+    }
+    let t = Topology::new(1);
+    let out = Process::new("ip")
+        .args(["netns", "exec", &t.server_ns, "setpriv"])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_updraft"))
+        .args(["--mode", "xdp", "--interface", &t.server_if])
+        .args(["--port", "1935", "--bind", SERVER_IP, "--single-process"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run updraft");
+    assert!(!out.status.success(), "--mode xdp without privileges fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mode xdp"), "{err}");
+    // Nothing was left attached: the interface has no XDP program.
+    let link = Process::new("ip")
+        .args(["-n", &t.server_ns, "link", "show", &t.server_if])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("xdp"), "{link}");
+}
+
+#[test]
+fn two_queues_two_workers_spread_sessions_and_keep_each_on_one_worker() {
+    if !can_run("two_queues_two_workers_spread_sessions_and_keep_each_on_one_worker") {
+        return;
+    }
+    let t = Topology::new(2);
+    let server = t.server(&[], &["--mode", "xdp", "--workers", "2"]);
+    assert!(
+        server.logged("2 of 2 receive queues with a socket"),
+        "both queues served"
+    );
+    // Sixteen clients, each its own socket (its own flow hash, so its own TX queue on the
+    // client's veth, which is the RX queue on the server's).
+    let results = t.in_client(|| {
+        (0..16)
+            .map(|i| connect_and_call(100 + i))
+            .collect::<Vec<_>>()
+    });
+    assert!(results.iter().all(|r| answered(r)), "{results:?}");
+    let s = stats(&t);
+    let workers = s["workers"].as_array().unwrap();
+    for (i, w) in workers.iter().enumerate() {
+        assert!(
+            w["sessions_installed"].as_u64().unwrap() > 0,
+            "worker {i} got sessions: {s}"
+        );
+        assert_eq!(w["xdp_queue"], i as u64 + 1, "{s}");
+        assert!(w["xdp_rx"].as_u64().unwrap() > 0, "{s}");
+    }
+    // Each session stays on one worker: no datagram had to be handed to another.
+    assert_eq!(worker_sum(&s, "handoff_out"), 0, "{s}");
+    assert_eq!(worker_sum(&s, "handoff_in"), 0, "{s}");
+}

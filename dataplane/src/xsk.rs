@@ -25,6 +25,11 @@ pub const FRAME_SIZE: u32 = 2048;
 pub const FRAMES: u32 = 4096;
 /// Entries in each ring (a power of two, as the kernel requires).
 pub const RING_SIZE: u32 = 2048;
+/// Frames the kernel sends per TX wakeup in copy mode (`TX_BATCH_SIZE` in Linux's
+/// `net/xdp/xsk.c`); past it the wakeup answers EAGAIN and the rest wait for the next.
+pub const COPY_MODE_TX_BUDGET: u32 = 32;
+/// Most TX wakeups per flush in copy mode: enough to drain a full ring.
+const MAX_TX_WAKEUPS: u32 = RING_SIZE / COPY_MODE_TX_BUDGET + 1;
 /// How long a bind keeps retrying a busy queue: a queue stays busy for about a second after
 /// its previous socket closed (xdp-notes, pitfall 2).
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
@@ -174,6 +179,12 @@ impl<T: Copy> Ring<T> {
         // kernel does not read it until `publish`.
         unsafe { self.slot(self.local).write(value) };
         self.local = self.local.wrapping_add(1);
+    }
+
+    /// Entries published that the kernel has not consumed yet.
+    fn unconsumed(&mut self) -> u32 {
+        self.cached = self.consumer().load(Ordering::Acquire);
+        self.local.wrapping_sub(self.cached)
     }
 
     /// Makes the entries written so far visible to the kernel.
@@ -561,32 +572,52 @@ impl Xsk {
         true
     }
 
-    /// Publishes the frames queued by [`Xsk::send_with`] and wakes the kernel to send them
-    /// (copy mode always needs the syscall; zero-copy only when the ring asks).
+    /// Publishes the frames queued by [`Xsk::send_with`] and wakes the kernel to send them.
+    /// Zero-copy needs a wakeup only when the ring asks. Copy mode always needs one, and the
+    /// kernel sends at most [`COPY_MODE_TX_BUDGET`] frames per wakeup, so it is woken until
+    /// the ring is drained (or [`MAX_TX_WAKEUPS`] times, the rest going at the next flush).
     pub fn flush(&mut self) {
-        if self.tx_pending == 0 {
-            return;
+        if self.tx_pending > 0 {
+            self.tx.publish();
+            self.tx_pending = 0;
         }
-        self.tx.publish();
-        self.tx_pending = 0;
-        if self.mode == CopyMode::Copy || self.tx.needs_wakeup() {
-            // SAFETY: a zero-length send with a null buffer is the documented TX wakeup.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            if rc < 0 {
-                // EAGAIN/EBUSY: the kernel is still sending; it goes on at the next kick.
-                tracing::trace!(error = %io::Error::last_os_error(), "AF_XDP TX wakeup");
+        if self.mode == CopyMode::Copy {
+            for _ in 0..MAX_TX_WAKEUPS {
+                if self.tx.unconsumed() == 0 || !self.wake_tx() {
+                    break;
+                }
+                self.reclaim();
             }
+        } else if self.tx.needs_wakeup() {
+            self.wake_tx();
         }
         self.reclaim();
+    }
+
+    /// The TX wakeup; answers false when the kernel refused for a reason other than being
+    /// busy with this ring (EAGAIN: budget spent or completion ring full, try again).
+    fn wake_tx(&self) -> bool {
+        // SAFETY: a zero-length send with a null buffer is the documented TX wakeup.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        if rc >= 0 {
+            return true;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() == io::ErrorKind::WouldBlock {
+            return true;
+        }
+        // ENOBUFS, ENETDOWN...: what is left goes at a later flush.
+        tracing::trace!(%error, "AF_XDP TX wakeup");
+        false
     }
 
     /// The kernel's counters for this socket.

@@ -143,6 +143,12 @@ impl Topology {
 
     /// Starts the server in the server namespace; `prefix` runs before it (`setpriv ...`).
     fn server(&self, prefix: &[&str], extra: &[&str]) -> ServerProcess {
+        let placement = ["--interface", &self.server_if, "--bind", SERVER_IP];
+        self.server_placed(prefix, &placement, extra)
+    }
+
+    /// [`Topology::server`] with `placement` (`--interface`, `--bind`) chosen by the test.
+    fn server_placed(&self, prefix: &[&str], placement: &[&str], extra: &[&str]) -> ServerProcess {
         let www = sample_www("xdp-www");
         let metrics = format!("{SERVER_IP}:{METRICS_PORT}");
         let mut command = Process::new("ip");
@@ -150,9 +156,9 @@ impl Topology {
             .args(["netns", "exec", &self.server_ns])
             .args(prefix)
             .arg(env!("CARGO_BIN_EXE_updraft"))
-            .args(["--www", www.0.to_str().unwrap()])
-            .args(["--interface", &self.server_if, "--metrics", &metrics])
-            .args(["--port", &PORT.to_string(), "--bind", SERVER_IP])
+            .args(["--www", www.0.to_str().unwrap(), "--metrics", &metrics])
+            .args(["--port", &PORT.to_string()])
+            .args(placement)
             .args(extra);
         spawn_server(&mut command, www)
     }
@@ -423,4 +429,37 @@ fn two_queues_two_workers_spread_sessions_and_keep_each_on_one_worker() {
     // Each session stays on one worker: no datagram had to be handed to another.
     assert_eq!(worker_sum(&s, "handoff_out"), 0, "{s}");
     assert_eq!(worker_sum(&s, "handoff_in"), 0, "{s}");
+}
+
+#[test]
+fn a_wildcard_bind_serves_through_the_default_route_interface() {
+    if !can_run("a_wildcard_bind_serves_through_the_default_route_interface") {
+        return;
+    }
+    let t = Topology::new(1);
+    // The server's namespace routes everything through the veth.
+    ip(&[
+        "-n",
+        &t.server_ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        CLIENT_IP,
+    ]);
+    let server = t.server_placed(
+        &[],
+        &["--bind", "0.0.0.0"],
+        &["--mode", "auto", "--workers", "1", "--single-process"],
+    );
+    assert!(
+        server.logged(&format!("packet I/O: AF_XDP on {} ", t.server_if)),
+        "the default route's interface was chosen"
+    );
+    assert!(answered(&t.in_client(|| connect_and_call(3))));
+    let s = stats(&t);
+    assert_eq!(s["mode"], "xdp", "{s}");
+    assert!(worker_sum(&s, "xdp_rx") > 0, "{s}");
+    // Replies leave from the address the datagrams reached, not the wildcard.
+    assert!(worker_sum(&s, "xdp_tx") > 0, "{s}");
 }

@@ -299,29 +299,79 @@ pub enum XdpError {
     },
 }
 
-/// Finds the interface to attach to: `name` if given, else the one holding `bind`'s address.
+/// Finds the interface to attach to: `name` if given, else the one holding `bind`'s address,
+/// else (a wildcard bind) the one the default route leaves by.
 pub fn choose_interface(name: Option<&str>, bind: IpAddr) -> Result<Interface, XdpError> {
     let all = sys::interface_addresses()
         .map_err(|e| XdpError::NoInterface(format!("cannot list interfaces: {e}")))?;
-    if let Some(name) = name {
-        return all
-            .into_iter()
+    let by_name = |name: &str| {
+        all.iter()
             .map(|(i, _)| i)
             .find(|i| i.name == name)
-            .ok_or_else(|| XdpError::NoInterface(format!("no interface named {name}")));
+            .cloned()
+            .ok_or_else(|| XdpError::NoInterface(format!("no interface named {name}")))
+    };
+    if let Some(name) = name {
+        return by_name(name);
     }
     let bind = canonical(SocketAddr::new(bind, 0)).ip();
     if bind.is_unspecified() {
-        return Err(XdpError::NoInterface(
-            "bound to a wildcard address, which names no interface (give --interface or --bind \
-             an address of one)"
-                .to_string(),
-        ));
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let name = default_route(&read(ROUTES_V4), &read(ROUTES_V6)).ok_or_else(|| {
+            XdpError::NoInterface(
+                "bound to a wildcard address and there is no default route to name an \
+                 interface (give --interface, or --bind an address of one)"
+                    .to_string(),
+            )
+        })?;
+        return by_name(&name);
     }
-    all.into_iter()
+    all.iter()
         .find(|(_, a)| *a == Some(bind))
-        .map(|(i, _)| i)
+        .map(|(i, _)| i.clone())
         .ok_or_else(|| XdpError::NoInterface(format!("no interface has the address {bind}")))
+}
+
+/// The kernel's IPv4 routing table (`Iface Destination Gateway Flags RefCnt Use Metric Mask
+/// ...`, addresses in hexadecimal).
+const ROUTES_V4: &str = "/proc/net/route";
+/// The kernel's IPv6 routing table (destination, prefix length, source, its length, next hop,
+/// metric, reference count, use, flags, interface).
+const ROUTES_V6: &str = "/proc/net/ipv6_route";
+/// `RTF_UP`: the route is usable (`linux/route.h`).
+const RTF_UP: u32 = 0x0001;
+
+/// The interface of the default route with the lowest metric, IPv4 first, from the text of
+/// [`ROUTES_V4`] and [`ROUTES_V6`]; the loopback device never counts.
+pub fn default_route(v4: &str, v6: &str) -> Option<String> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+    let ipv4 = v4.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (iface, dest, flags, metric, mask) =
+            (f.first()?, f.get(1)?, f.get(3)?, f.get(6)?, f.get(7)?);
+        let default = hex(dest)? == 0 && hex(mask)? == 0 && hex(flags)? & RTF_UP != 0;
+        default.then(|| {
+            (
+                metric.parse::<u32>().ok().unwrap_or(u32::MAX),
+                (*iface).to_string(),
+            )
+        })
+    });
+    let ipv6 = v6.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (dest, len, metric, flags, iface) =
+            (f.first()?, f.get(1)?, f.get(5)?, f.get(8)?, f.get(9)?);
+        let default =
+            dest.bytes().all(|b| b == b'0') && hex(len)? == 0 && hex(flags)? & RTF_UP != 0;
+        default.then(|| (hex(metric).unwrap_or(u32::MAX), (*iface).to_string()))
+    });
+    let best = |routes: &mut dyn Iterator<Item = (u32, String)>| {
+        routes
+            .filter(|(_, i)| i != "lo")
+            .min_by_key(|(m, _)| *m)
+            .map(|(_, i)| i)
+    };
+    best(&mut { ipv4 }).or_else(|| best(&mut { ipv6 }))
 }
 
 /// Receive queues of `interface` (its `queues/rx-*` in sysfs; 1 when sysfs does not say).
@@ -380,4 +430,37 @@ pub fn setup(
         interface,
         queues,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        eth1\t00000000\t0102A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+        eth0\t00000000\t010011AC\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+        eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+    const V6: &str = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+        fe800000000000000000000000000001 00000400 00000001 00000000 00000003 wan0\n\
+        00000000000000000000000000000001 80 00000000000000000000000000000000 00 \
+        00000000000000000000000000000000 00000000 00000002 00000000 80200001 lo\n";
+
+    #[test]
+    fn the_default_route_with_the_lowest_metric_names_the_interface() {
+        assert_eq!(default_route(V4, V6).as_deref(), Some("eth0"));
+        // No IPv4 default: the IPv6 one.
+        let only_net = V4
+            .lines()
+            .take(1)
+            .chain(V4.lines().skip(3))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(default_route(&only_net, V6).as_deref(), Some("wan0"));
+        // A route that is down, or none at all, or garbage: none.
+        let down = V4.replace("0003", "0002");
+        assert_eq!(default_route(&down, ""), None);
+        assert_eq!(default_route("", ""), None);
+        assert_eq!(default_route("Iface\nnot a route\n\t\n", "zz 00\n"), None);
+    }
 }

@@ -201,17 +201,25 @@ pub fn header_len(link: &Link, dest: IpAddr) -> usize {
 }
 
 /// The one's-complement sum of `bytes` as big-endian 16-bit words (RFC 1071), a trailing
-/// odd byte padded with zero, added to `sum`.
-fn ones_sum(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut words = bytes.chunks_exact(2);
+/// odd byte padded with zero, added to `sum` (at most 0x1FFFF); the result is at most 0xFFFF.
+/// It adds 32-bit words into 64 bits and folds at the end, which RFC 1071 §2 (B) allows: the
+/// sum is the same modulo 0xFFFF.
+fn ones_sum(sum: u32, bytes: &[u8]) -> u32 {
+    let mut acc = u64::from(sum);
+    let mut words = bytes.chunks_exact(4);
     for w in &mut words {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [last] = words.remainder() {
-        sum += u32::from(u16::from_be_bytes([*last, 0]));
-    }
-    // Fold now and then so a jumbo payload cannot overflow.
-    (sum & 0xFFFF) + (sum >> 16)
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    acc += u64::from(u32::from_be_bytes(tail));
+    // 64 → 32 → 16 bits, end-around carries included.
+    acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    acc = (acc & 0xFFFF) + (acc >> 16);
+    acc = (acc & 0xFFFF) + (acc >> 16);
+    acc as u32
 }
 
 fn fold(mut sum: u32) -> u16 {
@@ -318,7 +326,11 @@ pub fn fuzz_frame(data: &[u8]) {
         deny: Vec::new(),
     };
     let verdict = filter.classify(data);
-    assert_ne!(verdict, crate::Verdict::Pass, "a UDP datagram to a served port");
+    assert_ne!(
+        verdict,
+        crate::Verdict::Pass,
+        "a UDP datagram to a served port"
+    );
     let back = Link {
         local_mac: d.link.peer_mac,
         peer_mac: d.link.local_mac,
@@ -517,6 +529,26 @@ mod tests {
             bytes in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
             fuzz_frame(&bytes);
+        }
+
+        #[test]
+        fn the_wide_sum_is_the_rfc_1071_sum(
+            start in 0u32..0x1_FFFF,
+            bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            // The definition: 16-bit words, end-around carry after each.
+            let mut reference = start;
+            for w in bytes.chunks(2) {
+                let word = u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]));
+                reference += word;
+                while reference > 0xFFFF {
+                    reference = (reference & 0xFFFF) + (reference >> 16);
+                }
+            }
+            while reference > 0xFFFF {
+                reference = (reference & 0xFFFF) + (reference >> 16);
+            }
+            prop_assert_eq!(fold(ones_sum(start, &bytes)), fold(reference));
         }
 
         #[test]

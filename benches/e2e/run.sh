@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The standard end-to-end set, server pinned to core 0 and updraft-loadgen to core 1 on
 # loopback: handshake rate, RPC rate, and fanout to 500, 1,000 and 2,000 subscribers with one
-# socket (address) per subscriber. Prints a dated Markdown section; with --write, also appends
-# it to docs/performance.md. Socket mode only: the AF_XDP data plane (issue 5) does not exist
-# yet, so the socket-versus-XDP rows say so.
+# socket (address) per subscriber, then (as root) socket versus XDP mode on a veth pair
+# (benches/e2e/xdp.sh). Prints a dated Markdown section; with --write, also appends it to
+# docs/performance.md.
 #
 # usage: benches/e2e/run.sh [--write]
 # Needs: cargo build --release --bins -p updraft -p updraft-loadgen; taskset; 2 or more cores.
@@ -73,7 +73,6 @@ PY
         connect --sessions 2000 --groups 2
     row "rpc, 100 sessions, one call in flight each, 5 s" calls delivered \
         rpc --sessions 100 --duration 5
-    echo "| socket versus XDP mode | not measured: the AF_XDP data plane is issue 5 |"
     echo
     echo "Fanout, one 2 Mbit/s publisher of 8000-byte video messages, one socket per session:"
     echo

@@ -77,6 +77,14 @@ PY
     echo "Fanout, one 2 Mbit/s publisher of 8000-byte video messages, one socket per session:"
     echo
     SOCKETS=session benches/e2e/fanout.sh 500 1000 2000 | tail -n +2
+    echo
+    if [ "$(id -u)" = 0 ]; then
+        echo "Socket versus XDP mode on a veth pair (\`benches/e2e/xdp.sh\`, ingest, one run each):"
+        echo
+        REPEAT=1 benches/e2e/xdp.sh 100 1100 | tail -n +2
+    else
+        echo "Socket versus XDP mode: not measured (\`benches/e2e/xdp.sh\` needs root)."
+    fi
 } | tee "$OUT"
 
 if [ "$WRITE" = "--write" ]; then

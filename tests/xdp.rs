@@ -19,6 +19,10 @@ use support::*;
 const SERVER_IP: &str = "10.201.0.1";
 /// The client's side.
 const CLIENT_IP: &str = "10.201.0.2";
+/// The server's IPv6 address (a unique local address, RFC 4193).
+const SERVER_IP6: &str = "fd00:201::1";
+/// The client's IPv6 address.
+const CLIENT_IP6: &str = "fd00:201::2";
 const PORT: u16 = 1935;
 const METRICS_PORT: u16 = 9935;
 
@@ -115,11 +119,14 @@ impl Topology {
             "numrxqueues",
             &q,
         ]);
-        for (ns, dev, addr) in [
-            (&t.server_ns, &t.server_if, SERVER_IP),
-            (&t.client_ns, &client_if, CLIENT_IP),
+        for (ns, dev, addr, addr6) in [
+            (&t.server_ns, &t.server_if, SERVER_IP, SERVER_IP6),
+            (&t.client_ns, &client_if, CLIENT_IP, CLIENT_IP6),
         ] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            // No duplicate address detection: the address is usable at once.
+            let v6 = format!("{addr6}/64");
+            ip(&["-n", ns, "addr", "add", &v6, "dev", dev, "nodad"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -199,10 +206,19 @@ fn worker_sum(stats: &serde_json::Value, field: &str) -> u64 {
 /// Connects to `live` and makes a call; answers the call's answer (`_result`, or `_error`
 /// while no Lua application defines the method) once its transaction came back.
 fn connect_and_call(seed: u64) -> String {
-    let mut c = Client::with_groups(seed, vec![GROUP2]);
-    let h = c
-        .open(server_addr(), "rtmfp://10.201.0.1/live")
-        .expect("a session through the rings");
+    connect_and_call_to(server_addr(), seed)
+}
+
+/// [`connect_and_call`] to `server` (IPv4 or IPv6).
+fn connect_and_call_to(server: SocketAddr, seed: u64) -> String {
+    let local = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let mut c = Client::bound(seed, vec![GROUP2], local);
+    let url = format!("rtmfp://{}/live", server);
+    let h = c.open(server, &url).expect("a session through the rings");
     let nc = c.connect_app(h, "live");
     assert!(c.wait_messages(h, 1), "connect answered");
     let (name, _, info) = command_reply(&c.messages()[0]).expect("a command");
@@ -432,8 +448,9 @@ fn two_queues_two_workers_spread_sessions_and_keep_each_on_one_worker() {
 }
 
 #[test]
-fn a_wildcard_bind_serves_through_the_default_route_interface() {
-    if !can_run("a_wildcard_bind_serves_through_the_default_route_interface") {
+fn a_wildcard_bind_stays_on_sockets_in_auto_and_takes_the_default_route_in_xdp_mode() {
+    if !can_run("a_wildcard_bind_stays_on_sockets_in_auto_and_takes_the_default_route_in_xdp_mode")
+    {
         return;
     }
     let t = Topology::new(1);
@@ -447,19 +464,53 @@ fn a_wildcard_bind_serves_through_the_default_route_interface() {
         "via",
         CLIENT_IP,
     ]);
-    let server = t.server_placed(
-        &[],
-        &["--bind", "0.0.0.0"],
-        &["--mode", "auto", "--workers", "1", "--single-process"],
-    );
+    let wildcard = ["--bind", "0.0.0.0"];
+    let common = ["--workers", "1", "--single-process"];
+
+    // `auto` does not take over an interface nobody named.
+    let server = t.server_placed(&[], &wildcard, &[&["--mode", "auto"][..], &common].concat());
     assert!(
-        server.logged(&format!("packet I/O: AF_XDP on {} ", t.server_if)),
-        "the default route's interface was chosen"
+        server.logged("packet I/O: sockets (recvmmsg/sendmmsg): bound to a wildcard address"),
+        "auto on a wildcard bind says why it stays on sockets"
     );
     assert!(answered(&t.in_client(|| connect_and_call(3))));
+    drop(server);
+
+    let server = t.server_placed(&[], &wildcard, &[&["--mode", "xdp"][..], &common].concat());
+    assert!(
+        server.logged(&format!("packet I/O: AF_XDP on {} ", t.server_if)),
+        "--mode xdp chose the default route's interface"
+    );
+    assert!(answered(&t.in_client(|| connect_and_call(4))));
     let s = stats(&t);
     assert_eq!(s["mode"], "xdp", "{s}");
     assert!(worker_sum(&s, "xdp_rx") > 0, "{s}");
     // Replies leave from the address the datagrams reached, not the wildcard.
     assert!(worker_sum(&s, "xdp_tx") > 0, "{s}");
+}
+
+#[test]
+fn ipv6_sessions_go_through_the_rings_with_ipv6_headers_and_checksums() {
+    if !can_run("ipv6_sessions_go_through_the_rings_with_ipv6_headers_and_checksums") {
+        return;
+    }
+    let t = Topology::new(1);
+    let placement = ["--interface", &t.server_if, "--bind", SERVER_IP6];
+    let server = t.server_placed(&[], &placement, &["--mode", "xdp", "--workers", "1"]);
+    assert!(server.logged("packet I/O: AF_XDP on"));
+    let to = SocketAddr::new(SERVER_IP6.parse().unwrap(), PORT);
+    // The client's kernel drops a datagram whose UDP checksum is wrong (mandatory in IPv6):
+    // answers prove the headers the worker wrote.
+    let results = t.in_client(move || {
+        (0..3)
+            .map(|i| connect_and_call_to(to, 40 + i))
+            .collect::<Vec<_>>()
+    });
+    assert!(results.iter().all(|r| answered(r)), "{results:?}");
+    let s = stats(&t);
+    assert_eq!(s["mode"], "xdp", "{s}");
+    let rx = worker_sum(&s, "rx_packets");
+    assert!(rx > 0 && worker_sum(&s, "xdp_rx") == rx, "{s}");
+    assert!(worker_sum(&s, "xdp_tx") > 0, "{s}");
+    assert_eq!(worker_sum(&s, "xdp_invalid_descs"), 0, "{s}");
 }

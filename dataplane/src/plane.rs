@@ -12,7 +12,7 @@ use rtmfp::session::SessionConfig;
 use socket2::{Domain, Socket, Type};
 
 use crate::counters::WorkerCounters;
-use crate::io::{bind_reuseport, MmsgSocket};
+use crate::io::{bind_reuseport, canonical, MmsgSocket};
 use crate::worker::{handoff_queues, media_queues, DumpHook, Shared, Worker, WorkerSetup};
 use crate::xdp::{self, IoMode, PacketIo, XdpError, XdpSetup, XskIo};
 use updraft_bpf::Prefix;
@@ -168,6 +168,20 @@ impl DataPlane {
         const SOCKETS: &str = "sockets (recvmmsg/sendmmsg)";
         if config.mode == IoMode::Socket {
             return Ok((None, format!("{SOCKETS}: --mode socket")));
+        }
+        // A wildcard bind names no interface; `auto` does not take over the default route's
+        // interface unasked (`--interface`, `--bind ADDR` or `--mode xdp` do).
+        if config.mode == IoMode::Auto
+            && config.interface.is_none()
+            && canonical(local_addr).ip().is_unspecified()
+        {
+            return Ok((
+                None,
+                format!(
+                    "{SOCKETS}: bound to a wildcard address (give --interface, --bind an \
+                     address or --mode xdp for AF_XDP)"
+                ),
+            ));
         }
         let attempt = xdp::choose_interface(config.interface.as_deref(), local_addr.ip()).and_then(
             |interface| {

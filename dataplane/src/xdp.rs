@@ -300,7 +300,7 @@ pub enum XdpError {
 }
 
 /// Finds the interface to attach to: `name` if given, else the one holding `bind`'s address,
-/// else (a wildcard bind) the one the default route leaves by.
+/// else (a wildcard bind, with `--mode xdp`) the one the default route leaves by.
 pub fn choose_interface(name: Option<&str>, bind: IpAddr) -> Result<Interface, XdpError> {
     let all = sys::interface_addresses()
         .map_err(|e| XdpError::NoInterface(format!("cannot list interfaces: {e}")))?;

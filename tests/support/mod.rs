@@ -259,7 +259,12 @@ impl Client {
     /// A client offering only `groups` (group 2 alone, as Flash Player uses, keeps handshakes
     /// cheap in tests with many clients).
     pub fn with_groups(seed: u64, groups: Vec<DhGroup>) -> Client {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        Client::bound(seed, groups, "0.0.0.0:0")
+    }
+
+    /// [`Client::with_groups`] on a socket bound to `local` (`[::]:0` for IPv6 servers).
+    pub fn bound(seed: u64, groups: Vec<DhGroup>, local: &str) -> Client {
+        let socket = UdpSocket::bind(local).unwrap();
         let config = InitiatorConfig {
             groups,
             policy: NegotiationPolicy::FLASH_COMPATIBLE,

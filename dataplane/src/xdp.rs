@@ -69,6 +69,9 @@ pub struct XskIo {
     totals: XdpTotals,
     kernel: XskStats,
     flushes: u32,
+    /// The attachment and program of a lone socket ([`single_socket`]); a server's plane
+    /// holds its own. Declared in that order: the link goes first.
+    _program: Option<(Attached, Loaded)>,
 }
 
 impl std::fmt::Debug for XskIo {
@@ -97,7 +100,13 @@ impl XskIo {
             totals: XdpTotals::default(),
             kernel: XskStats::default(),
             flushes: 0,
+            _program: None,
         })
+    }
+
+    /// What went through the rings so far: frames received for the port, frames sent.
+    pub fn ring_totals(&self) -> (u64, u64) {
+        (self.totals.rx, self.totals.tx)
     }
 
     fn recv_xsk(&mut self, batch: &mut RxBatch) -> usize {
@@ -372,6 +381,37 @@ pub fn default_route(v4: &str, v6: &str) -> Option<String> {
             .map(|(_, i)| i)
     };
     best(&mut { ipv4 }).or_else(|| best(&mut { ipv6 }))
+}
+
+/// One AF_XDP socket on queue 0 of `interface` beside `socket`, with the program loaded for
+/// `socket`'s port and attached (native, else generic) for as long as the answer lives: what a
+/// client such as the loadgen needs. Datagrams for the port that arrive on other queues reach
+/// `socket` through the kernel.
+pub fn single_socket(interface: &str, socket: MmsgSocket) -> Result<XskIo, XdpError> {
+    let interface = choose_interface(Some(interface), IpAddr::from([0u8; 4]))?;
+    let name = interface.name.clone();
+    let port = socket
+        .local_addr()
+        .map_err(|e| XdpError::NoInterface(format!("the socket has no address: {e}")))?
+        .port();
+    let XdpSetup {
+        mut sockets,
+        program,
+        attached,
+        ..
+    } = setup(interface, port, 1, &[])?;
+    let xsk = sockets.pop().ok_or_else(|| XdpError::Socket {
+        interface: name.clone(),
+        queue: 0,
+        error: io::Error::other("no AF_XDP socket was opened"),
+    })?;
+    let mut io = XskIo::new(xsk, socket, port).map_err(|error| XdpError::Socket {
+        interface: name,
+        queue: 0,
+        error,
+    })?;
+    io._program = Some((attached, program));
+    Ok(io)
 }
 
 /// Receive queues of `interface` (its `queues/rx-*` in sysfs; 1 when sysfs does not say).

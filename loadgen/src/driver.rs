@@ -1,5 +1,5 @@
-//! One UDP socket and one `rtmfp` endpoint carrying many client sessions, stepped without
-//! blocking.
+//! One UDP socket (or AF_XDP socket, `--xdp`) and one `rtmfp` endpoint carrying many client
+//! sessions, stepped without blocking.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,6 +20,7 @@ use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::time::Instant;
 use updraft_dataplane::io::{bind_udp, BatchIo, MmsgSocket, RxBatch, TxBatch};
+use updraft_dataplane::xdp::{self, PacketIo, XdpError};
 
 /// Kernel socket buffer of the loadgen's socket: a fanout receives bursts for every subscriber.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -46,7 +47,7 @@ pub struct SessionState {
 
 /// Many client sessions on one socket.
 pub struct Driver {
-    socket: MmsgSocket,
+    socket: PacketIo,
     rx: RxBatch,
     tx: TxBatch,
     endpoint: Endpoint<ChaCha20Rng>,
@@ -74,14 +75,48 @@ impl Driver {
     /// picks the strongest it shares; Flash Player offers group 2 alone) and the
     /// Flash-compatible crypto options (HMAC and session sequence numbers when asked).
     pub fn new(bind: SocketAddr, seed: u64, groups: &[DhGroup]) -> io::Result<Driver> {
+        Ok(Driver::on(
+            PacketIo::Socket(Driver::socket(bind)?),
+            seed,
+            groups,
+        ))
+    }
+
+    /// [`Driver::new`] on an AF_XDP socket on queue 0 of `interface`, with the XDP program
+    /// attached there for the socket's port while the driver lives (the kernel socket stays
+    /// beside it, for the first datagrams to a server whose next hop is not known yet).
+    pub fn with_xdp(
+        interface: &str,
+        bind: SocketAddr,
+        seed: u64,
+        groups: &[DhGroup],
+    ) -> Result<Driver, XdpError> {
+        let socket = Driver::socket(bind).map_err(|e| XdpError::NoInterface(e.to_string()))?;
+        let io = xdp::single_socket(interface, socket)?;
+        Ok(Driver::on(PacketIo::Xdp(Box::new(io)), seed, groups))
+    }
+
+    fn socket(bind: SocketAddr) -> io::Result<MmsgSocket> {
         let mut socket = MmsgSocket::new(bind_udp(bind, Some(SOCKET_BUFFER))?)?;
         // A subscriber receives trains (a video frame in several datagrams): take them whole.
         socket.enable_gro();
+        Ok(socket)
+    }
+
+    /// Datagrams received and sent through AF_XDP rings (0, 0 on a kernel socket).
+    pub fn ring_totals(&self) -> (u64, u64) {
+        match &self.socket {
+            PacketIo::Socket(_) => (0, 0),
+            PacketIo::Xdp(x) => x.ring_totals(),
+        }
+    }
+
+    fn on(socket: PacketIo, seed: u64, groups: &[DhGroup]) -> Driver {
         let config = InitiatorConfig {
             groups: groups.to_vec(),
             policy: NegotiationPolicy::FLASH_COMPATIBLE,
         };
-        Ok(Driver {
+        Driver {
             socket,
             rx: RxBatch::default(),
             tx: TxBatch::default(),
@@ -100,7 +135,7 @@ impl Driver {
             keep_messages: true,
             keep_sent: 0,
             sent: std::collections::VecDeque::new(),
-        })
+        }
     }
 
     /// The driver's clock.

@@ -28,6 +28,9 @@ const USAGE: &str = "usage:
 --threads N: drive the sockets from N threads, pinned in turn to --cores (default: the cores
   this process may use)
 every scenario: [--json FILE] (summary) [--plot FILE.svg] (throughput and latency over time)
+connect, rpc, fanout, publish, churn: [--xdp IF] send and receive through an AF_XDP socket on
+  queue 0 of IF (root; the XDP program is attached while the run lasts; for fanout and
+  publish, the first socket only: use --sockets 1)
 --groups G: the Diffie-Hellman groups offered, 2, 14, 16 or all; Flash Player offers 2 only,
 rtmfp-cpp servers want 14 or more";
 
@@ -103,10 +106,13 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
         json: path("json"),
         plot: path("plot"),
     };
+    let xdp = path("xdp");
     let result = match scenario.as_str() {
         "connect" => {
             flags
-                .check(&["server", "sessions", "rate", "app", "timeout", "groups"])
+                .check(&[
+                    "server", "sessions", "rate", "app", "timeout", "groups", "xdp",
+                ])
                 .map_err(bad)?;
             let args = ConnectArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -118,12 +124,15 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
                 timeout: Duration::from_secs_f64(flags.get("timeout", Some(30.0)).map_err(bad)?),
                 groups: groups(&flags, "all").map_err(bad)?,
+                xdp: xdp.clone(),
             };
             scenario::connect(&args)
         }
         "rpc" => {
             flags
-                .check(&["server", "sessions", "duration", "method", "app", "groups"])
+                .check(&[
+                    "server", "sessions", "duration", "method", "app", "groups", "xdp",
+                ])
                 .map_err(bad)?;
             let args = RpcArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -134,6 +143,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                     .map_err(bad)?,
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
                 groups: groups(&flags, "2").map_err(bad)?,
+                xdp: xdp.clone(),
             };
             scenario::rpc(&args)
         }
@@ -143,7 +153,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
             let publish = scenario == "publish";
             let mut known = vec![
                 "server", "bitrate", "size", "duration", "app", "stream", "sockets", "groups",
-                "threads", "cores",
+                "threads", "cores", "xdp",
             ];
             known.extend(if publish {
                 ["publishers", "viewers"].as_slice()
@@ -179,12 +189,15 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                     .map_err(bad)?,
                 sockets: flags.get("sockets", Some(8)).map_err(bad)?,
                 groups: groups(&flags, "2").map_err(bad)?,
+                xdp: xdp.clone(),
             };
             scenario::fanout(&args)
         }
         "churn" => {
             flags
-                .check(&["server", "rate", "lifetime", "duration", "app", "groups"])
+                .check(&[
+                    "server", "rate", "lifetime", "duration", "app", "groups", "xdp",
+                ])
                 .map_err(bad)?;
             let args = ChurnArgs {
                 server: flags.get("server", None).map_err(bad)?,
@@ -193,6 +206,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                 duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
                 app: flags.get("app", Some(String::new())).map_err(bad)?,
                 groups: groups(&flags, "2").map_err(bad)?,
+                xdp: xdp.clone(),
             };
             if args.rate.is_nan() || args.rate <= 0.0 {
                 return Err(bad("--rate must be above 0".to_string()));

@@ -54,6 +54,10 @@ pub struct Report {
     pub packets_out: u64,
     /// Datagrams received.
     pub packets_in: u64,
+    /// Of the datagrams received, those that came through an AF_XDP ring (`--xdp`).
+    pub ring_in: u64,
+    /// Of the datagrams sent, those that left through an AF_XDP ring.
+    pub ring_out: u64,
     /// Bytes sent.
     pub bytes_out: u64,
     /// Bytes received.
@@ -87,6 +91,8 @@ impl Report {
             sessions_ok: 0,
             sessions_failed: 0,
             packets_out: 0,
+            ring_in: 0,
+            ring_out: 0,
             packets_in: 0,
             bytes_out: 0,
             bytes_in: 0,
@@ -204,6 +210,8 @@ impl Report {
             "packets_in": self.packets_in,
             "packets_out_per_s": self.rate(self.packets_out),
             "packets_in_per_s": self.rate(self.packets_in),
+            "xdp_packets_in": self.ring_in,
+            "xdp_packets_out": self.ring_out,
             "bytes_out": self.bytes_out,
             "bytes_in": self.bytes_in,
             "expected": self.expected,
@@ -302,7 +310,7 @@ impl Report {
     pub fn table(&self) -> String {
         let j = self.json();
         let l = &j["latency_ms"];
-        format!(
+        let mut table = format!(
             "scenario        {}\n\
              elapsed         {:.2} s\n\
              sessions        {} ok, {} failed\n\
@@ -330,7 +338,14 @@ impl Report {
             l["p99.9"],
             l["max"],
             self.latency.len(),
-        )
+        );
+        if self.ring_in + self.ring_out > 0 {
+            table.push_str(&format!(
+                "AF_XDP rings    {} in / {} out\n",
+                self.ring_in, self.ring_out
+            ));
+        }
+        table
     }
 }
 

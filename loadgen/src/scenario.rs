@@ -73,10 +73,28 @@ pub struct ConnectArgs {
     pub timeout: Duration,
     /// The DH groups offered (the server picks the strongest it shares).
     pub groups: Vec<DhGroup>,
+    /// Send and receive through an AF_XDP socket on this interface (`--xdp IF`; the first
+    /// socket only, for `fanout` and `publish`) instead of a kernel socket.
+    pub xdp: Option<String>,
 }
 
 /// What Flash Player offers: DH group 2 alone (RFC 7425 §4.2).
 pub const FLASH_GROUPS: [DhGroup; 1] = [DhGroup::Modp1024];
+
+/// A driver for `server`: on a kernel socket, or on AF_XDP when `xdp` names an interface.
+fn driver(
+    xdp: Option<&str>,
+    server: SocketAddr,
+    seed: u64,
+    groups: &[DhGroup],
+) -> Result<Driver, LoadError> {
+    let bind = local_for(server);
+    match xdp {
+        None => Ok(Driver::new(bind, seed, groups)?),
+        Some(interface) => Driver::with_xdp(interface, bind, seed, groups)
+            .map_err(|e| LoadError::Io(format!("--xdp {interface}: {e}"))),
+    }
+}
 
 fn local_for(server: SocketAddr) -> SocketAddr {
     if server.is_ipv4() {
@@ -88,7 +106,7 @@ fn local_for(server: SocketAddr) -> SocketAddr {
 
 /// Opens `sessions` sessions at `rate`; the latency is the handshake time.
 pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 1, &args.groups)?;
+    let mut d = driver(args.xdp.as_deref(), args.server, 1, &args.groups)?;
     d.keep_messages = false;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
     let mut report = Report::new("connect");
@@ -124,6 +142,7 @@ pub fn connect(args: &ConnectArgs) -> Result<Report, LoadError> {
     report.sessions_failed = (args.sessions - d.opened()) as u64;
     report.packets_out = d.packets_out;
     report.packets_in = d.packets_in;
+    (report.ring_in, report.ring_out) = d.ring_totals();
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
@@ -160,6 +179,9 @@ pub struct FanoutArgs {
     pub sockets: usize,
     /// The DH groups offered (the server picks the strongest it shares).
     pub groups: Vec<DhGroup>,
+    /// Send and receive through an AF_XDP socket on this interface (`--xdp IF`; the first
+    /// socket only, for `fanout` and `publish`) instead of a kernel socket.
+    pub xdp: Option<String>,
 }
 
 /// The header of a fanout media payload: FLV video byte, AVC packet type, composition time.
@@ -283,7 +305,8 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     let mut flows: HashMap<(usize, u32), FlowId> = HashMap::new();
     let mut drivers = Vec::with_capacity(sockets);
     for (k, &n) in counts.iter().enumerate() {
-        let mut d = Driver::new(local_for(args.server), 2 + k as u64, &args.groups)?;
+        let xdp = if k == 0 { args.xdp.as_deref() } else { None };
+        let mut d = driver(xdp, args.server, 2 + k as u64, &args.groups)?;
         let (all, nc_flows) = connect_sessions(&mut d, args.server, &args.app, n)?;
         // Each session asks for a NetStream (`createStream`, as Flash Player does before
         // `publish` or `play`) and opens its flow with the stream ID the server gave.
@@ -457,6 +480,8 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         report.sessions_failed += r.sessions_failed;
         report.packets_out += r.packets_out;
         report.packets_in += r.packets_in;
+        report.ring_in += r.ring_in;
+        report.ring_out += r.ring_out;
         report.bytes_out += r.bytes_out;
         report.bytes_in += r.bytes_in;
     }
@@ -641,6 +666,9 @@ impl Part {
             report.sessions_failed += d.failed() as u64;
             report.packets_out += d.packets_out;
             report.packets_in += d.packets_in;
+            let (ring_in, ring_out) = d.ring_totals();
+            report.ring_in += ring_in;
+            report.ring_out += ring_out;
             report.bytes_out += d.bytes_out;
             report.bytes_in += d.bytes_in;
             d.close_all(linger);
@@ -734,12 +762,15 @@ pub struct RpcArgs {
     pub app: String,
     /// The DH groups offered (the server picks the strongest it shares).
     pub groups: Vec<DhGroup>,
+    /// Send and receive through an AF_XDP socket on this interface (`--xdp IF`; the first
+    /// socket only, for `fanout` and `publish`) instead of a kernel socket.
+    pub xdp: Option<String>,
 }
 
 /// Each session calls `method` again as soon as the previous call is answered; reports calls
 /// per second and the round-trip time of each call.
 pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 3, &args.groups)?;
+    let mut d = driver(args.xdp.as_deref(), args.server, 3, &args.groups)?;
     let (sessions, flows) = connect_sessions(&mut d, args.server, &args.app, args.sessions)?;
     d.keep_messages = false;
     let mut report = Report::new("rpc");
@@ -785,6 +816,7 @@ pub fn rpc(args: &RpcArgs) -> Result<Report, LoadError> {
     report.sessions_failed = d.failed() as u64;
     report.packets_out = d.packets_out;
     report.packets_in = d.packets_in;
+    (report.ring_in, report.ring_out) = d.ring_totals();
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
@@ -813,6 +845,9 @@ pub struct ChurnArgs {
     pub app: String,
     /// The DH groups offered.
     pub groups: Vec<DhGroup>,
+    /// Send and receive through an AF_XDP socket on this interface (`--xdp IF`; the first
+    /// socket only, for `fanout` and `publish`) instead of a kernel socket.
+    pub xdp: Option<String>,
 }
 
 /// One churning session's course.
@@ -829,7 +864,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(1);
 /// reports the time from the first IHello to `NetConnection.Connect.Success`, and sessions
 /// that failed or were refused.
 pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
-    let mut d = Driver::new(local_for(args.server), 4, &args.groups)?;
+    let mut d = driver(args.xdp.as_deref(), args.server, 4, &args.groups)?;
     let url = format!("rtmfp://{}/{}", args.server, args.app);
     let mut report = Report::new("churn");
     report.show_progress();
@@ -913,6 +948,7 @@ pub fn churn(args: &ChurnArgs) -> Result<Report, LoadError> {
     report.sessions_failed = failed;
     report.packets_out = d.packets_out;
     report.packets_in = d.packets_in;
+    (report.ring_in, report.ring_out) = d.ring_totals();
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);
@@ -1042,6 +1078,7 @@ pub fn garbage(args: &GarbageArgs) -> Result<Report, LoadError> {
     report.sessions_failed = u64::from(!alive);
     report.packets_out = sent;
     report.packets_in = d.packets_in;
+    (report.ring_in, report.ring_out) = d.ring_totals();
     report.bytes_out = d.bytes_out;
     report.bytes_in = d.bytes_in;
     d.close_all(CLOSE_LINGER);

@@ -61,6 +61,7 @@ fn connect_opens_every_session_and_measures_handshakes() {
         app: String::new(),
         timeout: Duration::from_secs(30),
         groups: rtmfp::crypto::DhGroup::ALL.to_vec(),
+        xdp: None,
     })
     .unwrap();
     assert_eq!((r.sessions_ok, r.sessions_failed), (50, 0));
@@ -89,6 +90,7 @@ fn fanout_delivers_everything_on_a_clean_path() {
         stream: "bench".into(),
         sockets: 3,
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     })
     .unwrap();
     // One sample per second while it ran, for --plot.
@@ -117,6 +119,7 @@ fn a_server_that_does_not_answer_is_reported_with_its_stage() {
         app: String::new(),
         timeout: Duration::from_secs(2),
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     });
     assert_eq!(r.unwrap_err(), LoadError::NoRHello);
 }
@@ -138,6 +141,7 @@ fn a_server_that_answers_but_does_not_key_is_reported_at_the_keying_stage() {
         app: String::new(),
         timeout: Duration::from_secs(2),
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     });
     assert_eq!(r.unwrap_err(), LoadError::NoRIKeying);
     plane.shutdown();
@@ -153,6 +157,7 @@ fn rpc_gets_every_call_answered() {
         method: "noSuchMethod".into(),
         app: String::new(),
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     })
     .unwrap();
     // Every call is answered (`_error` Call.Failed, since no application defines it); at
@@ -173,6 +178,7 @@ fn churn_connects_and_closes_sessions_and_the_server_frees_them() {
         duration: Duration::from_millis(1000),
         app: String::new(),
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     })
     .unwrap();
     // About 100 sessions arrive over the second; every one connects, and is timed.
@@ -247,6 +253,7 @@ fn publish_carries_many_streams_each_to_its_own_viewers() {
         stream: "many".into(),
         sockets: 4,
         groups: scenario::FLASH_GROUPS.to_vec(),
+        xdp: None,
     })
     .unwrap();
     assert_eq!(r.scenario, "publish");

@@ -27,6 +27,8 @@
 #                     datagrams/s into the server; fanout: SUBSCRIBERS x RATE out of it)
 #   DURATION=10       seconds of streaming per run (the window measured is DURATION - 3)
 #   REPEAT=3          runs per mode and size
+#   LOADGEN_XDP=0     1: the loadgen sends and receives through AF_XDP too (--xdp, one socket)
+#   MODES="socket xdp"  the server modes to alternate
 # Needs: root, a release build (cargo build --release --workspace --bins), ip, ethtool,
 # taskset, python3, 2 cores.
 set -euo pipefail
@@ -39,6 +41,8 @@ SUBSCRIBERS=${SUBSCRIBERS:-200}
 RATE=${RATE:-500}
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-3}
+LOADGEN_XDP=${LOADGEN_XDP:-0}
+MODES=${MODES:-socket xdp}
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(100 1100)
 [ "$(id -u)" = 0 ] || { echo "xdp.sh: needs root (namespaces, XDP)" >&2; exit 1; }
@@ -134,6 +138,7 @@ run() {
     else
         load=(publish --publishers "$PUBLISHERS" --viewers 0 --stream bench)
     fi
+    [ "$LOADGEN_XDP" = 1 ] && load+=(--xdp "$CIF" --sockets 1)
     pin_napi
     taskset -c 1 ip netns exec "$CNS" "$BIN/updraft-loadgen" "${load[@]}" \
         --server "$SERVER_IP:$PORT" --bitrate "$bitrate" --size "$size" \
@@ -146,6 +151,8 @@ run() {
         waited=$((waited + 1))
         if ! kill -0 "$loadgen" 2>/dev/null || [ $waited -gt 1200 ]; then break; fi
     done
+    # The loadgen's own XDP attachment (LOADGEN_XDP) may have made new NAPI threads.
+    pin_napi
     local window=$((DURATION - 3)) row="n/a | | | | |"
     if kill -0 "$loadgen" 2>/dev/null; then
         sleep 1
@@ -199,12 +206,14 @@ EOF
 
 what="$PUBLISHERS streams in"
 [ "$SCENARIO" = fanout ] && what="one stream to $SUBSCRIBERS subscribers"
+[ "$LOADGEN_XDP" = 1 ] && what="$what, loadgen on AF_XDP"
 echo "xdp vs socket: $SCENARIO, $what, $RATE messages/s per stream, $DURATION s runs, $(uname -r), $(date -u +%FT%TZ)"
 echo "| mode | size B | loadgen delivered | server packets/s | via rings | server process CPUs | core 0 busy | core 1 busy | packets per core-0 CPU-s |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for size in "${SIZES[@]}"; do
     for _ in $(seq "$REPEAT"); do
-        run socket "$size"
-        run xdp "$size"
+        for mode in $MODES; do
+            run "$mode" "$size"
+        done
     done
 done

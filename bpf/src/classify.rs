@@ -55,7 +55,7 @@ pub enum Verdict {
 }
 
 /// An IPv4 or IPv6 prefix of the deny list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Prefix {
     /// The network address.
     pub addr: IpAddr,
@@ -83,6 +83,42 @@ impl Prefix {
             }
             _ => false,
         }
+    }
+}
+
+/// Why a text is not a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IPv4 or IPv6 address or prefix (such as 192.0.2.0/24 or 2001:db8::/32)")]
+pub struct PrefixError(pub String);
+
+impl std::str::FromStr for Prefix {
+    type Err = PrefixError;
+
+    /// `ADDRESS/LENGTH`, or an address alone (the whole address).
+    fn from_str(s: &str) -> Result<Prefix, PrefixError> {
+        let bad = || PrefixError(s.to_string());
+        let (addr, len) = match s.trim().split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Prefix { addr, len })
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -295,6 +331,25 @@ mod tests {
         };
         assert!(host.contains("2001:db8::1".parse().unwrap()));
         assert!(!host.contains("2001:db8::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn prefixes_parse_and_print() {
+        let p: Prefix = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(p.to_string(), "192.0.2.0/24");
+        let host: Prefix = " 2001:db8::1 ".parse().unwrap();
+        assert_eq!(host.len, 128);
+        assert_eq!("10.0.0.1".parse::<Prefix>().unwrap().len, 32);
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "2001:db8::/129",
+            "10.0.0/8",
+            "host",
+            "10.0.0.0/x",
+        ] {
+            assert!(bad.parse::<Prefix>().is_err(), "{bad}");
+        }
     }
 
     proptest! {

@@ -61,6 +61,8 @@ counters! {
         tx_gso_datagrams,
         /// Dropped: longer than a receive buffer.
         drop_truncated,
+        /// Dropped: from a source in the deny list (the blacklist) that reached the socket.
+        drop_denied,
         /// Dropped: too short to carry a session ID, or failed decryption or authentication.
         drop_malformed,
         /// Dropped: for a session ID no worker has.

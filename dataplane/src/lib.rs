@@ -5,6 +5,7 @@
 //! its set-up on an interface ([`xdp`]).
 
 pub mod counters;
+pub mod deny;
 pub mod io;
 pub mod media;
 pub mod mem;

@@ -38,8 +38,19 @@ pub struct PlaneConfig {
     pub mode: IoMode,
     /// The interface for AF_XDP (default: the one holding the bound address).
     pub interface: Option<String>,
-    /// Sources the XDP program drops from the start.
+    /// The blacklist at start: sources whose datagrams the XDP program and the workers drop.
     pub deny: Vec<Prefix>,
+}
+
+/// Why a blacklist change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DenyError {
+    /// The list holds [`crate::deny::MAX_DENY`] prefixes already.
+    #[error(transparent)]
+    Full(#[from] crate::deny::DenyListFull),
+    /// The XDP program's map refused it.
+    #[error("the XDP program's deny map: {0}")]
+    Xdp(#[from] updraft_bpf::loader::LoadError),
 }
 
 /// A running data plane.
@@ -92,6 +103,9 @@ impl DataPlane {
             None => (Vec::new().into_iter(), None),
         };
         let shared = Arc::new(Shared::new(workers)?);
+        for prefix in &config.deny {
+            shared.deny.deny(*prefix).map_err(io::Error::other)?;
+        }
         if let Ok(mut report) = shared.io.lock() {
             report.xdp = xdp.is_some();
             report.description.clone_from(&io_description);
@@ -232,16 +246,23 @@ impl DataPlane {
         }
     }
 
-    /// Adds `prefix` to the XDP program's deny list (nothing to do in socket mode).
-    pub fn deny(&self, prefix: &Prefix) -> Result<(), updraft_bpf::loader::LoadError> {
-        self.xdp.as_ref().map_or(Ok(()), |x| x.program.deny(prefix))
+    /// Adds `prefix` to the blacklist: the XDP program drops its datagrams in the kernel, and
+    /// the workers drop those that reach their sockets (all of them, in socket mode).
+    pub fn deny(&self, prefix: &Prefix) -> Result<(), DenyError> {
+        self.shared.deny.deny(*prefix)?;
+        if let Some(x) = &self.xdp {
+            x.program.deny(prefix)?;
+        }
+        Ok(())
     }
 
-    /// Removes `prefix` from the XDP program's deny list.
-    pub fn allow(&self, prefix: &Prefix) -> Result<(), updraft_bpf::loader::LoadError> {
-        self.xdp
-            .as_ref()
-            .map_or(Ok(()), |x| x.program.allow(prefix))
+    /// Removes `prefix` (that exact entry) from the blacklist.
+    pub fn allow(&self, prefix: &Prefix) -> Result<(), DenyError> {
+        self.shared.deny.allow(*prefix);
+        if let Some(x) = &self.xdp {
+            x.program.allow(prefix)?;
+        }
+        Ok(())
     }
 
     /// The address the workers serve.
@@ -303,5 +324,70 @@ impl DataPlane {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Waits (5 s at most) until `f` holds for the summed counters.
+    fn until(plane: &DataPlane, f: impl Fn(&WorkerCounters) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let mut sum = WorkerCounters::default();
+            for c in plane.counters() {
+                sum.drop_denied += c.drop_denied;
+                sum.drop_unknown_session += c.drop_unknown_session;
+            }
+            if f(&sum) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn the_blacklist_drops_sources_on_sockets_and_changes_at_run_time() {
+        let plane = DataPlane::start(PlaneConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            udp_buffer: None,
+            session: SessionConfig::default(),
+            pin: false,
+            seed: [7; 32],
+            dump: None,
+            mode: IoMode::Socket,
+            interface: None,
+            deny: vec!["192.0.2.0/24".parse().unwrap()],
+        })
+        .unwrap();
+        let to = plane.local_addr();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // RTMFP-shaped, for a session nobody has: counted as unknown when it gets through.
+        let datagram = [0x5Au8; 36];
+        let send = || client.send_to(&datagram, to).unwrap();
+
+        send();
+        assert!(until(&plane, |c| c.drop_unknown_session == 1
+            && c.drop_denied == 0));
+        let me: Prefix = "127.0.0.1".parse().unwrap();
+        plane.deny(&me).unwrap();
+        send();
+        assert!(until(&plane, |c| c.drop_denied == 1
+            && c.drop_unknown_session == 1));
+        plane.allow(&me).unwrap();
+        send();
+        assert!(until(&plane, |c| c.drop_unknown_session == 2
+            && c.drop_denied == 1));
+        assert_eq!(
+            plane.shared().deny.prefixes().len(),
+            1,
+            "the start-up entry stays"
+        );
+        plane.shutdown();
+        plane.join().unwrap();
     }
 }

@@ -38,6 +38,7 @@ use updraft_control::ipc::{
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
+use crate::deny::{DenyList, DenyView};
 use crate::io::{BatchIo, RxBatch, TxBatch, BATCH, SLOT_SIZE};
 use crate::media::{
     classify, prepare, timestamp, MediaItem, MediaKind, Qos, StreamCache, StreamReport,
@@ -89,6 +90,8 @@ pub struct Shared {
     pub streams: Vec<Mutex<Vec<StreamReport>>>,
     /// The packet I/O in use, for the metrics (set at start, refreshed by the supervisor).
     pub io: Mutex<IoReport>,
+    /// The blacklist: sources whose datagrams the workers drop.
+    pub deny: DenyList,
 }
 
 /// The packet I/O the workers use, as the metrics show it.
@@ -116,6 +119,7 @@ impl Shared {
             control_stats_len: AtomicUsize::new(0),
             streams: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             io: Mutex::new(IoReport::default()),
+            deny: DenyList::new(&[]),
         })
     }
 
@@ -378,6 +382,8 @@ pub struct Worker<IO: BatchIo> {
     links: Receiver<Socket>,
     handoff_in: Receiver<Handoff>,
     handoff_out: Vec<Sender<Handoff>>,
+    /// This worker's copy of the blacklist, refreshed once per turn.
+    deny: DenyView,
     shared: Arc<Shared>,
     session_config: SessionConfig,
     rng: ChaCha20Rng,
@@ -422,6 +428,7 @@ impl<IO: BatchIo> Worker<IO> {
             links: setup.links,
             handoff_in: setup.handoff_in,
             handoff_out: setup.handoff_out,
+            deny: DenyView::of(&setup.shared.deny),
             shared: setup.shared,
             session_config: setup.session_config,
             rng: ChaCha20Rng::from_seed(setup.seed),
@@ -492,6 +499,7 @@ impl<IO: BatchIo> Worker<IO> {
             )?;
         }
         waker.clear();
+        self.deny.refresh(&self.shared.deny);
         while let Ok(link) = self.links.try_recv() {
             self.attach(link);
         }
@@ -529,6 +537,10 @@ impl<IO: BatchIo> Worker<IO> {
                 if let Some((from, truncated, bytes)) = rx.get_mut(i) {
                     self.counters.rx_packets += 1;
                     self.counters.rx_bytes += bytes.len() as u64;
+                    if self.deny.denies(from.ip()) {
+                        self.counters.drop_denied += 1;
+                        continue;
+                    }
                     self.on_datagram(now, from, truncated, bytes);
                 }
             }

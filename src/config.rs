@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtmfp::params::{DEFAULT_PORT, MIN_KEEPALIVE};
+use updraft_bpf::Prefix;
 
 /// Default server keepalive sent in event 41 (Cumulus: 15 s).
 pub const DEFAULT_KEEPALIVE_SERVER: Duration = Duration::from_secs(15);
@@ -36,6 +37,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "publicAddress",
             "maxSessions",
             "handshakeRate",
+            "blacklist",
         ],
     ),
     ("logs", &["directory", "name"]),
@@ -77,6 +79,9 @@ pub struct Config {
     /// Handshakes (IIKeyings) accepted per second from one source address
     /// (`handshakeRate`, an Updraft extension).
     pub handshake_rate: u32,
+    /// Sources whose datagrams are dropped (`blacklist`, an Updraft extension: addresses or
+    /// prefixes separated by commas or spaces); the XDP program drops them in the kernel.
+    pub blacklist: Vec<Prefix>,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -93,6 +98,7 @@ impl Default for Config {
             public_address: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             handshake_rate: DEFAULT_HANDSHAKE_RATE,
+            blacklist: Vec::new(),
             sections: BTreeMap::new(),
         }
     }
@@ -219,6 +225,13 @@ impl Config {
                     "maxSessions = {value} is not a positive number of sessions"
                 ))?;
             }
+            ("", "blacklist") => {
+                self.blacklist = value
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse().map_err(|e| format!("blacklist: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
             ("", "publicAddress") => {
                 self.public_address = (!value.is_empty()).then(|| value.to_string())
             }
@@ -258,6 +271,24 @@ mod tests {
         assert_eq!(c.sections["logs"]["name"], "cumulus");
         assert_eq!(c.sections["smtp"]["host"], "mail.example");
         assert_eq!(c.sections["myApp"]["secret"], "42");
+    }
+
+    #[test]
+    fn the_blacklist_takes_addresses_and_prefixes() {
+        let c = Config::parse(
+            "u.ini",
+            "blacklist = 192.0.2.0/24, 2001:db8::/32 198.51.100.7\n",
+        )
+        .unwrap();
+        let got: Vec<String> = c.blacklist.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"]);
+        let e = Config::parse("u.ini", "port = 1\nblacklist = 10.0.0.0/40\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.to_string()
+                .contains("\"10.0.0.0/40\" is not an IPv4 or IPv6 address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -424,7 +424,7 @@ fn serve(
             .then_some(crate::dump::log_packet as updraft_dataplane::worker::DumpHook),
         mode: io_mode,
         interface: opts.interface.clone(),
-        deny: Vec::new(),
+        deny: config.blacklist.clone(),
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;

@@ -560,3 +560,33 @@ fn the_loadgen_runs_over_af_xdp_too() {
     let s = stats(&t);
     assert!(worker_sum(&s, "xdp_rx") >= report.ring_out, "{s}");
 }
+
+#[test]
+fn the_blacklist_is_dropped_in_the_kernel_by_the_xdp_program() {
+    if !can_run("the_blacklist_is_dropped_in_the_kernel_by_the_xdp_program") {
+        return;
+    }
+    let t = Topology::new(1);
+    let ini = TempFile::new("blacklist.ini", &format!("blacklist = {CLIENT_IP}/32\n"));
+    let config = ini.0.to_str().unwrap();
+    let server = t.server(
+        &[],
+        &["--mode", "xdp", "--workers", "1", "--config", config],
+    );
+    assert!(server.logged("packet I/O: AF_XDP on"));
+    let opened = t.in_client(|| {
+        let mut c = Client::with_groups(6, vec![GROUP2]);
+        c.open(server_addr(), "rtmfp://10.201.0.1/live").is_some()
+    });
+    assert!(!opened, "a blacklisted client gets no session");
+    // The program's counters, read by the supervisor once a second; /stats is TCP, which
+    // the program passes whatever the source.
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = stats(&t);
+    assert!(s["xdpVerdicts"]["drop_denied"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(
+        worker_sum(&s, "rx_packets"),
+        0,
+        "nothing reached the worker: {s}"
+    );
+}

@@ -14,14 +14,6 @@ fn stats(metrics: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&http_get(metrics, "/stats")).expect("JSON stats")
 }
 
-fn total(stats: &serde_json::Value, counter: &str) -> u64 {
-    stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w[counter].as_u64().unwrap())
-        .sum()
-}
 
 fn command(name: &str, txn: f64, args: Vec<Value<'_>>) -> Vec<u8> {
     Command::new(name, txn, Value::Null, args)
@@ -180,13 +172,13 @@ fn two_hundred_concurrent_sessions_spread_over_two_workers() {
         c.endpoint.session_mut(*h).unwrap().close(now);
     }
     let deadline = WallInstant::now() + Duration::from_secs(20);
-    while WallInstant::now() < deadline && total(&stats(metrics), "sessions_open") > 0 {
+    while WallInstant::now() < deadline && worker_sum(&stats(metrics), "sessions_open") > 0 {
         for _ in 0..20 {
             clients.iter_mut().for_each(|(c, _)| c.step());
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert_eq!(total(&stats(metrics), "sessions_open"), 0);
+    assert_eq!(worker_sum(&stats(metrics), "sessions_open"), 0);
 }
 
 #[test]
@@ -317,12 +309,12 @@ fn a_flood_of_malformed_and_replayed_datagrams_leaves_sessions_healthy() {
     assert_eq!(name, "_result");
     assert_eq!(c.endpoint.session(h).unwrap().state(), State::Open);
     let s = stats(metrics);
-    let dropped = total(&s, "drop_malformed")
-        + total(&s, "drop_unknown_session")
-        + total(&s, "drop_truncated");
+    let dropped = worker_sum(&s, "drop_malformed")
+        + worker_sum(&s, "drop_unknown_session")
+        + worker_sum(&s, "drop_truncated");
     eprintln!(
         "flood: {} received, {dropped} dropped as malformed or unknown",
-        total(&s, "rx_packets")
+        worker_sum(&s, "rx_packets")
     );
     assert!(
         dropped > (FLOOD as u64) / 10,
@@ -478,7 +470,7 @@ fn a_silent_client_is_pinged_then_closed_and_freed() {
     let h = c.open(server.addr, "rtmfp://127.0.0.1/").expect("open");
     c.connect_app(h, "");
     assert!(c.wait_messages(h, 1));
-    assert_eq!(total(&stats(metrics), "sessions_open"), 1);
+    assert_eq!(worker_sum(&stats(metrics), "sessions_open"), 1);
     // The client goes silent: it reads what arrives and never answers.
     c.socket
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -486,13 +478,13 @@ fn a_silent_client_is_pinged_then_closed_and_freed() {
     let mut buf = [0u8; 2048];
     let mut arrived = 0;
     let deadline = WallInstant::now() + Duration::from_secs(120);
-    while WallInstant::now() < deadline && total(&stats(metrics), "sessions_open") > 0 {
+    while WallInstant::now() < deadline && worker_sum(&stats(metrics), "sessions_open") > 0 {
         while c.socket.recv_from(&mut buf).is_ok() {
             arrived += 1;
         }
     }
     assert_eq!(
-        total(&stats(metrics), "sessions_open"),
+        worker_sum(&stats(metrics), "sessions_open"),
         0,
         "the silent session is closed"
     );
@@ -500,7 +492,7 @@ fn a_silent_client_is_pinged_then_closed_and_freed() {
         arrived >= 5,
         "the server pinged the silent client ({arrived} datagrams)"
     );
-    assert_eq!(total(&stats(metrics), "sessions_closed"), 1);
+    assert_eq!(worker_sum(&stats(metrics), "sessions_closed"), 1);
 }
 
 #[test]
@@ -524,5 +516,5 @@ fn max_sessions_refuses_handshakes_beyond_the_limit() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(refused(&stats(metrics)).unwrap_or(0) >= 1);
-    assert_eq!(total(&stats(metrics), "sessions_open"), 1);
+    assert_eq!(worker_sum(&stats(metrics), "sessions_open"), 1);
 }

@@ -196,14 +196,6 @@ fn stats(t: &Topology) -> serde_json::Value {
     serde_json::from_str(&body).expect("/stats is JSON")
 }
 
-fn worker_sum(stats: &serde_json::Value, field: &str) -> u64 {
-    stats["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w[field].as_u64().unwrap())
-        .sum()
-}
 
 /// Connects to `live` and makes a call; answers the call's answer (`_result`, or `_error`
 /// while no Lua application defines the method) once its transaction came back.

@@ -188,6 +188,16 @@ pub fn spawn_server(command: &mut Process, www: TempDir) -> ServerProcess {
     }
 }
 
+/// A counter of `/stats`, summed over the workers.
+pub fn worker_sum(stats: &serde_json::Value, field: &str) -> u64 {
+    stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[field].as_u64().unwrap())
+        .sum()
+}
+
 /// One HTTP GET on the metrics endpoint; answers the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();

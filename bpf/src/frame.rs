@@ -339,11 +339,18 @@ pub fn fuzz_frame(data: &[u8]) {
     let header = header_len(&back, d.dest.ip());
     let mut buf = vec![0; header + d.payload.len()];
     buf[header..].copy_from_slice(d.payload);
-    let n = write_headers(&mut buf, &back, d.source, d.dest, d.payload.len())
-        .expect("a parsed datagram fits");
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (source, dest) = (canonical(d.source), canonical(d.dest));
+    let Some(n) = write_headers(&mut buf, &back, d.source, d.dest, d.payload.len()) else {
+        // IPv4-mapped addresses are IPv4 to `write_headers`: an IPv6 frame with one mapped
+        // and one native address (which no stack sends, RFC 4291 §2.5.5.2) has no single
+        // family to be written back in. Anything else must fit.
+        assert_ne!(source.is_ipv4(), dest.is_ipv4(), "a parsed datagram fits");
+        return;
+    };
     let again = parse_udp(&buf[..n]).expect("a written frame parses");
     assert_eq!(again.link, d.link);
-    assert_eq!((again.source, again.dest), (d.source, d.dest));
+    assert_eq!((again.source, again.dest), (source, dest));
     assert_eq!(again.payload, d.payload);
 }
 

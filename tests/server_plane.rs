@@ -14,7 +14,6 @@ fn stats(metrics: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&http_get(metrics, "/stats")).expect("JSON stats")
 }
 
-
 fn command(name: &str, txn: f64, args: Vec<Value<'_>>) -> Vec<u8> {
     Command::new(name, txn, Value::Null, args)
         .to_message(ObjectEncoding::Amf0, 0)

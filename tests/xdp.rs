@@ -196,7 +196,6 @@ fn stats(t: &Topology) -> serde_json::Value {
     serde_json::from_str(&body).expect("/stats is JSON")
 }
 
-
 /// Connects to `live` and makes a call; answers the call's answer (`_result`, or `_error`
 /// while no Lua application defines the method) once its transaction came back.
 fn connect_and_call(seed: u64) -> String {

@@ -72,7 +72,7 @@ fn a_missing_application_is_invalid_app_and_the_server_closes_the_session() {
     let h = c.open(server.addr, "rtmfp://127.0.0.1/live").expect("open");
     let now = c.now();
     let s = c.endpoint.session_mut(h).unwrap();
-    let flow = s.open_flow(&nc_metadata(), None).unwrap();
+    let flow = s.open_flow(&tc_metadata(0), None).unwrap();
     s.send(
         now,
         flow,
@@ -189,17 +189,7 @@ fn killing_the_control_process_keeps_sessions_streaming_and_new_connects_work_wi
     let nc = c.connect_app(h, "live");
     assert!(c.wait_messages(h, 1));
     // A NetStream flow carrying audio: the worker acknowledges it without the control plane.
-    let media = FlowMetadata::Tc {
-        stream_id: 1,
-        receive_intent: ReceiveIntent::Sequence,
-    }
-    .to_vec();
-    let audio = c
-        .endpoint
-        .session_mut(h)
-        .unwrap()
-        .open_flow(&media, None)
-        .unwrap();
+    let audio = c.open_stream_flow(h, 1);
     let mut frame = vec![0x08u8, 0, 0, 0, 0];
     frame.extend_from_slice(&[0xAF; 200]);
     ServerProcess::signal(control, "KILL");

@@ -18,11 +18,7 @@ fn flash_client_session_against_the_server_over_udp() {
         .iter()
         .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
 
-    let nc = FlowMetadata::Tc {
-        stream_id: 0,
-        receive_intent: ReceiveIntent::Sequence,
-    }
-    .to_vec();
+    let nc = tc_metadata(0);
     let now = c.now();
     let s = c.endpoint.session_mut(h).unwrap();
     let flow = s.open_flow(&nc, None).unwrap();
@@ -114,16 +110,9 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
     assert!(c.pump(|ev| ev
         .iter()
         .any(|(hh, e)| *hh == h && matches!(e, EndpointEvent::Connected { .. }))));
-    let tc = |stream_id| {
-        FlowMetadata::Tc {
-            stream_id,
-            receive_intent: ReceiveIntent::Sequence,
-        }
-        .to_vec()
-    };
     let now = c.now();
     let s = c.endpoint.session_mut(h).unwrap();
-    let control = s.open_flow(&tc(0), None).unwrap();
+    let control = s.open_flow(&tc_metadata(0), None).unwrap();
     let connect = Command::new(
         "connect",
         1.0,
@@ -149,7 +138,7 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
                 flow,
                 metadata,
                 associated,
-            }) if *metadata == tc(stream_id) => Some((*flow, *associated)),
+            }) if *metadata == tc_metadata(stream_id) => Some((*flow, *associated)),
             _ => None,
         })
     };
@@ -159,7 +148,7 @@ fn netstream_replies_are_associated_with_the_client_control_flow() {
     // The NetStream flow answers the server's NetConnection return flow, as rtmfp-cpp does.
     let now = c.now();
     let s = c.endpoint.session_mut(h).unwrap();
-    let stream = s.open_flow(&tc(1), Some(nc_return)).unwrap();
+    let stream = s.open_flow(&tc_metadata(1), Some(nc_return)).unwrap();
     let play = Command::new("play", 0.0, Value::Null, vec![Value::str("live")]);
     s.send(
         now,

@@ -571,17 +571,7 @@ fn media_on_other_flows_of_the_publishing_netstream_is_published() {
     // metadata; the publish command came on yet another.
     let server = start_server_with(&["--workers", "1"]);
     let (mut publisher, ph, pflow) = publishing(server.addr, 101);
-    let meta = FlowMetadata::Tc {
-        stream_id: STREAM,
-        receive_intent: ReceiveIntent::Sequence,
-    }
-    .to_vec();
-    let video_flow = publisher
-        .endpoint
-        .session_mut(ph)
-        .unwrap()
-        .open_flow(&meta, None)
-        .unwrap();
+    let video_flow = publisher.open_stream_flow(ph, STREAM);
     assert_ne!(video_flow, pflow);
     let (mut player, h, _, flow) = netstream_client(server.addr, 102);
     player.send(h, flow, &command("play", 0.0, vec![Value::str("cam")]));

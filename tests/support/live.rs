@@ -80,17 +80,7 @@ pub fn netstream_client(addr: SocketAddr, seed: u64) -> (Client, u32, FlowId, Fl
     let h = c.open(addr, "rtmfp://127.0.0.1/live").expect("open");
     let nc = c.connect_app(h, "live");
     assert!(c.wait_messages(h, 1), "connected");
-    let meta = FlowMetadata::Tc {
-        stream_id: STREAM,
-        receive_intent: ReceiveIntent::Sequence,
-    }
-    .to_vec();
-    let flow = c
-        .endpoint
-        .session_mut(h)
-        .unwrap()
-        .open_flow(&meta, None)
-        .unwrap();
+    let flow = c.open_stream_flow(h, STREAM);
     (c, h, nc, flow)
 }
 

@@ -231,10 +231,10 @@ pub struct Client {
     pub loss: Option<(u32, ChaCha20Rng)>,
 }
 
-/// NetConnection flow metadata (stream 0).
-pub fn nc_metadata() -> Vec<u8> {
+/// Metadata of a TC flow for NetStream `stream_id` (0: the NetConnection), in sequence.
+pub fn tc_metadata(stream_id: u64) -> Vec<u8> {
     FlowMetadata::Tc {
-        stream_id: 0,
+        stream_id,
         receive_intent: ReceiveIntent::Sequence,
     }
     .to_vec()
@@ -322,11 +322,20 @@ impl Client {
         .then_some(h)
     }
 
+    /// Opens a flow of session `h` for NetStream `stream_id`, not associated with another.
+    pub fn open_stream_flow(&mut self, h: u32, stream_id: u64) -> FlowId {
+        self.endpoint
+            .session_mut(h)
+            .unwrap()
+            .open_flow(&tc_metadata(stream_id), None)
+            .unwrap()
+    }
+
     /// Opens the NetConnection flow of session `h` and sends `connect` to `app`.
     pub fn connect_app(&mut self, h: u32, app: &str) -> FlowId {
         let now = self.now();
         let s = self.endpoint.session_mut(h).unwrap();
-        let flow = s.open_flow(&nc_metadata(), None).unwrap();
+        let flow = s.open_flow(&tc_metadata(0), None).unwrap();
         s.send(
             now,
             flow,

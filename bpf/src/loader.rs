@@ -3,7 +3,7 @@
 //! (which the kernel removes when the process dies, crashed or not).
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, ProgramInput};
 
@@ -65,25 +65,15 @@ impl XdpMode {
 /// The program attached to an interface: dropping it detaches the program.
 #[derive(Debug)]
 pub struct Attached {
-    link: OwnedFd,
+    /// The bpf_link; closing it detaches.
+    _link: OwnedFd,
     mode: XdpMode,
-    ifindex: u32,
 }
 
 impl Attached {
     /// Native or generic.
     pub fn mode(&self) -> XdpMode {
         self.mode
-    }
-
-    /// The interface.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
-
-    /// The bpf_link's descriptor.
-    pub fn link_fd(&self) -> RawFd {
-        self.link.as_raw_fd()
     }
 }
 
@@ -213,11 +203,7 @@ impl Loaded {
             .ok_or(LoadError::Missing("program"))?;
         let link = crate::link::xdp_link_create(program.as_fd(), ifindex, mode.flags())
             .map_err(|e| LoadError::Attach(mode, e))?;
-        Ok(Attached {
-            link,
-            mode,
-            ifindex,
-        })
+        Ok(Attached { _link: link, mode })
     }
 
     /// Runs the program once on `frame` in the kernel (`BPF_PROG_TEST_RUN`) and answers its

@@ -80,7 +80,8 @@ pub struct Config {
     /// (`handshakeRate`, an Updraft extension).
     pub handshake_rate: u32,
     /// Sources whose datagrams are dropped (`blacklist`, an Updraft extension: addresses or
-    /// prefixes separated by commas or spaces); the XDP program drops them in the kernel.
+    /// prefixes separated by commas or spaces): the XDP program drops them in the kernel, the
+    /// workers any that reach their sockets.
     pub blacklist: Vec<Prefix>,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,

@@ -407,7 +407,6 @@ fn serve(
         .clamp(1, MAX_WORKERS);
     let port = opts.port.unwrap_or(config.port);
     let mut bind = SocketAddr::new(opts.bind, port);
-    let io_mode = opts.mode;
     let session = SessionConfig {
         keepalive: Some(config.keepalive_server),
         ..SessionConfig::default()
@@ -422,7 +421,7 @@ fn serve(
         dump: opts
             .dump
             .then_some(crate::dump::log_packet as updraft_dataplane::worker::DumpHook),
-        mode: io_mode,
+        mode: opts.mode,
         interface: opts.interface.clone(),
         deny: config.blacklist.clone(),
     };
@@ -430,14 +429,14 @@ fn serve(
     pc.seed = random32()?;
     let plane = match DataPlane::start(pc) {
         Ok(p) => p,
-        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() && io_mode != IoMode::Xdp => {
+        Err(e) if opts.bind.is_unspecified() && opts.bind.is_ipv6() && opts.mode != IoMode::Xdp => {
             tracing::warn!(error = %e, "IPv6 unavailable; serving IPv4 only");
             bind = SocketAddr::new(IpAddr::from([0u8; 4]), port);
             let mut pc = plane_config(bind);
             pc.seed = random32()?;
             DataPlane::start(pc).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?
         }
-        Err(e) if io_mode == IoMode::Xdp => return Err(format!("cannot serve UDP {bind}: {e}")),
+        Err(e) if opts.mode == IoMode::Xdp => return Err(format!("cannot serve UDP {bind}: {e}")),
         Err(e) => return Err(format!("cannot bind UDP {bind}: {e}")),
     };
     let mode_note = if plane.is_xdp() { "xdp" } else { "socket" };

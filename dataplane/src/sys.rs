@@ -1,6 +1,7 @@
 //! The system calls the socket data plane needs and `std` does not offer: `recvmmsg`,
-//! `sendmmsg`, `poll`, `eventfd`, interface lookup and `setns`. This is one of the two places in the workspace with
-//! `unsafe` (the other is the AF_XDP ring code); every block says why it is sound.
+//! `sendmmsg`, `poll`, `eventfd`, interface lookup and `setns`. This is one of the two places
+//! in the workspace with `unsafe` (the other is the AF_XDP ring code); every block says why
+//! it is sound.
 #![allow(unsafe_code)]
 
 use std::io;

@@ -392,7 +392,11 @@ pub fn single_socket(interface: &str, socket: MmsgSocket) -> Result<XskIo, XdpEr
     let name = interface.name.clone();
     let port = socket
         .local_addr()
-        .map_err(|e| XdpError::NoInterface(format!("the socket has no address: {e}")))?
+        .map_err(|error| XdpError::Socket {
+            interface: name.clone(),
+            queue: 0,
+            error,
+        })?
         .port();
     let XdpSetup {
         mut sockets,

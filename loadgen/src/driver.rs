@@ -20,7 +20,7 @@ use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::time::Instant;
 use updraft_dataplane::io::{bind_udp, BatchIo, MmsgSocket, RxBatch, TxBatch};
-use updraft_dataplane::xdp::{self, PacketIo, XdpError};
+use updraft_dataplane::xdp::{self, PacketIo};
 
 /// Kernel socket buffer of the loadgen's socket: a fanout receives bursts for every subscriber.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -90,9 +90,8 @@ impl Driver {
         bind: SocketAddr,
         seed: u64,
         groups: &[DhGroup],
-    ) -> Result<Driver, XdpError> {
-        let socket = Driver::socket(bind).map_err(|e| XdpError::NoInterface(e.to_string()))?;
-        let io = xdp::single_socket(interface, socket)?;
+    ) -> io::Result<Driver> {
+        let io = xdp::single_socket(interface, Driver::socket(bind)?).map_err(io::Error::other)?;
         Ok(Driver::on(PacketIo::Xdp(Box::new(io)), seed, groups))
     }
 

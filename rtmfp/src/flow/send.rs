@@ -135,6 +135,7 @@ impl Frag {
             resend: usize::from(
                 self.state == FragState::Lost || (self.state == FragState::New && self.abandoned),
             ),
+            flying: usize::from(matches!(self.state, FragState::InFlight { .. })),
         }
     }
 }
@@ -149,6 +150,8 @@ struct Weight {
     in_flight: usize,
     /// Fragments waiting to be (re)sent: lost, or abandoned and not yet announced.
     resend: usize,
+    /// Fragments in flight, empty ones (FIN, abandonment notices) included.
+    flying: usize,
 }
 
 impl Weight {
@@ -156,12 +159,14 @@ impl Weight {
         self.outstanding += w.outstanding;
         self.in_flight += w.in_flight;
         self.resend += w.resend;
+        self.flying += w.flying;
     }
 
     fn sub(&mut self, w: Weight) {
         self.outstanding = self.outstanding.saturating_sub(w.outstanding);
         self.in_flight = self.in_flight.saturating_sub(w.in_flight);
         self.resend = self.resend.saturating_sub(w.resend);
+        self.flying = self.flying.saturating_sub(w.flying);
     }
 }
 
@@ -194,9 +199,19 @@ pub struct SendFlow {
     stats: SendStats,
     /// Totals over `frags`.
     totals: Weight,
-    /// No fragment or queued message expires before this (a lower bound), so expiry checks
-    /// can be skipped until then.
+    /// No fragment expires before this (a lower bound), so expiry checks can be skipped until
+    /// then.
     next_expiry: Option<Instant>,
+    /// No queued message expires before this (a lower bound; `None` when none can expire).
+    queue_expiry: Option<Instant>,
+    /// No fragment in flight was sent before this (a lower bound; `None` when none is in
+    /// flight). The retransmission timer runs from it, so that [`Self::poll_timeout`] costs
+    /// O(1) instead of a scan of every fragment for every packet; a stale bound fires the timer
+    /// early once, and [`Self::handle_timeout`] sets it exactly.
+    oldest_sent: Option<Instant>,
+    /// No fragment before this sequence number is live (unacknowledged and not abandoned):
+    /// where the search for the forward sequence number resumes.
+    live_from: u64,
 }
 
 /// What a send flow has sent and lost, for QoS reports.
@@ -244,6 +259,9 @@ impl SendFlow {
             stats: SendStats::default(),
             totals: Weight::default(),
             next_expiry: None,
+            queue_expiry: None,
+            oldest_sent: None,
+            live_from: 1,
         }
     }
 
@@ -283,6 +301,9 @@ impl SendFlow {
     ) -> Result<(), SendError> {
         self.check_room(message.len())?;
         self.queued_bytes += message.len();
+        if let Some(e) = expiry {
+            self.queue_expiry = Some(self.queue_expiry.map_or(e, |q| q.min(e)));
+        }
         self.queue.push_back(Queued {
             message,
             offset: 0,
@@ -347,23 +368,34 @@ impl SendFlow {
     }
 
     /// The forward sequence number: everything at or below it is acknowledged or abandoned.
-    fn fsn(&self) -> u64 {
-        self.frags
-            .iter()
-            .find(|f| f.state != FragState::Acked && !f.abandoned)
-            .map_or(self.next_seq, |f| f.seq)
-            .saturating_sub(1)
+    ///
+    /// Amortised O(1): a fragment acknowledged or abandoned stays so, so the first live one
+    /// is found from where the last search stopped.
+    fn fsn(&mut self) -> u64 {
+        let front = self.frags.front().map_or(self.next_seq, |f| f.seq);
+        // Everything before the front was acknowledged and dropped.
+        self.live_from = self.live_from.max(front);
+        while let Some(i) = self.index_of(self.live_from) {
+            let f = &self.frags[i];
+            if f.state != FragState::Acked && !f.abandoned {
+                break;
+            }
+            self.live_from += 1;
+        }
+        self.live_from.min(self.next_seq).saturating_sub(1)
     }
 
     /// Abandons expired messages: their fragments go out as ABN, without data, and queued parts
     /// are dropped (RFC 7016 §3.6.2.7).
     fn abandon_expired(&mut self, now: Instant) {
-        // Fragments are scanned only once the earliest of their expiries may have come; the
-        // queue is abandoned from its front, which is checked every time.
+        // Fragments and the queue are scanned only once the earliest of their expiries may
+        // have come.
         if self.next_expiry.is_some_and(|e| e <= now) {
             self.abandon_expired_fragments(now);
         }
-        self.abandon_expired_queue(now);
+        if self.queue_expiry.is_some_and(|e| e <= now) {
+            self.abandon_expired_queue(now);
+        }
     }
 
     fn abandon_expired_fragments(&mut self, now: Instant) {
@@ -391,33 +423,40 @@ impl SendFlow {
         self.next_expiry = next;
     }
 
+    /// Drops the expired messages of the queue, wherever they are (audio and video expiries
+    /// interleave), and sets the queue's expiry bound exactly. Called once that bound is due.
     fn abandon_expired_queue(&mut self, now: Instant) {
-        while let Some(q) = self.queue.front() {
-            if q.expiry.is_some_and(|e| e <= now) {
-                let started = q.offset > 0;
-                let remaining = q.message.len() - q.offset;
-                self.queued_bytes = self.queued_bytes.saturating_sub(remaining);
-                let q = self.queue.pop_front();
-                // A message already partly sent gets one abandoned end fragment, so the
-                // receiver's reassembly of it ends.
-                if let (true, Some(q)) = (started, q) {
-                    let seq = self.take_seq();
-                    self.push_frag(Frag {
-                        seq,
-                        message: q.message,
-                        start: 0,
-                        end: 0,
-                        position: Fragment::End,
-                        expiry: q.expiry,
-                        abandoned: true,
-                        fin: false,
-                        state: FragState::New,
-                    });
-                }
-            } else {
-                break;
-            }
+        let expired = |q: &Queued| q.expiry.is_some_and(|e| e <= now);
+        // Only the front message can be partly sent. It gets one abandoned end fragment, so
+        // that the receiver's reassembly of it ends.
+        if let Some(q) = self.queue.front().filter(|q| q.offset > 0 && expired(q)) {
+            self.queued_bytes = self.queued_bytes.saturating_sub(q.message.len() - q.offset);
+            let (message, expiry) = (q.message.clone(), q.expiry);
+            self.queue.pop_front();
+            let seq = self.take_seq();
+            self.push_frag(Frag {
+                seq,
+                message,
+                start: 0,
+                end: 0,
+                position: Fragment::End,
+                expiry,
+                abandoned: true,
+                fin: false,
+                state: FragState::New,
+            });
         }
+        // The others were never sent: the receiver never learns of them.
+        let mut dropped = 0;
+        self.queue.retain(|q| {
+            let gone = expired(q);
+            if gone {
+                dropped += q.message.len() - q.offset;
+            }
+            !gone
+        });
+        self.queued_bytes = self.queued_bytes.saturating_sub(dropped);
+        self.queue_expiry = self.queue.iter().filter_map(|q| q.expiry).min();
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -500,6 +539,9 @@ impl SendFlow {
             self.queued_bytes = self.queued_bytes.saturating_sub(take);
             if last {
                 self.queue.pop_front();
+                if self.queue.is_empty() {
+                    self.queue_expiry = None;
+                }
             } else if let Some(q) = self.queue.front_mut() {
                 q.offset = end;
             }
@@ -569,6 +611,8 @@ impl SendFlow {
     pub fn on_fragment_sent(&mut self, now: Instant, seq: u64) {
         if let Some(i) = self.index_of(seq) {
             self.stats.sent += 1;
+            // `now` never goes back, so an older bound stays a bound.
+            self.oldest_sent.get_or_insert(now);
             self.update(i, |f| {
                 f.state = FragState::InFlight {
                     sent_at: now,
@@ -591,9 +635,19 @@ impl SendFlow {
         }
         let acked =
             |seq: u64| seq <= ack.cum_ack || ack.ranges.iter().any(|&(a, b)| a <= seq && seq <= b);
+        // Nothing above the highest sequence number the ack names changes: the scan stops
+        // there, so an ack costs the fragments it covers, not the whole window.
+        let top = ack
+            .ranges
+            .iter()
+            .map(|&(_, b)| b)
+            .fold(ack.cum_ack, u64::max);
         let mut highest_acked = None;
         for i in 0..self.frags.len() {
             let f = &self.frags[i];
+            if f.seq > top {
+                break;
+            }
             if f.state != FragState::Acked && f.state != FragState::New && acked(f.seq) {
                 out.acked_bytes += f.len();
                 highest_acked = Some(f.seq);
@@ -630,6 +684,12 @@ impl SendFlow {
         {
             self.frags.pop_front();
         }
+        if self.frags.is_empty() {
+            self.next_expiry = None;
+        }
+        if self.totals.flying == 0 {
+            self.oldest_sent = None;
+        }
         if let Some(fin) = self.fin_seq {
             if self.completed_at.is_none() && acked(fin) && self.frags.is_empty() {
                 self.completed_at = Some(now);
@@ -638,7 +698,8 @@ impl SendFlow {
         out
     }
 
-    /// When the flow next needs [`Self::handle_timeout`] or has a probe due.
+    /// When the flow next needs [`Self::handle_timeout`] or has a probe due. O(1): it may
+    /// answer early (from lower bounds), never late.
     pub fn poll_timeout(&self, erto: Duration) -> Option<Instant> {
         if self.exception.is_some() {
             return None;
@@ -646,27 +707,16 @@ impl SendFlow {
         if let Some(done) = self.completed_at {
             return Some(done + SEND_FLOW_LINGER);
         }
-        let rto = self
-            .frags
-            .iter()
-            .filter_map(|f| match f.state {
-                FragState::InFlight { sent_at, .. } => Some(sent_at + erto),
-                _ => None,
-            })
-            .min();
-        let expiry = self
-            .frags
-            .iter()
-            .filter(|f| !f.abandoned && f.state != FragState::Acked)
-            .filter_map(|f| f.expiry)
-            .chain(self.queue.iter().filter_map(|q| q.expiry))
-            .min();
+        let rto = self.oldest_sent.map(|t| t + erto);
         let probe = if self.suspended() {
             self.probe_next
         } else {
             None
         };
-        [rto, expiry, probe].into_iter().flatten().min()
+        [rto, self.next_expiry, self.queue_expiry, probe]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Retransmission timeout: every fragment in flight for at least ERTO is lost. Answers
@@ -683,6 +733,14 @@ impl SendFlow {
             }
         }
         self.abandon_expired(now);
+        self.oldest_sent = self
+            .frags
+            .iter()
+            .filter_map(|f| match f.state {
+                FragState::InFlight { sent_at, .. } => Some(sent_at),
+                _ => None,
+            })
+            .min();
         any
     }
 
@@ -716,6 +774,8 @@ impl SendFlow {
         self.frags.clear();
         self.totals = Weight::default();
         self.next_expiry = None;
+        self.queue_expiry = None;
+        self.oldest_sent = None;
         true
     }
 
@@ -909,6 +969,47 @@ mod tests {
             (queued + unacked, in_flight)
         }
 
+        /// The flow's next timer computed afresh from every fragment and queued message: what
+        /// [`SendFlow::poll_timeout`] may answer early, never late.
+        fn exact_timeout(&self, erto: Duration) -> Option<Instant> {
+            if self.exception.is_some() {
+                return None;
+            }
+            if let Some(done) = self.completed_at {
+                return Some(done + SEND_FLOW_LINGER);
+            }
+            let rto = self
+                .frags
+                .iter()
+                .filter_map(|f| match f.state {
+                    FragState::InFlight { sent_at, .. } => Some(sent_at + erto),
+                    _ => None,
+                })
+                .min();
+            let expiry = self
+                .frags
+                .iter()
+                .filter(|f| !f.abandoned && f.state != FragState::Acked)
+                .filter_map(|f| f.expiry)
+                .chain(self.queue.iter().filter_map(|q| q.expiry))
+                .min();
+            let probe = if self.suspended() {
+                self.probe_next
+            } else {
+                None
+            };
+            [rto, expiry, probe].into_iter().flatten().min()
+        }
+
+        /// The forward sequence number found by a scan from the first fragment.
+        fn fsn_by_scan(&self) -> u64 {
+            self.frags
+                .iter()
+                .find(|f| f.state != FragState::Acked && !f.abandoned)
+                .map_or(self.next_seq, |f| f.seq)
+                .saturating_sub(1)
+        }
+
         /// Whether `next_expiry` is a lower bound of every live fragment's expiry.
         fn expiry_bound_holds(&self) -> bool {
             self.frags
@@ -978,10 +1079,25 @@ mod tests {
                     }
                     Op::Timeout => {
                         f.handle_timeout(t(now), ERTO);
+                        // The timer was run: it is not due again at once (no busy loop), unless
+                        // exactly so (a Buffer Probe waiting to go).
+                        let next = f.poll_timeout(ERTO);
+                        proptest::prop_assert!(
+                            next.is_none_or(|n| n > t(now) || Some(n) == f.exact_timeout(ERTO)),
+                            "timer {:?} due again at {} ms (exact {:?})", next, now, f.exact_timeout(ERTO)
+                        );
                     }
                     Op::Wait(ms) => now += ms,
                     Op::Close => f.close(),
                 }
+                // The O(1) timer is never later than the one a full scan gives.
+                if let Some(exact) = f.exact_timeout(ERTO) {
+                    proptest::prop_assert!(
+                        f.poll_timeout(ERTO).is_some_and(|b| b <= exact),
+                        "timer {:?} later than {:?}", f.poll_timeout(ERTO), exact
+                    );
+                }
+                proptest::prop_assert_eq!(f.fsn_by_scan(), f.fsn());
                 proptest::prop_assert_eq!(f.totals, f.recount());
                 proptest::prop_assert_eq!(
                     (f.unacked_bytes(), f.in_flight_bytes()),

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
 use rtmfp::crypto::{DhGroup, NegotiationPolicy};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
-use rtmfp::flash::command::{Command, ObjectEncoding};
+use rtmfp::flash::command::{names, Command, DataMessage, ObjectEncoding};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
@@ -359,6 +359,25 @@ pub fn connect_message(app: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// `@setDataFrame onMetaData {…}` for a stream of `size`-byte video messages at `kbps` kbit/s.
+pub fn set_data_frame(size: usize, kbps: u64) -> Vec<u8> {
+    #[allow(clippy::cast_precision_loss)]
+    let (rate, fps) = (kbps as f64, (kbps * 1000) as f64 / (size.max(1) * 8) as f64);
+    DataMessage {
+        handler: names::SET_DATA_FRAME.into(),
+        values: vec![
+            Value::str("onMetaData"),
+            Value::Object(Object::anonymous(vec![
+                ("videodatarate".into(), Value::Number(rate)),
+                ("framerate".into(), Value::Number(fps)),
+            ])),
+        ],
+    }
+    // As Flash Player sends it: AMF3 data (0x0F) carrying AMF0 values; Cumulus reads no other.
+    .to_message(ObjectEncoding::Amf3, 0)
+    .unwrap_or_default()
+}
+
 /// A command with transaction 0 (no answer expected) or `txn`.
 pub fn command(name: &str, txn: f64, args: Vec<Value<'_>>) -> Vec<u8> {
     Command::new(name, txn, Value::Null, args)
@@ -380,4 +399,24 @@ pub fn result_number(message: &[u8], txn: f64) -> Option<f64> {
     #[allow(clippy::float_cmp)]
     let answers = c.name == "_result" && c.transaction_id == txn;
     answers.then(|| c.args.first()?.as_f64())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_data_frame_is_an_amf3_data_message_flash_style() {
+        let m = set_data_frame(1100, 2000);
+        let tc = rtmfp::flash::message::TcMessage::parse(&m).unwrap();
+        assert_eq!(tc.kind, rtmfp::flash::message::MessageType::AMF3_DATA);
+        let d = DataMessage::parse(&tc).unwrap();
+        assert_eq!(d.handler, names::SET_DATA_FRAME);
+        let (name, meta) = d.set_data_frame().unwrap();
+        assert_eq!(name, "onMetaData");
+        assert_eq!(
+            meta.get("videodatarate").and_then(Value::as_f64),
+            Some(2000.0)
+        );
+    }
 }

@@ -226,6 +226,13 @@ impl Report {
                 "p99.9": self.percentile_ms(0.999),
                 "max": max_ms,
             },
+            "series": self.series.iter().map(|s| json!({
+                "t": s.t,
+                "out_per_s": s.out_per_s,
+                "in_per_s": s.in_per_s,
+                "p50_ms": s.p50_ms,
+                "p99_ms": s.p99_ms,
+            })).collect::<Vec<_>>(),
         })
     }
 

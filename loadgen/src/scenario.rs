@@ -1,6 +1,6 @@
 //! The scenarios. Every loop is bounded in time.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant as WallInstant};
@@ -10,7 +10,7 @@ use rtmfp::crypto::DhGroup;
 use rtmfp::ids::FlowId;
 use updraft_dataplane::sys::Epoll;
 
-use crate::driver::{command, connect_message, result_number, status_code, Driver};
+use crate::driver::{command, connect_message, result_number, set_data_frame, status_code, Driver};
 use crate::report::{Report, Totals};
 
 /// Why a scenario could not run.
@@ -370,6 +370,12 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
                 .all(|p| has_code(d, p.1, "NetStream.Publish.Start"))
         })?;
     }
+    // Each publisher describes its stream first (`@setDataFrame onMetaData`), as Flash Player
+    // and encoders do; Cumulus takes a publisher's media only after a data message.
+    let metadata = set_data_frame(args.size, args.bitrate_kbps);
+    for &(k, h, f) in &publishers {
+        drivers[k].send(h, f, &metadata, None);
+    }
     for &(k, h, f, stream) in &players {
         drivers[k].send(
             h,
@@ -542,8 +548,13 @@ impl Part {
             subs,
         } = self;
         let mut report = Report::new(plan.name);
-        let mut seen: HashMap<(usize, u32), HashSet<u64>> =
-            subs.keys().map(|&s| (s, HashSet::new())).collect();
+        // Per subscriber: its stream and which sequence numbers arrived (one bit each: no
+        // hashing or allocation per message, so that counting does not slow the receive loop).
+        let words = usize::try_from(plan.ticks.div_ceil(64)).unwrap_or(0);
+        let mut seen: HashMap<(usize, u32), Seen> = subs
+            .iter()
+            .map(|(&s, &stream)| (s, Seen::new(stream, words)))
+            .collect();
         let latencies: std::cell::RefCell<Vec<Duration>> = std::cell::RefCell::default();
         let received = std::cell::Cell::new(0u64);
         let misdelivered = std::cell::Cell::new(0u64);
@@ -556,20 +567,18 @@ impl Part {
             let seq = u64::from_be_bytes(p[5..13].try_into().unwrap_or_default());
             let sent = u64::from_be_bytes(p[13..21].try_into().unwrap_or_default());
             let stream = u32::from_be_bytes(p[21..25].try_into().unwrap_or_default());
-            if subs
-                .get(&(k, h))
-                .is_some_and(|&s| s as u64 != u64::from(stream))
-            {
+            let Some(sub) = seen.get_mut(&(k, h)) else {
+                return;
+            };
+            if sub.stream as u64 != u64::from(stream) {
                 misdelivered.set(misdelivered.get() + 1);
                 return;
             }
-            if let Some(set) = seen.get_mut(&(k, h)) {
-                if set.insert(seq) {
-                    received.set(received.get() + 1);
-                    latencies
-                        .borrow_mut()
-                        .push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
-                }
+            if sub.insert(seq) {
+                received.set(received.get() + 1);
+                latencies
+                    .borrow_mut()
+                    .push(Duration::from_micros(now.as_micros().saturating_sub(sent)));
             }
         };
         let mut fleet = Fleet::new(drivers, offsets)?;
@@ -589,6 +598,14 @@ impl Part {
             mine.received.store(received.get(), Ordering::Relaxed);
         };
         let sample = |report: &mut Report, fleet: &Fleet| {
+            // Latencies go into the histograms in small batches: draining a whole second's at
+            // once (400,000 at 2,000 subscribers) would stall the receive loop for
+            // milliseconds and show up as latency itself.
+            if latencies.borrow().len() >= LATENCY_BATCH {
+                for l in latencies.borrow_mut().drain(..) {
+                    report.record(l);
+                }
+            }
             let elapsed = plan.start.elapsed();
             if !report.sample_due(elapsed) {
                 return;
@@ -658,7 +675,7 @@ impl Part {
             report.record(l);
         }
         report.expected = expected;
-        report.delivered = seen.values().map(|s| s.len() as u64).sum();
+        report.delivered = seen.values().map(|s| s.count).sum();
         report.misdelivered = misdelivered.get();
         let linger = CLOSE_LINGER / u32::try_from(fleet.drivers.len().max(1)).unwrap_or(1);
         for d in fleet.drivers.iter_mut() {
@@ -674,6 +691,38 @@ impl Part {
             d.close_all(linger);
         }
         Ok(report)
+    }
+}
+
+/// Latencies kept before they are recorded into the histograms.
+const LATENCY_BATCH: usize = 1024;
+
+/// The sequence numbers one subscriber received, as a bitmap.
+struct Seen {
+    stream: usize,
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Seen {
+    fn new(stream: usize, words: usize) -> Seen {
+        Seen {
+            stream,
+            bits: vec![0; words],
+            count: 0,
+        }
+    }
+
+    /// Marks `seq`; answers whether it is new (and within the stream's length).
+    fn insert(&mut self, seq: u64) -> bool {
+        let (word, bit) = (usize::try_from(seq / 64).unwrap_or(usize::MAX), seq % 64);
+        let Some(w) = self.bits.get_mut(word) else {
+            return false;
+        };
+        let new = *w & (1 << bit) == 0;
+        *w |= 1 << bit;
+        self.count += u64::from(new);
+        new
     }
 }
 

@@ -16,7 +16,11 @@
 #   TCSERVER=path   also run rtmfp-cpp's tcserver (built by you, outside this repository) on
 #                   the same scenario, right after Updraft, with -H -S (no HMAC or session
 #                   sequence numbers required, as with Flash Player)
-# Needs: a release build (cargo build --release --bins), taskset, 2 or more cores.
+#   CUMULUS=path    also run OpenRTMFP Cumulus's CumulusServer binary (built by you, outside
+#                   this repository), from a directory of its own holding CumulusServer.ini
+#                   (the port) and www/live/main.lua; it binds 0.0.0.0, traffic stays on
+#                   127.0.0.1. It takes Diffie-Hellman group 2 only.
+# Needs: a release build (cargo build --release --workspace --bins), taskset, 2 or more cores.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -101,5 +105,15 @@ for n in "${RUNS[@]}"; do
     if [ -n "${TCSERVER:-}" ]; then
         port=$((20000 + RANDOM % 20000))
         run tcserver "$n" "$port" "$TCSERVER" -B "127.0.0.1:$port" -H -S
+    fi
+    if [ -n "${CUMULUS:-}" ]; then
+        port=$((20000 + RANDOM % 20000))
+        # Cumulus reads CumulusServer.ini and www/ beside the path it was started as.
+        rm -rf "$WORK/cumulus"
+        mkdir -p "$WORK/cumulus/www/live"
+        touch "$WORK/cumulus/www/main.lua" "$WORK/cumulus/www/live/main.lua"
+        printf 'port = %s\n' "$port" > "$WORK/cumulus/CumulusServer.ini"
+        ln -s "$(realpath "$CUMULUS")" "$WORK/cumulus/CumulusServer"
+        run cumulus "$n" "$port" "$WORK/cumulus/CumulusServer"
     fi
 done

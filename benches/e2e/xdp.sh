@@ -27,6 +27,8 @@
 #                     datagrams/s into the server; fanout: SUBSCRIBERS x RATE out of it)
 #   DURATION=10       seconds of streaming per run (the window measured is DURATION - 3)
 #   REPEAT=3          runs per mode and size
+#   SOCKETS=          the loadgen's UDP sockets (--sockets; its default when empty); "session"
+#                     for one socket, so one address, per session, as real subscribers have
 #   LOADGEN_XDP=0     1: the loadgen sends and receives through AF_XDP too (--xdp, one socket)
 #   MODES="socket xdp"  the server modes to alternate
 # Needs: root, a release build (cargo build --release --workspace --bins), ip, ethtool,
@@ -42,6 +44,7 @@ RATE=${RATE:-500}
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-3}
 LOADGEN_XDP=${LOADGEN_XDP:-0}
+SOCKETS=${SOCKETS:-}
 MODES=${MODES:-socket xdp}
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(100 1100)
@@ -138,6 +141,14 @@ run() {
     else
         load=(publish --publishers "$PUBLISHERS" --viewers 0 --stream bench)
     fi
+    case $SOCKETS in
+        session)
+            local n=$PUBLISHERS
+            [ "$SCENARIO" = fanout ] && n=$SUBSCRIBERS
+            load+=(--sockets $((n + 1)))
+            ;;
+        ?*) load+=(--sockets "$SOCKETS") ;;
+    esac
     [ "$LOADGEN_XDP" = 1 ] && load+=(--xdp "$CIF" --sockets 1)
     pin_napi
     taskset -c 1 ip netns exec "$CNS" "$BIN/updraft-loadgen" "${load[@]}" \

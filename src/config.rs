@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rtmfp::params::{DEFAULT_PORT, MIN_KEEPALIVE};
 use updraft_bpf::Prefix;
+use updraft_dataplane::worker::{DEFAULT_AUDIO_LIFETIME, DEFAULT_VIDEO_LIFETIME};
 
 /// Default server keepalive sent in event 41 (Cumulus: 15 s).
 pub const DEFAULT_KEEPALIVE_SERVER: Duration = Duration::from_secs(15);
@@ -21,6 +22,9 @@ pub const DEFAULT_KEEPALIVE_PEER: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKE_RATE: u32 = 200;
 /// Default `maxSessions`.
 pub const DEFAULT_MAX_SESSIONS: usize = 200_000;
+/// Shortest and longest media lifetime accepted (`audioLifetime`, `videoLifetime`).
+pub const LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(50)..=Duration::from_secs(60);
 /// File names looked for in the working directory when `--config` is not given.
 pub const DEFAULT_FILES: [&str; 2] = ["updraft.ini", "CumulusServer.ini"];
 
@@ -38,6 +42,8 @@ const KNOWN: &[(&str, &[&str])] = &[
             "maxSessions",
             "handshakeRate",
             "blacklist",
+            "audioLifetime",
+            "videoLifetime",
         ],
     ),
     ("logs", &["directory", "name"]),
@@ -83,6 +89,11 @@ pub struct Config {
     /// prefixes separated by commas or spaces): the XDP program drops them in the kernel, the
     /// workers any that reach their sockets.
     pub blacklist: Vec<Prefix>,
+    /// How long a subscriber's audio frames may wait before they are abandoned
+    /// (`audioLifetime`, milliseconds, an Updraft extension; RFC 7016 §3.6.2.3).
+    pub audio_lifetime: Duration,
+    /// The same for video frames (`videoLifetime`).
+    pub video_lifetime: Duration,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -100,6 +111,8 @@ impl Default for Config {
             max_sessions: DEFAULT_MAX_SESSIONS,
             handshake_rate: DEFAULT_HANDSHAKE_RATE,
             blacklist: Vec::new(),
+            audio_lifetime: DEFAULT_AUDIO_LIFETIME,
+            video_lifetime: DEFAULT_VIDEO_LIFETIME,
             sections: BTreeMap::new(),
         }
     }
@@ -233,6 +246,8 @@ impl Config {
                     .map(|p| p.parse().map_err(|e| format!("blacklist: {e}")))
                     .collect::<Result<_, _>>()?;
             }
+            ("", "audioLifetime") => self.audio_lifetime = lifetime("audioLifetime", value)?,
+            ("", "videoLifetime") => self.video_lifetime = lifetime("videoLifetime", value)?,
             ("", "publicAddress") => {
                 self.public_address = (!value.is_empty()).then(|| value.to_string())
             }
@@ -240,6 +255,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A media lifetime in milliseconds, within [`LIFETIME_RANGE`].
+fn lifetime(key: &str, value: &str) -> Result<Duration, String> {
+    let (low, high) = (LIFETIME_RANGE.start(), LIFETIME_RANGE.end());
+    value
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+        .filter(|d| LIFETIME_RANGE.contains(d))
+        .ok_or(format!(
+            "{key} = {value} is not a lifetime in milliseconds from {} to {}",
+            low.as_millis(),
+            high.as_millis()
+        ))
 }
 
 /// A keepalive in seconds, at least 5 (RFC 7425 §5.3.4; Cumulus refuses less).
@@ -290,6 +320,29 @@ mod tests {
                 .contains("\"10.0.0.0/40\" is not an IPv4 or IPv6 address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn media_lifetimes_in_milliseconds_within_bounds() {
+        let c = Config::parse("u.ini", "audioLifetime = 500\nvideoLifetime=1500\n").unwrap();
+        assert_eq!(c.audio_lifetime, Duration::from_millis(500));
+        assert_eq!(c.video_lifetime, Duration::from_millis(1500));
+        let d = Config::default();
+        assert_eq!(
+            (d.audio_lifetime, d.video_lifetime),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+        for bad in ["0", "49", "60001", "2s", "-5"] {
+            let e =
+                Config::parse("u.ini", &format!("port = 1\nvideoLifetime = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}");
+            assert!(
+                e.to_string().contains(&format!(
+                    "videoLifetime = {bad} is not a lifetime in milliseconds from 50 to 60000"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

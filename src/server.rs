@@ -424,6 +424,10 @@ fn serve(
         mode: opts.mode,
         interface: opts.interface.clone(),
         deny: config.blacklist.clone(),
+        lifetimes: updraft_dataplane::worker::MediaLifetimes {
+            audio: config.audio_lifetime,
+            video: config.video_lifetime,
+        },
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;

@@ -596,3 +596,90 @@ fn media_on_other_flows_of_the_publishing_netstream_is_published() {
         }
     ));
 }
+
+/// Share of the video frames published during a 1.5 s outage of one subscriber's network
+/// (every datagram to it lost) that it still received once the outage ended, with `config`
+/// as the server's configuration file; a second subscriber, never cut off, gets every frame.
+fn share_after_outage(config: &str) -> f64 {
+    let file = TempFile::new("lifetimes.ini", config);
+    let server = start_server_with(&["--config", file.0.to_str().unwrap(), "--workers", "1"]);
+    let (mut publisher, ph, pflow) = publishing(server.addr, 81);
+    let (mut cut, ch, _, cflow) = netstream_client(server.addr, 82);
+    let (mut clean, kh, _, kflow) = netstream_client(server.addr, 83);
+    cut.send(ch, cflow, &command("play", 0.0, vec![Value::str("cam")]));
+    clean.send(kh, kflow, &command("play", 0.0, vec![Value::str("cam")]));
+    let playing = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    assert!(run_until(
+        &mut [&mut publisher, &mut cut, &mut clean],
+        Duration::from_secs(10),
+        |c| playing(c[1]) && playing(c[2])
+    ));
+    // Video frames (AVC NALU, second payload byte 1) with their timestamps.
+    let frames = |c: &Client| -> Vec<u32> {
+        received_media(c)
+            .iter()
+            .filter(|m| m.0 == 0x09 && m.2.get(1) == Some(&1))
+            .map(|m| m.1)
+            .collect()
+    };
+    // 0.5 s of stream, then 1.5 s while `cut` loses everything, then 0.5 s more, in real time.
+    let (before, during, after) = (media(0, 500), media(500, 1500), media(2000, 500));
+    let mut send = |part: &[(u32, Vec<u8>)], clients: &mut [&mut Client]| {
+        let start = WallInstant::now();
+        for (ts, m) in part {
+            let due = Duration::from_millis(u64::from(ts - part[0].0));
+            while start.elapsed() < due {
+                step_all(clients);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            publisher.send(ph, pflow, m);
+            publisher.step();
+        }
+    };
+    send(&before, &mut [&mut cut, &mut clean]);
+    cut.set_loss(100, 1);
+    send(&during, &mut [&mut cut, &mut clean]);
+    cut.loss = None;
+    send(&after, &mut [&mut cut, &mut clean]);
+    let video_in = |part: &[(u32, Vec<u8>)]| -> Vec<u32> {
+        part.iter()
+            .filter(|(_, m)| m[0] == 0x09)
+            .map(|(ts, _)| *ts)
+            .collect()
+    };
+    let last = *video_in(&after).last().unwrap();
+    // Retransmissions go on with backed-off timers: give them time.
+    run_until(
+        &mut [&mut publisher, &mut cut, &mut clean],
+        Duration::from_secs(8),
+        |c| frames(c[2]).contains(&last) && frames(c[1]).contains(&last),
+    );
+    let all: Vec<u32> = [&before, &during, &after]
+        .iter()
+        .flat_map(|p| video_in(p))
+        .collect();
+    assert_eq!(
+        frames(&clean),
+        all,
+        "the subscriber never cut off gets every frame, in order"
+    );
+    let got = frames(&cut);
+    assert!(
+        got.contains(&last),
+        "the cut-off subscriber plays again: {got:?}"
+    );
+    let window = video_in(&during);
+    let kept = window.iter().filter(|ts| got.contains(ts)).count();
+    kept as f64 / window.len() as f64
+}
+
+/// `audioLifetime` and `videoLifetime` bound how long media waits for a subscriber: after an
+/// outage longer than the lifetime, what was published during it is abandoned (RFC 7016
+/// §3.6.2.3); with the default lifetimes (2 s and 3 s), longer than the outage, it arrives.
+#[test]
+fn media_lifetimes_from_the_configuration_bound_what_an_outage_costs() {
+    let default = share_after_outage("port = 1935\n");
+    let short = share_after_outage("audioLifetime = 300\nvideoLifetime = 300\n");
+    assert!(default >= 0.95, "default lifetimes: {default}");
+    assert!(short <= 0.5, "300 ms lifetimes: {short}");
+}

@@ -159,6 +159,7 @@ fn main() -> io::Result<()> {
             dump: None,
             media_in: crossbeam_channel::bounded(1).1,
             media_out: Vec::new(),
+            lifetimes: Default::default(),
         });
         // Attach the link (the worker says Hello and Resync) before counting.
         worker.turn()?;

@@ -172,6 +172,7 @@ fn run() -> io::Result<()> {
         mode: updraft_dataplane::xdp::IoMode::Socket,
         interface: None,
         deny: Vec::new(),
+        lifetimes: Default::default(),
     })?;
     let server = plane.local_addr();
     let links = plane.connect_control()?;

@@ -178,6 +178,7 @@ mod tests {
             dump: None,
             media_in: crossbeam_channel::bounded(1).1,
             media_out: Vec::new(),
+            lifetimes: crate::worker::MediaLifetimes::default(),
         });
         let mut ids = IdAllocator::new(0);
         let session_id = ids.allocate().unwrap();

@@ -13,7 +13,9 @@ use socket2::{Domain, Socket, Type};
 
 use crate::counters::WorkerCounters;
 use crate::io::{bind_reuseport, canonical, MmsgSocket};
-use crate::worker::{handoff_queues, media_queues, DumpHook, Shared, Worker, WorkerSetup};
+use crate::worker::{
+    handoff_queues, media_queues, DumpHook, MediaLifetimes, Shared, Worker, WorkerSetup,
+};
 use crate::xdp::{self, IoMode, PacketIo, XdpError, XdpSetup, XskIo};
 use updraft_bpf::Prefix;
 
@@ -40,6 +42,8 @@ pub struct PlaneConfig {
     pub interface: Option<String>,
     /// The blacklist at start: sources whose datagrams the XDP program and the workers drop.
     pub deny: Vec<Prefix>,
+    /// Lifetimes of the audio and video sent to subscribers.
+    pub lifetimes: MediaLifetimes,
 }
 
 /// Why a blacklist change failed.
@@ -148,6 +152,7 @@ impl DataPlane {
                     .next()
                     .ok_or_else(|| io::Error::other("a media queue per worker"))?,
                 media_out: media_tx.clone(),
+                lifetimes: config.lifetimes,
             };
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let handle = std::thread::Builder::new()
@@ -362,6 +367,7 @@ mod tests {
             mode: IoMode::Socket,
             interface: None,
             deny: vec!["192.0.2.0/24".parse().unwrap()],
+            lifetimes: Default::default(),
         })
         .unwrap();
         let to = plane.local_addr();

@@ -193,6 +193,8 @@ pub struct WorkerSetup<IO: BatchIo> {
     pub media_in: Receiver<MediaItem>,
     /// Every worker's media queue, by index.
     pub media_out: Vec<Sender<MediaItem>>,
+    /// Lifetimes of the media sent to subscribers.
+    pub lifetimes: MediaLifetimes,
 }
 
 /// One session and the flow bookkeeping the NetConnection layer needs.
@@ -335,10 +337,31 @@ fn forward(
     sent
 }
 
-/// Lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016 §3.6.2.3).
-pub const AUDIO_LIFETIME: Duration = Duration::from_secs(2);
-/// Lifetime of video messages.
-pub const VIDEO_LIFETIME: Duration = Duration::from_secs(3);
+/// Default lifetime of audio messages: later, they are abandoned rather than sent (RFC 7016
+/// §3.6.2.3).
+pub const DEFAULT_AUDIO_LIFETIME: Duration = Duration::from_secs(2);
+/// Default lifetime of video messages.
+pub const DEFAULT_VIDEO_LIFETIME: Duration = Duration::from_secs(3);
+
+/// How long a subscriber's audio and video messages may wait (queued, or unacknowledged and
+/// retransmitted) before they are abandoned: partial reliability (RFC 7016 §3.6.2.3). Headers
+/// and data messages never expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaLifetimes {
+    /// Audio frames.
+    pub audio: Duration,
+    /// Video frames.
+    pub video: Duration,
+}
+
+impl Default for MediaLifetimes {
+    fn default() -> Self {
+        MediaLifetimes {
+            audio: DEFAULT_AUDIO_LIFETIME,
+            video: DEFAULT_VIDEO_LIFETIME,
+        }
+    }
+}
 /// A subscriber with more than this many bytes not yet acknowledged is behind: its video is
 /// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
 /// audio until it catches up. A slow subscriber never slows the others.
@@ -386,6 +409,7 @@ pub struct Worker<IO: BatchIo> {
     deny: DenyView,
     shared: Arc<Shared>,
     session_config: SessionConfig,
+    lifetimes: MediaLifetimes,
     rng: ChaCha20Rng,
     epoch: std::time::Instant,
     counters: WorkerCounters,
@@ -431,6 +455,7 @@ impl<IO: BatchIo> Worker<IO> {
             deny: DenyView::of(&setup.shared.deny),
             shared: setup.shared,
             session_config: setup.session_config,
+            lifetimes: setup.lifetimes,
             rng: ChaCha20Rng::from_seed(setup.seed),
             epoch: setup.epoch,
             counters: WorkerCounters::default(),
@@ -1180,8 +1205,8 @@ impl<IO: BatchIo> Worker<IO> {
             }
         };
         let expiry = match kind {
-            MediaKind::Audio { header: false } => Some(now + AUDIO_LIFETIME),
-            MediaKind::Video { header: false, .. } => Some(now + VIDEO_LIFETIME),
+            MediaKind::Audio { header: false } => Some(now + self.lifetimes.audio),
+            MediaKind::Video { header: false, .. } => Some(now + self.lifetimes.video),
             _ => None,
         };
         // The subscriber's own header (type and rebased timestamp) in front of the shared
@@ -1774,6 +1799,7 @@ mod tests {
             dump: None,
             media_in: crossbeam_channel::bounded(1).1,
             media_out,
+            lifetimes: MediaLifetimes::default(),
         })
     }
 

@@ -54,6 +54,7 @@ fn a_datagram_at_the_wrong_worker_reaches_its_owner() {
             dump: None,
             media_in: crossbeam_channel::bounded(1).1,
             media_out: Vec::new(),
+            lifetimes: Default::default(),
         }));
         peers.push(peer);
         controls.push(control_end);

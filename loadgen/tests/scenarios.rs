@@ -29,6 +29,7 @@ fn server_with(workers: usize, limits: HandshakeLimits) -> (DataPlane, SocketAdd
         mode: updraft_dataplane::xdp::IoMode::Socket,
         interface: None,
         deny: Vec::new(),
+        lifetimes: Default::default(),
     })
     .unwrap();
     let addr = plane.local_addr();

@@ -293,7 +293,18 @@ fn connect_rpc_publish_and_play_go_through_the_af_xdp_rings() {
         return;
     }
     let t = Topology::new(1);
-    let server = t.server(&[], &["--mode", "xdp", "--workers", "1"]);
+    // The players must get every message: media lifetimes far longer than the test, so that
+    // a CI machine busy with the other tests never makes the server abandon a frame (partial
+    // reliability is tested in tests/streaming.rs).
+    let ini = TempFile::new(
+        "xdp-lifetimes.ini",
+        "audioLifetime = 60000\nvideoLifetime = 60000\n",
+    );
+    let config = ini.0.to_str().unwrap();
+    let server = t.server(
+        &[],
+        &["--mode", "xdp", "--workers", "1", "--config", config],
+    );
     assert!(
         server.logged("packet I/O: AF_XDP on"),
         "the start-up says XDP"

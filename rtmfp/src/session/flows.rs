@@ -102,6 +102,9 @@ pub struct FlowSet {
     cursor: FlowId,
     /// When unacknowledged data was first outstanding without progress.
     stalled_since: Option<Instant>,
+    /// A receive flow changed since [`Self::poll_event`] last found none with a message or
+    /// an end to report: it looks again only then, not for every poll.
+    recv_pending: bool,
 }
 
 impl FlowSet {
@@ -117,6 +120,7 @@ impl FlowSet {
             events: VecDeque::new(),
             cursor: FlowId(0),
             stalled_since: None,
+            recv_pending: false,
         }
     }
 
@@ -191,6 +195,7 @@ impl FlowSet {
 
     /// Rejects a receive flow.
     pub fn reject_receive_flow(&mut self, flow: FlowId, code: u64) -> Result<(), FlowError> {
+        self.recv_pending = true;
         self.recv
             .get_mut(&flow)
             .ok_or(FlowError::UnknownFlow)?
@@ -224,6 +229,9 @@ impl FlowSet {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
+        if !self.recv_pending {
+            return None;
+        }
         for (&id, f) in self.recv.iter_mut() {
             if let Some(data) = f.poll_message() {
                 return Some(Event::Message { flow: id, data });
@@ -232,6 +240,7 @@ impl FlowSet {
                 return Some(Event::FlowFinished { flow: id });
             }
         }
+        self.recv_pending = false;
         None
     }
 
@@ -287,6 +296,7 @@ impl FlowSet {
         if !self.recv.contains_key(&flow) {
             self.open_receive_flow(flow, opts);
         }
+        self.recv_pending = true;
         let Some(f) = self.recv.get_mut(&flow) else {
             return Ok(());
         };
@@ -463,6 +473,7 @@ impl FlowSet {
             self.congestion.on_timeout(now);
             self.stalled_since.get_or_insert(now);
         }
+        self.recv_pending = true;
         for f in self.recv.values_mut() {
             f.handle_timeout(now);
         }

@@ -683,3 +683,131 @@ fn media_lifetimes_from_the_configuration_bound_what_an_outage_costs() {
     assert!(default >= 0.95, "default lifetimes: {default}");
     assert!(short <= 0.5, "300 ms lifetimes: {short}");
 }
+
+/// A subscriber that stops reading while a heavy stream (about 360 kB/s) goes on falls more
+/// than the server's backlog limit behind: the server drops its frames whole, video up to the
+/// next key frame (so whatever it gets resumes at a key frame, never inside a group of
+/// pictures), its `droppedFrames` say so, and the other subscriber and the publisher go on
+/// as if nothing happened. Lifetimes of 60 s keep partial reliability out of the way: only
+/// the backlog rule drops anything here.
+#[test]
+fn a_subscriber_that_falls_behind_loses_whole_frames_and_slows_no_one() {
+    const FRAME: usize = 12_000;
+    const FRAMES: u32 = 90; // 3 s at 30 frames/s, a key frame every GOP (30) frames
+    let metrics = free_tcp_addr();
+    let ini = TempFile::new(
+        "behind.ini",
+        "audioLifetime = 60000\nvideoLifetime = 60000\n",
+    );
+    let server = start_server_with(&[
+        "--config",
+        ini.0.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    let (mut publisher, ph, pflow) = publishing(server.addr, 91);
+    let (mut slow, sh, _, sflow) = netstream_client(server.addr, 92);
+    let (mut fast, fh, _, fflow) = netstream_client(server.addr, 93);
+    slow.send(sh, sflow, &command("play", 0.0, vec![Value::str("cam")]));
+    fast.send(fh, fflow, &command("play", 0.0, vec![Value::str("cam")]));
+    let playing = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    assert!(run_until(
+        &mut [&mut publisher, &mut slow, &mut fast],
+        Duration::from_secs(10),
+        |c| playing(c[1]) && playing(c[2])
+    ));
+    // Frame i: key or inter AVC NALU, its index in payload bytes 5..9, then filler.
+    let frame = |i: u32| {
+        let kind = if i.is_multiple_of(GOP) { 0x17 } else { 0x27 };
+        let mut p = vec![kind, 0x01, 0, 0, 0];
+        p.extend_from_slice(&i.to_be_bytes());
+        p.resize(FRAME, 0xEE);
+        tc(0x09, i * 1000 / FPS, &p)
+    };
+    // The indices of the video frames `c` received, in arrival order.
+    let indices = |c: &Client| -> Vec<u32> {
+        received_media(c)
+            .iter()
+            .filter(|m| m.0 == 0x09 && m.2.get(1) == Some(&1) && m.2.len() >= 9)
+            .map(|m| u32::from_be_bytes([m.2[5], m.2[6], m.2[7], m.2[8]]))
+            .collect()
+    };
+    // In real time; `slow` reads nothing from frame 10 to frame 55 (1.5 s, about 540 kB).
+    let start = WallInstant::now();
+    for i in 0..FRAMES {
+        let due = Duration::from_millis(u64::from(i * 1000 / FPS));
+        while start.elapsed() < due {
+            fast.step();
+            if !(10..55).contains(&i) {
+                slow.step();
+            }
+            publisher.step();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        publisher.send(ph, pflow, &frame(i));
+        publisher.step();
+    }
+    let last = FRAMES - 1;
+    run_until(
+        &mut [&mut publisher, &mut slow, &mut fast],
+        Duration::from_secs(10),
+        |c| indices(c[1]).contains(&last) && indices(c[2]).contains(&last),
+    );
+    // The other subscriber: every frame, in order.
+    assert_eq!(indices(&fast), (0..FRAMES).collect::<Vec<_>>());
+    // The slow one: frames were dropped, and after every gap it resumes at a key frame.
+    let got = indices(&slow);
+    assert!(
+        got.contains(&last),
+        "the slow subscriber plays again: {got:?}"
+    );
+    assert!(got.len() < FRAMES as usize, "frames were dropped: {got:?}");
+    assert_eq!(got.first(), Some(&0));
+    for w in got.windows(2) {
+        assert!(
+            w[1] == w[0] + 1 || (w[1] > w[0] && w[1].is_multiple_of(GOP)),
+            "after frame {} came {}: a gap must end at a key frame ({got:?})",
+            w[0],
+            w[1]
+        );
+    }
+    // Its QoS counters say so; the other's do not.
+    std::thread::sleep(Duration::from_millis(1100)); // a stream report period
+    let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
+    let session_of = |c: &Client, h: u32| {
+        c.endpoint
+            .session(h)
+            .map(|s| u64::from(s.far_session_id()))
+            .unwrap()
+    };
+    let report = |id: u64| {
+        stats["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["subscribers"].as_array().unwrap())
+            .find(|s| s["session"].as_u64() == Some(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no report for {id}: {stats}"))
+    };
+    let (s, f) = (report(session_of(&slow, sh)), report(session_of(&fast, fh)));
+    assert!(s["droppedFrames"].as_u64() > Some(0), "{stats}");
+    assert_eq!(f["droppedFrames"], 0, "{stats}");
+    // The publisher was never held back: the server took and acknowledged all it sent.
+    assert_eq!(
+        publisher
+            .endpoint
+            .session(ph)
+            .and_then(|s| s.flow_backlog(pflow)),
+        Some(0)
+    );
+    let publication = stats["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["published"] == true)
+        .expect("{stats}");
+    assert_eq!(publication["fragmentsLost"], 0, "{stats}");
+}

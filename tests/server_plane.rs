@@ -446,15 +446,10 @@ fn dump_logs_every_session_packet_decoded() {
 #[test]
 fn a_silent_client_is_pinged_then_closed_and_freed() {
     let metrics = free_tcp_addr();
-    let ini = TempFile::new("silent.ini", "keepAliveServer = 5\n");
-    let server = start_server_with(&[
-        "--config",
-        ini.0.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--metrics",
-        &metrics.to_string(),
-    ]);
+    let (server, _ini) = start_server_configured(
+        "keepAliveServer = 5\n",
+        &["--workers", "1", "--metrics", &metrics.to_string()],
+    );
     let mut c = Client::with_groups(41, vec![GROUP2]);
     let h = c.open(server.addr, "rtmfp://127.0.0.1/").expect("open");
     c.connect_app(h, "");

@@ -71,10 +71,7 @@ fn a_publisher_feeds_fifty_subscribers_on_two_workers_in_order() {
     std::thread::sleep(Duration::from_millis(1100)); // a stream report period
     let stats: serde_json::Value = serde_json::from_str(&http_get(metrics, "/stats")).unwrap();
     let streams = stats["streams"].as_array().unwrap();
-    let published = streams
-        .iter()
-        .find(|s| s["published"] == true)
-        .expect("{stats}");
+    let published = published_stream(&stats);
     assert_eq!(published["name"], "live/cam");
     assert!(
         published["messages"].as_u64() >= Some(expected as u64),
@@ -402,12 +399,7 @@ fn a_lossy_subscriber_still_plays_and_the_others_are_unaffected() {
         }
         assert!(qos["latency"].as_u64().is_some(), "{stats}");
     }
-    let publication = stats["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["published"] == true)
-        .expect("{stats}");
+    let publication = published_stream(&stats);
     assert!(
         publication["fragmentsReceived"].as_u64() > Some(0),
         "{stats}"
@@ -601,19 +593,9 @@ fn media_on_other_flows_of_the_publishing_netstream_is_published() {
 /// (every datagram to it lost) that it still received once the outage ended, with `config`
 /// as the server's configuration file; a second subscriber, never cut off, gets every frame.
 fn share_after_outage(config: &str) -> f64 {
-    let file = TempFile::new("lifetimes.ini", config);
-    let server = start_server_with(&["--config", file.0.to_str().unwrap(), "--workers", "1"]);
-    let (mut publisher, ph, pflow) = publishing(server.addr, 81);
-    let (mut cut, ch, _, cflow) = netstream_client(server.addr, 82);
-    let (mut clean, kh, _, kflow) = netstream_client(server.addr, 83);
-    cut.send(ch, cflow, &command("play", 0.0, vec![Value::str("cam")]));
-    clean.send(kh, kflow, &command("play", 0.0, vec![Value::str("cam")]));
-    let playing = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
-    assert!(run_until(
-        &mut [&mut publisher, &mut cut, &mut clean],
-        Duration::from_secs(10),
-        |c| playing(c[1]) && playing(c[2])
-    ));
+    let (server, _ini) = start_server_configured(config, &["--workers", "1"]);
+    let (mut publisher, ph, pflow, [(mut cut, _), (mut clean, _)]) =
+        publisher_and_two_players(server.addr, 81);
     // Video frames (AVC NALU, second payload byte 1) with their timestamps.
     let frames = |c: &Client| -> Vec<u32> {
         received_media(c)
@@ -695,29 +677,12 @@ fn a_subscriber_that_falls_behind_loses_whole_frames_and_slows_no_one() {
     const FRAME: usize = 12_000;
     const FRAMES: u32 = 90; // 3 s at 30 frames/s, a key frame every GOP (30) frames
     let metrics = free_tcp_addr();
-    let ini = TempFile::new(
-        "behind.ini",
+    let (server, _ini) = start_server_configured(
         "audioLifetime = 60000\nvideoLifetime = 60000\n",
+        &["--workers", "1", "--metrics", &metrics.to_string()],
     );
-    let server = start_server_with(&[
-        "--config",
-        ini.0.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--metrics",
-        &metrics.to_string(),
-    ]);
-    let (mut publisher, ph, pflow) = publishing(server.addr, 91);
-    let (mut slow, sh, _, sflow) = netstream_client(server.addr, 92);
-    let (mut fast, fh, _, fflow) = netstream_client(server.addr, 93);
-    slow.send(sh, sflow, &command("play", 0.0, vec![Value::str("cam")]));
-    fast.send(fh, fflow, &command("play", 0.0, vec![Value::str("cam")]));
-    let playing = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
-    assert!(run_until(
-        &mut [&mut publisher, &mut slow, &mut fast],
-        Duration::from_secs(10),
-        |c| playing(c[1]) && playing(c[2])
-    ));
+    let (mut publisher, ph, pflow, [(mut slow, sh), (mut fast, fh)]) =
+        publisher_and_two_players(server.addr, 91);
     // Frame i: key or inter AVC NALU, its index in payload bytes 5..9, then filler.
     let frame = |i: u32| {
         let kind = if i.is_multiple_of(GOP) { 0x17 } else { 0x27 };
@@ -802,11 +767,6 @@ fn a_subscriber_that_falls_behind_loses_whole_frames_and_slows_no_one() {
         acknowledged(&publisher),
         "the publisher's messages were all acknowledged"
     );
-    let publication = stats["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["published"] == true)
-        .expect("{stats}");
+    let publication = published_stream(&stats);
     assert_eq!(publication["fragmentsLost"], 0, "{stats}");
 }

@@ -166,3 +166,31 @@ pub fn publishing(addr: SocketAddr, seed: u64) -> (Client, u32, FlowId) {
     }
     (publisher, ph, pflow)
 }
+
+/// A publisher that has published `cam` and two subscribers playing it (seeds `seed`,
+/// `seed + 1`, `seed + 2`): (publisher, its session, its flow, [(subscriber, its session)]).
+pub fn publisher_and_two_players(
+    addr: SocketAddr,
+    seed: u64,
+) -> (Client, u32, FlowId, [(Client, u32); 2]) {
+    let (mut publisher, ph, pflow) = publishing(addr, seed);
+    let [(mut a, ah, _, aflow), (mut b, bh, _, bflow)] =
+        [1, 2].map(|i| netstream_client(addr, seed + i));
+    a.send(ah, aflow, &command("play", 0.0, vec![Value::str("cam")]));
+    b.send(bh, bflow, &command("play", 0.0, vec![Value::str("cam")]));
+    let playing = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    assert!(run_until(
+        &mut [&mut publisher, &mut a, &mut b],
+        Duration::from_secs(10),
+        |c| playing(c[1]) && playing(c[2])
+    ));
+    (publisher, ph, pflow, [(a, ah), (b, bh)])
+}
+
+/// The report of the stream published on this server, from its `/stats`.
+pub fn published_stream(stats: &serde_json::Value) -> &serde_json::Value {
+    stats["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["published"] == true))
+        .unwrap_or_else(|| panic!("no published stream: {stats}"))
+}

@@ -125,6 +125,15 @@ pub fn start_server_with(extra: &[&str]) -> ServerProcess {
     server
 }
 
+/// Starts the server with the configuration file `text` and extra arguments; the file is
+/// answered with the server, to live as long as it.
+pub fn start_server_configured(text: &str, extra: &[&str]) -> (ServerProcess, TempFile) {
+    let ini = TempFile::new("server.ini", text);
+    let mut args = vec!["--config", ini.0.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (start_server_with(&args), ini)
+}
+
 /// A `www/` with a root application and `live`, readable by anyone (unprivileged servers
 /// and control processes read it too).
 pub fn sample_www(tag: &str) -> TempDir {

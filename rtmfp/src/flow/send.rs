@@ -429,18 +429,20 @@ impl SendFlow {
         let expired = |q: &Queued| q.expiry.is_some_and(|e| e <= now);
         // Only the front message can be partly sent. It gets one abandoned end fragment, so
         // that the receiver's reassembly of it ends.
-        if let Some(q) = self.queue.front().filter(|q| q.offset > 0 && expired(q)) {
+        let partly_sent = self
+            .queue
+            .front()
+            .is_some_and(|q| q.offset > 0 && expired(q));
+        if let Some(q) = partly_sent.then(|| self.queue.pop_front()).flatten() {
             self.queued_bytes = self.queued_bytes.saturating_sub(q.message.len() - q.offset);
-            let (message, expiry) = (q.message.clone(), q.expiry);
-            self.queue.pop_front();
             let seq = self.take_seq();
             self.push_frag(Frag {
                 seq,
-                message,
+                message: q.message,
                 start: 0,
                 end: 0,
                 position: Fragment::End,
-                expiry,
+                expiry: q.expiry,
                 abandoned: true,
                 fin: false,
                 state: FragState::New,
@@ -723,24 +725,22 @@ impl SendFlow {
     /// whether anything timed out.
     pub fn handle_timeout(&mut self, now: Instant, erto: Duration) -> bool {
         let mut any = false;
+        // The oldest send time of what stays in flight, found in the same pass.
+        let mut oldest: Option<Instant> = None;
         for i in 0..self.frags.len() {
             if let FragState::InFlight { sent_at, .. } = self.frags[i].state {
                 if sent_at + erto <= now {
                     self.stats.lost += 1;
                     any = true;
                     self.update(i, |f| f.state = FragState::Lost);
+                } else {
+                    oldest = Some(oldest.map_or(sent_at, |o| o.min(sent_at)));
                 }
             }
         }
         self.abandon_expired(now);
-        self.oldest_sent = self
-            .frags
-            .iter()
-            .filter_map(|f| match f.state {
-                FragState::InFlight { sent_at, .. } => Some(sent_at),
-                _ => None,
-            })
-            .min();
+        // Abandoning may end some of those flights: what is left is still a lower bound.
+        self.oldest_sent = oldest.filter(|_| self.totals.flying > 0);
         any
     }
 

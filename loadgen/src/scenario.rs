@@ -601,19 +601,17 @@ impl Part {
             // Latencies go into the histograms in small batches: draining a whole second's at
             // once (400,000 at 2,000 subscribers) would stall the receive loop for
             // milliseconds and show up as latency itself.
-            if latencies.borrow().len() >= LATENCY_BATCH {
+            let elapsed = plan.start.elapsed();
+            let due = report.sample_due(elapsed);
+            if due || latencies.borrow().len() >= LATENCY_BATCH {
                 for l in latencies.borrow_mut().drain(..) {
                     report.record(l);
                 }
             }
-            let elapsed = plan.start.elapsed();
-            if !report.sample_due(elapsed) {
+            if !due {
                 return;
             }
             publish(fleet);
-            for l in latencies.borrow_mut().drain(..) {
-                report.record(l);
-            }
             if t == 0 {
                 let sum = |f: fn(&PartCounters) -> &AtomicU64| {
                     plan.counters
@@ -675,7 +673,7 @@ impl Part {
             report.record(l);
         }
         report.expected = expected;
-        report.delivered = seen.values().map(|s| s.count).sum();
+        report.delivered = seen.values().map(Seen::count).sum();
         report.misdelivered = misdelivered.get();
         let linger = CLOSE_LINGER / u32::try_from(fleet.drivers.len().max(1)).unwrap_or(1);
         for d in fleet.drivers.iter_mut() {
@@ -701,7 +699,6 @@ const LATENCY_BATCH: usize = 1024;
 struct Seen {
     stream: usize,
     bits: Vec<u64>,
-    count: u64,
 }
 
 impl Seen {
@@ -709,8 +706,12 @@ impl Seen {
         Seen {
             stream,
             bits: vec![0; words],
-            count: 0,
         }
+    }
+
+    /// How many sequence numbers arrived.
+    fn count(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// Marks `seq`; answers whether it is new (and within the stream's length).
@@ -721,7 +722,6 @@ impl Seen {
         };
         let new = *w & (1 << bit) == 0;
         *w |= 1 << bit;
-        self.count += u64::from(new);
         new
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rtmfp::params::{DEFAULT_PORT, MIN_KEEPALIVE};
 use updraft_bpf::Prefix;
-use updraft_dataplane::worker::{DEFAULT_AUDIO_LIFETIME, DEFAULT_VIDEO_LIFETIME};
+use updraft_dataplane::worker::MediaLifetimes;
 
 /// Default server keepalive sent in event 41 (Cumulus: 15 s).
 pub const DEFAULT_KEEPALIVE_SERVER: Duration = Duration::from_secs(15);
@@ -89,11 +89,10 @@ pub struct Config {
     /// prefixes separated by commas or spaces): the XDP program drops them in the kernel, the
     /// workers any that reach their sockets.
     pub blacklist: Vec<Prefix>,
-    /// How long a subscriber's audio frames may wait before they are abandoned
-    /// (`audioLifetime`, milliseconds, an Updraft extension; RFC 7016 §3.6.2.3).
-    pub audio_lifetime: Duration,
-    /// The same for video frames (`videoLifetime`).
-    pub video_lifetime: Duration,
+    /// How long a subscriber's audio and video frames may wait before they are abandoned
+    /// (`audioLifetime` and `videoLifetime`, milliseconds, Updraft extensions; RFC 7016
+    /// §3.6.2.3).
+    pub lifetimes: MediaLifetimes,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -111,8 +110,7 @@ impl Default for Config {
             max_sessions: DEFAULT_MAX_SESSIONS,
             handshake_rate: DEFAULT_HANDSHAKE_RATE,
             blacklist: Vec::new(),
-            audio_lifetime: DEFAULT_AUDIO_LIFETIME,
-            video_lifetime: DEFAULT_VIDEO_LIFETIME,
+            lifetimes: MediaLifetimes::default(),
             sections: BTreeMap::new(),
         }
     }
@@ -246,8 +244,8 @@ impl Config {
                     .map(|p| p.parse().map_err(|e| format!("blacklist: {e}")))
                     .collect::<Result<_, _>>()?;
             }
-            ("", "audioLifetime") => self.audio_lifetime = lifetime("audioLifetime", value)?,
-            ("", "videoLifetime") => self.video_lifetime = lifetime("videoLifetime", value)?,
+            ("", "audioLifetime") => self.lifetimes.audio = lifetime("audioLifetime", value)?,
+            ("", "videoLifetime") => self.lifetimes.video = lifetime("videoLifetime", value)?,
             ("", "publicAddress") => {
                 self.public_address = (!value.is_empty()).then(|| value.to_string())
             }
@@ -325,11 +323,11 @@ mod tests {
     #[test]
     fn media_lifetimes_in_milliseconds_within_bounds() {
         let c = Config::parse("u.ini", "audioLifetime = 500\nvideoLifetime=1500\n").unwrap();
-        assert_eq!(c.audio_lifetime, Duration::from_millis(500));
-        assert_eq!(c.video_lifetime, Duration::from_millis(1500));
+        assert_eq!(c.lifetimes.audio, Duration::from_millis(500));
+        assert_eq!(c.lifetimes.video, Duration::from_millis(1500));
         let d = Config::default();
         assert_eq!(
-            (d.audio_lifetime, d.video_lifetime),
+            (d.lifetimes.audio, d.lifetimes.video),
             (Duration::from_secs(2), Duration::from_secs(3))
         );
         for bad in ["0", "49", "60001", "2s", "-5"] {

@@ -424,10 +424,7 @@ fn serve(
         mode: opts.mode,
         interface: opts.interface.clone(),
         deny: config.blacklist.clone(),
-        lifetimes: updraft_dataplane::worker::MediaLifetimes {
-            audio: config.audio_lifetime,
-            video: config.video_lifetime,
-        },
+        lifetimes: config.lifetimes,
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;

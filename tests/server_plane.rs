@@ -345,11 +345,10 @@ fn single_process_mode_serves_the_same() {
 #[test]
 fn logs_go_to_rotated_files_and_sighup_reopens_them() {
     let dir = TempDir::new("logs");
-    let ini = TempFile::new(
-        "updraft.ini",
+    let (server, _ini) = start_server_configured(
         &format!("[logs]\ndirectory = {}\nname = server\n", dir.0.display()),
+        &[],
     );
-    let server = start_server_with(&["--config", ini.0.to_str().unwrap()]);
     let current = dir.0.join("server.0");
     let deadline = WallInstant::now() + Duration::from_secs(5);
     while WallInstant::now() < deadline
@@ -482,13 +481,8 @@ fn a_silent_client_is_pinged_then_closed_and_freed() {
 #[test]
 fn max_sessions_refuses_handshakes_beyond_the_limit() {
     let metrics = free_tcp_addr();
-    let ini = TempFile::new("max.ini", "maxSessions = 1\n");
-    let server = start_server_with(&[
-        "--config",
-        ini.0.to_str().unwrap(),
-        "--metrics",
-        &metrics.to_string(),
-    ]);
+    let (server, _ini) =
+        start_server_configured("maxSessions = 1\n", &["--metrics", &metrics.to_string()]);
     let mut first = Client::with_groups(51, vec![GROUP2]);
     assert!(first.open(server.addr, "rtmfp://127.0.0.1/").is_some());
     let mut second = Client::with_groups(52, vec![GROUP2]);

@@ -1,12 +1,13 @@
 //! The seam where server applications plug in: one trait the NetConnection layer calls for
-//! `connect`, for every client-to-server call it does not handle itself, and on disconnect.
-//! Lua applications (the `scripting` crate) implement it later; [`WwwApps`] is the built-in
-//! registry that only knows which applications exist.
+//! `connect`, for every client-to-server call it does not handle itself, for the NetStream
+//! events an application may refuse or watch (publish, play and their ends), every manage
+//! tick, and on disconnect. The Lua applications of the `scripting` crate implement it;
+//! [`WwwApps`] is the built-in registry that only knows which applications exist.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rtmfp::amf::Value;
+use rtmfp::amf::{Member, Value};
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -21,11 +22,25 @@ pub struct ClientInfo<'a> {
     pub app: &'a str,
 }
 
+/// The properties of a `connect` command an application may read (RFC 7425 §5.1.1; the
+/// Cumulus client fields `pageUrl`, `swfUrl`, `flashVersion` and the `tcUrl` query).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectDetails<'a> {
+    /// `tcUrl`.
+    pub tc_url: Option<&'a str>,
+    /// `pageUrl`.
+    pub page_url: Option<&'a str>,
+    /// `swfUrl`.
+    pub swf_url: Option<&'a str>,
+    /// `flashVer`.
+    pub flash_ver: Option<&'a str>,
+}
+
 /// The answer to `connect`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnectVerdict {
-    /// Accept, with extra members for the `_result` info object.
-    Accept,
+    /// Accept, with extra members for the `NetConnection.Connect.Success` info object.
+    Accept(Vec<Member<'static>>),
     /// No such application (`NetConnection.Connect.InvalidApp`).
     InvalidApp,
     /// Refused, with a description (`NetConnection.Connect.Rejected`).
@@ -43,21 +58,74 @@ pub enum CallOutcome {
     NotFound,
 }
 
-/// Server applications, as the NetConnection layer sees them.
+/// Something an application asks of the server on its own initiative (from an event or a
+/// manage tick), collected by [`Applications::take_actions`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppAction {
+    /// A server-to-client call on the client's NetConnection (`writer:writeAMFMessage`).
+    Call {
+        /// The client's session.
+        session: u32,
+        /// The method called on the client.
+        method: String,
+        /// Its arguments.
+        args: Vec<Value<'static>>,
+    },
+    /// Close the client's session (`writer:close()` on its NetConnection writer).
+    Close {
+        /// The client's session.
+        session: u32,
+    },
+    /// Add an address or prefix to the blacklist (`cumulus:addToBlacklist`).
+    Deny(String),
+    /// Remove an address or prefix from the blacklist (`cumulus:removeFromBlacklist`).
+    Allow(String),
+}
+
+/// Server applications, as the NetConnection layer sees them. The stream events have
+/// defaults that allow everything and watch nothing.
 pub trait Applications: Send {
     /// A client connects to `client.app` with the `connect` arguments after the properties.
-    fn connect(&mut self, client: &ClientInfo<'_>, args: &[Value<'_>]) -> ConnectVerdict;
+    fn connect(
+        &mut self,
+        client: &ClientInfo<'_>,
+        details: &ConnectDetails<'_>,
+        args: &[Value<'_>],
+    ) -> ConnectVerdict;
     /// A client calls `method`.
     fn call(&mut self, client: &ClientInfo<'_>, method: &str, args: &[Value<'_>]) -> CallOutcome;
     /// A connected client went away.
     fn disconnect(&mut self, client: &ClientInfo<'_>);
+    /// A client publishes `name`; `Err` refuses it (`NetStream.Publish.BadName` with the
+    /// description).
+    fn publish(&mut self, _client: &ClientInfo<'_>, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// A client stopped publishing `name`.
+    fn unpublish(&mut self, _client: &ClientInfo<'_>, _name: &str) {}
+    /// A client plays `name`; `Err` refuses it (`NetStream.Play.Failed` with the description).
+    fn subscribe(&mut self, _client: &ClientInfo<'_>, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// A client stopped playing `name`.
+    fn unsubscribe(&mut self, _client: &ClientInfo<'_>, _name: &str) {}
+    /// The periodic manage tick (every [`MANAGE_PERIOD`]).
+    fn manage(&mut self) {}
+    /// What the applications asked for since the last call.
+    fn take_actions(&mut self) -> Vec<AppAction> {
+        Vec::new()
+    }
 }
+
+/// How often [`Applications::manage`] runs (Cumulus's `onManage` period).
+pub const MANAGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The file that makes a directory of the www root an application (Cumulus layout).
 pub const APP_SCRIPT: &str = "main.lua";
 
 /// The built-in registry: an application exists when `www/<path>/main.lua` does; the root
-/// application (`""`) always exists. Calls have no handler until Lua applications come.
+/// application (`""`) always exists. No script runs: calls have no handler (for benchmarks
+/// and tests that need no Lua).
 #[derive(Debug, Clone)]
 pub struct WwwApps {
     root: PathBuf,
@@ -93,9 +161,14 @@ impl WwwApps {
 }
 
 impl Applications for WwwApps {
-    fn connect(&mut self, client: &ClientInfo<'_>, _args: &[Value<'_>]) -> ConnectVerdict {
+    fn connect(
+        &mut self,
+        client: &ClientInfo<'_>,
+        _: &ConnectDetails<'_>,
+        _: &[Value<'_>],
+    ) -> ConnectVerdict {
         if self.exists(client.app) {
-            ConnectVerdict::Accept
+            ConnectVerdict::Accept(Vec::new())
         } else {
             ConnectVerdict::InvalidApp
         }

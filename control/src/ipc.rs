@@ -64,6 +64,8 @@ const MIN_NET_STATE_LEN: usize = 4 + 4 + 4;
 pub const MAX_RESYNC_STREAMS: usize = 1024;
 /// Longest stream key (application path and stream name), in bytes.
 pub const MAX_STREAM_KEY: usize = 1024;
+/// Longest blacklist entry (an address or prefix as text) in [`Down::Blacklist`].
+pub const MAX_BLACKLIST_ENTRY: usize = 64;
 
 const TAG_DOWN_WELCOME: u8 = 0x81;
 const TAG_DOWN_TRANSMIT: u8 = 0x82;
@@ -80,6 +82,7 @@ const TAG_DOWN_PLAY: u8 = 0x8C;
 const TAG_DOWN_STOP_PLAY: u8 = 0x8D;
 const TAG_DOWN_RECEIVE: u8 = 0x8E;
 const TAG_DOWN_NET_STATE: u8 = 0x8F;
+const TAG_DOWN_BLACKLIST: u8 = 0x90;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -365,6 +368,14 @@ pub enum Down {
         /// Whether to receive it.
         enabled: bool,
     },
+    /// An application edits the blacklist (`addToBlacklist`, `removeFromBlacklist`): sent to
+    /// worker 0, which hands it to the data plane.
+    Blacklist {
+        /// Add (else remove).
+        add: bool,
+        /// The address or prefix, as text (`192.0.2.7`, `2001:db8::/32`).
+        prefix: String,
+    },
     /// The control plane's counters, in the order of
     /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
     Stats {
@@ -552,6 +563,10 @@ impl Down {
                 key: r.string("stream key", MAX_STREAM_KEY)?,
             },
             TAG_DOWN_UNPUBLISH => Down::Unpublish { stream: r.u32()? },
+            TAG_DOWN_BLACKLIST => Down::Blacklist {
+                add: r.bool("blacklist add")?,
+                prefix: r.string("blacklist entry", MAX_BLACKLIST_ENTRY)?,
+            },
             TAG_DOWN_ROUTE => Down::Route {
                 stream: r.u32()?,
                 worker: r.u8()?,
@@ -655,6 +670,11 @@ impl Down {
             Down::Unpublish { stream } => {
                 w.u8(TAG_DOWN_UNPUBLISH)?;
                 w.u32(*stream)
+            }
+            Down::Blacklist { add, prefix } => {
+                w.u8(TAG_DOWN_BLACKLIST)?;
+                w.bool(*add)?;
+                w.bytes("blacklist entry", prefix.as_bytes(), MAX_BLACKLIST_ENTRY)
             }
             Down::Route {
                 stream,
@@ -1599,6 +1619,7 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|stream| Down::Unpublish { stream }),
+            (any::<bool>(), "\\PC{0,16}").prop_map(|(add, prefix)| Down::Blacklist { add, prefix }),
             (any::<u32>(), any::<u8>(), any::<bool>()).prop_map(|(stream, worker, add)| {
                 Down::Route {
                     stream,

@@ -11,10 +11,12 @@ use rtmfp::flash::command::{
 };
 use rtmfp::flash::message::{TcMessage, UserControl};
 
-use crate::apps::{Applications, CallOutcome, ClientInfo, ConnectVerdict};
+use crate::apps::{
+    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+};
 use crate::ids::SessionIdParts;
 use crate::ipc::{Down, NetState, StreamEntry};
-use crate::streams::{Routed, Streams};
+use crate::streams::{Ended, Routed, Streams};
 
 /// A client's NetConnection state.
 #[derive(Debug, Clone)]
@@ -119,6 +121,7 @@ impl NetConnections {
     /// A session closed.
     pub fn closed(&mut self, session: u32) -> Vec<Routed> {
         let out = self.streams.session_closed(session);
+        self.notify_ended();
         if let Some(c) = self.clients.remove(&session) {
             if let Some(app) = &c.app {
                 self.apps.disconnect(&ClientInfo {
@@ -127,6 +130,71 @@ impl NetConnections {
                     address: c.address,
                     app,
                 });
+            }
+        }
+        let mut out = out;
+        out.extend(self.take_actions());
+        out
+    }
+
+    /// Tells the applications which publications and plays ended.
+    fn notify_ended(&mut self) {
+        for Ended {
+            session,
+            name,
+            publisher,
+        } in self.streams.take_ended()
+        {
+            let Some(c) = self.clients.get(&session) else {
+                continue;
+            };
+            let Some(app) = &c.app else {
+                continue;
+            };
+            let info = ClientInfo {
+                session,
+                peer_id: &c.peer_id,
+                address: c.address,
+                app,
+            };
+            if publisher {
+                self.apps.unpublish(&info, &name);
+            } else {
+                self.apps.unsubscribe(&info, &name);
+            }
+        }
+    }
+
+    /// The applications' manage tick (every [`crate::apps::MANAGE_PERIOD`]); answers what
+    /// they asked for.
+    pub fn manage(&mut self) -> Vec<Routed> {
+        self.apps.manage();
+        self.take_actions()
+    }
+
+    /// What the applications asked for on their own (server-to-client calls, closes,
+    /// blacklist edits), as messages for the workers. Blacklist edits go to worker 0, which
+    /// hands them to the data plane.
+    pub fn take_actions(&mut self) -> Vec<Routed> {
+        let mut out = Vec::new();
+        for action in self.apps.take_actions() {
+            let owner = |session: u32| usize::from(SessionIdParts::of(session).worker);
+            match action {
+                AppAction::Call {
+                    session,
+                    method,
+                    args,
+                } => out.extend(
+                    self.call(session, &method, args)
+                        .map(|d| (owner(session), d)),
+                ),
+                AppAction::Close { session } => {
+                    if self.clients.contains_key(&session) {
+                        out.extend(self.close(session).into_iter().map(|d| (owner(session), d)));
+                    }
+                }
+                AppAction::Deny(prefix) => out.push((0, Down::Blacklist { add: true, prefix })),
+                AppAction::Allow(prefix) => out.push((0, Down::Blacklist { add: false, prefix })),
             }
         }
         out
@@ -169,13 +237,17 @@ impl NetConnections {
         data: &[u8],
     ) -> Vec<Routed> {
         let owner = usize::from(SessionIdParts::of(session).worker);
-        self.dispatch(session, flow, stream_id, data)
+        let mut out: Vec<Routed> = self
+            .dispatch(session, flow, stream_id, data)
             .into_iter()
             .map(|d| match d {
                 Dispatched::Owner(d) => (owner, d),
                 Dispatched::Routed(r) => r,
             })
-            .collect()
+            .collect();
+        self.notify_ended();
+        out.extend(self.take_actions());
+        out
     }
 
     fn dispatch(
@@ -224,7 +296,13 @@ impl NetConnections {
                     address: client.address,
                     app: &app,
                 };
-                let verdict = self.apps.connect(&info, c.args());
+                let details = ConnectDetails {
+                    tc_url: c.tc_url(),
+                    page_url: c.page_url(),
+                    swf_url: c.swf_url(),
+                    flash_ver: c.flash_ver(),
+                };
+                let verdict = self.apps.connect(&info, &details, c.args());
                 // A refused connect: `_error` with the status, then the session closes.
                 let refuse = |code: &str, description: &str| {
                     let refusal = Command::error_status(cmd.transaction_id, code, description);
@@ -237,7 +315,7 @@ impl NetConnections {
                 };
                 tracing::info!(session, app = %app, encoding = ?c.object_encoding(), ?verdict, "connect");
                 match verdict {
-                    ConnectVerdict::Accept => {
+                    ConnectVerdict::Accept(extra) => {
                         let kept = Down::NetState(NetState {
                             session_id: session,
                             app: app.clone(),
@@ -249,7 +327,7 @@ impl NetConnections {
                                 cmd.transaction_id,
                                 c.object_encoding(),
                                 "Connection succeeded.",
-                                vec![],
+                                extra,
                             ))),
                             // The worker keeps it for a control restart.
                             Dispatched::Owner(kept),
@@ -331,6 +409,23 @@ impl NetConnections {
                 name: Some(name), ..
             }) if stream_id != 0 => {
                 let key = key(name);
+                let app = client.app.clone().unwrap_or_default();
+                let info = ClientInfo {
+                    session,
+                    peer_id: &client.peer_id,
+                    address: client.address,
+                    app: &app,
+                };
+                // The application sees only publications that could start.
+                let refused = if self.streams.taken(&key, (session, flow)) {
+                    None
+                } else {
+                    self.apps.publish(&info, name).err()
+                };
+                if let Some(description) = refused {
+                    tracing::info!(session, app = %app, name, %description, "publish refused");
+                    return vec![reply(refuse_stream(status::PUBLISH_BAD_NAME, &description))];
+                }
                 match self.streams.publish(&key, name, (session, flow)) {
                     Ok(out) => routed(out),
                     Err(_) => vec![reply(refuse_stream(
@@ -344,6 +439,17 @@ impl NetConnections {
             }
             Ok(NetCommand::Play(p)) if stream_id != 0 => {
                 let key = key(p.name);
+                let app = client.app.clone().unwrap_or_default();
+                let info = ClientInfo {
+                    session,
+                    peer_id: &client.peer_id,
+                    address: client.address,
+                    app: &app,
+                };
+                if let Err(description) = self.apps.subscribe(&info, p.name) {
+                    tracing::info!(session, app = %app, name = p.name, %description, "play refused");
+                    return vec![reply(refuse_stream(status::PLAY_FAILED, &description))];
+                }
                 // Cumulus's unbuffered mode (digest §1.11).
                 let unbuffered = p.start == PLAY_START_UNBUFFERED;
                 routed(self.streams.play(&key, p.name, (session, flow), unbuffered))
@@ -444,11 +550,30 @@ mod tests {
         }
     }
 
-    struct Fixed;
+    /// Applications with fixed answers, recording the stream events they see in `log` and
+    /// asking for `actions` at the next chance.
+    #[derive(Default)]
+    struct Fixed {
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        actions: Vec<AppAction>,
+    }
+    impl Fixed {
+        fn note(&self, s: String) {
+            self.log.lock().unwrap().push(s);
+        }
+    }
     impl Applications for Fixed {
-        fn connect(&mut self, c: &ClientInfo<'_>, _: &[Value<'_>]) -> ConnectVerdict {
+        fn connect(
+            &mut self,
+            c: &ClientInfo<'_>,
+            _: &ConnectDetails<'_>,
+            _: &[Value<'_>],
+        ) -> ConnectVerdict {
             match c.app {
-                "" | "live" => ConnectVerdict::Accept,
+                "" => ConnectVerdict::Accept(vec![]),
+                "live" => {
+                    ConnectVerdict::Accept(vec![("motd".into(), Value::str("hi").into_owned())])
+                }
                 "banned" => ConnectVerdict::Reject("go away".into()),
                 _ => ConnectVerdict::InvalidApp,
             }
@@ -462,11 +587,36 @@ mod tests {
                 _ => CallOutcome::NotFound,
             }
         }
-        fn disconnect(&mut self, _: &ClientInfo<'_>) {}
+        fn disconnect(&mut self, c: &ClientInfo<'_>) {
+            self.note(format!("disconnect {}", c.session));
+        }
+        fn publish(&mut self, c: &ClientInfo<'_>, name: &str) -> Result<(), String> {
+            self.note(format!("publish {} {name}", c.session));
+            match name {
+                "forbidden" => Err("not here".into()),
+                _ => Ok(()),
+            }
+        }
+        fn unpublish(&mut self, c: &ClientInfo<'_>, name: &str) {
+            self.note(format!("unpublish {} {name}", c.session));
+        }
+        fn subscribe(&mut self, c: &ClientInfo<'_>, name: &str) -> Result<(), String> {
+            self.note(format!("subscribe {} {name}", c.session));
+            match name {
+                "private" => Err("members only".into()),
+                _ => Ok(()),
+            }
+        }
+        fn unsubscribe(&mut self, c: &ClientInfo<'_>, name: &str) {
+            self.note(format!("unsubscribe {} {name}", c.session));
+        }
+        fn take_actions(&mut self) -> Vec<AppAction> {
+            std::mem::take(&mut self.actions)
+        }
     }
 
     fn layer() -> NetConnections {
-        let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
+        let mut n = NetConnections::new(Box::new(Fixed::default()), (15_000, 10_000));
         n.open(7, [1; 32], "127.0.0.1:5000".parse().unwrap());
         n
     }
@@ -656,7 +806,7 @@ mod tests {
 
     #[test]
     fn restored_sessions_are_connected_again_and_count_on() {
-        let mut n = NetConnections::new(Box::new(Fixed), (15_000, 10_000));
+        let mut n = NetConnections::new(Box::new(Fixed::default()), (15_000, 10_000));
         n.open(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
         n.open(10, [3; 32], "127.0.0.1:5002".parse().unwrap());
         n.restore_net(&NetState {
@@ -697,5 +847,148 @@ mod tests {
         let out = n.close(7);
         assert_eq!(replies(&out)[0].name, names::CLOSE);
         assert!(matches!(out.last(), Some(Down::Close { session_id: 7 })));
+    }
+
+    /// A layer with applications that log into `log` and ask for `actions`.
+    fn logged(
+        actions: Vec<AppAction>,
+    ) -> (
+        NetConnections,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let apps = Fixed {
+            actions,
+            ..Fixed::default()
+        };
+        let log = std::sync::Arc::clone(&apps.log);
+        let mut n = NetConnections::new(Box::new(apps), (15_000, 10_000));
+        n.open(7, [1; 32], "127.0.0.1:5000".parse().unwrap());
+        n.open(8, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        (n, log)
+    }
+
+    fn stream_command(name: &str, args: Vec<Value<'_>>) -> Vec<u8> {
+        command(name, 0.0, Value::Null, args)
+    }
+
+    #[test]
+    fn the_connect_answer_carries_the_members_the_application_adds() {
+        let mut n = layer();
+        let r = replies(&n.on(7, 2, 0, &connect("live")));
+        let Some(Value::Object(o)) = r[0].args.first() else {
+            panic!()
+        };
+        assert_eq!(o.get("motd"), Some(&Value::str("hi")));
+        assert_eq!(code(&r[0]), status::CONNECT_SUCCESS);
+    }
+
+    #[test]
+    fn the_application_may_refuse_a_publication_or_a_play_and_hears_their_ends() {
+        let (mut n, log) = logged(vec![]);
+        n.on(7, 2, 0, &connect(""));
+        n.on(8, 2, 0, &connect(""));
+        let out = n.on(
+            7,
+            3,
+            1,
+            &stream_command(names::PUBLISH, vec![Value::str("forbidden")]),
+        );
+        let r = replies(&out);
+        assert_eq!(code(&r[0]), status::PUBLISH_BAD_NAME);
+        assert!(
+            !out.iter().any(|d| matches!(d, Down::Publish { .. })),
+            "nothing published"
+        );
+        let out = n.on(
+            7,
+            3,
+            1,
+            &stream_command(names::PUBLISH, vec![Value::str("cam")]),
+        );
+        assert_eq!(code(&replies(&out)[0]), status::PUBLISH_START);
+        // A name someone else publishes is refused before the application is asked.
+        let out = n.on(
+            8,
+            4,
+            1,
+            &stream_command(names::PUBLISH, vec![Value::str("cam")]),
+        );
+        assert_eq!(code(&replies(&out)[0]), status::PUBLISH_BAD_NAME);
+        let out = n.on(
+            8,
+            5,
+            2,
+            &stream_command(names::PLAY, vec![Value::str("private")]),
+        );
+        assert_eq!(code(&replies(&out)[0]), status::PLAY_FAILED);
+        assert!(!out.iter().any(|d| matches!(d, Down::Play { .. })));
+        let out = n.on(
+            8,
+            5,
+            2,
+            &stream_command(names::PLAY, vec![Value::str("cam")]),
+        );
+        assert_eq!(code(&replies(&out)[0]), status::PLAY_RESET);
+        // The player's session ends, then the publisher's NetStream closes.
+        n.closed(8);
+        n.on(7, 3, 1, &stream_command(names::CLOSE_STREAM, vec![]));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "publish 7 forbidden",
+                "publish 7 cam",
+                "subscribe 8 private",
+                "subscribe 8 cam",
+                "unsubscribe 8 cam",
+                "disconnect 8",
+                "unpublish 7 cam",
+            ]
+        );
+    }
+
+    #[test]
+    fn application_actions_become_messages_for_the_workers() {
+        let (mut n, _) = logged(vec![
+            AppAction::Call {
+                session: 8,
+                method: "onNews".into(),
+                args: vec![Value::str("x").into_owned()],
+            },
+            AppAction::Close { session: 8 },
+            AppAction::Close { session: 99 },
+            AppAction::Deny("192.0.2.1".into()),
+            AppAction::Allow("192.0.2.0/24".into()),
+        ]);
+        // Actions go out after the message that triggered them.
+        let out = n.on_message(7, 2, 0, &connect(""));
+        let actions: Vec<&Routed> = out
+            .iter()
+            .filter(|(_, d)| !matches!(d, Down::Reply { session_id: 7, .. } | Down::NetState(_)))
+            .collect();
+        assert!(matches!(actions[0], (0, Down::Call { session_id: 8, .. })));
+        assert_eq!(replies(&[actions[0].1.clone()])[0].name, "onNews");
+        // Close: `close()` then the session's close; nothing for an unknown session.
+        assert_eq!(replies(&[actions[1].1.clone()])[0].name, names::CLOSE);
+        assert_eq!(actions[2], &(0, Down::Close { session_id: 8 }));
+        assert_eq!(
+            actions[3..],
+            [
+                &(
+                    0,
+                    Down::Blacklist {
+                        add: true,
+                        prefix: "192.0.2.1".into()
+                    }
+                ),
+                &(
+                    0,
+                    Down::Blacklist {
+                        add: false,
+                        prefix: "192.0.2.0/24".into()
+                    }
+                ),
+            ]
+        );
+        assert_eq!(actions.len(), 5);
     }
 }

@@ -19,7 +19,7 @@ use rtmfp::startup::responder::{Responder, ResponderConfig};
 use rtmfp::time::Instant;
 use socket2::Socket;
 
-use crate::apps::Applications;
+use crate::apps::{Applications, MANAGE_PERIOD};
 use crate::dh::{DhPool, Done, Job};
 use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes};
 use crate::ids::{IdAllocator, SessionIdParts};
@@ -214,7 +214,14 @@ pub fn run(
     );
     let mut last_stats = (std::time::Instant::now(), HandshakeStats::default());
     let mut last_report = std::time::Instant::now();
+    let mut last_manage = std::time::Instant::now();
     loop {
+        if last_manage.elapsed() >= MANAGE_PERIOD {
+            last_manage = std::time::Instant::now();
+            for (worker, d) in service.netconn.manage() {
+                service.send(worker, &d);
+            }
+        }
         if last_report.elapsed() >= REPORT_PERIOD {
             last_report = std::time::Instant::now();
             let values = service.report(rx.len());

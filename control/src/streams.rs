@@ -38,11 +38,25 @@ pub enum PublishError {
     NameTaken,
 }
 
+/// A NetStream that stopped publishing or playing a stream, for the applications'
+/// `onUnpublish` and `onUnsubscribe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The client's session.
+    pub session: u32,
+    /// The stream name (without the application).
+    pub name: String,
+    /// Whether it published the stream (else it played it).
+    pub publisher: bool,
+}
+
 /// The live streams of the server.
 #[derive(Debug, Default)]
 pub struct Streams {
     by_key: HashMap<String, Stream>,
     next_id: u32,
+    /// Ends not yet taken by [`Streams::take_ended`].
+    ended: Vec<Ended>,
 }
 
 fn worker_of(session: u32) -> usize {
@@ -77,6 +91,11 @@ impl Streams {
         self.next_id = first;
     }
 
+    /// The publications and plays that ended since the last call, in order.
+    pub fn take_ended(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.ended)
+    }
+
     /// Streams known (published or played).
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -106,6 +125,13 @@ impl Streams {
             .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
+    /// Whether someone other than `from` publishes the stream `key`.
+    pub fn taken(&self, key: &str, from: StreamFlow) -> bool {
+        self.by_key
+            .get(key)
+            .is_some_and(|s| s.publisher.is_some_and(|p| p != from))
+    }
+
     /// `publish(name)` from `from` for the stream `key` (application and name). `Err` when the
     /// name is already published (`NetStream.Publish.BadName`).
     pub fn publish(
@@ -114,11 +140,7 @@ impl Streams {
         name: &str,
         from: StreamFlow,
     ) -> Result<Vec<Routed>, PublishError> {
-        if self
-            .by_key
-            .get(key)
-            .is_some_and(|s| s.publisher.is_some_and(|p| p != from))
-        {
+        if self.taken(key, from) {
             return Err(PublishError::NameTaken);
         }
         // A NetStream that published another name stops doing so.
@@ -126,6 +148,11 @@ impl Streams {
         for s in self.by_key.values_mut() {
             if s.publisher == Some(from) && s.name != name {
                 s.publisher = None;
+                self.ended.push(Ended {
+                    session: from.0,
+                    name: s.name.clone(),
+                    publisher: true,
+                });
                 previous.push((worker_of(from.0), Down::Unpublish { stream: s.id }));
             }
         }
@@ -242,6 +269,11 @@ impl Streams {
         for s in self.by_key.values_mut() {
             if s.publisher == Some(flow) {
                 s.publisher = None;
+                self.ended.push(Ended {
+                    session: flow.0,
+                    name: s.name.clone(),
+                    publisher: true,
+                });
                 out.push((worker_of(flow.0), Down::Unpublish { stream: s.id }));
                 out.push(reply(
                     flow,
@@ -262,6 +294,11 @@ impl Streams {
             }
             if let Some(i) = s.subscribers.iter().position(|&f| f == flow) {
                 s.subscribers.swap_remove(i);
+                self.ended.push(Ended {
+                    session: flow.0,
+                    name: s.name.clone(),
+                    publisher: false,
+                });
                 out.push((
                     worker_of(flow.0),
                     Down::StopPlay {
@@ -321,6 +358,11 @@ impl Streams {
             }
             if let Some(i) = s.subscribers.iter().position(|&f| f == flow) {
                 s.subscribers.swap_remove(i);
+                self.ended.push(Ended {
+                    session: flow.0,
+                    name: s.name.clone(),
+                    publisher: false,
+                });
                 out.extend(Self::unroute_if_last(s, worker_of(flow.0)));
             }
         }

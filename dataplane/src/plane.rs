@@ -261,6 +261,27 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Applies the blacklist edits the applications asked for since the last call (a
+    /// supervisor calls it now and then), logging each.
+    pub fn apply_blacklist_requests(&self) {
+        let requests = match self.shared.blacklist_requests.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        for (add, prefix) in requests {
+            let result = if add {
+                self.deny(&prefix)
+            } else {
+                self.allow(&prefix)
+            };
+            match result {
+                Ok(()) if add => tracing::info!(%prefix, "blacklist: added by an application"),
+                Ok(()) => tracing::info!(%prefix, "blacklist: removed by an application"),
+                Err(e) => tracing::warn!(%prefix, error = %e, "blacklist: edit failed"),
+            }
+        }
+    }
+
     /// Removes `prefix` (that exact entry) from the blacklist.
     pub fn allow(&self, prefix: &Prefix) -> Result<(), DenyError> {
         self.shared.deny.allow(*prefix);

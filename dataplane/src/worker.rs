@@ -46,6 +46,7 @@ use crate::media::{
 };
 use crate::sys::{poll_readable, EventFd};
 use crate::wheel::TimerWheel;
+use updraft_bpf::Prefix;
 
 /// Longest a worker sleeps without looking at its stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -58,6 +59,9 @@ const CONTROL_MESSAGES_PER_TURN: usize = 256;
 /// Capacity of each worker's handoff queue, in datagrams.
 pub const HANDOFF_QUEUE: usize = 1024;
 /// Longest a session asked to close waits for its last replies to be acknowledged.
+/// Most blacklist edits waiting for the supervisor; more are dropped (a script in a loop
+/// cannot grow the queue without bound).
+const MAX_BLACKLIST_REQUESTS: usize = 4096;
 const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// Longest a shutdown waits for sessions to acknowledge their Close Requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -92,6 +96,10 @@ pub struct Shared {
     pub io: Mutex<IoReport>,
     /// The blacklist: sources whose datagrams the workers drop.
     pub deny: DenyList,
+    /// Blacklist edits the applications asked for (`Down::Blacklist`, add or remove), for the
+    /// supervisor to apply to the blacklist and the XDP program (see
+    /// `DataPlane::apply_blacklist_requests`). Locked only for those rare messages.
+    pub blacklist_requests: Mutex<Vec<(bool, Prefix)>>,
 }
 
 /// The packet I/O the workers use, as the metrics show it.
@@ -120,6 +128,7 @@ impl Shared {
             streams: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             io: Mutex::new(IoReport::default()),
             deny: DenyList::new(&[]),
+            blacklist_requests: Mutex::new(Vec::new()),
         })
     }
 
@@ -906,6 +915,18 @@ impl<IO: BatchIo> Worker<IO> {
                 }
             }
             Down::StopPlay { session_id, flow } => self.stop_flow(session_id, FlowId(flow)),
+            Down::Blacklist { add, prefix } => match prefix.parse::<Prefix>() {
+                Ok(p) => {
+                    if let Ok(mut requests) = self.shared.blacklist_requests.lock() {
+                        if requests.len() < MAX_BLACKLIST_REQUESTS {
+                            requests.push((add, p));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %prefix, error = %e, "blacklist: not an address or prefix")
+                }
+            },
             Down::Stats { values } => {
                 let n = values.len().min(MAX_STATS);
                 for (slot, v) in self.shared.control_stats.iter().zip(&values[..n]) {

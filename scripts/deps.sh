@@ -3,8 +3,9 @@
 # (as root; otherwise says which to install). Called by scripts/test.sh and .ci/run.
 set -euo pipefail
 
-# gcc and pkg-config build libbpf (vendored by libbpf-sys) against libelf and zlib; clang and
-# the libbpf headers build the XDP program (bpf/build.rs), so that its tests run for real.
+# gcc builds Lua 5.1 (vendored by mlua, for the Lua applications) and, with pkg-config, libbpf
+# (vendored by libbpf-sys) against libelf and zlib; clang and the libbpf headers build the XDP
+# program (bpf/build.rs), so that its tests run for real.
 pkgs=()
 command -v cc >/dev/null 2>&1 || pkgs+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)

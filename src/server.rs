@@ -3,6 +3,7 @@
 //! default, restarted if it dies; threads with `--single-process`), the metrics endpoint and
 //! signals.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -16,11 +17,11 @@ use std::time::Duration;
 
 use rtmfp::session::SessionConfig;
 use socket2::Socket;
-use updraft_control::apps::WwwApps;
 use updraft_control::handshake::HandshakeLimits;
 use updraft_control::service::{self, ServiceConfig};
 use updraft_dataplane::plane::{DataPlane, PlaneConfig, MAX_WORKERS};
 use updraft_dataplane::xdp::IoMode;
+use updraft_scripting::LuaApps;
 
 use crate::config::Config;
 use crate::metrics::PlaneMetrics;
@@ -190,6 +191,53 @@ struct ControlSettings {
     handshake_rate: u32,
     dh_threads: usize,
     log: u8,
+    /// Every key of the configuration file, by section, for the Lua applications
+    /// (`cumulus.configs`).
+    sections: Sections,
+}
+
+/// Configuration keys by section ("" for the top).
+type Sections = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The Lua applications of `settings.www`.
+fn applications(settings: &ControlSettings) -> Result<Box<LuaApps>, String> {
+    LuaApps::new(&settings.www, &settings.sections)
+        .map(Box::new)
+        .map_err(|e| format!("cannot start the Lua applications: {e}"))
+}
+
+/// Writes `sections` for the control process's standard input: one `section TAB key TAB value`
+/// line per key (INI keys and values hold no line breaks; a tab in a section or key name is
+/// not kept).
+fn write_sections(out: &mut impl Write, sections: &Sections) -> std::io::Result<()> {
+    for (section, keys) in sections {
+        for (k, v) in keys {
+            let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                clean(section),
+                clean(k),
+                v.replace(['\n', '\r'], " ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads what [`write_sections`] wrote.
+fn read_sections(input: impl BufRead) -> Sections {
+    let mut sections = Sections::new();
+    for line in input.lines().map_while(Result::ok) {
+        let mut parts = line.splitn(3, '\t');
+        if let (Some(section), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) {
+            sections
+                .entry(section.to_string())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        }
+    }
+    sections
 }
 
 impl ControlSettings {
@@ -232,7 +280,7 @@ fn start_control(
 ) -> Result<ControlPlane, String> {
     if single {
         let config = settings.service_config()?;
-        let apps = Box::new(WwwApps::new(&settings.www));
+        let apps = applications(settings)?;
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -291,6 +339,7 @@ fn start_control(
     if let Some(mut stdin) = child.stdin.take() {
         // The identity goes through a pipe, never the command line (visible in `ps`).
         let _ = writeln!(stdin, "{}", hex_string(&settings.identity_seed));
+        let _ = write_sections(&mut stdin, &settings.sections);
     }
     if let Some(stderr) = child.stderr.take() {
         let pid = child.id();
@@ -453,6 +502,7 @@ fn serve(
         handshake_rate: config.handshake_rate,
         dh_threads: cores.div_ceil(2).max(1),
         log: level,
+        sections: config.sections.clone(),
     };
     let peer_id = service::responder_for(settings.identity_seed).fingerprint();
     let links = plane
@@ -512,6 +562,7 @@ fn serve(
             break;
         }
         turns = turns.wrapping_add(1);
+        plane.apply_blacklist_requests();
         if turns.is_multiple_of(VERDICTS_EVERY) {
             plane.refresh_verdicts();
         }
@@ -648,10 +699,12 @@ fn control_main(args: &[String]) -> Result<(), String> {
         .without_time()
         .init();
     let mut line = String::new();
-    std::io::stdin()
+    let mut stdin = std::io::stdin().lock();
+    stdin
         .read_line(&mut line)
         .map_err(|e| format!("no identity on standard input: {e}"))?;
     let identity_seed = parse_hex32(&line).ok_or("no identity on standard input")?;
+    let sections = read_sections(stdin);
     let settings = ControlSettings {
         identity_seed,
         www: www.clone(),
@@ -660,9 +713,11 @@ fn control_main(args: &[String]) -> Result<(), String> {
         handshake_rate,
         dh_threads,
         log: level,
+        sections,
     };
     let config = settings.service_config()?;
-    service::run(links, config, Box::new(WwwApps::new(www))).map_err(|e| e.to_string())
+    let apps = applications(&settings)?;
+    service::run(links, config, apps).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,3 +1,613 @@
-//! Updraft Lua host: the Cumulus server-application API on mlua.
+//! Lua server applications with the Cumulus API (`cumulus-compat.md` §2.3), run by the
+//! control plane through the [`Applications`] seam.
 //!
-//! Not implemented yet: this crate is filled by the Lua applications issue. It exports nothing until then.
+//! **Application model.** `www/main.lua` is the root application (path `""`);
+//! `www/a/main.lua` serves `rtmfp://host/a`, `www/a/b/main.lua` serves `/a/b`. Each
+//! application runs in its own environment table whose metatable falls back to its parent's
+//! (the root's falls back to the globals), so a child inherits its parent's variables and
+//! functions; `super` is the parent's environment and a parent reaches a loaded child by name.
+//! The root loads at start, the others at their first connection.
+//!
+//! **Hot reload.** `main.lua`'s modification time is checked whenever an application is
+//! resolved (each `connect`) and, for every loaded application, every manage tick. When it
+//! changed: `onStop(path)`, a fresh environment, the file runs again, `onStart(path)`. A
+//! deleted `main.lua` unloads its application. A file that fails to load keeps its error, and
+//! connections to it are rejected with that error until the file is fixed.
+//!
+//! **Events.** `onConnection(client, ...)` (return a table of members for the
+//! `Connect.Success` info object; `error(...)` rejects), `onDisconnection(client)`,
+//! `onPublish(client, publication)` and `onSubscribe(client, listener)` (`false` or
+//! `error(...)` refuses: `NetStream.Publish.BadName`, `NetStream.Play.Failed`),
+//! `onUnpublish`, `onUnsubscribe`, `onManage()` (every two seconds, in the applications that
+//! define it) and `client:onManage()`. A client's `NetConnection.call("name", ...)` calls
+//! `client:name(...)`; its first result is the `_result`, an error the `_error`.
+//!
+//! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
+//! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
+//! `addToBlacklist`, `removeFromBlacklist`), the client (`id`, `rawId`, `path`, `address`,
+//! `pageUrl`, `swfUrl`, `flashVersion`, the connect URL's query parameters, `writer`), the
+//! writer (`writeAMFMessage`, `close`), publications and listeners, and the logging functions
+//! `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
+//!
+//! **Bounds.** A script that runs longer than [`SCRIPT_TIME_LIMIT`] in one event is stopped
+//! with an error, and the Lua heap is capped at [`MEMORY_LIMIT`]: a faulty script cannot stall
+//! the handshakes the control plane also serves, nor exhaust the host.
+
+pub mod api;
+pub mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use mlua::{Function, HookTriggers, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue};
+use rtmfp::amf::{Member, Value};
+use updraft_control::apps::{
+    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict, APP_SCRIPT,
+};
+
+use crate::api::Api;
+use crate::convert::{from_lua, to_lua};
+
+/// Longest one event may run a script before it is stopped with an error.
+pub const SCRIPT_TIME_LIMIT: Duration = Duration::from_secs(5);
+/// Most memory the Lua heap may hold.
+pub const MEMORY_LIMIT: usize = 1 << 30;
+/// Lua instructions between two checks of [`SCRIPT_TIME_LIMIT`].
+const INSTRUCTIONS_PER_CHECK: u32 = 100_000;
+
+/// Why an application cannot serve a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No such application (`NetConnection.Connect.InvalidApp`).
+    Missing,
+    /// Its script failed to load, with the error (`NetConnection.Connect.Rejected`).
+    Failed(String),
+}
+
+/// A loaded application.
+struct App {
+    env: Table,
+    /// `main.lua`'s modification time when loaded (`None`: the root without a file).
+    modified: Option<SystemTime>,
+    /// The load error, when the script failed.
+    error: Option<String>,
+}
+
+/// A connected client.
+struct Client {
+    table: Table,
+    app: String,
+    /// What it plays, by stream name.
+    listeners: HashMap<String, Table>,
+}
+
+/// The Lua applications of a www root.
+pub struct LuaApps {
+    lua: Lua,
+    root: PathBuf,
+    apps: BTreeMap<String, App>,
+    clients: HashMap<u32, Client>,
+    api: Api,
+    outbox: Arc<Mutex<Vec<AppAction>>>,
+    /// When the running event must end, read by the Lua hook.
+    deadline: Arc<Mutex<Option<std::time::Instant>>>,
+    /// How long one event may run ([`SCRIPT_TIME_LIMIT`] unless changed).
+    time_limit: Duration,
+}
+
+impl std::fmt::Debug for LuaApps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LuaApps")
+            .field("root", &self.root)
+            .field("apps", &self.apps.keys().collect::<Vec<_>>())
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Lua error as a client may read it: the message without the script position (Cumulus
+/// sends the position too, which shows clients the server's paths).
+pub fn describe(e: &mlua::Error) -> String {
+    let full = match e {
+        mlua::Error::RuntimeError(s) => s.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::CallbackError { cause, .. } => return describe(cause),
+        other => other.to_string(),
+    };
+    let message = full.split("\nstack traceback:").next().unwrap_or_default();
+    strip_position(message).to_string()
+}
+
+/// `file:12: message` → `message`.
+fn strip_position(s: &str) -> &str {
+    let mut rest = s;
+    while let Some(i) = rest.find(':') {
+        let after = &rest[i + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(": ") {
+            return &after[digits + 2..];
+        }
+        rest = after;
+    }
+    s
+}
+
+/// The parent path of an application path (`"a/b"` → `"a"`, `"a"` → `""`), `None` for the
+/// root.
+fn parent_of(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(path.rsplit_once('/').map_or("", |(p, _)| p))
+}
+
+/// Whether `path` is the root or plain components (no `.`, `..`, empty parts, backslashes, nor
+/// the names Lua metatables reserve).
+fn valid_path(path: &str) -> bool {
+    path.is_empty()
+        || path.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && !part.contains('\\')
+                && part != "__index"
+                && part != "__metatable"
+        })
+}
+
+impl LuaApps {
+    /// The applications of the www root `root`, with the configuration `sections` (every key
+    /// of the configuration file, by section, for `cumulus.configs`). Loads the root
+    /// application; a root script that fails to load is logged and kept as its error.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        sections: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> mlua::Result<LuaApps> {
+        let root: PathBuf = root.into();
+        let lua = Lua::new();
+        lua.set_memory_limit(MEMORY_LIMIT)?;
+        let outbox = Arc::new(Mutex::new(Vec::new()));
+        let api = Api::install(&lua, &root, sections, Arc::clone(&outbox))?;
+        let deadline: Arc<Mutex<Option<std::time::Instant>>> = Arc::new(Mutex::new(None));
+        let hook_deadline = Arc::clone(&deadline);
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_CHECK),
+            move |_, _| {
+                let late = hook_deadline
+                    .lock()
+                    .ok()
+                    .and_then(|d| *d)
+                    .is_some_and(|d| std::time::Instant::now() > d);
+                if late {
+                    return Err(mlua::Error::RuntimeError(
+                        "script stopped: it ran past its time limit".into(),
+                    ));
+                }
+                Ok(mlua::VmState::Continue)
+            },
+        );
+        let mut apps = LuaApps {
+            lua,
+            root,
+            apps: BTreeMap::new(),
+            clients: HashMap::new(),
+            api,
+            outbox,
+            deadline,
+            time_limit: SCRIPT_TIME_LIMIT,
+        };
+        if let Err(Unavailable::Failed(e)) = apps.resolve("") {
+            tracing::error!(error = %e, "the root application failed to load");
+        }
+        Ok(apps)
+    }
+
+    /// The www root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Changes how long one event may run a script (default [`SCRIPT_TIME_LIMIT`]).
+    pub fn set_time_limit(&mut self, limit: Duration) {
+        self.time_limit = limit;
+    }
+
+    /// Runs `f` under the time limit.
+    fn timed<R>(&self, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = Some(std::time::Instant::now() + self.time_limit);
+        }
+        let r = f();
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = None;
+        }
+        r
+    }
+
+    /// Calls `f(args…)` under the time limit.
+    fn invoke(&self, f: &Function, args: impl IntoLuaMulti) -> mlua::Result<MultiValue> {
+        self.timed(|| f.call::<MultiValue>(args))
+    }
+
+    /// The application `path`, loaded or reloaded as its `main.lua` requires.
+    pub fn resolve(&mut self, path: &str) -> Result<Table, Unavailable> {
+        if !valid_path(path) {
+            return Err(Unavailable::Missing);
+        }
+        let parent = match parent_of(path) {
+            Some(p) => Some(self.resolve(p)?),
+            None => None,
+        };
+        let file = self.root.join(path).join(APP_SCRIPT);
+        let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        if modified.is_none() && !path.is_empty() {
+            self.unload(path);
+            return Err(Unavailable::Missing);
+        }
+        if let Some(app) = self.apps.get(path) {
+            if app.modified == modified {
+                return match &app.error {
+                    Some(e) => Err(Unavailable::Failed(e.clone())),
+                    None => Ok(app.env.clone()),
+                };
+            }
+        }
+        self.load(path, parent, &file, modified)
+    }
+
+    /// (Re)loads the application `path` from `file`.
+    fn load(
+        &mut self,
+        path: &str,
+        parent: Option<Table>,
+        file: &Path,
+        modified: Option<SystemTime>,
+    ) -> Result<Table, Unavailable> {
+        let reload = self.apps.contains_key(path);
+        if reload {
+            self.stop(path);
+        }
+        let failed = |e: mlua::Error| Unavailable::Failed(describe(&e));
+        let env = self.environment(path, parent.as_ref()).map_err(failed)?;
+        let mut error = None;
+        if modified.is_some() {
+            let loaded = std::fs::read(file)
+                .map_err(|e| mlua::Error::RuntimeError(format!("cannot read {APP_SCRIPT}: {e}")))
+                .and_then(|code| {
+                    self.timed(|| {
+                        self.lua
+                            .load(code)
+                            .set_name(format!("@{}", file.display()))
+                            .set_environment(env.clone())
+                            .exec()
+                    })
+                });
+            if let Err(e) = loaded {
+                tracing::error!(app = %path, error = %e, "application failed to load");
+                error = Some(describe(&e));
+            }
+        }
+        // Children loaded before see the new environment.
+        for (child_path, child) in &self.apps {
+            if parent_of(child_path) == Some(path) {
+                let _ = set_parent(&self.lua, &child.env, Some(&env));
+                if let Some(name) = child_path.rsplit('/').next() {
+                    let _ = env.raw_set(name, child.env.clone());
+                }
+            }
+        }
+        self.apps.insert(
+            path.to_string(),
+            App {
+                env: env.clone(),
+                modified,
+                error: error.clone(),
+            },
+        );
+        if let Some(e) = error {
+            return Err(Unavailable::Failed(e));
+        }
+        tracing::info!(app = %path, reload, "application started");
+        self.event(&env, "onStart", path, (path,));
+        Ok(env)
+    }
+
+    /// A fresh environment for `path` under `parent` (the globals for the root).
+    fn environment(&self, path: &str, parent: Option<&Table>) -> mlua::Result<Table> {
+        let env = self.lua.create_table()?;
+        set_parent(&self.lua, &env, parent)?;
+        if let (Some(parent), Some(name)) = (parent, path.rsplit('/').next()) {
+            parent.raw_set(name, env.clone())?;
+        }
+        Ok(env)
+    }
+
+    /// `onStop(path)` for a loaded application.
+    fn stop(&mut self, path: &str) {
+        if let Some(app) = self.apps.get(path) {
+            if app.error.is_none() {
+                let env = app.env.clone();
+                self.event(&env, "onStop", path, (path,));
+            }
+        }
+    }
+
+    /// Unloads `path` (its `main.lua` is gone).
+    fn unload(&mut self, path: &str) {
+        if self.apps.contains_key(path) {
+            self.stop(path);
+            self.apps.remove(path);
+            tracing::info!(app = %path, "application unloaded: its main.lua is gone");
+            let _ = self.lua.gc_collect();
+        }
+    }
+
+    /// Calls the event `name` of `env` (inherited ones included) if it is a function; logs
+    /// an error. Answers its results, `None` when there is no such event or it failed.
+    fn event(
+        &self,
+        env: &Table,
+        name: &str,
+        app: &str,
+        args: impl IntoLuaMulti,
+    ) -> Option<MultiValue> {
+        let f = match env.get::<LuaValue>(name) {
+            Ok(LuaValue::Function(f)) => f,
+            _ => return None,
+        };
+        match self.invoke(&f, args) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(app, event = name, error = %e, "script error");
+                None
+            }
+        }
+    }
+
+    /// Like [`LuaApps::event`], but the error is answered (for the events whose error refuses
+    /// something). `Ok(None)`: no such event.
+    fn event_result(
+        &self,
+        env: &Table,
+        name: &str,
+        args: impl IntoLuaMulti,
+    ) -> Result<Option<MultiValue>, String> {
+        match env.get::<LuaValue>(name) {
+            Ok(LuaValue::Function(f)) => self.invoke(&f, args).map(Some).map_err(|e| describe(&e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The environment of a connected client's application, if it is still loaded.
+    fn env_of(&self, app: &str) -> Option<Table> {
+        self.apps
+            .get(app)
+            .filter(|a| a.error.is_none())
+            .map(|a| a.env.clone())
+    }
+
+    /// Checks every loaded application's `main.lua` and reloads what changed.
+    fn reload_changed(&mut self) {
+        let paths: Vec<String> = self.apps.keys().cloned().collect();
+        for path in paths {
+            let _ = self.resolve(&path);
+        }
+    }
+}
+
+/// Makes `env` fall back to `parent` (or the globals) and sets `super`.
+fn set_parent(lua: &Lua, env: &Table, parent: Option<&Table>) -> mlua::Result<()> {
+    let meta = lua.create_table()?;
+    match parent {
+        Some(p) => {
+            meta.raw_set("__index", p.clone())?;
+            env.raw_set("super", p.clone())?;
+        }
+        None => meta.raw_set("__index", lua.globals())?,
+    }
+    env.set_metatable(Some(meta));
+    Ok(())
+}
+
+/// Whether an event's first result refuses (`false`).
+fn refused(v: &MultiValue) -> bool {
+    matches!(v.iter().next(), Some(LuaValue::Boolean(false)))
+}
+
+impl Applications for LuaApps {
+    fn connect(
+        &mut self,
+        client: &ClientInfo<'_>,
+        details: &ConnectDetails<'_>,
+        args: &[Value<'_>],
+    ) -> ConnectVerdict {
+        let env = match self.resolve(client.app) {
+            Ok(env) => env,
+            Err(Unavailable::Missing) => return ConnectVerdict::InvalidApp,
+            Err(Unavailable::Failed(e)) => return ConnectVerdict::Reject(e),
+        };
+        let table = match self.api.new_client(&self.lua, client, details) {
+            Ok(t) => t,
+            Err(e) => return ConnectVerdict::Reject(describe(&e)),
+        };
+        let mut call_args = vec![LuaValue::Table(table.clone())];
+        for a in args {
+            call_args.push(to_lua(&self.lua, a).unwrap_or(LuaValue::Nil));
+        }
+        let extra = match self.event_result(&env, "onConnection", MultiValue::from_vec(call_args)) {
+            // An error rejects (an empty message: Cumulus's "client rejected"); any result but
+            // a table is ignored, `false` included, as Cumulus does.
+            Err(e) if e.is_empty() => return ConnectVerdict::Reject("client rejected".into()),
+            Err(e) => return ConnectVerdict::Reject(e),
+            Ok(Some(v)) => match v.into_iter().next() {
+                Some(LuaValue::Table(t)) => members(&t),
+                _ => Vec::new(),
+            },
+            Ok(None) => Vec::new(),
+        };
+        if let Err(e) = self.api.add_client(&table) {
+            return ConnectVerdict::Reject(describe(&e));
+        }
+        self.clients.insert(
+            client.session,
+            Client {
+                table,
+                app: client.app.to_string(),
+                listeners: HashMap::new(),
+            },
+        );
+        ConnectVerdict::Accept(extra)
+    }
+
+    fn call(&mut self, client: &ClientInfo<'_>, method: &str, args: &[Value<'_>]) -> CallOutcome {
+        let Some(c) = self.clients.get(&client.session) else {
+            return CallOutcome::NotFound;
+        };
+        let f = match c.table.get::<LuaValue>(method) {
+            Ok(LuaValue::Function(f)) => f,
+            _ => return CallOutcome::NotFound,
+        };
+        let mut call_args = vec![LuaValue::Table(c.table.clone())];
+        for a in args {
+            call_args.push(to_lua(&self.lua, a).unwrap_or(LuaValue::Nil));
+        }
+        match self.invoke(&f, MultiValue::from_vec(call_args)) {
+            Ok(v) => CallOutcome::Result(v.iter().next().map_or(Value::Null, from_lua)),
+            Err(e) => {
+                tracing::debug!(app = %c.app, method, error = %e, "client call failed");
+                CallOutcome::Error(describe(&e))
+            }
+        }
+    }
+
+    fn disconnect(&mut self, client: &ClientInfo<'_>) {
+        let Some(c) = self.clients.remove(&client.session) else {
+            return;
+        };
+        if let Some(env) = self.env_of(&c.app) {
+            self.event(&env, "onDisconnection", &c.app, (c.table.clone(),));
+        }
+        let _ = self.api.remove_client(&c.table);
+    }
+
+    fn publish(&mut self, client: &ClientInfo<'_>, name: &str) -> Result<(), String> {
+        let Some(c) = self.clients.get(&client.session) else {
+            return Ok(());
+        };
+        let Some(env) = self.env_of(&c.app) else {
+            return Ok(());
+        };
+        let publication = self
+            .api
+            .new_publication(name, &c.table)
+            .map_err(|e| describe(&e))?;
+        match self.event_result(&env, "onPublish", (c.table.clone(), publication.clone()))? {
+            Some(v) if refused(&v) => Err(format!("Not allowed to publish {name}")),
+            _ => self
+                .api
+                .add_publication(name, &publication)
+                .map_err(|e| describe(&e)),
+        }
+    }
+
+    fn unpublish(&mut self, client: &ClientInfo<'_>, name: &str) {
+        let Some(c) = self.clients.get(&client.session) else {
+            return;
+        };
+        let Some(publication) = self.api.publication(name) else {
+            return;
+        };
+        if let Some(env) = self.env_of(&c.app) {
+            self.event(&env, "onUnpublish", &c.app, (c.table.clone(), publication));
+        }
+        let _ = self.api.remove_publication(name);
+    }
+
+    fn subscribe(&mut self, client: &ClientInfo<'_>, name: &str) -> Result<(), String> {
+        let Some(c) = self.clients.get(&client.session) else {
+            return Ok(());
+        };
+        let Some(env) = self.env_of(&c.app) else {
+            return Ok(());
+        };
+        let listener = self
+            .api
+            .new_listener(name, &c.table)
+            .map_err(|e| describe(&e))?;
+        match self.event_result(&env, "onSubscribe", (c.table.clone(), listener.clone()))? {
+            Some(v) if refused(&v) => Err(format!("Not authorized to play {name}")),
+            _ => {
+                let _ = self.api.add_listener(name, &listener);
+                if let Some(c) = self.clients.get_mut(&client.session) {
+                    c.listeners.insert(name.to_string(), listener);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, client: &ClientInfo<'_>, name: &str) {
+        let Some(c) = self.clients.get_mut(&client.session) else {
+            return;
+        };
+        let Some(listener) = c.listeners.remove(name) else {
+            return;
+        };
+        let (table, app) = (c.table.clone(), c.app.clone());
+        if let Some(env) = self.env_of(&app) {
+            self.event(&env, "onUnsubscribe", &app, (table, listener.clone()));
+        }
+        let _ = self.api.remove_listener(name, &listener);
+    }
+
+    fn manage(&mut self) {
+        self.reload_changed();
+        let apps: Vec<(String, Table)> = self
+            .apps
+            .iter()
+            .filter(|(_, a)| a.error.is_none())
+            .map(|(p, a)| (p.clone(), a.env.clone()))
+            .collect();
+        for (path, env) in apps {
+            // Only the applications that define it (not inherited).
+            if let Ok(LuaValue::Function(f)) = env.raw_get::<LuaValue>("onManage") {
+                if let Err(e) = self.invoke(&f, ()) {
+                    tracing::error!(app = %path, event = "onManage", error = %e, "script error");
+                }
+            }
+        }
+        let clients: Vec<(Table, String)> = self
+            .clients
+            .values()
+            .map(|c| (c.table.clone(), c.app.clone()))
+            .collect();
+        for (table, app) in clients {
+            if let Ok(LuaValue::Function(f)) = table.raw_get::<LuaValue>("onManage") {
+                if let Err(e) = self.invoke(&f, (table.clone(),)) {
+                    tracing::error!(app = %app, event = "client:onManage", error = %e, "script error");
+                }
+            }
+        }
+    }
+
+    fn take_actions(&mut self) -> Vec<AppAction> {
+        self.outbox
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default()
+    }
+}
+
+/// A Lua table's string-keyed members, as AMF members (in name order).
+fn members(t: &Table) -> Vec<Member<'static>> {
+    match from_lua(&LuaValue::Table(t.clone())) {
+        Value::Object(o) => o.members().cloned().collect(),
+        Value::Array(a) => a.assoc,
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -114,7 +114,11 @@ pub fn start_server() -> ServerProcess {
 
 /// Starts the server with extra arguments (before the loopback port and address).
 pub fn start_server_with(extra: &[&str]) -> ServerProcess {
-    let www = sample_www("www");
+    start_server_on(sample_www("www"), extra)
+}
+
+/// Starts the server on the www root `www` with extra arguments.
+pub fn start_server_on(www: TempDir, extra: &[&str]) -> ServerProcess {
     let mut command = Process::new(env!("CARGO_BIN_EXE_updraft"));
     command
         .args(["--www", www.0.to_str().unwrap()])

@@ -1,0 +1,420 @@
+//! The Cumulus objects scripts see (`cumulus-compat.md` §2.3): the logging functions, the
+//! `cumulus` object, clients with their writer, publications and listeners. The collections
+//! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
+//! serialisers and the hashes are native.
+//!
+//! Not provided (Updraft has no such subsystem yet): `cumulus.groups`, `cumulus.servers`,
+//! `cumulus:publish` (server-side publications), the TCP/UDP socket factories, `sendMail`,
+//! and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
+//! data plane, never crossing into the control process).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use md5::Md5;
+use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
+use rtmfp::amf::amf0;
+use sha2::{Digest, Sha256};
+use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
+
+use crate::convert::{from_lua, to_lua};
+
+/// The prelude: the Lua half of the API.
+const PRELUDE: &str = include_str!("prelude.lua");
+
+/// Most actions (calls, closes, blacklist edits) scripts may queue between two drains by the
+/// control plane; more are dropped with a warning, so a script in a loop cannot exhaust memory.
+pub const MAX_PENDING_ACTIONS: usize = 65_536;
+
+/// The host's handles on the API's Lua objects.
+pub struct Api {
+    /// The prelude's constructors and collection editors.
+    host: Table,
+    /// Each publication's listener collection editor, by stream name.
+    listener_admins: HashMap<String, Table>,
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The query parameters of a connect URL (`rtmfp://host/app?a=1&b=2`), percent-decoded.
+fn query_pairs(url: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+}
+
+/// `%XX` escapes decoded (RFC 3986 §2.1); a malformed escape is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                #[allow(clippy::cast_possible_truncation, reason = "two hex digits")]
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The arguments after a leading `cumulus` table that a colon call adds.
+fn strings(args: &Variadic<LuaValue>) -> Vec<String> {
+    args.iter()
+        .filter_map(|v| match v {
+            LuaValue::String(s) => Some(s.to_string_lossy()),
+            LuaValue::Number(n) => Some(n.to_string()),
+            LuaValue::Integer(i) => Some(i.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Splits `s` at `sep` with Poco's `StringTokenizer` flags (1: ignore empty parts, 2: trim).
+fn split(s: &str, sep: &str, flags: u32) -> Vec<String> {
+    const IGNORE_EMPTY: u32 = 1;
+    const TRIM: u32 = 2;
+    let parts: Box<dyn Iterator<Item = &str>> = if sep.is_empty() {
+        Box::new(std::iter::once(s))
+    } else {
+        Box::new(s.split(|c| sep.contains(c)))
+    };
+    parts
+        .map(|p| if flags & TRIM != 0 { p.trim() } else { p })
+        .filter(|p| flags & IGNORE_EMPTY == 0 || !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn push(outbox: &Mutex<Vec<AppAction>>, action: AppAction) {
+    if let Ok(mut o) = outbox.lock() {
+        if o.len() < MAX_PENDING_ACTIONS {
+            o.push(action);
+        } else {
+            tracing::warn!("scripts queued too many actions at once; dropped one");
+        }
+    }
+}
+
+/// The `native` table handed to the prelude.
+fn natives(
+    lua: &Lua,
+    root: &Path,
+    sections: &BTreeMap<String, BTreeMap<String, String>>,
+    outbox: &Arc<Mutex<Vec<AppAction>>>,
+) -> mlua::Result<Table> {
+    let n = lua.create_table()?;
+    n.set(
+        "log",
+        lua.create_function(|_, (level, message): (u8, mlua::String)| {
+            let message = message.to_string_lossy();
+            match level {
+                1 => tracing::error!(target: "lua", "{message}"),
+                2 => tracing::warn!(target: "lua", "{message}"),
+                3 | 4 => tracing::info!(target: "lua", "{message}"),
+                5 => tracing::debug!(target: "lua", "{message}"),
+                _ => tracing::trace!(target: "lua", "{message}"),
+            }
+            Ok(())
+        })?,
+    )?;
+    let configs = lua.create_table()?;
+    for (section, keys) in sections {
+        let target = if section.is_empty() {
+            configs.clone()
+        } else {
+            let t = lua.create_table()?;
+            configs.set(section.as_str(), t.clone())?;
+            t
+        };
+        for (k, v) in keys {
+            target.set(k.as_str(), v.as_str())?;
+        }
+    }
+    n.set("configs", configs)?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "call",
+        lua.create_function(
+            move |_, (session, method, args): (u32, String, MultiValue)| {
+                let args = args.iter().map(from_lua).collect();
+                push(
+                    &o,
+                    AppAction::Call {
+                        session,
+                        method,
+                        args,
+                    },
+                );
+                Ok(())
+            },
+        )?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "close",
+        lua.create_function(move |_, session: u32| {
+            push(&o, AppAction::Close { session });
+            Ok(())
+        })?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "addToBlacklist",
+        lua.create_function(move |_, args: Variadic<LuaValue>| {
+            for a in strings(&args) {
+                push(&o, AppAction::Deny(a));
+            }
+            Ok(())
+        })?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "removeFromBlacklist",
+        lua.create_function(move |_, args: Variadic<LuaValue>| {
+            for a in strings(&args) {
+                push(&o, AppAction::Allow(a));
+            }
+            Ok(())
+        })?,
+    )?;
+    n.set(
+        "toAMF",
+        lua.create_function(|lua, args: MultiValue| {
+            let mut out = Vec::new();
+            let mut w = amf0::Writer::new(&mut out);
+            for a in args.iter() {
+                w.write_avmplus(&from_lua(a))
+                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
+            }
+            lua.create_string(&out)
+        })?,
+    )?;
+    n.set(
+        "toAMF0",
+        lua.create_function(|lua, args: MultiValue| {
+            let mut out = Vec::new();
+            let mut w = amf0::Writer::new(&mut out);
+            for a in args.iter() {
+                w.write_value(&from_lua(a))
+                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
+            }
+            lua.create_string(&out)
+        })?,
+    )?;
+    n.set(
+        "fromAMF",
+        lua.create_function(|lua, data: mlua::String| {
+            let bytes = data.as_bytes();
+            let mut r = amf0::Reader::new(&bytes);
+            let mut values = Vec::new();
+            while r.remaining() > 0 {
+                let v = r
+                    .read_value()
+                    .map_err(|e| mlua::Error::RuntimeError(format!("fromAMF: {e}")))?;
+                values.push(to_lua(lua, &v)?);
+            }
+            Ok(MultiValue::from_vec(values))
+        })?,
+    )?;
+    let www = root.to_path_buf();
+    n.set(
+        "absolutePath",
+        lua.create_function(move |_, path: Option<String>| {
+            let base = www.canonicalize().unwrap_or_else(|_| www.clone());
+            let p = path.unwrap_or_default();
+            let mut s = base.join(p.trim_matches('/')).display().to_string();
+            if !s.ends_with('/') {
+                s.push('/');
+            }
+            Ok(s)
+        })?,
+    )?;
+    n.set(
+        "split",
+        lua.create_function(|_, (s, sep, flags): (String, String, Option<u32>)| {
+            Ok(Variadic::from_iter(split(&s, &sep, flags.unwrap_or(0))))
+        })?,
+    )?;
+    n.set(
+        "sha256",
+        lua.create_function(|lua, args: Variadic<mlua::String>| {
+            let mut h = Sha256::new();
+            for a in args.iter() {
+                h.update(&a.as_bytes()[..]);
+            }
+            lua.create_string(h.finalize().as_slice())
+        })?,
+    )?;
+    n.set(
+        "md5",
+        lua.create_function(|lua, args: Variadic<mlua::String>| {
+            let mut h = Md5::new();
+            for a in args.iter() {
+                h.update(&a.as_bytes()[..]);
+            }
+            lua.create_string(h.finalize().as_slice())
+        })?,
+    )?;
+    n.set(
+        "epochTime",
+        lua.create_function(|_, ()| {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            #[allow(clippy::cast_precision_loss, reason = "milliseconds fit a double")]
+            Ok(since.as_millis() as f64)
+        })?,
+    )?;
+    Ok(n)
+}
+
+impl Api {
+    /// Installs the API's globals in `lua`.
+    pub fn install(
+        lua: &Lua,
+        root: &Path,
+        sections: &BTreeMap<String, BTreeMap<String, String>>,
+        outbox: Arc<Mutex<Vec<AppAction>>>,
+    ) -> mlua::Result<Api> {
+        let native = natives(lua, root, sections, &outbox)?;
+        let host: Table = lua.load(PRELUDE).set_name("=prelude").call(native)?;
+        Ok(Api {
+            host,
+            listener_admins: HashMap::new(),
+        })
+    }
+
+    fn host_fn(&self, name: &str) -> mlua::Result<Function> {
+        self.host.get(name)
+    }
+
+    /// A client object for a connecting client (not yet in `cumulus.clients`).
+    pub fn new_client(
+        &self,
+        lua: &Lua,
+        client: &ClientInfo<'_>,
+        details: &ConnectDetails<'_>,
+    ) -> mlua::Result<Table> {
+        let fields = lua.create_table()?;
+        if let Some(url) = details.tc_url {
+            for (k, v) in query_pairs(url) {
+                fields.set(k, v)?;
+            }
+        }
+        fields.set("id", hex(client.peer_id))?;
+        fields.set("rawId", lua.create_string(client.peer_id)?)?;
+        fields.set("path", client.app)?;
+        fields.set("address", client.address.to_string())?;
+        fields.set("pageUrl", details.page_url)?;
+        fields.set("swfUrl", details.swf_url)?;
+        fields.set("flashVersion", details.flash_ver)?;
+        self.host_fn("client")?.call((client.session, fields))
+    }
+
+    /// Adds an accepted client to `cumulus.clients`.
+    pub fn add_client(&self, client: &Table) -> mlua::Result<()> {
+        self.host_fn("add_client")?.call(client.clone())
+    }
+
+    /// Removes a client from `cumulus.clients`.
+    pub fn remove_client(&self, client: &Table) -> mlua::Result<()> {
+        self.host_fn("remove_client")?.call(client.clone())
+    }
+
+    /// A publication object for `name`, published by `client` (not yet in
+    /// `cumulus.publications`).
+    pub fn new_publication(&mut self, name: &str, client: &Table) -> mlua::Result<Table> {
+        let (publication, admin): (Table, Table) =
+            self.host_fn("publication")?.call((name, client.clone()))?;
+        self.listener_admins.insert(name.to_string(), admin);
+        Ok(publication)
+    }
+
+    /// Adds an accepted publication to `cumulus.publications`.
+    pub fn add_publication(&self, name: &str, publication: &Table) -> mlua::Result<()> {
+        self.host_fn("add_publication")?
+            .call((name, publication.clone()))
+    }
+
+    /// The publication `name`, if published.
+    pub fn publication(&self, name: &str) -> Option<Table> {
+        self.host_fn("get_publication")
+            .and_then(|f| f.call::<Option<Table>>(name))
+            .ok()
+            .flatten()
+    }
+
+    /// Removes the publication `name`.
+    pub fn remove_publication(&mut self, name: &str) -> mlua::Result<()> {
+        self.listener_admins.remove(name);
+        self.host_fn("remove_publication")?.call(name)
+    }
+
+    /// A listener object of `client` for the stream `name`.
+    pub fn new_listener(&self, name: &str, client: &Table) -> mlua::Result<Table> {
+        self.host_fn("listener")?.call((name, client.clone()))
+    }
+
+    /// Adds an accepted listener to its publication's `listeners`.
+    pub fn add_listener(&self, name: &str, listener: &Table) -> mlua::Result<()> {
+        match self.listener_admins.get(name) {
+            Some(admin) => {
+                let id: LuaValue = listener.get("id")?;
+                admin.get::<Function>("add")?.call((id, listener.clone()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a listener from its publication's `listeners`.
+    pub fn remove_listener(&self, name: &str, listener: &Table) -> mlua::Result<()> {
+        match self.listener_admins.get(name) {
+            Some(admin) => {
+                let id: LuaValue = listener.get("id")?;
+                admin.get::<Function>("remove")?.call(id)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_follows_the_tokenizer_flags() {
+        assert_eq!(split("a, b,,c", ",", 0), ["a", " b", "", "c"]);
+        assert_eq!(split("a, b,,c", ",", 1), ["a", " b", "c"]);
+        assert_eq!(split("a, b,,c", ",", 3), ["a", "b", "c"]);
+        assert_eq!(split("a b;c", " ;", 0), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn query_parameters_of_a_connect_url() {
+        let q: Vec<_> = query_pairs("rtmfp://h/app?user=ann&token=x%20y%zz&flag#frag").collect();
+        let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(q, [("user", "ann"), ("token", "x y%zz"), ("flag", "")]);
+        assert_eq!(query_pairs("rtmfp://h/app").count(), 0);
+    }
+}

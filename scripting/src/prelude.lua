@@ -1,0 +1,175 @@
+-- The Lua side of the Cumulus API (scripting/src/api.rs installs it). It receives the native
+-- functions and returns the constructors the host uses; scripts see only the globals it sets.
+local native = ...
+
+-- Logging functions (cumulus-compat.md §2.3): the arguments, each through tostring, joined.
+local function logger(level)
+	return function(...)
+		local parts = {}
+		for i = 1, select("#", ...) do
+			parts[i] = tostring((select(i, ...)))
+		end
+		native.log(level, table.concat(parts))
+	end
+end
+ERROR, WARN, NOTE, INFO, DEBUG, TRACE =
+	logger(1), logger(2), logger(3), logger(4), logger(5), logger(6)
+
+-- A read-only collection: `count`, `:pairs()`, `:ipairs()`, and a call to look an item up.
+-- The host edits it through the returned `admin` functions.
+local function collection(normalize)
+	local items, count = {}, 0
+	local methods = {}
+	function methods:pairs()
+		return next, items, nil
+	end
+	function methods:ipairs()
+		local list = {}
+		for _, v in pairs(items) do
+			list[#list + 1] = v
+		end
+		return ipairs(list)
+	end
+	local c = setmetatable({}, {
+		__index = function(_, k)
+			if k == "count" then
+				return count
+			end
+			return methods[k]
+		end,
+		__newindex = function()
+			error("this collection is read-only", 2)
+		end,
+		__call = function(_, key)
+			if normalize then
+				key = normalize(key)
+			end
+			return items[key]
+		end,
+	})
+	local admin = {}
+	function admin.add(key, v)
+		if items[key] == nil then
+			count = count + 1
+		end
+		items[key] = v
+	end
+	function admin.remove(key)
+		if items[key] ~= nil then
+			count = count - 1
+			items[key] = nil
+		end
+	end
+	function admin.get(key)
+		return items[key]
+	end
+	return c, admin
+end
+
+-- Client IDs: 64 hex digits (any case), or the raw 32 bytes.
+local function client_key(id)
+	if type(id) ~= "string" then
+		return nil
+	end
+	if #id == 32 then
+		return (id:gsub(".", function(c)
+			return string.format("%02x", c:byte())
+		end))
+	end
+	return id:lower()
+end
+
+local clients, clients_admin = collection(client_key)
+local publications, publications_admin = collection()
+
+-- Methods of the `cumulus` object accept both `cumulus:f(...)` and `cumulus.f(...)`.
+local function method(f)
+	return function(first, ...)
+		if first == cumulus then
+			return f(...)
+		end
+		return f(first, ...)
+	end
+end
+
+local configs = native.configs
+cumulus = setmetatable({
+	clients = clients,
+	publications = publications,
+	configs = configs,
+	publicAddress = configs.publicAddress,
+	toAMF = method(native.toAMF),
+	toAMF0 = method(native.toAMF0),
+	fromAMF = method(native.fromAMF),
+	absolutePath = method(native.absolutePath),
+	split = method(native.split),
+	sha256 = method(native.sha256),
+	md5 = method(native.md5),
+	addToBlacklist = method(native.addToBlacklist),
+	removeFromBlacklist = method(native.removeFromBlacklist),
+}, {
+	__index = function(_, k)
+		if k == "epochTime" then
+			return native.epochTime()
+		end
+	end,
+})
+
+local host = {}
+
+-- A client's NetConnection writer.
+local function writer(session)
+	local w = { reliable = true }
+	function w:writeAMFMessage(name, ...)
+		native.call(session, name, ...)
+	end
+	function w:flush() end
+	function w:close()
+		native.close(session)
+	end
+	return w
+end
+
+function host.client(session, fields)
+	local client = fields
+	client.writer = writer(session)
+	return client
+end
+
+function host.add_client(client)
+	clients_admin.add(client.id, client)
+end
+
+function host.remove_client(client)
+	clients_admin.remove(client.id)
+end
+
+function host.publication(name, client)
+	local listeners, admin = collection(client_key)
+	return { name = name, publisherId = client.id, listeners = listeners }, admin
+end
+
+function host.add_publication(name, publication)
+	publications_admin.add(name, publication)
+end
+
+function host.get_publication(name)
+	return publications_admin.get(name)
+end
+
+function host.remove_publication(name)
+	publications_admin.remove(name)
+end
+
+function host.listener(name, client)
+	local publication = publications_admin.get(name) or { name = name }
+	return {
+		id = client.id,
+		client = client,
+		publication = publication,
+		receiveAudio = true,
+		receiveVideo = true,
+	}
+end
+
+return host

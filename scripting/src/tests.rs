@@ -1,0 +1,562 @@
+//! The Cumulus application model and events, on temporary www trees.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rtmfp::amf::Value;
+use updraft_control::apps::{
+    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+};
+
+use super::*;
+
+/// A www tree removed when dropped.
+struct Www(PathBuf);
+
+impl Www {
+    fn new() -> Www {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "updraft-lua-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Www(dir)
+    }
+
+    /// Writes `app`'s main.lua, with a modification time that differs from any earlier one
+    /// (file systems with coarse timestamps would hide a quick rewrite).
+    fn write(&self, app: &str, code: &str) {
+        static TICK: AtomicU32 = AtomicU32::new(0);
+        let dir = self.0.join(app);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(APP_SCRIPT);
+        std::fs::write(&file, code).unwrap();
+        let t = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(1_700_000_000 + u64::from(TICK.fetch_add(1, Ordering::Relaxed)));
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn apps(&self) -> LuaApps {
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            String::new(),
+            BTreeMap::from([("publicAddress".to_string(), "203.0.113.5:1935".to_string())]),
+        );
+        sections.insert(
+            "myApp".to_string(),
+            BTreeMap::from([("secret".to_string(), "42".to_string())]),
+        );
+        LuaApps::new(&self.0, &sections).unwrap()
+    }
+}
+
+impl Drop for Www {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The peer ID of session `session`: 0xAB bytes ending with the session number.
+fn peer(session: u32) -> &'static [u8; 32] {
+    let mut id = [0xAB; 32];
+    id[31] = u8::try_from(session).unwrap();
+    Box::leak(Box::new(id))
+}
+
+/// [`peer`] in hex.
+fn peer_hex(session: u32) -> String {
+    format!("{}{session:02x}", "ab".repeat(31))
+}
+
+fn client(session: u32, app: &str) -> ClientInfo<'_> {
+    ClientInfo {
+        session,
+        peer_id: peer(session),
+        address: SocketAddr::from(([127, 0, 0, 1], 5000)),
+        app,
+    }
+}
+
+fn details() -> ConnectDetails<'static> {
+    ConnectDetails {
+        tc_url: Some("rtmfp://localhost/live?user=ann&token=t1"),
+        page_url: Some("http://example.invalid/page.html"),
+        swf_url: Some("http://example.invalid/app.swf"),
+        flash_ver: Some("LNX 11,2,202,235"),
+    }
+}
+
+fn connect(apps: &mut LuaApps, session: u32, app: &str, args: &[Value<'_>]) -> ConnectVerdict {
+    apps.connect(&client(session, app), &details(), args)
+}
+
+/// A global of the root application, evaluated as Lua.
+fn eval<T: mlua::FromLua>(apps: &mut LuaApps, app: &str, expr: &str) -> T {
+    let env = apps.resolve(app).unwrap();
+    apps.lua
+        .load(format!("return {expr}"))
+        .set_environment(env)
+        .eval()
+        .unwrap()
+}
+
+#[test]
+fn missing_applications_are_invalid_and_the_root_always_exists() {
+    let www = Www::new();
+    let mut apps = www.apps();
+    assert_eq!(
+        connect(&mut apps, 1, "", &[]),
+        ConnectVerdict::Accept(vec![])
+    );
+    assert_eq!(
+        connect(&mut apps, 2, "nope", &[]),
+        ConnectVerdict::InvalidApp
+    );
+    assert_eq!(
+        connect(&mut apps, 3, "../etc", &[]),
+        ConnectVerdict::InvalidApp
+    );
+    assert_eq!(
+        connect(&mut apps, 4, "a/__index", &[]),
+        ConnectVerdict::InvalidApp
+    );
+}
+
+#[test]
+fn on_connection_sees_the_client_and_its_arguments_and_may_add_to_the_answer() {
+    let www = Www::new();
+    www.write(
+        "live",
+        r#"
+        function onConnection(client, name, n)
+            seen = { client.id, #client.rawId, client.path, client.address, client.pageUrl,
+                     client.swfUrl, client.flashVersion, client.user, client.token, name, n }
+            if name == "mallory" then error("go away") end
+            if name == "eve" then return false end
+            if name == "trent" then error("") end
+            return { message = "welcome " .. name, count = cumulus.clients.count + 1 }
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    let verdict = connect(
+        &mut apps,
+        1,
+        "live",
+        &[Value::String("ann".into()), Value::Number(3.0)],
+    );
+    assert_eq!(
+        verdict,
+        ConnectVerdict::Accept(vec![
+            ("count".into(), Value::Number(1.0)),
+            ("message".into(), Value::String("welcome ann".into())),
+        ])
+    );
+    let seen: Vec<String> = eval(&mut apps, "live", "seen");
+    assert_eq!(
+        seen,
+        [
+            peer_hex(1).as_str(),
+            "32",
+            "live",
+            "127.0.0.1:5000",
+            "http://example.invalid/page.html",
+            "http://example.invalid/app.swf",
+            "LNX 11,2,202,235",
+            "ann",
+            "t1",
+            "ann",
+            "3"
+        ]
+    );
+    assert_eq!(
+        connect(&mut apps, 2, "live", &[Value::String("mallory".into())]),
+        ConnectVerdict::Reject("go away".into())
+    );
+    assert_eq!(
+        connect(&mut apps, 4, "live", &[Value::String("trent".into())]),
+        ConnectVerdict::Reject("client rejected".into())
+    );
+    // `false` does not reject (as in Cumulus, only an error does).
+    assert_eq!(
+        connect(&mut apps, 3, "live", &[Value::String("eve".into())]),
+        ConnectVerdict::Accept(vec![])
+    );
+    // Only the accepted clients count.
+    assert_eq!(eval::<u32>(&mut apps, "live", "cumulus.clients.count"), 2);
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        &format!(
+            "cumulus.clients('{}').path == 'live'",
+            peer_hex(1).to_uppercase()
+        )
+    ));
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        &format!(
+            "cumulus.clients(cumulus.clients('{}').rawId).path == 'live'",
+            peer_hex(1)
+        )
+    ));
+}
+
+#[test]
+fn client_methods_answer_calls() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:sum(a, b) return a + b end
+            function client:fail() error("nope") end
+            function client:echo(t) return t end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    assert_eq!(
+        apps.call(&c, "sum", &[Value::Number(2.0), Value::Number(3.0)]),
+        CallOutcome::Result(Value::Number(5.0))
+    );
+    assert_eq!(
+        apps.call(&c, "fail", &[]),
+        CallOutcome::Error("nope".into())
+    );
+    assert_eq!(apps.call(&c, "missing", &[]), CallOutcome::NotFound);
+    let obj = Value::Object(rtmfp::amf::Object::anonymous(vec![(
+        "k".into(),
+        Value::String("v".into()),
+    )]));
+    assert_eq!(
+        apps.call(&c, "echo", std::slice::from_ref(&obj)),
+        CallOutcome::Result(obj)
+    );
+    // A session that never connected has no methods.
+    assert_eq!(apps.call(&client(9, ""), "sum", &[]), CallOutcome::NotFound);
+}
+
+#[test]
+fn children_inherit_from_their_parent_and_reach_it_through_super() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        greeting = "hello"
+        function greet(who) return greeting .. " " .. who end
+        "#,
+    );
+    www.write(
+        "games",
+        r#"
+        greeting = "hi"
+        function onConnection(client)
+            function client:who() return greet("games") .. "/" .. super.greeting end
+        end
+        "#,
+    );
+    www.write("games/chess", "level = 3");
+    let mut apps = www.apps();
+    assert_eq!(
+        connect(&mut apps, 1, "games", &[]),
+        ConnectVerdict::Accept(vec![])
+    );
+    // `greet` is the root's function, run in the root's environment: its `greeting` is the
+    // root's, and the child's own `greeting` shadows it only in the child.
+    assert_eq!(
+        apps.call(&client(1, "games"), "who", &[]),
+        CallOutcome::Result(Value::String("hello games/hello".into()))
+    );
+    // A grandchild inherits onConnection from its parent, and its parent reaches it by name.
+    assert_eq!(
+        connect(&mut apps, 2, "games/chess", &[]),
+        ConnectVerdict::Accept(vec![])
+    );
+    assert!(apps.call(&client(2, "games/chess"), "who", &[]) != CallOutcome::NotFound);
+    assert_eq!(eval::<u32>(&mut apps, "", "games.chess.level"), 3);
+    assert_eq!(eval::<String>(&mut apps, "games/chess", "greeting"), "hi");
+}
+
+#[test]
+fn a_changed_main_lua_is_reloaded_and_a_deleted_one_unloads_its_application() {
+    let www = Www::new();
+    www.write("", "stops = 0; starts = 0");
+    www.write(
+        "live",
+        r#"
+        function onStart(path) super.starts = super.starts + 1 end
+        function onStop(path) super.stops = super.stops + 1 end
+        function onConnection(client) function client:v() return 1 end end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "live", &[]);
+    assert_eq!(
+        apps.call(&client(1, "live"), "v", &[]),
+        CallOutcome::Result(Value::Number(1.0))
+    );
+    www.write(
+        "live",
+        r#"
+        function onStart(path) super.starts = super.starts + 10 end
+        function onConnection(client) function client:v() return 2 end end
+        "#,
+    );
+    connect(&mut apps, 2, "live", &[]);
+    assert_eq!(
+        apps.call(&client(2, "live"), "v", &[]),
+        CallOutcome::Result(Value::Number(2.0))
+    );
+    assert_eq!(eval::<u32>(&mut apps, "", "starts"), 11);
+    assert_eq!(eval::<u32>(&mut apps, "", "stops"), 1);
+    std::fs::remove_file(www.0.join("live").join(APP_SCRIPT)).unwrap();
+    assert_eq!(
+        connect(&mut apps, 3, "live", &[]),
+        ConnectVerdict::InvalidApp
+    );
+}
+
+#[test]
+fn the_manage_tick_reloads_and_runs_on_manage() {
+    let www = Www::new();
+    www.write("", "ticks = 0; function onManage() ticks = ticks + 1 end");
+    www.write("sub", "function onConnection(c) function c:onManage() super.clientTicks = (super.clientTicks or 0) + 1 end end");
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "sub", &[]);
+    apps.manage();
+    apps.manage();
+    // `sub` does not define onManage: only the root's runs, once per tick.
+    assert_eq!(eval::<u32>(&mut apps, "", "ticks"), 2);
+    assert_eq!(eval::<u32>(&mut apps, "", "clientTicks"), 2);
+    www.write("", "ticks = 100; function onManage() ticks = ticks + 1 end");
+    apps.manage();
+    assert_eq!(eval::<u32>(&mut apps, "", "ticks"), 101);
+}
+
+#[test]
+fn a_script_that_fails_to_load_rejects_connections_with_its_error_until_fixed() {
+    let www = Www::new();
+    www.write("broken", "this is not lua");
+    www.write("throws", "error('database unreachable')");
+    let mut apps = www.apps();
+    match connect(&mut apps, 1, "broken", &[]) {
+        ConnectVerdict::Reject(e) => assert!(e.contains("near"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        connect(&mut apps, 2, "throws", &[]),
+        ConnectVerdict::Reject("database unreachable".into())
+    );
+    www.write("broken", "x = 1");
+    assert_eq!(
+        connect(&mut apps, 3, "broken", &[]),
+        ConnectVerdict::Accept(vec![])
+    );
+}
+
+#[test]
+fn on_publish_and_on_subscribe_may_refuse_and_the_ends_are_reported() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        ends = {}
+        function onPublish(client, publication)
+            if publication.name == "secret" then return false end
+            if publication.name == "bad" then error("bad name: " .. publication.name) end
+            assert(publication.publisherId == client.id)
+        end
+        function onUnpublish(client, publication)
+            ends[#ends + 1] = "unpublish " .. publication.name
+        end
+        function onSubscribe(client, listener)
+            if listener.publication.name == "private" then error("members only") end
+        end
+        function onUnsubscribe(client, listener)
+            ends[#ends + 1] = "unsubscribe " .. listener.publication.name ..
+                " " .. listener.publication.listeners.count
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 2, "", &[]);
+    let (publisher, player) = (client(1, ""), client(2, ""));
+    assert_eq!(
+        apps.publish(&publisher, "secret"),
+        Err("Not allowed to publish secret".into())
+    );
+    assert_eq!(apps.publish(&publisher, "bad"), Err("bad name: bad".into()));
+    assert_eq!(apps.publish(&publisher, "live"), Ok(()));
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.publications.count"), 1);
+    assert_eq!(
+        apps.subscribe(&player, "private"),
+        Err("members only".into())
+    );
+    assert_eq!(apps.subscribe(&player, "live"), Ok(()));
+    assert_eq!(
+        eval::<u32>(
+            &mut apps,
+            "",
+            "cumulus.publications('live').listeners.count"
+        ),
+        1
+    );
+    apps.unsubscribe(&player, "live");
+    apps.unpublish(&publisher, "live");
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.publications.count"), 0);
+    let ends: Vec<String> = eval(&mut apps, "", "ends");
+    assert_eq!(ends, ["unsubscribe live 1", "unpublish live"]);
+}
+
+#[test]
+fn writers_calls_closes_and_blacklist_edits_become_actions() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:shout(text)
+                for id, c in cumulus.clients:pairs() do
+                    c.writer:writeAMFMessage("onShout", text, { from = client.id })
+                end
+            end
+            function client:ban(ip)
+                cumulus:addToBlacklist(ip, "2001:db8::/32")
+                cumulus.removeFromBlacklist("192.0.2.1")
+                client.writer:close()
+            end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    assert!(apps.take_actions().is_empty());
+    apps.call(&client(1, ""), "shout", &[Value::String("hi".into())]);
+    let from = Value::Object(rtmfp::amf::Object::anonymous(vec![(
+        "from".into(),
+        Value::String(peer_hex(1).into()),
+    )]));
+    assert_eq!(
+        apps.take_actions(),
+        [AppAction::Call {
+            session: 1,
+            method: "onShout".into(),
+            args: vec![Value::String("hi".into()), from],
+        }]
+    );
+    apps.call(
+        &client(1, ""),
+        "ban",
+        &[Value::String("198.51.100.7".into())],
+    );
+    assert_eq!(
+        apps.take_actions(),
+        [
+            AppAction::Deny("198.51.100.7".into()),
+            AppAction::Deny("2001:db8::/32".into()),
+            AppAction::Allow("192.0.2.1".into()),
+            AppAction::Close { session: 1 },
+        ]
+    );
+}
+
+#[test]
+fn disconnection_runs_on_disconnection_and_leaves_the_clients() {
+    let www = Www::new();
+    www.write(
+        "",
+        "gone = {}; function onDisconnection(client) gone[#gone + 1] = client.path end",
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.clients.count"), 1);
+    apps.disconnect(&client(1, ""));
+    apps.disconnect(&client(1, ""));
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.clients.count"), 0);
+    assert_eq!(eval::<Vec<String>>(&mut apps, "", "gone"), [""]);
+}
+
+#[test]
+fn the_cumulus_object_serialises_hashes_and_knows_the_configuration() {
+    let www = Www::new();
+    let mut apps = www.apps();
+    assert_eq!(
+        eval::<String>(
+            &mut apps,
+            "",
+            "cumulus.configs.myApp.secret .. cumulus.publicAddress"
+        ),
+        "42203.0.113.5:1935"
+    );
+    assert!(eval::<bool>(
+        &mut apps,
+        "",
+        "select(2, cumulus:fromAMF(cumulus:toAMF(1, { a = 'b' }))).a == 'b'"
+    ));
+    assert!(eval::<bool>(
+        &mut apps,
+        "",
+        "select('#', cumulus:fromAMF(cumulus:toAMF0('x', true, nil))) == 3"
+    ));
+    // SHA-256("abc") (FIPS 180-2 appendix B.1) and MD5("abc") (RFC 1321 appendix A.5).
+    let sha: mlua::String = eval(&mut apps, "", "cumulus:sha256('a', 'bc')");
+    assert_eq!(
+        crate::api::hex(&sha.as_bytes()),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let md5: mlua::String = eval(&mut apps, "", "cumulus.md5('abc')");
+    assert_eq!(
+        crate::api::hex(&md5.as_bytes()),
+        "900150983cd24fb0d6963f7d28e17f72"
+    );
+    assert!(eval::<f64>(&mut apps, "", "cumulus.epochTime") > 1.6e12);
+    assert_eq!(
+        eval::<Vec<String>>(&mut apps, "", "{ cumulus:split('a, b,,c', ',', 3) }"),
+        ["a", "b", "c"]
+    );
+    assert!(eval::<String>(&mut apps, "", "cumulus:absolutePath('live')").ends_with("/live/"));
+    // Collections are read-only.
+    let env = apps.resolve("").unwrap();
+    let r = apps
+        .lua
+        .load("cumulus.clients.x = 1")
+        .set_environment(env)
+        .exec();
+    assert!(r.is_err());
+}
+
+#[test]
+fn a_runaway_script_is_stopped_and_the_server_goes_on() {
+    let www = Www::new();
+    www.write(
+        "",
+        "function onConnection(client) function client:spin() while true do end end function client:ok() return true end end",
+    );
+    let mut apps = www.apps();
+    apps.set_time_limit(Duration::from_millis(200));
+    connect(&mut apps, 1, "", &[]);
+    let started = std::time::Instant::now();
+    match apps.call(&client(1, ""), "spin", &[]) {
+        CallOutcome::Error(e) => assert!(e.contains("time limit"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        apps.call(&client(1, ""), "ok", &[]),
+        CallOutcome::Result(Value::Boolean(true))
+    );
+}

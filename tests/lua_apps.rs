@@ -1,0 +1,301 @@
+//! Lua applications with the Cumulus API in the running server: `onConnection` (arguments,
+//! added answer members, rejection), client methods, server-to-client calls, `onPublish` and
+//! `onSubscribe` refusing, `addToBlacklist` dropping a source, and hot reload.
+
+mod support;
+
+use support::live::{codes, command, run_until, GROUP2, STREAM};
+use support::*;
+
+/// A `www/` whose root application is `code`, readable by the unprivileged control process.
+fn www_with(code: &str) -> TempDir {
+    let www = sample_www("lua");
+    std::fs::write(www.0.join("main.lua"), code).unwrap();
+    www
+}
+
+/// `connect` to the root application with extra arguments.
+fn connect_with(args: Vec<Value<'_>>) -> Vec<u8> {
+    Command::new(
+        "connect",
+        1.0,
+        Value::Object(Object::anonymous(vec![
+            ("app".into(), Value::str("")),
+            ("tcUrl".into(), Value::str("rtmfp://127.0.0.1/?room=lobby")),
+            ("objectEncoding".into(), Value::Number(3.0)),
+        ])),
+        args,
+    )
+    .to_message(ObjectEncoding::Amf0, 0)
+    .unwrap()
+}
+
+/// A client of `addr` that sent `connect(args…)`; answers it, its session and its
+/// NetConnection flow once the first answer (the connect's) arrived.
+fn connected(addr: SocketAddr, seed: u64, args: Vec<Value<'_>>) -> (Client, u32, FlowId) {
+    let mut c = Client::with_groups(seed, vec![GROUP2]);
+    let h = c.open(addr, "rtmfp://127.0.0.1/").expect("open");
+    let now = c.now();
+    let s = c.endpoint.session_mut(h).unwrap();
+    let flow = s.open_flow(&tc_metadata(0), None).unwrap();
+    s.send(now, flow, &connect_with(args), SendOptions::default())
+        .unwrap();
+    assert!(c.wait_messages(h, 1), "an answer to connect");
+    (c, h, flow)
+}
+
+/// Waits (bounded) until session `h` of `c` received a command for which `wanted` holds, and
+/// answers its name and arguments.
+fn wait_command(
+    c: &mut Client,
+    h: u32,
+    wanted: impl Fn(&str, f64) -> bool,
+) -> (String, Vec<Value<'static>>) {
+    let parse = |data: &[u8]| {
+        let tc = TcMessage::parse(data).ok()?;
+        let cmd = Command::parse(&tc).ok()?;
+        wanted(&cmd.name, cmd.transaction_id).then(|| {
+            let args = cmd.args.iter().map(|a| a.clone().into_owned()).collect();
+            (cmd.name.to_string(), args)
+        })
+    };
+    let found = c.pump(|ev| {
+        ev.iter().any(|(hh, e)| {
+            *hh == h
+                && matches!(e, EndpointEvent::Session(Event::Message { data, .. }) if parse(data).is_some())
+        })
+    });
+    assert!(found, "no such command arrived");
+    c.messages_of(Some(h))
+        .iter()
+        .find_map(|m| parse(m))
+        .unwrap()
+}
+
+/// Waits (bounded) for the answer to transaction `txn`: its name and first argument.
+fn answer(c: &mut Client, h: u32, txn: f64) -> (String, Value<'static>) {
+    let (name, args) = wait_command(c, h, |name, t| {
+        t == txn && (name == "_result" || name == "_error")
+    });
+    (name, args.into_iter().next().unwrap_or(Value::Null))
+}
+
+/// Calls `method(args…)` as transaction `txn` and waits for its answer.
+fn call(
+    c: &mut Client,
+    h: u32,
+    flow: FlowId,
+    txn: f64,
+    method: &str,
+    args: Vec<Value<'_>>,
+) -> (String, Value<'static>) {
+    let message = Command::new(method, txn, Value::Null, args)
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    c.send(h, flow, &message);
+    answer(c, h, txn)
+}
+
+const APP: &str = r#"
+function onConnection(client, name)
+    if name == "mallory" then error("go away " .. name) end
+    function client:add(a, b) return a + b end
+    function client:whoami() return { room = client.room, path = client.path, name = name } end
+    function client:broadcast(text)
+        for _, c in cumulus.clients:pairs() do
+            c.writer:writeAMFMessage("onMessage", text, name)
+        end
+    end
+    return { motd = "hello " .. tostring(name) }
+end
+function onPublish(client, publication)
+    if publication.name == "forbidden" then error("forbidden is reserved") end
+end
+function onSubscribe(client, listener)
+    if listener.publication.name == "private" then return false end
+end
+"#;
+
+#[test]
+fn lua_applications_answer_connect_and_calls_and_call_clients() {
+    let server = start_server_on(www_with(APP), &[]);
+    let addr = server.addr;
+    let (mut ann, ah, aflow) = connected(addr, 1, vec![Value::str("ann")]);
+    let (name, info) = answer(&mut ann, ah, 1.0);
+    assert_eq!(name, "_result");
+    assert_eq!(
+        status_code(&info).as_deref(),
+        Some("NetConnection.Connect.Success")
+    );
+    assert_eq!(info.get("motd").and_then(Value::as_str), Some("hello ann"));
+    assert_eq!(
+        call(
+            &mut ann,
+            ah,
+            aflow,
+            2.0,
+            "add",
+            vec![Value::Number(2.0), Value::Number(3.0)]
+        ),
+        ("_result".to_string(), Value::Number(5.0))
+    );
+    let (_, me) = call(&mut ann, ah, aflow, 3.0, "whoami", vec![]);
+    assert_eq!(me.get("room").and_then(Value::as_str), Some("lobby"));
+    assert_eq!(me.get("path").and_then(Value::as_str), Some(""));
+    assert_eq!(me.get("name").and_then(Value::as_str), Some("ann"));
+
+    // A refusal from onConnection: _error Connect.Rejected with the script's message.
+    let (mut mallory, mh, _) = connected(addr, 2, vec![Value::str("mallory")]);
+    let (name, info) = answer(&mut mallory, mh, 1.0);
+    assert_eq!(name, "_error");
+    assert_eq!(
+        status_code(&info).as_deref(),
+        Some("NetConnection.Connect.Rejected")
+    );
+    assert_eq!(
+        info.get("description").and_then(Value::as_str),
+        Some("go away mallory")
+    );
+
+    // A server-to-client call from a script reaches every connected client.
+    let (mut bob, bh, _) = connected(addr, 3, vec![Value::str("bob")]);
+    call(
+        &mut ann,
+        ah,
+        aflow,
+        4.0,
+        "broadcast",
+        vec![Value::str("hi all")],
+    );
+    let on_message = |name: &str, _| name == "onMessage";
+    let expected = vec![Value::str("hi all"), Value::str("ann")];
+    assert_eq!(wait_command(&mut bob, bh, on_message).1, expected);
+    assert_eq!(wait_command(&mut ann, ah, on_message).1, expected);
+}
+
+#[test]
+fn on_publish_and_on_subscribe_refusals_reach_the_client() {
+    let server = start_server_on(www_with(APP), &[]);
+    let (mut c, h, _) = connected(server.addr, 4, vec![Value::str("pat")]);
+    let flow = c.open_stream_flow(h, STREAM);
+    let status_with = |c: &Client, code: &str| {
+        c.messages()
+            .iter()
+            .filter_map(|m| command_reply(m))
+            .find_map(|(_, _, v)| {
+                (status_code(&v).as_deref() == Some(code)).then(|| {
+                    v.get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                })
+            })
+    };
+    c.send(
+        h,
+        flow,
+        &command("publish", 0.0, vec![Value::str("forbidden")]),
+    );
+    assert!(run_until(&mut [&mut c], Duration::from_secs(5), |c| {
+        status_with(c[0], "NetStream.Publish.BadName").is_some()
+    }));
+    assert_eq!(
+        status_with(&c, "NetStream.Publish.BadName").as_deref(),
+        Some("forbidden is reserved")
+    );
+    c.send(h, flow, &command("publish", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(&mut [&mut c], Duration::from_secs(5), |c| {
+        codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
+    }));
+    let play = c.open_stream_flow(h, STREAM + 1);
+    c.send(h, play, &command("play", 0.0, vec![Value::str("private")]));
+    assert!(run_until(&mut [&mut c], Duration::from_secs(5), |c| {
+        status_with(c[0], "NetStream.Play.Failed").is_some()
+    }));
+    assert!(!codes(&c).contains(&"NetStream.Play.Start".to_string()));
+}
+
+#[test]
+fn add_to_blacklist_from_lua_drops_a_source_until_removed() {
+    let app = r#"
+    function onConnection(client)
+        function client:ban(ip) cumulus:addToBlacklist(ip) end
+        function client:unban(ip) cumulus:removeFromBlacklist(ip) end
+    end
+    "#;
+    let server = start_server_on(www_with(app), &[]);
+    let addr = server.addr;
+    let (mut admin, h, flow) = connected(addr, 5, vec![]);
+    call(
+        &mut admin,
+        h,
+        flow,
+        2.0,
+        "ban",
+        vec![Value::str("127.0.0.2")],
+    );
+    let logged = |text: &str| {
+        let deadline = WallInstant::now() + Duration::from_secs(5);
+        while !server.logged(text) && WallInstant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.logged(text)
+    };
+    assert!(logged("blacklist: added by an application"));
+    let mut banned = Client::bound(6, vec![GROUP2], "127.0.0.2:0");
+    let h2 = banned.start_open(addr, "rtmfp://127.0.0.1/");
+    assert!(
+        !banned.pump_for(Duration::from_secs(2), |ev| ev
+            .iter()
+            .any(|(hh, e)| *hh == h2 && matches!(e, EndpointEvent::Connected { .. }))),
+        "a blacklisted source gets no session"
+    );
+    call(
+        &mut admin,
+        h,
+        flow,
+        3.0,
+        "unban",
+        vec![Value::str("127.0.0.2")],
+    );
+    assert!(logged("blacklist: removed by an application"));
+    let mut welcome = Client::bound(7, vec![GROUP2], "127.0.0.2:0");
+    assert!(welcome.open(addr, "rtmfp://127.0.0.1/").is_some());
+}
+
+#[test]
+fn a_changed_main_lua_serves_the_next_connection() {
+    let www = www_with("function onConnection(client) return { version = 1 } end");
+    let script = www.0.join("main.lua");
+    let server = start_server_on(www, &[]);
+    let (mut first, h, _) = connected(server.addr, 8, vec![]);
+    assert_eq!(
+        answer(&mut first, h, 1.0)
+            .1
+            .get("version")
+            .and_then(Value::as_f64),
+        Some(1.0)
+    );
+    std::fs::write(
+        &script,
+        "function onConnection(client) return { version = 2 } end",
+    )
+    .unwrap();
+    // A modification time unlike the first file's, however coarse the file system's clock.
+    let later = std::time::SystemTime::now() + Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&script)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let (mut second, h, _) = connected(server.addr, 9, vec![]);
+    assert_eq!(
+        answer(&mut second, h, 1.0)
+            .1
+            .get("version")
+            .and_then(Value::as_f64),
+        Some(2.0)
+    );
+    assert!(server.logged("reload=true"));
+}

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 200_000;
 /// Shortest and longest media lifetime accepted (`audioLifetime`, `videoLifetime`).
 pub const LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(50)..=Duration::from_secs(60);
+/// Longest `xdpBusyPoll` accepted, in microseconds.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 /// File names looked for in the working directory when `--config` is not given.
 pub const DEFAULT_FILES: [&str; 2] = ["updraft.ini", "CumulusServer.ini"];
 
@@ -44,6 +46,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "blacklist",
             "audioLifetime",
             "videoLifetime",
+            "xdpBusyPoll",
         ],
     ),
     ("logs", &["directory", "name"]),
@@ -93,6 +96,9 @@ pub struct Config {
     /// (`audioLifetime` and `videoLifetime`, milliseconds, Updraft extensions; RFC 7016
     /// §3.6.2.3).
     pub lifetimes: MediaLifetimes,
+    /// Preferred busy polling of the AF_XDP sockets, in microseconds (`xdpBusyPoll`, an
+    /// Updraft extension; 0 or absent: off).
+    pub xdp_busy_poll: Option<u32>,
     /// Every key, by section ("" for the top), for the Lua API.
     pub sections: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -111,6 +117,7 @@ impl Default for Config {
             handshake_rate: DEFAULT_HANDSHAKE_RATE,
             blacklist: Vec::new(),
             lifetimes: MediaLifetimes::default(),
+            xdp_busy_poll: None,
             sections: BTreeMap::new(),
         }
     }
@@ -246,6 +253,17 @@ impl Config {
             }
             ("", "audioLifetime") => self.lifetimes.audio = lifetime("audioLifetime", value)?,
             ("", "videoLifetime") => self.lifetimes.video = lifetime("videoLifetime", value)?,
+            ("", "xdpBusyPoll") => {
+                let us: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|us| *us <= MAX_BUSY_POLL_US)
+                    .ok_or(format!(
+                        "xdpBusyPoll = {value} is not a number of microseconds from 0 (off) \
+                         to {MAX_BUSY_POLL_US}"
+                    ))?;
+                self.xdp_busy_poll = (us > 0).then_some(us);
+            }
             ("", "publicAddress") => {
                 self.public_address = (!value.is_empty()).then(|| value.to_string())
             }
@@ -322,6 +340,12 @@ mod tests {
 
     #[test]
     fn media_lifetimes_in_milliseconds_within_bounds() {
+        let c = Config::parse("u.ini", "xdpBusyPoll = 50\n").unwrap();
+        assert_eq!(c.xdp_busy_poll, Some(50));
+        let c = Config::parse("u.ini", "xdpBusyPoll = 0\n").unwrap();
+        assert_eq!(c.xdp_busy_poll, None);
+        let e = Config::parse("u.ini", "xdpBusyPoll = 20000\n").unwrap_err();
+        assert!(e.message.contains("from 0 (off) to 10000"), "{}", e.message);
         let c = Config::parse("u.ini", "audioLifetime = 500\nvideoLifetime=1500\n").unwrap();
         assert_eq!(c.lifetimes.audio, Duration::from_millis(500));
         assert_eq!(c.lifetimes.video, Duration::from_millis(1500));

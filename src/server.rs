@@ -474,6 +474,7 @@ fn serve(
         interface: opts.interface.clone(),
         deny: config.blacklist.clone(),
         lifetimes: config.lifetimes,
+        busy_poll: config.xdp_busy_poll,
     };
     let mut pc = plane_config(bind);
     pc.seed = random32()?;

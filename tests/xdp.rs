@@ -294,11 +294,19 @@ fn connect_rpc_publish_and_play_go_through_the_af_xdp_rings() {
     let t = Topology::new(1);
     // The players must get every message: media lifetimes far longer than the test, so that
     // a CI machine busy with the other tests never makes the server abandon a frame (partial
-    // reliability is tested in tests/streaming.rs).
+    // reliability is tested in tests/streaming.rs). The workers busy-poll their queue, with
+    // the interface's NAPI deferral on, as docs/operations.md advises: the NAPI thread then
+    // runs only when a worker is away, and the session must work all the same.
     let ini = TempFile::new(
         "xdp-lifetimes.ini",
-        "audioLifetime = 60000\nvideoLifetime = 60000\n",
+        "audioLifetime = 60000\nvideoLifetime = 60000\nxdpBusyPoll = 50\n",
     );
+    let deferral = format!(
+        "echo 2 > /sys/class/net/{0}/napi_defer_hard_irqs && \
+         echo 200000 > /sys/class/net/{0}/gro_flush_timeout",
+        t.server_if
+    );
+    ip(&["netns", "exec", &t.server_ns, "sh", "-c", &deferral]);
     let config = ini.0.to_str().unwrap();
     let server = t.server(
         &[],
@@ -308,6 +316,8 @@ fn connect_rpc_publish_and_play_go_through_the_af_xdp_rings() {
         server.logged("packet I/O: AF_XDP on"),
         "the start-up says XDP"
     );
+    assert!(server.logged("busy polling 50 µs"), "and busy polling");
+    assert!(!server.logged("NAPI deferral is off"));
 
     assert!(answered(&t.in_client(|| connect_and_call(1))));
     let (sent, got) = t.in_client(publish_and_play);
@@ -422,11 +432,19 @@ fn two_queues_two_workers_spread_sessions_and_keep_each_on_one_worker() {
         return;
     }
     let t = Topology::new(2);
-    let server = t.server(&[], &["--mode", "xdp", "--workers", "2"]);
+    // Busy polling on both queues' sockets, without the interface's NAPI deferral: it works,
+    // and the start-up says what to set.
+    let ini = TempFile::new("xdp-busy.ini", "xdpBusyPoll = 20\n");
+    let config = ini.0.to_str().unwrap();
+    let server = t.server(
+        &[],
+        &["--mode", "xdp", "--workers", "2", "--config", config],
+    );
     assert!(
-        server.logged("2 of 2 receive queues with a socket"),
+        server.logged("2 of 2 receive queues with a socket, busy polling 20 µs"),
         "both queues served"
     );
+    assert!(server.logged("NAPI deferral is off"));
     // Sixteen clients, each its own socket (its own flow hash, so its own TX queue on the
     // client's veth, which is the RX queue on the server's).
     let results = t.in_client(|| {

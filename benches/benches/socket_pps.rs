@@ -173,6 +173,7 @@ fn run() -> io::Result<()> {
         interface: None,
         deny: Vec::new(),
         lifetimes: Default::default(),
+        busy_poll: None,
     })?;
     let server = plane.local_addr();
     let links = plane.connect_control()?;

@@ -30,7 +30,10 @@
 #   SOCKETS=          the loadgen's UDP sockets (--sockets; its default when empty); "session"
 #                     for one socket, so one address, per session, as real subscribers have
 #   LOADGEN_XDP=0     1: the loadgen sends and receives through AF_XDP too (--xdp, one socket)
-#   MODES="socket xdp"  the server modes to alternate
+#   MODES="socket xdp"  the server modes to alternate: socket, xdp, and xdp-busy (XDP mode with
+#                     xdpBusyPoll = 50 and the server veth's napi_defer_hard_irqs = 2,
+#                     gro_flush_timeout = GRO_FLUSH_TIMEOUT; the other modes run with both at 0)
+#   GRO_FLUSH_TIMEOUT=1000000  nanoseconds, for xdp-busy
 # Needs: root, a release build (cargo build --release --workspace --bins), ip, ethtool,
 # taskset, python3, 2 cores.
 set -euo pipefail
@@ -72,6 +75,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/www/live"
 touch "$WORK/www/main.lua" "$WORK/www/live/main.lua"
 printf 'handshakeRate = 100000\n' > "$WORK/updraft.ini"
+printf 'handshakeRate = 100000\nxdpBusyPoll = 50\n' > "$WORK/busy.ini"
 
 ip netns add "$SNS"
 ip netns add "$CNS"
@@ -122,8 +126,14 @@ EOF
 run() {
     local mode=$1 size=$2
     local bitrate=$((RATE * size * 8 / 1000))
-    taskset -c 0 ip netns exec "$SNS" "$BIN/updraft" --config "$WORK/updraft.ini" \
-        --mode "$mode" --interface "$SIF" --bind "$SERVER_IP" --port "$PORT" \
+    local server_mode=$mode config=$WORK/updraft.ini defer=0 timeout=0
+    if [ "$mode" = xdp-busy ]; then
+        # Preferred busy polling, with the NAPI deferral docs/operations.md advises.
+        server_mode=xdp config=$WORK/busy.ini defer=2 timeout=${GRO_FLUSH_TIMEOUT:-1000000}
+    fi
+    ip netns exec "$SNS" sh -c "echo $defer > /sys/class/net/$SIF/napi_defer_hard_irqs; echo $timeout > /sys/class/net/$SIF/gro_flush_timeout"
+    taskset -c 0 ip netns exec "$SNS" "$BIN/updraft" --config "$config" \
+        --mode "$server_mode" --interface "$SIF" --bind "$SERVER_IP" --port "$PORT" \
         --metrics "$METRICS" --workers 1 --www "$WORK/www" --log 3 > "$WORK/server.log" 2>&1 &
     SERVER=$!
     local waited=0

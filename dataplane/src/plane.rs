@@ -44,6 +44,9 @@ pub struct PlaneConfig {
     pub deny: Vec<Prefix>,
     /// Lifetimes of the audio and video sent to subscribers.
     pub lifetimes: MediaLifetimes,
+    /// Preferred busy polling of the AF_XDP sockets, in microseconds (`xdpBusyPoll`): the
+    /// workers run their queue's NAPI poll in their own syscalls.
+    pub busy_poll: Option<u32>,
 }
 
 /// Why a blacklist change failed.
@@ -210,7 +213,13 @@ impl DataPlane {
                         interface.name
                     )));
                 }
-                xdp::setup(interface, local_addr.port(), workers, &config.deny)
+                xdp::setup(
+                    interface,
+                    local_addr.port(),
+                    workers,
+                    &config.deny,
+                    config.busy_poll,
+                )
             },
         );
         match attempt {
@@ -389,6 +398,7 @@ mod tests {
             interface: None,
             deny: vec!["192.0.2.0/24".parse().unwrap()],
             lifetimes: Default::default(),
+            busy_poll: None,
         })
         .unwrap();
         let to = plane.local_addr();

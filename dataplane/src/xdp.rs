@@ -267,6 +267,8 @@ pub struct XdpSetup {
     pub interface: Interface,
     /// Receive queues the interface has.
     pub queues: u32,
+    /// Preferred busy polling of the sockets, in microseconds.
+    pub busy_poll: Option<u32>,
 }
 
 impl XdpSetup {
@@ -277,8 +279,11 @@ impl XdpSetup {
             .first()
             .map_or(CopyMode::Copy, Xsk::mode)
             .name();
+        let busy = self
+            .busy_poll
+            .map_or(String::new(), |us| format!(", busy polling {us} µs"));
         format!(
-            "AF_XDP on {} ({} XDP, {copy} mode, {} of {} receive queues with a socket)",
+            "AF_XDP on {} ({} XDP, {copy} mode, {} of {} receive queues with a socket{busy})",
             self.interface.name,
             self.attached.mode().name(),
             self.sockets.len(),
@@ -403,7 +408,7 @@ pub fn single_socket(interface: &str, socket: MmsgSocket) -> Result<XskIo, XdpEr
         program,
         attached,
         ..
-    } = setup(interface, port, 1, &[])?;
+    } = setup(interface, port, 1, &[], None)?;
     let xsk = sockets.pop().ok_or_else(|| XdpError::Socket {
         interface: name.clone(),
         queue: 0,
@@ -432,16 +437,43 @@ pub fn rx_queues(interface: &str) -> u32 {
         .unwrap_or(1)
 }
 
+/// The interface's NAPI deferral (`napi_defer_hard_irqs`, `gro_flush_timeout` in
+/// nanoseconds), from sysfs; `None` when sysfs does not say.
+pub fn napi_deferral(interface: &str) -> Option<(u32, u64)> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{interface}/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let defer = u32::try_from(read("napi_defer_hard_irqs")?).ok()?;
+    Some((defer, read("gro_flush_timeout")?))
+}
+
 /// Sets up XDP on `interface` for `port`: loads the program with the deny list, opens an
-/// AF_XDP socket on each of the first `workers` queues and registers it, then attaches the
-/// program, natively if the driver can, else in generic mode. Anything that fails undoes
-/// what came before (the sockets close, the program unloads): nothing stays on the interface.
+/// AF_XDP socket on each of the first `workers` queues and registers it (with preferred
+/// busy polling of `busy_poll` microseconds, if given), then attaches the program, natively if
+/// the driver can, else in generic mode. Anything that fails undoes what came before (the
+/// sockets close, the program unloads): nothing stays on the interface.
 pub fn setup(
     interface: Interface,
     port: u16,
     workers: usize,
     deny: &[Prefix],
+    busy_poll: Option<u32>,
 ) -> Result<XdpSetup, XdpError> {
+    if busy_poll.is_some() {
+        match napi_deferral(&interface.name) {
+            Some((defer, timeout)) if defer > 0 && timeout > 0 => {}
+            _ => tracing::warn!(
+                interface = %interface.name,
+                "xdpBusyPoll: the interface's NAPI deferral is off, so its NAPI thread or \
+                 softirq keeps competing with the workers; set \
+                 /sys/class/net/{}/napi_defer_hard_irqs (e.g. 2) and gro_flush_timeout \
+                 (e.g. 200000)",
+                interface.name
+            ),
+        }
+    }
     let program = Loaded::load(&Filter {
         ports: vec![port],
         deny: deny.to_vec(),
@@ -452,11 +484,19 @@ pub fn setup(
         .min(updraft_bpf::loader::MAX_QUEUES);
     let mut sockets = Vec::new();
     for queue in 0..served {
-        let xsk = Xsk::open(interface.index, queue).map_err(|error| XdpError::Socket {
+        let mut xsk = Xsk::open(interface.index, queue).map_err(|error| XdpError::Socket {
             interface: interface.name.clone(),
             queue,
             error,
         })?;
+        if let Some(usecs) = busy_poll {
+            xsk.prefer_busy_poll(usecs)
+                .map_err(|error| XdpError::Socket {
+                    interface: interface.name.clone(),
+                    queue,
+                    error,
+                })?;
+        }
         program.set_socket(queue, xsk.fd())?;
         sockets.push(xsk);
     }
@@ -473,6 +513,7 @@ pub fn setup(
         attached,
         interface,
         queues,
+        busy_poll,
     })
 }
 

@@ -38,6 +38,17 @@ const BIND_RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Longest pause between bind attempts.
 const BIND_RETRY_MAX_PAUSE: Duration = Duration::from_millis(320);
 
+/// `SO_BUSY_POLL`: microseconds a blocking receive may busy-poll; non-zero enables busy
+/// polling of the socket's NAPI context (`include/uapi/asm-generic/socket.h`).
+const SO_BUSY_POLL: libc::c_int = 46;
+/// `SO_PREFER_BUSY_POLL`: the socket's busy polling takes the NAPI context over from the
+/// softirq or NAPI thread (Linux 5.11; `include/uapi/asm-generic/socket.h`).
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// `SO_BUSY_POLL_BUDGET`: packets one busy poll may process (`include/uapi/asm-generic/socket.h`).
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+/// Packets one busy poll may process: a receive batch's worth.
+pub const BUSY_POLL_BUDGET: u32 = 64;
+
 /// How the kernel moves packets between the driver and the UMEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyMode {
@@ -299,6 +310,8 @@ pub struct Xsk {
     free_tx: Vec<u64>,
     /// Descriptors put on the TX ring since the last [`Xsk::flush`].
     tx_pending: u32,
+    /// Whether syscalls busy-poll the NAPI context ([`Xsk::prefer_busy_poll`]).
+    busy_poll: bool,
     mode: CopyMode,
     ifindex: u32,
     queue: u32,
@@ -319,11 +332,15 @@ impl std::fmt::Debug for Xsk {
 }
 
 fn setsockopt<T>(fd: RawFd, name: libc::c_int, value: &T) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_XDP, name, value)
+}
+
+fn setsockopt_at<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live `T` of the length given; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_XDP,
+            level,
             name,
             (value as *const T).cast(),
             size_of::<T>() as libc::socklen_t,
@@ -463,6 +480,7 @@ impl Xsk {
             fd,
             free_tx,
             tx_pending: 0,
+            busy_poll: false,
             mode,
             ifindex,
             queue,
@@ -484,9 +502,31 @@ impl Xsk {
         self.queue
     }
 
+    /// Makes this socket's syscalls run the receive queue's NAPI poll themselves (preferred
+    /// busy polling): the worker does the receive-side kernel work in its own context instead
+    /// of waiting for a softirq or NAPI thread. With the device's `napi_defer_hard_irqs` and
+    /// `gro_flush_timeout` set, the NAPI thread then runs only when the worker has been away
+    /// for longer than that timeout.
+    pub fn prefer_busy_poll(&mut self, usecs: u32) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        let on: libc::c_int = 1;
+        let usecs = libc::c_int::try_from(usecs).unwrap_or(libc::c_int::MAX);
+        let budget = libc::c_int::try_from(BUSY_POLL_BUDGET).unwrap_or(libc::c_int::MAX);
+        setsockopt_at(fd, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, &on)?;
+        setsockopt_at(fd, libc::SOL_SOCKET, SO_BUSY_POLL, &usecs)?;
+        setsockopt_at(fd, libc::SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget)?;
+        self.busy_poll = true;
+        Ok(())
+    }
+
     /// Reads up to `max` received frames, handing each to `each`, and gives their buffers
-    /// back to the kernel. Returns how many were read.
+    /// back to the kernel. Returns how many were read. With busy polling, a ring holding
+    /// fewer than `max` first has the NAPI poll run (one non-blocking receive call).
     pub fn recv(&mut self, max: u32, mut each: impl FnMut(&[u8])) -> u32 {
+        if self.busy_poll && self.rx.ready(max) < max {
+            self.kick_rx();
+            self.rx.cached = self.rx.producer().load(Ordering::Acquire);
+        }
         let n = self.rx.ready(max);
         if n == 0 {
             self.wake_fill_if_asked();

@@ -30,6 +30,7 @@ fn server_with(workers: usize, limits: HandshakeLimits) -> (DataPlane, SocketAdd
         interface: None,
         deny: Vec::new(),
         lifetimes: Default::default(),
+        busy_poll: None,
     })
     .unwrap();
     let addr = plane.local_addr();

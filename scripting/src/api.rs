@@ -342,18 +342,26 @@ impl Api {
     }
 
     /// A publication object for `name`, published by `client` (not yet in
-    /// `cumulus.publications`).
-    pub fn new_publication(&mut self, name: &str, client: &Table) -> mlua::Result<Table> {
-        let (publication, admin): (Table, Table) =
-            self.host_fn("publication")?.call((name, client.clone()))?;
-        self.listener_admins.insert(name.to_string(), admin);
-        Ok(publication)
+    /// `cumulus.publications`), and the editor of its `listeners`.
+    pub fn new_publication(&self, name: &str, client: &Table) -> mlua::Result<(Table, Table)> {
+        self.host_fn("publication")?.call((name, client.clone()))
     }
 
-    /// Adds an accepted publication to `cumulus.publications`.
-    pub fn add_publication(&self, name: &str, publication: &Table) -> mlua::Result<()> {
-        self.host_fn("add_publication")?
-            .call((name, publication.clone()))
+    /// Adds an accepted publication to `cumulus.publications`, with the listeners that were
+    /// waiting for it (they now see it as their `publication`).
+    pub fn add_publication<'a>(
+        &mut self,
+        name: &str,
+        (publication, admin): (Table, Table),
+        waiting: impl Iterator<Item = &'a Table>,
+    ) -> mlua::Result<()> {
+        let add: Function = admin.get("add")?;
+        for listener in waiting {
+            listener.set("publication", publication.clone())?;
+            add.call::<()>((listener.get::<LuaValue>("id")?, listener.clone()))?;
+        }
+        self.listener_admins.insert(name.to_string(), admin);
+        self.host_fn("add_publication")?.call((name, publication))
     }
 
     /// The publication `name`, if published.

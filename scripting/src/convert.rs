@@ -312,6 +312,63 @@ mod tests {
         assert_eq!(cur, &Value::Null);
     }
 
+    /// AMF values a client may send: scalars, strings, dates, byte arrays and nested objects
+    /// and arrays (dense parts without `null`, which a Lua sequence cannot hold).
+    fn value() -> impl proptest::strategy::Strategy<Value = Value<'static>> {
+        use proptest::prelude::*;
+        let key = "[a-z_]{1,6}";
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Boolean),
+            (-1.0e12f64..1.0e12).prop_map(Value::Number),
+            any::<i32>().prop_map(Value::Integer),
+            "\\PC{0,12}".prop_map(|s| Value::String(s.into())),
+            (0f64..4.0e12).prop_map(|millis| Value::Date {
+                millis,
+                timezone: 0
+            }),
+            proptest::collection::vec(any::<u8>(), 0..8)
+                .prop_map(|b| Value::ByteArray(Cow::Owned(b))),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            let member = (key.prop_map(Cow::Owned), inner.clone());
+            prop_oneof![
+                (
+                    proptest::option::of("[A-Z][a-z]{0,5}"),
+                    proptest::collection::vec(member.clone(), 0..5)
+                )
+                    .prop_map(|(class, members)| Value::Object(Object {
+                        class_name: class.map(Cow::Owned),
+                        sealed: Vec::new(),
+                        dynamic: Some(members),
+                    })),
+                (
+                    proptest::collection::vec(member, 0..3),
+                    proptest::collection::vec(
+                        inner.prop_filter("no null in a sequence", |v| {
+                            !matches!(v, Value::Null)
+                        }),
+                        0..5
+                    )
+                )
+                    .prop_map(|(assoc, dense)| Value::Array(Array { assoc, dense })),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// A value's Lua form read back is a fixed point: what a script hands back unchanged
+        /// is what it was given (after the first conversion's normalisation: integers become
+        /// numbers, duplicate member names collapse, members come in name order).
+        #[test]
+        fn the_lua_form_read_back_is_a_fixed_point(v in value()) {
+            let lua = Lua::new();
+            let once = from_lua(&to_lua(&lua, &v).unwrap());
+            let twice = from_lua(&to_lua(&lua, &once).unwrap());
+            proptest::prop_assert_eq!(once, twice);
+        }
+    }
+
     #[test]
     fn functions_have_no_amf_form() {
         let lua = Lua::new();

@@ -499,16 +499,26 @@ impl Applications for LuaApps {
         let Some(env) = self.env_of(&c.app) else {
             return Ok(());
         };
-        let publication = self
+        // The same client publishing the same name again (a second `publish` on its
+        // NetStream) is the publication it has.
+        if let Some(p) = self.api.publication(name) {
+            let id: Option<String> = c.table.get("id").ok();
+            if p.get::<Option<String>>("publisherId").ok().flatten() == id {
+                return Ok(());
+            }
+        }
+        let (publication, admin) = self
             .api
             .new_publication(name, &c.table)
             .map_err(|e| describe(&e))?;
         match self.event_result(&env, "onPublish", (c.table.clone(), publication.clone()))? {
             Some(v) if refused(&v) => Err(format!("Not allowed to publish {name}")),
-            _ => self
-                .api
-                .add_publication(name, &publication)
-                .map_err(|e| describe(&e)),
+            _ => {
+                let waiting = self.clients.values().filter_map(|c| c.listeners.get(name));
+                self.api
+                    .add_publication(name, (publication, admin), waiting)
+                    .map_err(|e| describe(&e))
+            }
         }
     }
 

@@ -415,6 +415,16 @@ fn on_publish_and_on_subscribe_may_refuse_and_the_ends_are_reported() {
         ),
         1
     );
+    // Publishing the same name again from the same client is the same publication.
+    assert_eq!(apps.publish(&publisher, "live"), Ok(()));
+    assert_eq!(
+        eval::<u32>(
+            &mut apps,
+            "",
+            "cumulus.publications('live').listeners.count"
+        ),
+        1
+    );
     apps.unsubscribe(&player, "live");
     apps.unpublish(&publisher, "live");
     assert_eq!(eval::<u32>(&mut apps, "", "cumulus.publications.count"), 0);
@@ -558,5 +568,39 @@ fn a_runaway_script_is_stopped_and_the_server_goes_on() {
     assert_eq!(
         apps.call(&client(1, ""), "ok", &[]),
         CallOutcome::Result(Value::Boolean(true))
+    );
+}
+
+#[test]
+fn a_listener_waiting_for_a_publication_joins_it_when_it_starts() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onSubscribe(client, listener) waiting = listener end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 2, "", &[]);
+    assert_eq!(apps.subscribe(&client(2, ""), "later"), Ok(()));
+    assert!(eval::<bool>(
+        &mut apps,
+        "",
+        "cumulus.publications('later') == nil"
+    ));
+    assert_eq!(apps.publish(&client(1, ""), "later"), Ok(()));
+    assert!(eval::<bool>(
+        &mut apps,
+        "",
+        "waiting.publication == cumulus.publications('later')"
+    ));
+    assert_eq!(
+        eval::<u32>(
+            &mut apps,
+            "",
+            "cumulus.publications('later').listeners.count"
+        ),
+        1
     );
 }

@@ -32,6 +32,18 @@ struct Client {
     stream_flows: HashMap<u64, u64>,
 }
 
+impl Client {
+    /// Who `session` is, for the applications, connected to `app`.
+    fn info<'a>(&'a self, session: u32, app: &'a str) -> ClientInfo<'a> {
+        ClientInfo {
+            session,
+            peer_id: &self.peer_id,
+            address: self.address,
+            app,
+        }
+    }
+}
+
 /// Most NetStreams one client may use at once.
 pub const MAX_NETSTREAMS: usize = 256;
 /// Most addresses kept from one `setPeerInfo`.
@@ -124,12 +136,7 @@ impl NetConnections {
         self.notify_ended();
         if let Some(c) = self.clients.remove(&session) {
             if let Some(app) = &c.app {
-                self.apps.disconnect(&ClientInfo {
-                    session,
-                    peer_id: &c.peer_id,
-                    address: c.address,
-                    app,
-                });
+                self.apps.disconnect(&c.info(session, app));
             }
         }
         let mut out = out;
@@ -151,12 +158,7 @@ impl NetConnections {
             let Some(app) = &c.app else {
                 continue;
             };
-            let info = ClientInfo {
-                session,
-                peer_id: &c.peer_id,
-                address: c.address,
-                app,
-            };
+            let info = c.info(session, app);
             if publisher {
                 self.apps.unpublish(&info, &name);
             } else {
@@ -290,12 +292,7 @@ impl NetConnections {
         match cmd.net_command() {
             Ok(NetCommand::Connect(c)) => {
                 let app = app_path(c.app(), c.tc_url());
-                let info = ClientInfo {
-                    session,
-                    peer_id: &client.peer_id,
-                    address: client.address,
-                    app: &app,
-                };
+                let info = client.info(session, &app);
                 let details = ConnectDetails {
                     tc_url: c.tc_url(),
                     page_url: c.page_url(),
@@ -410,12 +407,7 @@ impl NetConnections {
             }) if stream_id != 0 => {
                 let key = key(name);
                 let app = client.app.clone().unwrap_or_default();
-                let info = ClientInfo {
-                    session,
-                    peer_id: &client.peer_id,
-                    address: client.address,
-                    app: &app,
-                };
+                let info = client.info(session, &app);
                 // The application sees only publications that could start.
                 let refused = if self.streams.taken(&key, (session, flow)) {
                     None
@@ -440,12 +432,7 @@ impl NetConnections {
             Ok(NetCommand::Play(p)) if stream_id != 0 => {
                 let key = key(p.name);
                 let app = client.app.clone().unwrap_or_default();
-                let info = ClientInfo {
-                    session,
-                    peer_id: &client.peer_id,
-                    address: client.address,
-                    app: &app,
-                };
+                let info = client.info(session, &app);
                 if let Err(description) = self.apps.subscribe(&info, p.name) {
                     tracing::info!(session, app = %app, name = p.name, %description, "play refused");
                     return vec![reply(refuse_stream(status::PLAY_FAILED, &description))];
@@ -456,12 +443,7 @@ impl NetConnections {
             }
             _ => {
                 let app = client.app.clone().unwrap_or_default();
-                let info = ClientInfo {
-                    session,
-                    peer_id: &client.peer_id,
-                    address: client.address,
-                    app: &app,
-                };
+                let info = client.info(session, &app);
                 let outcome = self.apps.call(&info, &cmd.name, &cmd.args);
                 if cmd.transaction_id == 0.0 {
                     // No answer expected (RTMP §7.1.1).

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use md5::Md5;
 use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
-use rtmfp::amf::amf0;
+use rtmfp::amf::{amf0, EncodeError, Value};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
 
@@ -115,6 +115,21 @@ fn push(outbox: &Mutex<Vec<AppAction>>, action: AppAction) {
     }
 }
 
+/// A Lua function writing its arguments with `write`, one after the other, into a string.
+fn serializer(
+    lua: &Lua,
+    write: fn(&mut amf0::Writer<'_>, &Value<'_>) -> Result<(), EncodeError>,
+) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: MultiValue| {
+        let mut out = Vec::new();
+        let mut w = amf0::Writer::new(&mut out);
+        for a in args.iter() {
+            write(&mut w, &from_lua(a)).map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
+        }
+        lua.create_string(&out)
+    })
+}
+
 /// The `native` table handed to the prelude.
 fn natives(
     lua: &Lua,
@@ -197,30 +212,9 @@ fn natives(
             Ok(())
         })?,
     )?;
-    n.set(
-        "toAMF",
-        lua.create_function(|lua, args: MultiValue| {
-            let mut out = Vec::new();
-            let mut w = amf0::Writer::new(&mut out);
-            for a in args.iter() {
-                w.write_avmplus(&from_lua(a))
-                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
-            }
-            lua.create_string(&out)
-        })?,
-    )?;
-    n.set(
-        "toAMF0",
-        lua.create_function(|lua, args: MultiValue| {
-            let mut out = Vec::new();
-            let mut w = amf0::Writer::new(&mut out);
-            for a in args.iter() {
-                w.write_value(&from_lua(a))
-                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
-            }
-            lua.create_string(&out)
-        })?,
-    )?;
+    // `toAMF`: each value as AMF3 behind the AMF0 switch marker; `toAMF0`: plain AMF0.
+    n.set("toAMF", serializer(lua, |w, v| w.write_avmplus(v))?)?;
+    n.set("toAMF0", serializer(lua, |w, v| w.write_value(v))?)?;
     n.set(
         "fromAMF",
         lua.create_function(|lua, data: mlua::String| {

@@ -96,6 +96,9 @@ pub trait Applications: Send {
     fn call(&mut self, client: &ClientInfo<'_>, method: &str, args: &[Value<'_>]) -> CallOutcome;
     /// A connected client went away.
     fn disconnect(&mut self, client: &ClientInfo<'_>);
+    /// A client that connected before the control plane restarted, known again (its
+    /// `connect` is not replayed).
+    fn restore(&mut self, _client: &ClientInfo<'_>) {}
     /// A client publishes `name`; `Err` refuses it (`NetStream.Publish.BadName` with the
     /// description).
     fn publish(&mut self, _client: &ClientInfo<'_>, _name: &str) -> Result<(), String> {

@@ -30,6 +30,9 @@ struct Client {
     next_stream_id: f64,
     /// The client's flow for each of its NetStreams (by stream ID), once it used one.
     stream_flows: HashMap<u64, u64>,
+    /// What each of its NetStream flows plays (a name the applications were told about once,
+    /// however many of its NetStreams play it).
+    plays: HashMap<u64, String>,
 }
 
 impl Client {
@@ -89,6 +92,7 @@ impl NetConnections {
                 addresses: Vec::new(),
                 next_stream_id: 1.0,
                 stream_flows: HashMap::new(),
+                plays: HashMap::new(),
             },
         );
     }
@@ -100,6 +104,7 @@ impl NetConnections {
         if let Some(c) = self.clients.get_mut(&state.session_id) {
             c.app = Some(state.app.clone());
             c.next_stream_id = f64::from(state.next_stream.max(1));
+            self.apps.restore(&c.info(state.session_id, &state.app));
         }
     }
 
@@ -148,13 +153,23 @@ impl NetConnections {
     fn notify_ended(&mut self) {
         for Ended {
             session,
+            flow,
             name,
             publisher,
         } in self.streams.take_ended()
         {
-            let Some(c) = self.clients.get(&session) else {
+            let Some(c) = self.clients.get_mut(&session) else {
                 continue;
             };
+            if !publisher {
+                if c.plays.get(&flow) == Some(&name) {
+                    c.plays.remove(&flow);
+                }
+                if c.plays.values().any(|n| *n == name) {
+                    // Another of its NetStreams still plays it.
+                    continue;
+                }
+            }
             let Some(app) = &c.app else {
                 continue;
             };
@@ -290,6 +305,15 @@ impl NetConnections {
         };
         let encode = |c: Command<'_>| c.to_message(ObjectEncoding::Amf0, 0).into_iter().collect();
         match cmd.net_command() {
+            // One NetConnection per session: a second `connect` is refused, the first stands.
+            Ok(NetCommand::Connect(_)) if client.app.is_some() => {
+                let refusal = Command::error_status(
+                    cmd.transaction_id,
+                    status::CONNECT_REJECTED,
+                    "Already connected",
+                );
+                vec![reply(encode(refusal))]
+            }
             Ok(NetCommand::Connect(c)) => {
                 let app = app_path(c.app(), c.tc_url());
                 let info = client.info(session, &app);
@@ -432,11 +456,15 @@ impl NetConnections {
             Ok(NetCommand::Play(p)) if stream_id != 0 => {
                 let key = key(p.name);
                 let app = client.app.clone().unwrap_or_default();
-                let info = client.info(session, &app);
-                if let Err(description) = self.apps.subscribe(&info, p.name) {
-                    tracing::info!(session, app = %app, name = p.name, %description, "play refused");
-                    return vec![reply(refuse_stream(status::PLAY_FAILED, &description))];
+                // The applications hear of a name once per client, not once per NetStream.
+                if !client.plays.values().any(|n| n == p.name) {
+                    let info = client.info(session, &app);
+                    if let Err(description) = self.apps.subscribe(&info, p.name) {
+                        tracing::info!(session, app = %app, name = p.name, %description, "play refused");
+                        return vec![reply(refuse_stream(status::PLAY_FAILED, &description))];
+                    }
                 }
+                client.plays.insert(flow, p.name.to_string());
                 // Cumulus's unbuffered mode (digest §1.11).
                 let unbuffered = p.start == PLAY_START_UNBUFFERED;
                 routed(self.streams.play(&key, p.name, (session, flow), unbuffered))
@@ -571,6 +599,9 @@ mod tests {
         }
         fn disconnect(&mut self, c: &ClientInfo<'_>) {
             self.note(format!("disconnect {}", c.session));
+        }
+        fn restore(&mut self, c: &ClientInfo<'_>) {
+            self.note(format!("restore {} {}", c.session, c.app));
         }
         fn publish(&mut self, c: &ClientInfo<'_>, name: &str) -> Result<(), String> {
             self.note(format!("publish {} {name}", c.session));
@@ -972,5 +1003,55 @@ mod tests {
             ]
         );
         assert_eq!(actions.len(), 5);
+    }
+
+    #[test]
+    fn a_second_connect_is_refused_and_the_first_stands() {
+        let (mut n, log) = logged(vec![]);
+        n.on(7, 2, 0, &connect(""));
+        let out = n.on(7, 2, 0, &connect("live"));
+        assert_eq!(code(&replies(&out)[0]), status::CONNECT_REJECTED);
+        assert!(!out.iter().any(|d| matches!(d, Down::Close { .. })));
+        n.closed(7);
+        assert_eq!(*log.lock().unwrap(), ["disconnect 7"]);
+    }
+
+    #[test]
+    fn a_name_played_on_two_netstreams_is_one_subscription() {
+        let (mut n, log) = logged(vec![]);
+        n.on(8, 2, 0, &connect(""));
+        let play = |name: &str| stream_command(names::PLAY, vec![Value::str(name)]);
+        n.on(8, 5, 1, &play("cam"));
+        n.on(8, 6, 2, &play("cam"));
+        // The first NetStream switches to another name: `cam` is still played by the second.
+        n.on(8, 5, 1, &play("other"));
+        n.on(8, 6, 2, &stream_command(names::CLOSE_STREAM, vec![]));
+        n.closed(8);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "subscribe 8 cam",
+                "subscribe 8 other",
+                "unsubscribe 8 cam",
+                "unsubscribe 8 other",
+                "disconnect 8",
+            ]
+        );
+    }
+
+    #[test]
+    fn sessions_restored_after_a_control_restart_are_told_to_the_applications() {
+        let (mut n, log) = logged(vec![]);
+        n.restore_net(&NetState {
+            session_id: 7,
+            app: "live".into(),
+            next_stream: 3,
+        });
+        n.restore_net(&NetState {
+            session_id: 99,
+            app: "live".into(),
+            next_stream: 1,
+        });
+        assert_eq!(*log.lock().unwrap(), ["restore 7 live"]);
     }
 }

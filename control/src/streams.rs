@@ -44,6 +44,8 @@ pub enum PublishError {
 pub struct Ended {
     /// The client's session.
     pub session: u32,
+    /// The client's NetStream flow.
+    pub flow: u64,
     /// The stream name (without the application).
     pub name: String,
     /// Whether it published the stream (else it played it).
@@ -150,6 +152,8 @@ impl Streams {
                 s.publisher = None;
                 self.ended.push(Ended {
                     session: from.0,
+
+                    flow: from.1,
                     name: s.name.clone(),
                     publisher: true,
                 });
@@ -271,6 +275,8 @@ impl Streams {
                 s.publisher = None;
                 self.ended.push(Ended {
                     session: flow.0,
+
+                    flow: flow.1,
                     name: s.name.clone(),
                     publisher: true,
                 });
@@ -296,6 +302,8 @@ impl Streams {
                 s.subscribers.swap_remove(i);
                 self.ended.push(Ended {
                     session: flow.0,
+
+                    flow: flow.1,
                     name: s.name.clone(),
                     publisher: false,
                 });
@@ -360,6 +368,8 @@ impl Streams {
                 s.subscribers.swap_remove(i);
                 self.ended.push(Ended {
                     session: flow.0,
+
+                    flow: flow.1,
                     name: s.name.clone(),
                     publisher: false,
                 });

@@ -8,7 +8,7 @@
 //! and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
 //! data plane, never crossing into the control process).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -18,21 +18,31 @@ use rtmfp::amf::{amf0, EncodeError, Value};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
 
-use crate::convert::{from_lua, to_lua};
+use crate::convert::{to_lua, FromLua};
 
 /// The prelude: the Lua half of the API.
 const PRELUDE: &str = include_str!("prelude.lua");
 
 /// Most actions (calls, closes, blacklist edits) scripts may queue between two drains by the
-/// control plane; more are dropped with a warning, so a script in a loop cannot exhaust memory.
+/// control plane (one event); more are dropped with a warning, so a script in a loop cannot
+/// exhaust memory.
 pub const MAX_PENDING_ACTIONS: usize = 65_536;
+/// Most bytes of strings the queued calls may carry between two drains.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// What scripts asked for since the control plane last took it.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// The actions, in order.
+    pub actions: Vec<AppAction>,
+    /// Bytes of strings they carry.
+    pub bytes: usize,
+}
 
 /// The host's handles on the API's Lua objects.
 pub struct Api {
     /// The prelude's constructors and collection editors.
     host: Table,
-    /// Each publication's listener collection editor, by stream name.
-    listener_admins: HashMap<String, Table>,
 }
 
 /// Lowercase hex.
@@ -105,10 +115,11 @@ fn split(s: &str, sep: &str, flags: u32) -> Vec<String> {
         .collect()
 }
 
-fn push(outbox: &Mutex<Vec<AppAction>>, action: AppAction) {
+fn push(outbox: &Mutex<Outbox>, action: AppAction, bytes: usize) {
     if let Ok(mut o) = outbox.lock() {
-        if o.len() < MAX_PENDING_ACTIONS {
-            o.push(action);
+        if o.actions.len() < MAX_PENDING_ACTIONS && o.bytes + bytes <= MAX_PENDING_BYTES {
+            o.bytes += bytes;
+            o.actions.push(action);
         } else {
             tracing::warn!("scripts queued too many actions at once; dropped one");
         }
@@ -123,8 +134,9 @@ fn serializer(
     lua.create_function(move |lua, args: MultiValue| {
         let mut out = Vec::new();
         let mut w = amf0::Writer::new(&mut out);
+        let mut c = FromLua::new();
         for a in args.iter() {
-            write(&mut w, &from_lua(a)).map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
+            write(&mut w, &c.value(a)).map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
         }
         lua.create_string(&out)
     })
@@ -135,7 +147,7 @@ fn natives(
     lua: &Lua,
     root: &Path,
     sections: &BTreeMap<String, BTreeMap<String, String>>,
-    outbox: &Arc<Mutex<Vec<AppAction>>>,
+    outbox: &Arc<Mutex<Outbox>>,
 ) -> mlua::Result<Table> {
     let n = lua.create_table()?;
     n.set(
@@ -171,7 +183,8 @@ fn natives(
         "call",
         lua.create_function(
             move |_, (session, method, args): (u32, String, MultiValue)| {
-                let args = args.iter().map(from_lua).collect();
+                let mut c = FromLua::new();
+                let args = args.iter().map(|a| c.value(a)).collect();
                 push(
                     &o,
                     AppAction::Call {
@@ -179,6 +192,7 @@ fn natives(
                         method,
                         args,
                     },
+                    c.bytes_read(),
                 );
                 Ok(())
             },
@@ -188,7 +202,7 @@ fn natives(
     n.set(
         "close",
         lua.create_function(move |_, session: u32| {
-            push(&o, AppAction::Close { session });
+            push(&o, AppAction::Close { session }, 0);
             Ok(())
         })?,
     )?;
@@ -197,7 +211,7 @@ fn natives(
         "addToBlacklist",
         lua.create_function(move |_, args: Variadic<LuaValue>| {
             for a in strings(&args) {
-                push(&o, AppAction::Deny(a));
+                push(&o, AppAction::Deny(a), 0);
             }
             Ok(())
         })?,
@@ -207,7 +221,7 @@ fn natives(
         "removeFromBlacklist",
         lua.create_function(move |_, args: Variadic<LuaValue>| {
             for a in strings(&args) {
-                push(&o, AppAction::Allow(a));
+                push(&o, AppAction::Allow(a), 0);
             }
             Ok(())
         })?,
@@ -288,14 +302,11 @@ impl Api {
         lua: &Lua,
         root: &Path,
         sections: &BTreeMap<String, BTreeMap<String, String>>,
-        outbox: Arc<Mutex<Vec<AppAction>>>,
+        outbox: Arc<Mutex<Outbox>>,
     ) -> mlua::Result<Api> {
         let native = natives(lua, root, sections, &outbox)?;
         let host: Table = lua.load(PRELUDE).set_name("=prelude").call(native)?;
-        Ok(Api {
-            host,
-            listener_admins: HashMap::new(),
-        })
+        Ok(Api { host })
     }
 
     fn host_fn(&self, name: &str) -> mlua::Result<Function> {
@@ -341,63 +352,42 @@ impl Api {
         self.host_fn("publication")?.call((name, client.clone()))
     }
 
-    /// Adds an accepted publication to `cumulus.publications`, with the listeners that were
-    /// waiting for it (they now see it as their `publication`).
-    pub fn add_publication<'a>(
-        &mut self,
+    /// Adds an accepted publication to `cumulus.publications`.
+    pub fn add_publication(&self, name: &str, publication: &Table) -> mlua::Result<()> {
+        self.host_fn("add_publication")?
+            .call((name, publication.clone()))
+    }
+
+    /// Removes the publication `name` from `cumulus.publications`, if it is `publication`.
+    pub fn remove_publication(&self, name: &str, publication: &Table) -> mlua::Result<()> {
+        self.host_fn("remove_publication")?
+            .call((name, publication.clone()))
+    }
+
+    /// A listener object of `client` for the stream `name`, and its `publication` if started.
+    pub fn new_listener(
+        &self,
         name: &str,
-        (publication, admin): (Table, Table),
-        waiting: impl Iterator<Item = &'a Table>,
-    ) -> mlua::Result<()> {
-        let add: Function = admin.get("add")?;
-        for listener in waiting {
-            listener.set("publication", publication.clone())?;
-            add.call::<()>((listener.get::<LuaValue>("id")?, listener.clone()))?;
-        }
-        self.listener_admins.insert(name.to_string(), admin);
-        self.host_fn("add_publication")?.call((name, publication))
+        client: &Table,
+        publication: Option<&Table>,
+    ) -> mlua::Result<Table> {
+        self.host_fn("listener")?
+            .call((name, client.clone(), publication.cloned()))
     }
+}
 
-    /// The publication `name`, if published.
-    pub fn publication(&self, name: &str) -> Option<Table> {
-        self.host_fn("get_publication")
-            .and_then(|f| f.call::<Option<Table>>(name))
-            .ok()
-            .flatten()
-    }
+/// Adds `listener` (of session `session`) to a publication's `listeners` through its editor.
+pub fn add_listener(admin: &Table, session: u32, listener: &Table) -> mlua::Result<()> {
+    admin
+        .get::<Function>("add")?
+        .call((session, listener.clone()))
+}
 
-    /// Removes the publication `name`.
-    pub fn remove_publication(&mut self, name: &str) -> mlua::Result<()> {
-        self.listener_admins.remove(name);
-        self.host_fn("remove_publication")?.call(name)
-    }
-
-    /// A listener object of `client` for the stream `name`.
-    pub fn new_listener(&self, name: &str, client: &Table) -> mlua::Result<Table> {
-        self.host_fn("listener")?.call((name, client.clone()))
-    }
-
-    /// Adds an accepted listener to its publication's `listeners`.
-    pub fn add_listener(&self, name: &str, listener: &Table) -> mlua::Result<()> {
-        match self.listener_admins.get(name) {
-            Some(admin) => {
-                let id: LuaValue = listener.get("id")?;
-                admin.get::<Function>("add")?.call((id, listener.clone()))
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Removes a listener from its publication's `listeners`.
-    pub fn remove_listener(&self, name: &str, listener: &Table) -> mlua::Result<()> {
-        match self.listener_admins.get(name) {
-            Some(admin) => {
-                let id: LuaValue = listener.get("id")?;
-                admin.get::<Function>("remove")?.call(id)
-            }
-            None => Ok(()),
-        }
-    }
+/// Removes the listener of session `session` from a publication's `listeners`.
+pub fn remove_listener(admin: &Table, session: u32, listener: &Table) -> mlua::Result<()> {
+    admin
+        .get::<Function>("remove")?
+        .call((session, listener.clone()))
 }
 
 #[cfg(test)]

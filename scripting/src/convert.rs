@@ -7,8 +7,11 @@
 //! - an array is a table whose sequence is the dense part and whose string keys are the
 //!   associative part.
 //!
-//! Both directions stop at [`MAX_DEPTH`] levels of nesting (a Lua table may contain itself),
-//! and a Lua value with no AMF form (a function, a coroutine) becomes `null`.
+//! Both directions stop at [`MAX_DEPTH`] levels of nesting. From Lua, a table met again inside
+//! itself becomes `null`, and one conversion reads at most [`MAX_NODES`] values and
+//! [`MAX_BYTES`] bytes of strings (a table reachable many times, a graph of rooms and clients,
+//! would otherwise expand exponentially); past that, values become `null`. A Lua value with no
+//! AMF form (a function, a coroutine) becomes `null`.
 
 use std::borrow::Cow;
 
@@ -122,95 +125,168 @@ fn numbers(lua: &Lua, items: impl Iterator<Item = f64>) -> mlua::Result<LuaValue
     Ok(LuaValue::Table(t))
 }
 
+/// Most values one conversion from Lua reads.
+pub const MAX_NODES: usize = 100_000;
+/// Most bytes of strings one conversion from Lua reads (four times the largest control-plane
+/// message: more could not be sent anyway).
+pub const MAX_BYTES: usize = 1 << 20;
+
 /// The AMF form of a Lua value.
 pub fn from_lua(v: &LuaValue) -> Value<'static> {
-    from_lua_at(v, 0)
+    FromLua::new().value(v)
 }
 
-fn text(s: &mlua::String) -> Cow<'static, str> {
-    Cow::Owned(s.to_string_lossy())
+/// A conversion from Lua with its budget: several values converted by one share it.
+#[derive(Debug)]
+pub struct FromLua {
+    nodes: usize,
+    bytes: usize,
+    /// The tables being converted, outermost first (a table met again is a cycle).
+    path: Vec<*const std::ffi::c_void>,
 }
 
-fn from_lua_at(v: &LuaValue, depth: usize) -> Value<'static> {
-    if depth > MAX_DEPTH {
-        return Value::Null;
-    }
-    match v {
-        LuaValue::Boolean(b) => Value::Boolean(*b),
-        #[allow(clippy::cast_precision_loss, reason = "Lua 5.1 numbers are doubles")]
-        LuaValue::Integer(i) => Value::Number(*i as f64),
-        LuaValue::Number(n) => Value::Number(*n),
-        LuaValue::String(s) => Value::String(text(s)),
-        LuaValue::Table(t) => table_to_amf(t, depth),
-        _ => Value::Null,
+impl Default for FromLua {
+    fn default() -> Self {
+        FromLua::new()
     }
 }
 
-fn table_to_amf(t: &Table, depth: usize) -> Value<'static> {
-    let field = |k: &str| t.raw_get::<LuaValue>(k).unwrap_or(LuaValue::Nil);
-    if let LuaValue::String(raw) = field(RAW_KEY) {
-        return Value::ByteArray(Cow::Owned(raw.as_bytes().to_vec()));
-    }
-    if let Some(millis) = number(&field(TIME_KEY)) {
-        return Value::Date {
-            millis,
-            timezone: 0,
-        };
-    }
-    let class = match field(TYPE_KEY) {
-        LuaValue::String(s) => Some(text(&s)),
-        _ => None,
-    };
-    let dictionary = number(&field(SIZE_KEY)).is_some();
-    let len = t.raw_len();
-    let mut named: Vec<Member<'static>> = Vec::new();
-    let mut entries = Vec::new();
-    for pair in t.clone().pairs::<LuaValue, LuaValue>() {
-        let Ok((k, v)) = pair else { continue };
-        let value = || from_lua_at(&v, depth + 1);
-        match &k {
-            LuaValue::String(s) => {
-                let name = s.to_string_lossy();
-                if matches!(name.as_str(), TYPE_KEY | SIZE_KEY | MODE_KEY) {
-                    continue;
-                }
-                if dictionary {
-                    entries.push((Value::String(Cow::Owned(name)), value()));
-                } else {
-                    named.push((Cow::Owned(name), value()));
-                }
-            }
-            _ if dictionary => entries.push((from_lua_at(&k, depth + 1), value())),
-            // The sequence part is read in order below.
-            _ => {}
+impl FromLua {
+    /// A conversion with the whole budget.
+    pub fn new() -> FromLua {
+        FromLua {
+            nodes: MAX_NODES,
+            bytes: MAX_BYTES,
+            path: Vec::new(),
         }
     }
-    if dictionary {
-        let weak_keys =
-            matches!(field(MODE_KEY), LuaValue::String(s) if s.as_bytes().contains(&b'k'));
-        return Value::Dictionary(Dictionary { weak_keys, entries });
+
+    /// Bytes of strings read so far.
+    pub fn bytes_read(&self) -> usize {
+        MAX_BYTES - self.bytes
     }
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    if len > 0 && class.is_none() {
-        let dense = (1..=len)
-            .map(|i| {
-                let v = t.raw_get::<LuaValue>(i).unwrap_or(LuaValue::Nil);
-                from_lua_at(&v, depth + 1)
-            })
-            .collect();
-        return Value::Array(Array {
-            assoc: named,
-            dense,
-        });
+
+    /// The AMF form of `v`, within what is left of the budget.
+    pub fn value(&mut self, v: &LuaValue) -> Value<'static> {
+        self.at(v, 0)
     }
-    Value::Object(match class {
-        Some(class) => Object {
-            class_name: Some(class),
-            sealed: Vec::new(),
-            dynamic: Some(named),
-        },
-        None => Object::anonymous(named),
-    })
+
+    fn text(&mut self, s: &mlua::String) -> Option<Cow<'static, str>> {
+        let n = s.as_bytes().len();
+        if n > self.bytes {
+            self.bytes = 0;
+            return None;
+        }
+        self.bytes -= n;
+        Some(Cow::Owned(s.to_string_lossy()))
+    }
+
+    fn at(&mut self, v: &LuaValue, depth: usize) -> Value<'static> {
+        if depth > MAX_DEPTH || self.nodes == 0 {
+            return Value::Null;
+        }
+        self.nodes -= 1;
+        match v {
+            LuaValue::Boolean(b) => Value::Boolean(*b),
+            #[allow(clippy::cast_precision_loss, reason = "Lua 5.1 numbers are doubles")]
+            LuaValue::Integer(i) => Value::Number(*i as f64),
+            LuaValue::Number(n) => Value::Number(*n),
+            LuaValue::String(s) => self.text(s).map_or(Value::Null, Value::String),
+            LuaValue::Table(t) => {
+                let id = t.to_pointer();
+                if self.path.contains(&id) {
+                    return Value::Null;
+                }
+                self.path.push(id);
+                let v = self.table(t, depth);
+                self.path.pop();
+                v
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
+impl FromLua {
+    fn table(&mut self, t: &Table, depth: usize) -> Value<'static> {
+        let field = |k: &str| t.raw_get::<LuaValue>(k).unwrap_or(LuaValue::Nil);
+        if let LuaValue::String(raw) = field(RAW_KEY) {
+            let n = raw.as_bytes().len();
+            if n > self.bytes {
+                self.bytes = 0;
+                return Value::Null;
+            }
+            self.bytes -= n;
+            return Value::ByteArray(Cow::Owned(raw.as_bytes().to_vec()));
+        }
+        if let Some(millis) = number(&field(TIME_KEY)) {
+            return Value::Date {
+                millis,
+                timezone: 0,
+            };
+        }
+        let class = match field(TYPE_KEY) {
+            LuaValue::String(s) => self.text(&s),
+            _ => None,
+        };
+        let dictionary = number(&field(SIZE_KEY)).is_some();
+        let len = t.raw_len();
+        let mut named: Vec<Member<'static>> = Vec::new();
+        let mut entries = Vec::new();
+        for pair in t.clone().pairs::<LuaValue, LuaValue>() {
+            if self.nodes == 0 {
+                break;
+            }
+            let Ok((k, v)) = pair else { continue };
+            match &k {
+                LuaValue::String(s) => {
+                    let Some(name) = self.text(s) else { continue };
+                    if matches!(name.as_ref(), TYPE_KEY | SIZE_KEY | MODE_KEY) {
+                        continue;
+                    }
+                    let value = self.at(&v, depth + 1);
+                    if dictionary {
+                        entries.push((Value::String(name), value));
+                    } else {
+                        named.push((name, value));
+                    }
+                }
+                _ if dictionary => {
+                    let key = self.at(&k, depth + 1);
+                    entries.push((key, self.at(&v, depth + 1)));
+                }
+                // The sequence part is read in order below.
+                _ => {}
+            }
+        }
+        if dictionary {
+            let weak_keys =
+                matches!(field(MODE_KEY), LuaValue::String(s) if s.as_bytes().contains(&b'k'));
+            return Value::Dictionary(Dictionary { weak_keys, entries });
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        if len > 0 && class.is_none() {
+            // At most what the budget can read: the rest would be nulls.
+            let dense = (1..=len.min(self.nodes))
+                .map(|i| {
+                    let v = t.raw_get::<LuaValue>(i).unwrap_or(LuaValue::Nil);
+                    self.at(&v, depth + 1)
+                })
+                .collect();
+            return Value::Array(Array {
+                assoc: named,
+                dense,
+            });
+        }
+        Value::Object(match class {
+            Some(class) => Object {
+                class_name: Some(class),
+                sealed: Vec::new(),
+                dynamic: Some(named),
+            },
+            None => Object::anonymous(named),
+        })
+    }
 }
 
 fn number(v: &LuaValue) -> Option<f64> {
@@ -295,21 +371,34 @@ mod tests {
     }
 
     #[test]
-    fn a_table_containing_itself_stops_at_the_depth_limit() {
+    fn a_table_containing_itself_is_cut_where_it_recurs() {
         let lua = Lua::new();
         let t: Table = lua
             .load("local t = { x = 1 }; t.self = t; return t")
             .eval()
             .unwrap();
         let v = from_lua(&LuaValue::Table(t));
-        let mut depth = 0;
-        let mut cur = &v;
-        while let Some(next) = cur.get("self") {
-            depth += 1;
-            cur = next;
-        }
-        assert_eq!(depth, MAX_DEPTH + 1);
-        assert_eq!(cur, &Value::Null);
+        assert_eq!(v.get("self"), Some(&Value::Null));
+        assert_eq!(v.get("x"), Some(&Value::Number(1.0)));
+    }
+
+    #[test]
+    fn a_table_reachable_many_times_costs_at_most_the_budget() {
+        // 40 levels, each holding the next twice: 2^40 paths if expanded.
+        let lua = Lua::new();
+        let t: Table = lua
+            .load(
+                "local t = { leaf = string.rep('x', 1000) } \
+                 for i = 1, 40 do t = { a = t, b = t } end return t",
+            )
+            .eval()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut c = FromLua::new();
+        let v = c.value(&LuaValue::Table(t));
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        assert!(v.get("a").is_some());
+        assert!(c.bytes_read() <= MAX_BYTES);
     }
 
     /// AMF values a client may send: scalars, strings, dates, byte arrays and nested objects

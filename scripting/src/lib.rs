@@ -47,7 +47,7 @@ use updraft_control::apps::{
     AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict, APP_SCRIPT,
 };
 
-use crate::api::Api;
+use crate::api::{Api, Outbox};
 use crate::convert::{from_lua, to_lua};
 
 /// Longest one event may run a script before it is stopped with an error.
@@ -75,6 +75,21 @@ struct App {
     error: Option<String>,
 }
 
+/// A publication the applications accepted.
+struct Publication {
+    table: Table,
+    /// The editor of its `listeners` collection.
+    listeners: Table,
+    /// The publisher's session.
+    session: u32,
+}
+
+/// A stream's key in the applications: its application and name (names are per application,
+/// as the stream directory has them).
+fn stream_key(app: &str, name: &str) -> String {
+    format!("{app}/{name}")
+}
+
 /// A connected client.
 struct Client {
     table: Table,
@@ -89,8 +104,10 @@ pub struct LuaApps {
     root: PathBuf,
     apps: BTreeMap<String, App>,
     clients: HashMap<u32, Client>,
+    /// Accepted publications, by [`stream_key`].
+    publications: HashMap<String, Publication>,
     api: Api,
-    outbox: Arc<Mutex<Vec<AppAction>>>,
+    outbox: Arc<Mutex<Outbox>>,
     /// When the running event must end, read by the Lua hook.
     deadline: Arc<Mutex<Option<std::time::Instant>>>,
     /// How long one event may run ([`SCRIPT_TIME_LIMIT`] unless changed).
@@ -143,18 +160,26 @@ fn parent_of(path: &str) -> Option<&str> {
     Some(path.rsplit_once('/').map_or("", |(p, _)| p))
 }
 
-/// Whether `path` is the root or plain components (no `.`, `..`, empty parts, backslashes, nor
-/// the names Lua metatables reserve).
+/// Most components of an application path (`a/b/c` has 3): a client cannot make the
+/// resolution of its `connect` deep or long.
+pub const MAX_APP_DEPTH: usize = 16;
+/// Longest application path, in bytes.
+pub const MAX_APP_PATH: usize = 512;
+
+/// Whether `path` is the root or at most [`MAX_APP_DEPTH`] plain components (no `.`, `..`,
+/// empty parts, backslashes, nor the names Lua metatables reserve).
 fn valid_path(path: &str) -> bool {
     path.is_empty()
-        || path.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && !part.contains('\\')
-                && part != "__index"
-                && part != "__metatable"
-        })
+        || path.len() <= MAX_APP_PATH
+            && path.split('/').count() <= MAX_APP_DEPTH
+            && path.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && !part.contains('\\')
+                    && part != "__index"
+                    && part != "__metatable"
+            })
 }
 
 impl LuaApps {
@@ -167,8 +192,12 @@ impl LuaApps {
     ) -> mlua::Result<LuaApps> {
         let root: PathBuf = root.into();
         let lua = Lua::new();
+        // The scripts share the control process with the handshakes: `os.exit` would end it.
+        lua.load("os.exit = function() error('os.exit is not available to applications', 2) end")
+            .set_name("=sandbox")
+            .exec()?;
         lua.set_memory_limit(MEMORY_LIMIT)?;
-        let outbox = Arc::new(Mutex::new(Vec::new()));
+        let outbox = Arc::new(Mutex::new(Outbox::default()));
         let api = Api::install(&lua, &root, sections, Arc::clone(&outbox))?;
         let deadline: Arc<Mutex<Option<std::time::Instant>>> = Arc::new(Mutex::new(None));
         let hook_deadline = Arc::clone(&deadline);
@@ -193,6 +222,7 @@ impl LuaApps {
             root,
             apps: BTreeMap::new(),
             clients: HashMap::new(),
+            publications: HashMap::new(),
             api,
             outbox,
             deadline,
@@ -237,7 +267,16 @@ impl LuaApps {
             return Err(Unavailable::Missing);
         }
         let parent = match parent_of(path) {
-            Some(p) => Some(self.resolve(p)?),
+            Some(p) => match self.resolve(p) {
+                Ok(env) => Some(env),
+                Err(e) => {
+                    // A child cannot outlive its parent's main.lua.
+                    if e == Unavailable::Missing {
+                        self.unload(path);
+                    }
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let file = self.root.join(path).join(APP_SCRIPT);
@@ -334,14 +373,31 @@ impl LuaApps {
         }
     }
 
-    /// Unloads `path` (its `main.lua` is gone).
+    /// Unloads `path` (its `main.lua` is gone) and the applications under it: `onStop` runs
+    /// for each, deepest first, and its parent no longer reaches it by name.
     fn unload(&mut self, path: &str) {
-        if self.apps.contains_key(path) {
-            self.stop(path);
-            self.apps.remove(path);
-            tracing::info!(app = %path, "application unloaded: its main.lua is gone");
-            let _ = self.lua.gc_collect();
+        if !self.apps.contains_key(path) {
+            return;
         }
+        let prefix = format!("{path}/");
+        let mut gone: Vec<String> = self
+            .apps
+            .keys()
+            .filter(|p| p.as_str() == path || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        gone.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in gone {
+            self.stop(&p);
+            self.apps.remove(&p);
+            if let (Some(parent), Some(name)) = (parent_of(&p), p.rsplit('/').next()) {
+                if let Some(app) = self.apps.get(parent) {
+                    let _ = app.env.raw_set(name, LuaValue::Nil);
+                }
+            }
+            tracing::info!(app = %p, "application unloaded: its main.lua is gone");
+        }
+        let _ = self.lua.gc_collect();
     }
 
     /// Calls the event `name` of `env` (inherited ones included) if it is a function; logs
@@ -378,6 +434,20 @@ impl LuaApps {
             Ok(LuaValue::Function(f)) => self.invoke(&f, args).map(Some).map_err(|e| describe(&e)),
             _ => Ok(None),
         }
+    }
+
+    /// A client's object and its application's environment, for the events that may refuse
+    /// something: a client the applications do not know, or whose application is not loaded
+    /// (its script failed), is refused rather than let through unchecked.
+    fn ready(&self, client: &ClientInfo<'_>) -> Result<(Table, Table), String> {
+        let c = self
+            .clients
+            .get(&client.session)
+            .ok_or("the application does not know this client")?;
+        let env = self
+            .env_of(&c.app)
+            .ok_or_else(|| format!("application '{}' is not running", c.app))?;
+        Ok((c.table.clone(), env))
     }
 
     /// The environment of a connected client's application, if it is still loaded.
@@ -492,64 +562,103 @@ impl Applications for LuaApps {
         let _ = self.api.remove_client(&c.table);
     }
 
+    fn restore(&mut self, client: &ClientInfo<'_>) {
+        if self.clients.contains_key(&client.session) || self.resolve(client.app).is_err() {
+            return;
+        }
+        let table = match self
+            .api
+            .new_client(&self.lua, client, &ConnectDetails::default())
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(session = client.session, error = %e, "client object");
+                return;
+            }
+        };
+        if self.api.add_client(&table).is_ok() {
+            self.clients.insert(
+                client.session,
+                Client {
+                    table,
+                    app: client.app.to_string(),
+                    listeners: HashMap::new(),
+                },
+            );
+        }
+    }
+
     fn publish(&mut self, client: &ClientInfo<'_>, name: &str) -> Result<(), String> {
-        let Some(c) = self.clients.get(&client.session) else {
-            return Ok(());
-        };
-        let Some(env) = self.env_of(&c.app) else {
-            return Ok(());
-        };
+        let (table, env) = self.ready(client)?;
+        let key = stream_key(client.app, name);
         // The same client publishing the same name again (a second `publish` on its
         // NetStream) is the publication it has.
-        if let Some(p) = self.api.publication(name) {
-            let id: Option<String> = c.table.get("id").ok();
-            if p.get::<Option<String>>("publisherId").ok().flatten() == id {
+        if let Some(p) = self.publications.get(&key) {
+            if p.session == client.session {
                 return Ok(());
             }
         }
         let (publication, admin) = self
             .api
-            .new_publication(name, &c.table)
+            .new_publication(name, &table)
             .map_err(|e| describe(&e))?;
-        match self.event_result(&env, "onPublish", (c.table.clone(), publication.clone()))? {
+        match self.event_result(&env, "onPublish", (table, publication.clone()))? {
             Some(v) if refused(&v) => Err(format!("Not allowed to publish {name}")),
             _ => {
-                let waiting = self.clients.values().filter_map(|c| c.listeners.get(name));
+                // Listeners waiting for the name join it.
+                for (&session, c) in &self.clients {
+                    if c.app != client.app {
+                        continue;
+                    }
+                    if let Some(listener) = c.listeners.get(name) {
+                        let _ = listener.set("publication", publication.clone());
+                        let _ = api::add_listener(&admin, session, listener);
+                    }
+                }
                 self.api
-                    .add_publication(name, (publication, admin), waiting)
-                    .map_err(|e| describe(&e))
+                    .add_publication(name, &publication)
+                    .map_err(|e| describe(&e))?;
+                self.publications.insert(
+                    key,
+                    Publication {
+                        table: publication,
+                        listeners: admin,
+                        session: client.session,
+                    },
+                );
+                Ok(())
             }
         }
     }
 
     fn unpublish(&mut self, client: &ClientInfo<'_>, name: &str) {
-        let Some(c) = self.clients.get(&client.session) else {
+        let key = stream_key(client.app, name);
+        let Some(p) = self.publications.remove(&key) else {
             return;
         };
-        let Some(publication) = self.api.publication(name) else {
-            return;
-        };
-        if let Some(env) = self.env_of(&c.app) {
-            self.event(&env, "onUnpublish", &c.app, (c.table.clone(), publication));
+        if let Some(c) = self.clients.get(&client.session) {
+            if let Some(env) = self.env_of(&c.app) {
+                let args = (c.table.clone(), p.table.clone());
+                self.event(&env, "onUnpublish", &c.app, args);
+            }
         }
-        let _ = self.api.remove_publication(name);
+        let _ = self.api.remove_publication(name, &p.table);
     }
 
     fn subscribe(&mut self, client: &ClientInfo<'_>, name: &str) -> Result<(), String> {
-        let Some(c) = self.clients.get(&client.session) else {
-            return Ok(());
-        };
-        let Some(env) = self.env_of(&c.app) else {
-            return Ok(());
-        };
+        let (table, env) = self.ready(client)?;
+        let key = stream_key(client.app, name);
+        let publication = self.publications.get(&key);
         let listener = self
             .api
-            .new_listener(name, &c.table)
+            .new_listener(name, &table, publication.map(|p| &p.table))
             .map_err(|e| describe(&e))?;
-        match self.event_result(&env, "onSubscribe", (c.table.clone(), listener.clone()))? {
+        match self.event_result(&env, "onSubscribe", (table, listener.clone()))? {
             Some(v) if refused(&v) => Err(format!("Not authorized to play {name}")),
             _ => {
-                let _ = self.api.add_listener(name, &listener);
+                if let Some(p) = self.publications.get(&key) {
+                    let _ = api::add_listener(&p.listeners, client.session, &listener);
+                }
                 if let Some(c) = self.clients.get_mut(&client.session) {
                     c.listeners.insert(name.to_string(), listener);
                 }
@@ -569,7 +678,9 @@ impl Applications for LuaApps {
         if let Some(env) = self.env_of(&app) {
             self.event(&env, "onUnsubscribe", &app, (table, listener.clone()));
         }
-        let _ = self.api.remove_listener(name, &listener);
+        if let Some(p) = self.publications.get(&stream_key(client.app, name)) {
+            let _ = api::remove_listener(&p.listeners, client.session, &listener);
+        }
     }
 
     fn manage(&mut self) {
@@ -605,7 +716,7 @@ impl Applications for LuaApps {
     fn take_actions(&mut self) -> Vec<AppAction> {
         self.outbox
             .lock()
-            .map(|mut o| std::mem::take(&mut *o))
+            .map(|mut o| std::mem::take(&mut *o).actions)
             .unwrap_or_default()
     }
 }

@@ -54,8 +54,10 @@ local function collection(normalize)
 		end
 		items[key] = v
 	end
-	function admin.remove(key)
-		if items[key] ~= nil then
+	-- Removes `key`, or only if it still holds `v` when given (another item may have taken
+	-- the key since: a second session with the same peer ID, a publication of another app).
+	function admin.remove(key, v)
+		if items[key] ~= nil and (v == nil or items[key] == v) then
 			count = count - 1
 			items[key] = nil
 		end
@@ -117,23 +119,34 @@ cumulus = setmetatable({
 
 local host = {}
 
--- A client's NetConnection writer.
+-- A client's NetConnection writer; after the client leaves it sends nothing (its session
+-- number may serve another client by then).
 local function writer(session)
+	local alive = true
 	local w = { reliable = true }
 	function w:writeAMFMessage(name, ...)
-		native.call(session, name, ...)
+		if alive then
+			native.call(session, name, ...)
+		end
 	end
 	function w:flush() end
 	function w:close()
-		native.close(session)
+		if alive then
+			native.close(session)
+		end
 	end
-	return w
+	return w, function()
+		alive = false
+	end
 end
 
+local detach = setmetatable({}, { __mode = "k" })
+
 function host.client(session, fields)
-	local client = fields
-	client.writer = writer(session)
-	return client
+	local w, kill = writer(session)
+	fields.writer = w
+	detach[fields] = kill
+	return fields
 end
 
 function host.add_client(client)
@@ -141,11 +154,15 @@ function host.add_client(client)
 end
 
 function host.remove_client(client)
-	clients_admin.remove(client.id)
+	clients_admin.remove(client.id, client)
+	if detach[client] then
+		detach[client]()
+		detach[client] = nil
+	end
 end
 
 function host.publication(name, client)
-	local listeners, admin = collection(client_key)
+	local listeners, admin = collection()
 	return { name = name, publisherId = client.id, listeners = listeners }, admin
 end
 
@@ -153,20 +170,15 @@ function host.add_publication(name, publication)
 	publications_admin.add(name, publication)
 end
 
-function host.get_publication(name)
-	return publications_admin.get(name)
+function host.remove_publication(name, publication)
+	publications_admin.remove(name, publication)
 end
 
-function host.remove_publication(name)
-	publications_admin.remove(name)
-end
-
-function host.listener(name, client)
-	local publication = publications_admin.get(name) or { name = name }
+function host.listener(name, client, publication)
 	return {
 		id = client.id,
 		client = client,
-		publication = publication,
+		publication = publication or { name = name },
 		receiveAudio = true,
 		receiveVideo = true,
 	}

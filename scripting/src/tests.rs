@@ -66,10 +66,10 @@ impl Drop for Www {
     }
 }
 
-/// The peer ID of session `session`: 0xAB bytes ending with the session number.
+/// The peer ID of session `session`: 0xAB bytes ending with the low byte of the session number.
 fn peer(session: u32) -> &'static [u8; 32] {
     let mut id = [0xAB; 32];
-    id[31] = u8::try_from(session).unwrap();
+    id[31] = session.to_le_bytes()[0];
     Box::leak(Box::new(id))
 }
 
@@ -602,5 +602,100 @@ fn a_listener_waiting_for_a_publication_joins_it_when_it_starts() {
             "cumulus.publications('later').listeners.count"
         ),
         1
+    );
+}
+
+#[test]
+fn deep_paths_are_refused_and_a_deleted_parent_takes_its_children_along() {
+    let www = Www::new();
+    let deep = vec!["a"; MAX_APP_DEPTH + 1].join("/");
+    let mut apps = www.apps();
+    assert_eq!(
+        connect(&mut apps, 1, &deep, &[]),
+        ConnectVerdict::InvalidApp
+    );
+    www.write("", "stopped = {}");
+    www.write(
+        "a",
+        "function onStop(path) table.insert(super.stopped or stopped, path) end",
+    );
+    www.write("a/b", "x = 1");
+    assert_eq!(
+        connect(&mut apps, 2, "a/b", &[]),
+        ConnectVerdict::Accept(vec![])
+    );
+    std::fs::remove_file(www.0.join("a").join(APP_SCRIPT)).unwrap();
+    apps.manage();
+    assert_eq!(
+        connect(&mut apps, 3, "a/b", &[]),
+        ConnectVerdict::InvalidApp
+    );
+    // Deepest first, and the root no longer reaches them.
+    assert_eq!(eval::<Vec<String>>(&mut apps, "", "stopped"), ["a/b", "a"]);
+    assert!(eval::<bool>(
+        &mut apps,
+        "",
+        "rawget(_G, 'a') == nil and a == nil"
+    ));
+    assert!(eval::<bool>(&mut apps, "", "not pcall(os.exit)"));
+}
+
+#[test]
+fn publications_of_two_applications_with_one_name_stay_apart() {
+    let www = Www::new();
+    www.write("", "ends = 0; function onUnpublish() ends = ends + 1 end");
+    www.write("a", "x = 1");
+    www.write("b", "x = 2");
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "a", &[]);
+    connect(&mut apps, 2, "b", &[]);
+    assert_eq!(apps.publish(&client(1, "a"), "cam"), Ok(()));
+    assert_eq!(apps.publish(&client(2, "b"), "cam"), Ok(()));
+    apps.unpublish(&client(2, "b"), "cam");
+    apps.unpublish(&client(1, "a"), "cam");
+    assert_eq!(eval::<u32>(&mut apps, "", "ends"), 2);
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.publications.count"), 0);
+}
+
+#[test]
+fn unknown_clients_and_broken_applications_are_refused_not_let_through() {
+    let www = Www::new();
+    www.write(
+        "",
+        "function onPublish(client, p) if p.name == 'no' then error('refused') end end",
+    );
+    let mut apps = www.apps();
+    // Never connected (nor restored): refused.
+    assert!(apps.publish(&client(1, ""), "cam").is_err());
+    assert!(apps.subscribe(&client(1, ""), "cam").is_err());
+    // Restored after a control restart: known again, and asked as any client.
+    apps.restore(&client(2, ""));
+    assert_eq!(apps.publish(&client(2, ""), "cam"), Ok(()));
+    assert_eq!(apps.publish(&client(2, ""), "no"), Err("refused".into()));
+    // The script breaks on reload: its clients can start nothing until it is fixed.
+    www.write("", "this is not lua");
+    apps.manage();
+    assert!(apps.subscribe(&client(2, ""), "cam").is_err());
+}
+
+#[test]
+fn a_departed_clients_writer_sends_nothing_and_a_shared_peer_id_keeps_the_newest() {
+    let www = Www::new();
+    www.write(
+        "",
+        "function onConnection(client) kept = client end \
+         function onManage() if kept then kept.writer:writeAMFMessage('late') end end",
+    );
+    let mut apps = www.apps();
+    // Sessions 1 and 257 share a peer ID (the test's peer IDs end with the session's low byte).
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 257, "", &[]);
+    apps.disconnect(&client(1, ""));
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.clients.count"), 1);
+    apps.disconnect(&client(257, ""));
+    apps.manage();
+    assert!(
+        apps.take_actions().is_empty(),
+        "nothing for departed clients"
     );
 }

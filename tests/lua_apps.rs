@@ -299,3 +299,65 @@ fn a_changed_main_lua_serves_the_next_connection() {
     );
     assert!(server.logged("reload=true"));
 }
+
+#[test]
+fn lua_reads_the_qos_of_a_publication_and_of_a_play() {
+    let app = r#"
+    function onPublish(client, publication) live = publication end
+    function onSubscribe(client, listener) client.listener = listener end
+    function onConnection(client)
+        function client:qos()
+            local mine, theirs = client.listener.videoQOS, live.videoQOS
+            return { play = mine.byteRate, lost = mine.lostRate, publish = theirs.byteRate }
+        end
+    end
+    "#;
+    let www = sample_www("lua-qos");
+    std::fs::write(www.0.join("live/main.lua"), app).unwrap();
+    let server = start_server_on(www, &[]);
+    let addr = server.addr;
+    let (mut publisher, ph, pflow) = support::live::publishing(addr, 40);
+    let (mut player, h, nc, flow) = support::live::netstream_client(addr, 41);
+    player.send(h, flow, &command("play", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut publisher, &mut player],
+        Duration::from_secs(5),
+        |c| codes(c[1]).contains(&"NetStream.Play.Start".to_string())
+    ));
+    // Three seconds of the synthetic stream, in real time; the question goes out after two,
+    // when the workers have reported at least once (every second) with media flowing.
+    let ask = Command::new("qos", 7.0, Value::Null, vec![])
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    let started = WallInstant::now();
+    let mut asked = false;
+    for (ts, m) in support::live::media(0, 3000) {
+        while started.elapsed() < Duration::from_millis(u64::from(ts)) {
+            support::live::step_all(&mut [&mut publisher, &mut player]);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !asked && ts >= 2200 {
+            player.send(h, nc, &ask);
+            asked = true;
+        }
+        publisher.send(ph, pflow, &m);
+    }
+    let answer = |c: &Client| {
+        c.messages_of(Some(h))
+            .iter()
+            .filter_map(|m| command_reply(m))
+            .find(|r| r.1 == 7.0)
+    };
+    assert!(run_until(
+        &mut [&mut publisher, &mut player],
+        Duration::from_secs(5),
+        |c| answer(c[1]).is_some()
+    ));
+    let (name, _, q) = answer(&player).unwrap();
+    assert_eq!(name, "_result", "{q:?}");
+    let rate = |k: &str| q.get(k).and_then(Value::as_f64).unwrap_or(-1.0);
+    // About 30 video frames of 310 bytes and 43 audio frames of 66 bytes per second.
+    assert!(rate("play") > 5_000.0, "{q:?}");
+    assert!(rate("publish") > 5_000.0, "{q:?}");
+    assert_eq!(rate("lost"), 0.0, "{q:?}");
+}

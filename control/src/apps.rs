@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use rtmfp::amf::{Member, Value};
 
+use crate::ipc::QosEntry;
+
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo<'a> {
@@ -112,6 +114,9 @@ pub trait Applications: Send {
     }
     /// A client stopped playing `name`.
     fn unsubscribe(&mut self, _client: &ClientInfo<'_>, _name: &str) {}
+    /// How a client's publication or play of `name` did over the last second (its
+    /// `publisher` field says which).
+    fn qos(&mut self, _client: &ClientInfo<'_>, _name: &str, _qos: &QosEntry) {}
     /// The periodic manage tick (every [`MANAGE_PERIOD`]).
     fn manage(&mut self) {}
     /// What the applications asked for since the last call.

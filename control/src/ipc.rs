@@ -53,6 +53,7 @@ const TAG_UP_MESSAGE: u8 = 0x04;
 const TAG_UP_CLOSED: u8 = 0x05;
 const TAG_UP_STREAMS: u8 = 0x06;
 const TAG_UP_NET_STATES: u8 = 0x07;
+const TAG_UP_QOS: u8 = 0x08;
 /// Most entries in one [`Up::NetStates`] (each carries an application path of up to
 /// [`MAX_APP_PATH`] bytes, so a message stays under [`MAX_MESSAGE`]).
 pub const MAX_RESYNC_NET_STATES: usize = 128;
@@ -62,6 +63,10 @@ pub const MAX_APP_PATH: usize = 1024;
 const MIN_NET_STATE_LEN: usize = 4 + 4 + 4;
 /// Most stream entries in one [`Up::Streams`]; a worker sends several when it has more.
 pub const MAX_RESYNC_STREAMS: usize = 1024;
+/// Most entries in one [`Up::Qos`]; a worker sends several when it has more.
+pub const MAX_QOS_ENTRIES: usize = 4096;
+/// `none` for [`QosEntry::latency_ms`] on the wire.
+const NO_LATENCY: u32 = u32::MAX;
 /// Longest stream key (application path and stream name), in bytes.
 pub const MAX_STREAM_KEY: usize = 1024;
 /// Longest blacklist entry (an address or prefix as text) in [`Down::Blacklist`].
@@ -109,6 +114,8 @@ const MIN_ADDRESS_LEN: usize = 1 + IPV4_LEN + 2;
 const MIN_SESSION_INFO_LEN: usize = 4 + PEER_ID_LEN + MIN_ADDRESS_LEN;
 /// Bytes of a [`StreamEntry`] with an empty key: session, flow, stream, key length, publisher.
 const MIN_STREAM_ENTRY_LEN: usize = 4 + 8 + 4 + 4 + 1;
+/// Encoded length of a [`QosEntry`].
+const QOS_ENTRY_LEN: usize = 4 + 4 + 1 + 4 + 8 + 4 + 4 + 8;
 
 /// Errors of [`Up`] and [`Down`] encoding and decoding.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -162,6 +169,31 @@ pub struct SessionInfo {
     pub peer_id: [u8; PEER_ID_LEN],
     /// The client's current address.
     pub address: SocketAddr,
+}
+
+/// How one publisher or subscriber of a stream did over the last report period, for the
+/// applications (Cumulus's `QOS` objects: `lostRate`, `byteRate`, `congestionRate`,
+/// `latency`, `droppedFrames`). Rates are in parts per million, so the message stays exact
+/// and comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QosEntry {
+    /// The client's session.
+    pub session_id: u32,
+    /// The stream.
+    pub stream: u32,
+    /// Whether the client publishes the stream (else it plays it).
+    pub publisher: bool,
+    /// Share of fragments lost, in millionths.
+    pub lost_ppm: u32,
+    /// Bytes per second of media.
+    pub byte_rate: u64,
+    /// Share of media messages dropped for lack of capacity, in millionths.
+    pub congestion_ppm: u32,
+    /// Half the smoothed round-trip time, in milliseconds, once measured (below `u32::MAX`,
+    /// which the wire uses for none).
+    pub latency_ms: Option<u32>,
+    /// Media messages dropped since the start.
+    pub dropped_frames: u64,
 }
 
 /// A stream this worker serves: reported after a control restart so that the new control
@@ -246,6 +278,12 @@ pub enum Up {
     NetStates {
         /// The entries.
         entries: Vec<NetState>,
+    },
+    /// The QoS of the publishers and subscribers on this worker over the last report period
+    /// (once a second); at most [`MAX_QOS_ENTRIES`] per message.
+    Qos {
+        /// The entries.
+        entries: Vec<QosEntry>,
     },
 }
 
@@ -434,6 +472,23 @@ impl Up {
                 }
                 Up::Streams { entries }
             }
+            TAG_UP_QOS => {
+                let n = r.count("QoS entries", MAX_QOS_ENTRIES, QOS_ENTRY_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(QosEntry {
+                        session_id: r.u32()?,
+                        stream: r.u32()?,
+                        publisher: r.bool("publisher")?,
+                        lost_ppm: r.u32()?,
+                        byte_rate: r.u64()?,
+                        congestion_ppm: r.u32()?,
+                        latency_ms: Some(r.u32()?).filter(|&l| l != NO_LATENCY),
+                        dropped_frames: r.u64()?,
+                    });
+                }
+                Up::Qos { entries }
+            }
             TAG_UP_STARTUP => Up::Startup {
                 from: r.address()?,
                 datagram: r.bytes("datagram", MAX_DATAGRAM)?.to_vec(),
@@ -502,6 +557,21 @@ impl Up {
                 w.u8(TAG_UP_NET_STATES)?;
                 w.count("net states", entries.len(), MAX_RESYNC_NET_STATES)?;
                 entries.iter().try_for_each(|e| w.net_state(e))
+            }
+            Up::Qos { entries } => {
+                w.u8(TAG_UP_QOS)?;
+                w.count("QoS entries", entries.len(), MAX_QOS_ENTRIES)?;
+                for e in entries {
+                    w.u32(e.session_id)?;
+                    w.u32(e.stream)?;
+                    w.bool(e.publisher)?;
+                    w.u32(e.lost_ppm)?;
+                    w.u64(e.byte_rate)?;
+                    w.u32(e.congestion_ppm)?;
+                    w.u32(e.latency_ms.unwrap_or(NO_LATENCY))?;
+                    w.u64(e.dropped_frames)?;
+                }
+                Ok(())
             }
             Up::Streams { entries } => {
                 w.u8(TAG_UP_STREAMS)?;
@@ -1559,6 +1629,31 @@ mod tests {
                 0..8
             )
             .prop_map(|entries| Up::Streams { entries }),
+            vec(
+                (
+                    any::<(u32, u32, bool, u32)>(),
+                    any::<(u64, u32, u64)>(),
+                    proptest::option::of(0..u32::MAX)
+                )
+                    .prop_map(
+                        |(
+                            (session_id, stream, publisher, lost_ppm),
+                            (byte_rate, congestion_ppm, dropped_frames),
+                            latency_ms,
+                        )| QosEntry {
+                            session_id,
+                            stream,
+                            publisher,
+                            lost_ppm,
+                            byte_rate,
+                            congestion_ppm,
+                            latency_ms,
+                            dropped_frames,
+                        }
+                    ),
+                0..8
+            )
+            .prop_map(|entries| Up::Qos { entries }),
             vec(
                 (any::<u32>(), "\\PC{0,30}", any::<u32>()).prop_map(
                     |(session_id, app, next_stream)| {

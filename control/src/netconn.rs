@@ -15,7 +15,7 @@ use crate::apps::{
     AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
 };
 use crate::ids::SessionIdParts;
-use crate::ipc::{Down, NetState, StreamEntry};
+use crate::ipc::{Down, NetState, QosEntry, StreamEntry};
 use crate::streams::{Ended, Routed, Streams};
 
 /// A client's NetConnection state.
@@ -178,6 +178,22 @@ impl NetConnections {
                 self.apps.unpublish(&info, &name);
             } else {
                 self.apps.unsubscribe(&info, &name);
+            }
+        }
+    }
+
+    /// The workers' QoS report of the last second, for the applications.
+    pub fn qos(&mut self, entries: &[QosEntry]) {
+        let names = self.streams.names();
+        for e in entries {
+            let Some(name) = names.get(&e.stream) else {
+                continue;
+            };
+            let Some(c) = self.clients.get(&e.session_id) else {
+                continue;
+            };
+            if let Some(app) = &c.app {
+                self.apps.qos(&c.info(e.session_id, app), name, e);
             }
         }
     }

@@ -477,6 +477,7 @@ impl Service {
                     self.send(*worker, d);
                 }
             }
+            Up::Qos { entries } => self.netconn.qos(&entries),
             Up::Closed { session_id } => {
                 for (worker, d) in self.netconn.closed(session_id) {
                     self.send(worker, &d);

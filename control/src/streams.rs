@@ -98,6 +98,14 @@ impl Streams {
         std::mem::take(&mut self.ended)
     }
 
+    /// The name of each stream known, by number.
+    pub fn names(&self) -> HashMap<u32, &str> {
+        self.by_key
+            .values()
+            .map(|s| (s.id, s.name.as_str()))
+            .collect()
+    }
+
     /// Streams known (published or played).
     pub fn len(&self) -> usize {
         self.by_key.len()

@@ -9,6 +9,7 @@
 use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use std::sync::Arc;
+use updraft_control::ipc::QosEntry;
 
 use rtmfp::flash::command::{names, DataMessage, ObjectEncoding};
 use rtmfp::flash::message::{MessageType, TcMessage};
@@ -175,6 +176,28 @@ pub struct Qos {
 }
 
 impl Qos {
+    /// This QoS as the control plane gets it, for `session`'s side of stream `stream`.
+    pub fn entry(&self, session_id: u32, stream: u32, publisher: bool) -> QosEntry {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "rates are within 0 to 1"
+        )]
+        let ppm = |rate: f64| (rate.clamp(0.0, 1.0) * 1e6).round() as u32;
+        QosEntry {
+            session_id,
+            stream,
+            publisher,
+            lost_ppm: ppm(self.lost_rate),
+            byte_rate: self.byte_rate,
+            congestion_ppm: ppm(self.congestion_rate),
+            latency_ms: self
+                .latency_ms
+                .map(|l| u32::try_from(l).unwrap_or(u32::MAX - 1)),
+            dropped_frames: self.dropped_frames,
+        }
+    }
+
     /// `part / whole` over a period, 0 when nothing happened.
     pub fn rate(part: u64, whole: u64) -> f64 {
         if whole == 0 {

@@ -33,8 +33,8 @@ use rtmfp::time::Instant;
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_RESYNC_NET_STATES,
-    MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
+    Down, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_QOS_ENTRIES,
+    MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
@@ -1325,6 +1325,7 @@ impl<IO: BatchIo> Worker<IO> {
         let secs = self.last_report.elapsed().as_secs_f64().max(f64::EPSILON);
         self.last_report = std::time::Instant::now();
         let mut reports = Vec::with_capacity(self.streams.len());
+        let mut qos_up = Vec::new();
         // The publisher of each stream published here: its session and flow.
         let publishers: HashMap<u32, (u32, u64)> = self
             .publishing
@@ -1372,7 +1373,10 @@ impl<IO: BatchIo> Worker<IO> {
                 forward_drops: state.forward_drops,
                 recv,
             };
-            let subscribers = state
+            if let Some(&(session, _)) = publishers.get(stream) {
+                qos_up.push(qos.entry(session, *stream, true));
+            }
+            let subscribers: Vec<SubscriberReport> = state
                 .subscribers
                 .iter_mut()
                 .map(|sub| {
@@ -1427,6 +1431,11 @@ impl<IO: BatchIo> Worker<IO> {
                     }
                 })
                 .collect();
+            qos_up.extend(
+                subscribers
+                    .iter()
+                    .map(|s| s.qos.entry(s.session_id, *stream, false)),
+            );
             reports.push(StreamReport {
                 key: state.key.clone(),
                 worker: self.index,
@@ -1440,6 +1449,12 @@ impl<IO: BatchIo> Worker<IO> {
         }
         if let Ok(mut slot) = self.shared.streams[usize::from(self.index)].lock() {
             *slot = reports;
+        }
+        // The same for the applications (their QOS objects), in the control plane.
+        for chunk in qos_up.chunks(MAX_QOS_ENTRIES) {
+            self.send_up(&Up::Qos {
+                entries: chunk.to_vec(),
+            });
         }
     }
 

@@ -17,6 +17,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
 use rtmfp::amf::{amf0, EncodeError, Value};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
+use updraft_control::ipc::QosEntry;
 
 use crate::convert::{to_lua, FromLua};
 
@@ -374,6 +375,21 @@ impl Api {
         self.host_fn("listener")?
             .call((name, client.clone(), publication.cloned()))
     }
+}
+
+/// Refreshes the QOS object (`videoQOS`, which `audioQOS` is too) of a publication or a
+/// listener from the workers' report.
+pub fn set_qos(owner: &Table, qos: &QosEntry) -> mlua::Result<()> {
+    let q: Table = owner.raw_get("videoQOS")?;
+    let rate = |ppm: u32| f64::from(ppm) / 1e6;
+    q.raw_set("lostRate", rate(qos.lost_ppm))?;
+    #[allow(clippy::cast_precision_loss, reason = "bytes per second fit a double")]
+    q.raw_set("byteRate", qos.byte_rate as f64)?;
+    q.raw_set("congestionRate", rate(qos.congestion_ppm))?;
+    q.raw_set("latency", qos.latency_ms.unwrap_or(0))?;
+    #[allow(clippy::cast_precision_loss, reason = "frame counts fit a double")]
+    q.raw_set("droppedFrames", qos.dropped_frames as f64)?;
+    Ok(())
 }
 
 /// Adds `listener` (of session `session`) to a publication's `listeners` through its editor.

@@ -46,6 +46,7 @@ use rtmfp::amf::{Member, Value};
 use updraft_control::apps::{
     AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict, APP_SCRIPT,
 };
+use updraft_control::ipc::QosEntry;
 
 use crate::api::{Api, Outbox};
 use crate::convert::{from_lua, to_lua};
@@ -680,6 +681,24 @@ impl Applications for LuaApps {
         }
         if let Some(p) = self.publications.get(&stream_key(client.app, name)) {
             let _ = api::remove_listener(&p.listeners, client.session, &listener);
+        }
+    }
+
+    fn qos(&mut self, client: &ClientInfo<'_>, name: &str, qos: &QosEntry) {
+        let target = if qos.publisher {
+            self.publications
+                .get(&stream_key(client.app, name))
+                .filter(|p| p.session == client.session)
+                .map(|p| p.table.clone())
+        } else {
+            self.clients
+                .get(&client.session)
+                .and_then(|c| c.listeners.get(name).cloned())
+        };
+        if let Some(t) = target {
+            if let Err(e) = api::set_qos(&t, qos) {
+                tracing::debug!(error = %e, "QOS object");
+            }
         }
     }
 

@@ -161,9 +161,22 @@ function host.remove_client(client)
 	end
 end
 
+-- A QOS object: the last second of a publication or a play, refreshed by the server (one
+-- measure per stream: audioQOS and videoQOS are the same object).
+local function qos()
+	return { lostRate = 0, byteRate = 0, congestionRate = 0, latency = 0, droppedFrames = 0 }
+end
+
 function host.publication(name, client)
 	local listeners, admin = collection()
-	return { name = name, publisherId = client.id, listeners = listeners }, admin
+	local q = qos()
+	return {
+		name = name,
+		publisherId = client.id,
+		listeners = listeners,
+		audioQOS = q,
+		videoQOS = q,
+	}, admin
 end
 
 function host.add_publication(name, publication)
@@ -175,12 +188,15 @@ function host.remove_publication(name, publication)
 end
 
 function host.listener(name, client, publication)
+	local q = qos()
 	return {
 		id = client.id,
 		client = client,
 		publication = publication or { name = name },
 		receiveAudio = true,
 		receiveVideo = true,
+		audioQOS = q,
+		videoQOS = q,
 	}
 end
 

@@ -10,6 +10,7 @@ use rtmfp::amf::Value;
 use updraft_control::apps::{
     AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
 };
+use updraft_control::ipc::QosEntry;
 
 use super::*;
 
@@ -697,5 +698,44 @@ fn a_departed_clients_writer_sends_nothing_and_a_shared_peer_id_keeps_the_newest
     assert!(
         apps.take_actions().is_empty(),
         "nothing for departed clients"
+    );
+}
+
+#[test]
+fn qos_reports_refresh_the_qos_objects_of_publications_and_listeners() {
+    let www = Www::new();
+    www.write(
+        "",
+        "function onPublish(c, p) pub = p end function onSubscribe(c, l) sub = l end",
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 2, "", &[]);
+    apps.publish(&client(1, ""), "cam").unwrap();
+    apps.subscribe(&client(2, ""), "cam").unwrap();
+    assert_eq!(eval::<f64>(&mut apps, "", "pub.videoQOS.byteRate"), 0.0);
+    let report = |session_id, publisher, lost_ppm, latency_ms| QosEntry {
+        session_id,
+        stream: 9,
+        publisher,
+        lost_ppm,
+        byte_rate: 250_000,
+        congestion_ppm: 0,
+        latency_ms,
+        dropped_frames: 3,
+    };
+    apps.qos(&client(1, ""), "cam", &report(1, true, 0, Some(12)));
+    apps.qos(&client(2, ""), "cam", &report(2, false, 250_000, None));
+    // A report naming the wrong side, or a name the client does not play, changes nothing.
+    apps.qos(&client(2, ""), "cam", &report(2, true, 999_999, None));
+    apps.qos(&client(1, ""), "other", &report(1, false, 999_999, None));
+    assert_eq!(
+        eval::<Vec<f64>>(
+            &mut apps,
+            "",
+            "{ pub.videoQOS.byteRate, pub.audioQOS.latency, pub.videoQOS.lostRate, \
+               sub.videoQOS.lostRate, sub.audioQOS.droppedFrames, sub.videoQOS.latency }"
+        ),
+        [250_000.0, 12.0, 0.0, 0.25, 3.0, 0.0]
     );
 }

@@ -149,6 +149,30 @@ impl NetConnections {
         out
     }
 
+    /// Whether `data` asks NetStream `flow` of a connected `session` to publish or play a name
+    /// other than the one it publishes or plays.
+    fn switches_name(&self, session: u32, flow: u64, data: &[u8]) -> bool {
+        let Some(c) = self.clients.get(&session).filter(|c| c.app.is_some()) else {
+            return false;
+        };
+        let Ok(tc) = TcMessage::parse(data) else {
+            return false;
+        };
+        let Ok(cmd) = Command::parse(&tc) else {
+            return false;
+        };
+        match cmd.net_command() {
+            Ok(NetCommand::Publish {
+                name: Some(name), ..
+            }) => self
+                .streams
+                .published_by((session, flow))
+                .is_some_and(|current| current != name),
+            Ok(NetCommand::Play(p)) => c.plays.get(&flow).is_some_and(|current| current != p.name),
+            _ => false,
+        }
+    }
+
     /// Tells the applications which publications and plays ended.
     fn notify_ended(&mut self) {
         for Ended {
@@ -270,14 +294,21 @@ impl NetConnections {
         data: &[u8],
     ) -> Vec<Routed> {
         let owner = usize::from(SessionIdParts::of(session).worker);
-        let mut out: Vec<Routed> = self
-            .dispatch(session, flow, stream_id, data)
-            .into_iter()
-            .map(|d| match d {
-                Dispatched::Owner(d) => (owner, d),
-                Dispatched::Routed(r) => r,
-            })
-            .collect();
+        let mut out = Vec::new();
+        // A NetStream that publishes or plays one name and is asked for another ends the first
+        // before the applications hear of the second (and whatever they answer), as Cumulus.
+        if stream_id != 0 && self.switches_name(session, flow, data) {
+            out.extend(self.streams.stop((session, flow)));
+            self.notify_ended();
+        }
+        out.extend(
+            self.dispatch(session, flow, stream_id, data)
+                .into_iter()
+                .map(|d| match d {
+                    Dispatched::Owner(d) => (owner, d),
+                    Dispatched::Routed(r) => r,
+                }),
+        );
         self.notify_ended();
         out.extend(self.take_actions());
         out
@@ -1069,5 +1100,36 @@ mod tests {
             next_stream: 1,
         });
         assert_eq!(*log.lock().unwrap(), ["restore 7 live"]);
+    }
+
+    #[test]
+    fn a_netstream_switching_names_ends_the_first_before_the_application_hears_the_second() {
+        let (mut n, log) = logged(vec![]);
+        n.on(7, 2, 0, &connect(""));
+        let publish = |name: &str| stream_command(names::PUBLISH, vec![Value::str(name)]);
+        let play = |name: &str| stream_command(names::PLAY, vec![Value::str(name)]);
+        n.on(7, 3, 1, &publish("cam"));
+        let out = n.on(7, 3, 1, &publish("cam2"));
+        let codes: Vec<String> = replies(&out).iter().map(code).collect();
+        assert_eq!(codes, [status::UNPUBLISH_SUCCESS, status::PUBLISH_START]);
+        // Refused by the application: the first has ended all the same (as in Cumulus).
+        let out = n.on(7, 3, 1, &publish("forbidden"));
+        let codes: Vec<String> = replies(&out).iter().map(code).collect();
+        assert_eq!(codes, [status::UNPUBLISH_SUCCESS, status::PUBLISH_BAD_NAME]);
+        n.on(7, 4, 2, &play("a"));
+        n.on(7, 4, 2, &play("b"));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "publish 7 cam",
+                "unpublish 7 cam",
+                "publish 7 cam2",
+                "unpublish 7 cam2",
+                "publish 7 forbidden",
+                "subscribe 7 a",
+                "unsubscribe 7 a",
+                "subscribe 7 b",
+            ]
+        );
     }
 }

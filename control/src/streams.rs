@@ -135,6 +135,14 @@ impl Streams {
             .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
+    /// The name `flow` publishes, if any.
+    pub fn published_by(&self, flow: StreamFlow) -> Option<&str> {
+        self.by_key
+            .values()
+            .find(|s| s.publisher == Some(flow))
+            .map(|s| s.name.as_str())
+    }
+
     /// Whether someone other than `from` publishes the stream `key`.
     pub fn taken(&self, key: &str, from: StreamFlow) -> bool {
         self.by_key

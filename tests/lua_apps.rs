@@ -361,3 +361,50 @@ fn lua_reads_the_qos_of_a_publication_and_of_a_play() {
     assert!(rate("publish") > 5_000.0, "{q:?}");
     assert_eq!(rate("lost"), 0.0, "{q:?}");
 }
+
+#[test]
+fn a_script_can_stop_a_plays_video() {
+    let app = r#"
+    function onSubscribe(client, listener) listener.receiveVideo = false end
+    "#;
+    let www = sample_www("lua-mute");
+    std::fs::write(www.0.join("live/main.lua"), app).unwrap();
+    let server = start_server_on(www, &[]);
+    let addr = server.addr;
+    let (mut publisher, ph, pflow) = support::live::publishing(addr, 50);
+    let (mut player, h, _, flow) = support::live::netstream_client(addr, 51);
+    player.send(h, flow, &command("play", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(
+        &mut [&mut publisher, &mut player],
+        Duration::from_secs(5),
+        |c| codes(c[1]).contains(&"NetStream.Play.Start".to_string())
+    ));
+    let stream = support::live::media(0, 1000);
+    let audio = stream.iter().filter(|(_, m)| m[0] == 0x08).count();
+    for (_, m) in &stream {
+        publisher.send(ph, pflow, m);
+    }
+    let got = |c: &Client, kind: u8| {
+        support::live::received_media(c)
+            .iter()
+            .filter(|(k, ts, _)| *k == kind && *ts > 0)
+            .count()
+    };
+    let done = run_until(
+        &mut [&mut publisher, &mut player],
+        Duration::from_secs(10),
+        |c| got(c[1], 0x08) + 1 >= audio,
+    );
+    eprintln!(
+        "audio sent {audio}, received {}; video received {}; all {:?}",
+        got(&player, 0x08),
+        got(&player, 0x09),
+        support::live::received_media(&player)
+            .iter()
+            .map(|(k, ts, _)| (*k, *ts))
+            .take(12)
+            .collect::<Vec<_>>()
+    );
+    assert!(done);
+    assert_eq!(got(&player, 0x09), 0, "no video after the script muted it");
+}

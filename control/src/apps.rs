@@ -82,6 +82,31 @@ pub enum AppAction {
     Deny(String),
     /// Remove an address or prefix from the blacklist (`cumulus:removeFromBlacklist`).
     Allow(String),
+    /// Start or stop sending a stream's audio or video to a client that plays it
+    /// (`listener.receiveAudio`, `listener.receiveVideo`).
+    Receive {
+        /// The client's session.
+        session: u32,
+        /// The stream name.
+        name: String,
+        /// Video (else audio).
+        video: bool,
+        /// Whether to send it.
+        enabled: bool,
+    },
+    /// Tell a client that plays a stream whether it may read the stream's samples
+    /// (`listener.audioSampleAccess`, `listener.videoSampleAccess`: a `|RtmpSampleAccess` data
+    /// message).
+    SampleAccess {
+        /// The client's session.
+        session: u32,
+        /// The stream name.
+        name: String,
+        /// Audio sample access.
+        audio: bool,
+        /// Video sample access.
+        video: bool,
+    },
 }
 
 /// Server applications, as the NetConnection layer sees them. The stream events have

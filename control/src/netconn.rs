@@ -16,7 +16,7 @@ use crate::apps::{
 };
 use crate::ids::SessionIdParts;
 use crate::ipc::{Down, NetState, QosEntry, StreamEntry};
-use crate::streams::{Ended, Routed, Streams};
+use crate::streams::{sample_access, Ended, Routed, Streams};
 
 /// A client's NetConnection state.
 #[derive(Debug, Clone)]
@@ -252,9 +252,51 @@ impl NetConnections {
                 }
                 AppAction::Deny(prefix) => out.push((0, Down::Blacklist { add: true, prefix })),
                 AppAction::Allow(prefix) => out.push((0, Down::Blacklist { add: false, prefix })),
+                AppAction::Receive {
+                    session,
+                    name,
+                    video,
+                    enabled,
+                } => {
+                    for flow in self.flows_playing(session, &name) {
+                        let d = Down::Receive {
+                            session_id: session,
+                            flow,
+                            video,
+                            enabled,
+                        };
+                        out.push((owner(session), d));
+                    }
+                }
+                AppAction::SampleAccess {
+                    session,
+                    name,
+                    audio,
+                    video,
+                } => {
+                    for flow in self.flows_playing(session, &name) {
+                        let d = Down::Reply {
+                            session_id: session,
+                            flow,
+                            messages: vec![sample_access(audio, video)],
+                        };
+                        out.push((owner(session), d));
+                    }
+                }
             }
         }
         out
+    }
+
+    /// The NetStream flows of `session` that play `name`.
+    fn flows_playing(&self, session: u32, name: &str) -> Vec<u64> {
+        self.clients.get(&session).map_or_else(Vec::new, |c| {
+            c.plays
+                .iter()
+                .filter(|(_, n)| *n == name)
+                .map(|(&f, _)| f)
+                .collect()
+        })
     }
 
     /// A server-to-client call: `method(args…)` on the client's NetConnection.
@@ -612,7 +654,7 @@ mod tests {
     #[derive(Default)]
     struct Fixed {
         log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-        actions: Vec<AppAction>,
+        actions: std::sync::Arc<std::sync::Mutex<Vec<AppAction>>>,
     }
     impl Fixed {
         fn note(&self, s: String) {
@@ -671,7 +713,7 @@ mod tests {
             self.note(format!("unsubscribe {} {name}", c.session));
         }
         fn take_actions(&mut self) -> Vec<AppAction> {
-            std::mem::take(&mut self.actions)
+            std::mem::take(&mut *self.actions.lock().unwrap())
         }
     }
 
@@ -916,10 +958,8 @@ mod tests {
         NetConnections,
         std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     ) {
-        let apps = Fixed {
-            actions,
-            ..Fixed::default()
-        };
+        let apps = Fixed::default();
+        *apps.actions.lock().unwrap() = actions;
         let log = std::sync::Arc::clone(&apps.log);
         let mut n = NetConnections::new(Box::new(apps), (15_000, 10_000));
         n.open(7, [1; 32], "127.0.0.1:5000".parse().unwrap());
@@ -1129,6 +1169,63 @@ mod tests {
                 "subscribe 7 a",
                 "unsubscribe 7 a",
                 "subscribe 7 b",
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_switches_reach_every_netstream_playing_the_name() {
+        let apps = Fixed::default();
+        let queue = std::sync::Arc::clone(&apps.actions);
+        let mut n = NetConnections::new(Box::new(apps), (15_000, 10_000));
+        n.open(8, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        n.on(8, 2, 0, &connect(""));
+        let play = |name: &str| stream_command(names::PLAY, vec![Value::str(name)]);
+        n.on(8, 5, 1, &play("cam"));
+        n.on(8, 6, 2, &play("cam"));
+        n.on(8, 7, 3, &play("other"));
+        queue.lock().unwrap().extend([
+            AppAction::Receive {
+                session: 8,
+                name: "cam".into(),
+                video: true,
+                enabled: false,
+            },
+            AppAction::SampleAccess {
+                session: 8,
+                name: "cam".into(),
+                audio: true,
+                video: false,
+            },
+        ]);
+        let mut flows = Vec::new();
+        for (_, d) in n.take_actions() {
+            match d {
+                Down::Receive {
+                    session_id: 8,
+                    flow,
+                    video: true,
+                    enabled: false,
+                } => flows.push(("receive", flow)),
+                Down::Reply {
+                    session_id: 8,
+                    flow,
+                    messages,
+                } => {
+                    assert_eq!(messages, [sample_access(true, false)]);
+                    flows.push(("samples", flow));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        flows.sort_unstable();
+        assert_eq!(
+            flows,
+            [
+                ("receive", 5),
+                ("receive", 6),
+                ("samples", 5),
+                ("samples", 6)
             ]
         );
     }

@@ -19,6 +19,16 @@ pub type Routed = (usize, Down);
 /// video sample access granted).
 const SAMPLE_ACCESS: &str = "|RtmpSampleAccess";
 
+/// The `|RtmpSampleAccess` data message granting (or not) audio and video sample access.
+pub fn sample_access(audio: bool, video: bool) -> Vec<u8> {
+    DataMessage {
+        handler: SAMPLE_ACCESS.into(),
+        values: vec![Value::Boolean(audio), Value::Boolean(video)],
+    }
+    .to_message(ObjectEncoding::Amf0, 0)
+    .unwrap_or_default()
+}
+
 /// A NetStream of a client: its session and the client's flow for it.
 type StreamFlow = (u32, u64);
 
@@ -246,12 +256,7 @@ impl Streams {
                 status::PLAY_START,
                 &format!("Started playing {name}"),
             ),
-            DataMessage {
-                handler: SAMPLE_ACCESS.into(),
-                values: vec![Value::Boolean(true), Value::Boolean(true)],
-            }
-            .to_message(ObjectEncoding::Amf0, 0)
-            .unwrap_or_default(),
+            sample_access(true, true),
         ];
         out.extend([
             reply(to, start.to_vec()),

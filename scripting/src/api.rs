@@ -209,6 +209,38 @@ fn natives(
     )?;
     let o = Arc::clone(outbox);
     n.set(
+        "receive",
+        lua.create_function(
+            move |_, (session, name, video, enabled): (u32, String, bool, bool)| {
+                let action = AppAction::Receive {
+                    session,
+                    name,
+                    video,
+                    enabled,
+                };
+                push(&o, action, 0);
+                Ok(())
+            },
+        )?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "sampleAccess",
+        lua.create_function(
+            move |_, (session, name, audio, video): (u32, String, bool, bool)| {
+                let action = AppAction::SampleAccess {
+                    session,
+                    name,
+                    audio,
+                    video,
+                };
+                push(&o, action, 0);
+                Ok(())
+            },
+        )?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
         "addToBlacklist",
         lua.create_function(move |_, args: Variadic<LuaValue>| {
             for a in strings(&args) {
@@ -365,22 +397,24 @@ impl Api {
             .call((name, publication.clone()))
     }
 
-    /// A listener object of `client` for the stream `name`, and its `publication` if started.
+    /// A listener object of `client` (session `session`) for the stream `name`, and its
+    /// `publication` if started.
     pub fn new_listener(
         &self,
+        session: u32,
         name: &str,
         client: &Table,
         publication: Option<&Table>,
     ) -> mlua::Result<Table> {
         self.host_fn("listener")?
-            .call((name, client.clone(), publication.cloned()))
+            .call((session, name, client.clone(), publication.cloned()))
     }
 }
 
 /// Refreshes the QOS object (`videoQOS`, which `audioQOS` is too) of a publication or a
 /// listener from the workers' report.
 pub fn set_qos(owner: &Table, qos: &QosEntry) -> mlua::Result<()> {
-    let q: Table = owner.raw_get("videoQOS")?;
+    let q: Table = owner.get("videoQOS")?;
     let rate = |ppm: u32| f64::from(ppm) / 1e6;
     q.raw_set("lostRate", rate(qos.lost_ppm))?;
     #[allow(clippy::cast_precision_loss, reason = "bytes per second fit a double")]

@@ -26,8 +26,9 @@
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
 //! `addToBlacklist`, `removeFromBlacklist`), the client (`id`, `rawId`, `path`, `address`,
 //! `pageUrl`, `swfUrl`, `flashVersion`, the connect URL's query parameters, `writer`), the
-//! writer (`writeAMFMessage`, `close`), publications and listeners, and the logging functions
-//! `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
+//! writer (`writeAMFMessage`, `writeStatusResponse`, `close`), publications and listeners
+//! (with their QOS objects and the listener's `receiveAudio`, `receiveVideo` and sample access
+//! switches), and the logging functions `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
 //!
 //! **Bounds.** A script that runs longer than [`SCRIPT_TIME_LIMIT`] in one event is stopped
 //! with an error, and the Lua heap is capped at [`MEMORY_LIMIT`]: a faulty script cannot stall
@@ -652,7 +653,7 @@ impl Applications for LuaApps {
         let publication = self.publications.get(&key);
         let listener = self
             .api
-            .new_listener(name, &table, publication.map(|p| &p.table))
+            .new_listener(client.session, name, &table, publication.map(|p| &p.table))
             .map_err(|e| describe(&e))?;
         match self.event_result(&env, "onSubscribe", (table, listener.clone()))? {
             Some(v) if refused(&v) => Err(format!("Not authorized to play {name}")),

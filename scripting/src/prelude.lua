@@ -129,6 +129,26 @@ local function writer(session)
 			native.call(session, name, ...)
 		end
 	end
+	-- onStatus on the NetConnection: level "status", code "NetConnection.<code>", the
+	-- description, then any further name/value pairs (as Cumulus's FlowWriter).
+	function w:writeStatusResponse(code, description, ...)
+		local info = { level = "status", code = "NetConnection" }
+		if code and code ~= "" then
+			info.code = "NetConnection." .. code
+		end
+		if description and description ~= "" then
+			info.description = description
+		end
+		for i = 1, select("#", ...), 2 do
+			local k, v = select(i, ...)
+			if k ~= nil then
+				info[k] = v
+			end
+		end
+		if alive then
+			native.call(session, "onStatus", info)
+		end
+	end
 	function w:flush() end
 	function w:close()
 		if alive then
@@ -187,17 +207,39 @@ function host.remove_publication(name, publication)
 	publications_admin.remove(name, publication)
 end
 
-function host.listener(name, client, publication)
+-- A listener: its fields are read and written as a table's, and writing receiveAudio,
+-- receiveVideo, audioSampleAccess or videoSampleAccess reaches the client's play.
+function host.listener(session, name, client, publication)
 	local q = qos()
-	return {
+	local fields = {
 		id = client.id,
 		client = client,
 		publication = publication or { name = name },
 		receiveAudio = true,
 		receiveVideo = true,
+		audioSampleAccess = true,
+		videoSampleAccess = true,
 		audioQOS = q,
 		videoQOS = q,
 	}
+	return setmetatable({}, {
+		__index = fields,
+		__newindex = function(_, k, v)
+			if k == "receiveAudio" or k == "receiveVideo" then
+				v = not not v
+				if fields[k] ~= v then
+					native.receive(session, name, k == "receiveVideo", v)
+				end
+			elseif k == "audioSampleAccess" or k == "videoSampleAccess" then
+				v = not not v
+				if fields[k] ~= v then
+					fields[k] = v
+					native.sampleAccess(session, name, fields.audioSampleAccess, fields.videoSampleAccess)
+				end
+			end
+			fields[k] = v
+		end,
+	})
 end
 
 return host

@@ -739,3 +739,57 @@ fn qos_reports_refresh_the_qos_objects_of_publications_and_listeners() {
         [250_000.0, 12.0, 0.0, 0.25, 3.0, 0.0]
     );
 }
+
+#[test]
+fn listener_switches_and_status_responses_become_actions() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:mute() client.listener.receiveVideo = false end
+            function client:again() client.listener.receiveVideo = false end
+            function client:noSamples() client.listener.videoSampleAccess = false end
+            function client:status() client.writer:writeStatusResponse("Custom", "hi", "extra", 1) end
+        end
+        function onSubscribe(client, listener) client.listener = listener end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    apps.subscribe(&client(1, ""), "cam").unwrap();
+    let c = client(1, "");
+    apps.call(&c, "mute", &[]);
+    // Setting what is already set sends nothing.
+    apps.call(&c, "again", &[]);
+    apps.call(&c, "noSamples", &[]);
+    apps.call(&c, "status", &[]);
+    let status = Value::Object(rtmfp::amf::Object::anonymous(vec![
+        ("code".into(), Value::String("NetConnection.Custom".into())),
+        ("description".into(), Value::String("hi".into())),
+        ("extra".into(), Value::Number(1.0)),
+        ("level".into(), Value::String("status".into())),
+    ]));
+    assert_eq!(
+        apps.take_actions(),
+        [
+            AppAction::Receive {
+                session: 1,
+                name: "cam".into(),
+                video: true,
+                enabled: false
+            },
+            AppAction::SampleAccess {
+                session: 1,
+                name: "cam".into(),
+                audio: true,
+                video: false
+            },
+            AppAction::Call {
+                session: 1,
+                method: "onStatus".into(),
+                args: vec![status],
+            },
+        ]
+    );
+}

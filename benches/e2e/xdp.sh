@@ -52,6 +52,10 @@ MODES=${MODES:-socket xdp}
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(100 1100)
 [ "$(id -u)" = 0 ] || { echo "xdp.sh: needs root (namespaces, XDP)" >&2; exit 1; }
+for need in ip:iproute2 ethtool:ethtool taskset:util-linux python3:python3; do
+    command -v "${need%%:*}" > /dev/null ||
+        { echo "xdp.sh: needs ${need%%:*} (Debian package ${need#*:})" >&2; exit 1; }
+done
 
 TICK=$(getconf CLK_TCK)
 ID=$$

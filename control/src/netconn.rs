@@ -149,8 +149,8 @@ impl NetConnections {
         out
     }
 
-    /// Whether `data` asks NetStream `flow` of a connected `session` to publish or play a name
-    /// other than the one it publishes or plays.
+    /// Whether `data` asks NetStream `flow` of a connected `session` to publish or play
+    /// something other than what it publishes or plays.
     fn switches_name(&self, session: u32, flow: u64, data: &[u8]) -> bool {
         let Some(c) = self.clients.get(&session).filter(|c| c.app.is_some()) else {
             return false;
@@ -162,13 +162,21 @@ impl NetConnections {
             return false;
         };
         match cmd.net_command() {
+            // Publishing ends a play of the NetStream, or a publication of another name.
             Ok(NetCommand::Publish {
                 name: Some(name), ..
-            }) => self
-                .streams
-                .published_by((session, flow))
-                .is_some_and(|current| current != name),
-            Ok(NetCommand::Play(p)) => c.plays.get(&flow).is_some_and(|current| current != p.name),
+            }) => {
+                c.plays.contains_key(&flow)
+                    || self
+                        .streams
+                        .published_by((session, flow))
+                        .is_some_and(|current| current != name)
+            }
+            // Playing ends a publication of the NetStream, or a play of another name.
+            Ok(NetCommand::Play(p)) => {
+                self.streams.published_by((session, flow)).is_some()
+                    || c.plays.get(&flow).is_some_and(|current| current != p.name)
+            }
             _ => false,
         }
     }
@@ -1158,6 +1166,9 @@ mod tests {
         assert_eq!(codes, [status::UNPUBLISH_SUCCESS, status::PUBLISH_BAD_NAME]);
         n.on(7, 4, 2, &play("a"));
         n.on(7, 4, 2, &play("b"));
+        // Another kind: a NetStream that plays, then publishes (and back).
+        n.on(7, 4, 2, &publish("c"));
+        n.on(7, 4, 2, &play("b"));
         assert_eq!(
             *log.lock().unwrap(),
             [
@@ -1168,6 +1179,10 @@ mod tests {
                 "publish 7 forbidden",
                 "subscribe 7 a",
                 "unsubscribe 7 a",
+                "subscribe 7 b",
+                "unsubscribe 7 b",
+                "publish 7 c",
+                "unpublish 7 c",
                 "subscribe 7 b",
             ]
         );

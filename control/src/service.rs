@@ -327,7 +327,9 @@ impl Service {
             return;
         }
         self.out_buf.clear();
-        if msg.encode(&mut self.out_buf).is_err() {
+        if let Err(e) = msg.encode(&mut self.out_buf) {
+            // A message over the limits (an application's call with a huge argument).
+            tracing::warn!(link, error = %e, "message to a worker not sent");
             l.dropped += 1;
             return;
         }

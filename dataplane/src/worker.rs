@@ -1450,7 +1450,11 @@ impl<IO: BatchIo> Worker<IO> {
         if let Ok(mut slot) = self.shared.streams[usize::from(self.index)].lock() {
             *slot = reports;
         }
-        // The same for the applications (their QOS objects), in the control plane.
+        // The same for the applications (their QOS objects), in the control plane; skipped
+        // while the link is down or backed up (a late report is a stale one).
+        if self.link.is_none() || !self.outbox.is_empty() {
+            return;
+        }
         for chunk in qos_up.chunks(MAX_QOS_ENTRIES) {
             self.send_up(&Up::Qos {
                 entries: chunk.to_vec(),

@@ -397,6 +397,11 @@ impl Api {
             .call((name, publication.clone()))
     }
 
+    /// Marks a listener's play ended: its switches send nothing any more.
+    pub fn end_listener(&self, listener: &Table) -> mlua::Result<()> {
+        self.host_fn("end_listener")?.call(listener.clone())
+    }
+
     /// A listener object of `client` (session `session`) for the stream `name`, and its
     /// `publication` if started.
     pub fn new_listener(

@@ -683,6 +683,7 @@ impl Applications for LuaApps {
         if let Some(p) = self.publications.get(&stream_key(client.app, name)) {
             let _ = api::remove_listener(&p.listeners, client.session, &listener);
         }
+        let _ = self.api.end_listener(&listener);
     }
 
     fn qos(&mut self, client: &ClientInfo<'_>, name: &str, qos: &QosEntry) {

@@ -207,8 +207,11 @@ function host.remove_publication(name, publication)
 	publications_admin.remove(name, publication)
 end
 
+local ended = setmetatable({}, { __mode = "k" })
+
 -- A listener: its fields are read and written as a table's, and writing receiveAudio,
--- receiveVideo, audioSampleAccess or videoSampleAccess reaches the client's play.
+-- receiveVideo, audioSampleAccess or videoSampleAccess reaches the client's play (every
+-- write: the client may have changed its play since), until the play ends.
 function host.listener(session, name, client, publication)
 	local q = qos()
 	local fields = {
@@ -222,24 +225,31 @@ function host.listener(session, name, client, publication)
 		audioQOS = q,
 		videoQOS = q,
 	}
-	return setmetatable({}, {
+	local proxy
+	proxy = setmetatable({}, {
 		__index = fields,
 		__newindex = function(_, k, v)
 			if k == "receiveAudio" or k == "receiveVideo" then
 				v = not not v
-				if fields[k] ~= v then
+				if not ended[proxy] then
 					native.receive(session, name, k == "receiveVideo", v)
 				end
 			elseif k == "audioSampleAccess" or k == "videoSampleAccess" then
 				v = not not v
-				if fields[k] ~= v then
-					fields[k] = v
+				fields[k] = v
+				if not ended[proxy] then
 					native.sampleAccess(session, name, fields.audioSampleAccess, fields.videoSampleAccess)
 				end
 			end
 			fields[k] = v
 		end,
 	})
+	return proxy
+end
+
+-- The listener's play ended: its switches reach nothing any more.
+function host.end_listener(listener)
+	ended[listener] = true
 end
 
 return host

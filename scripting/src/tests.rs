@@ -760,8 +760,6 @@ fn listener_switches_and_status_responses_become_actions() {
     apps.subscribe(&client(1, ""), "cam").unwrap();
     let c = client(1, "");
     apps.call(&c, "mute", &[]);
-    // Setting what is already set sends nothing.
-    apps.call(&c, "again", &[]);
     apps.call(&c, "noSamples", &[]);
     apps.call(&c, "status", &[]);
     let status = Value::Object(rtmfp::amf::Object::anonymous(vec![
@@ -792,4 +790,8 @@ fn listener_switches_and_status_responses_become_actions() {
             },
         ]
     );
+    // Once the play ends, the listener's switches reach nothing.
+    apps.unsubscribe(&c, "cam");
+    apps.call(&c, "mute", &[]);
+    assert!(apps.take_actions().is_empty());
 }

@@ -10,6 +10,7 @@ use rtmfp::flash::command::{
     status, status_object, Command, NetCommand, ObjectEncoding, PLAY_START_UNBUFFERED,
 };
 use rtmfp::flash::message::{TcMessage, UserControl};
+use rtmfp::flash::FlashError;
 
 use crate::apps::{
     AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
@@ -137,43 +138,36 @@ impl NetConnections {
 
     /// A session closed.
     pub fn closed(&mut self, session: u32) -> Vec<Routed> {
-        let out = self.streams.session_closed(session);
+        let mut out = self.streams.session_closed(session);
         self.notify_ended();
         if let Some(c) = self.clients.remove(&session) {
             if let Some(app) = &c.app {
                 self.apps.disconnect(&c.info(session, app));
             }
         }
-        let mut out = out;
         out.extend(self.take_actions());
         out
     }
 
-    /// Whether `data` asks NetStream `flow` of a connected `session` to publish or play
+    /// Whether `command` asks NetStream `flow` of a connected `session` to publish or play
     /// something other than what it publishes or plays.
-    fn switches_name(&self, session: u32, flow: u64, data: &[u8]) -> bool {
+    fn switches_name(&self, session: u32, flow: u64, command: &NetCommand<'_, '_>) -> bool {
         let Some(c) = self.clients.get(&session).filter(|c| c.app.is_some()) else {
             return false;
         };
-        let Ok(tc) = TcMessage::parse(data) else {
-            return false;
-        };
-        let Ok(cmd) = Command::parse(&tc) else {
-            return false;
-        };
-        match cmd.net_command() {
+        match command {
             // Publishing ends a play of the NetStream, or a publication of another name.
-            Ok(NetCommand::Publish {
+            NetCommand::Publish {
                 name: Some(name), ..
-            }) => {
+            } => {
                 c.plays.contains_key(&flow)
                     || self
                         .streams
                         .published_by((session, flow))
-                        .is_some_and(|current| current != name)
+                        .is_some_and(|current| current != *name)
             }
             // Playing ends a publication of the NetStream, or a play of another name.
-            Ok(NetCommand::Play(p)) => {
+            NetCommand::Play(p) => {
                 self.streams.published_by((session, flow)).is_some()
                     || c.plays.get(&flow).is_some_and(|current| current != p.name)
             }
@@ -344,15 +338,26 @@ impl NetConnections {
         data: &[u8],
     ) -> Vec<Routed> {
         let owner = usize::from(SessionIdParts::of(session).worker);
+        let Ok(tc) = TcMessage::parse(data) else {
+            return Vec::new();
+        };
+        let Ok(cmd) = Command::parse(&tc) else {
+            return Vec::new();
+        };
+        let command = cmd.net_command();
         let mut out = Vec::new();
         // A NetStream that publishes or plays one name and is asked for another ends the first
         // before the applications hear of the second (and whatever they answer), as Cumulus.
-        if stream_id != 0 && self.switches_name(session, flow, data) {
+        if stream_id != 0
+            && command
+                .as_ref()
+                .is_ok_and(|c| self.switches_name(session, flow, c))
+        {
             out.extend(self.streams.stop((session, flow)));
             self.notify_ended();
         }
         out.extend(
-            self.dispatch(session, flow, stream_id, data)
+            self.dispatch(session, flow, stream_id, &cmd, command)
                 .into_iter()
                 .map(|d| match d {
                     Dispatched::Owner(d) => (owner, d),
@@ -369,14 +374,9 @@ impl NetConnections {
         session: u32,
         flow: u64,
         stream_id: u64,
-        data: &[u8],
+        cmd: &Command<'_>,
+        command: Result<NetCommand<'_, '_>, FlashError>,
     ) -> Vec<Dispatched> {
-        let Ok(tc) = TcMessage::parse(data) else {
-            return Vec::new();
-        };
-        let Ok(cmd) = Command::parse(&tc) else {
-            return Vec::new();
-        };
         let Some(client) = self.clients.get_mut(&session) else {
             return Vec::new();
         };
@@ -401,7 +401,7 @@ impl NetConnections {
             format!("{app}/{name}")
         };
         let encode = |c: Command<'_>| c.to_message(ObjectEncoding::Amf0, 0).into_iter().collect();
-        match cmd.net_command() {
+        match command {
             // One NetConnection per session: a second `connect` is refused, the first stands.
             Ok(NetCommand::Connect(_)) if client.app.is_some() => {
                 let refusal = Command::error_status(

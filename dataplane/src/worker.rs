@@ -1325,6 +1325,9 @@ impl<IO: BatchIo> Worker<IO> {
         let secs = self.last_report.elapsed().as_secs_f64().max(f64::EPSILON);
         self.last_report = std::time::Instant::now();
         let mut reports = Vec::with_capacity(self.streams.len());
+        // The same for the applications (their QOS objects), in the control plane; not while
+        // the link is down or backed up (a late report is a stale one).
+        let send_qos = self.link.is_some() && self.outbox.is_empty();
         let mut qos_up = Vec::new();
         // The publisher of each stream published here: its session and flow.
         let publishers: HashMap<u32, (u32, u64)> = self
@@ -1373,7 +1376,7 @@ impl<IO: BatchIo> Worker<IO> {
                 forward_drops: state.forward_drops,
                 recv,
             };
-            if let Some(&(session, _)) = publishers.get(stream) {
+            if let Some(&(session, _)) = publishers.get(stream).filter(|_| send_qos) {
                 qos_up.push(qos.entry(session, *stream, true));
             }
             let subscribers: Vec<SubscriberReport> = state
@@ -1431,11 +1434,13 @@ impl<IO: BatchIo> Worker<IO> {
                     }
                 })
                 .collect();
-            qos_up.extend(
-                subscribers
-                    .iter()
-                    .map(|s| s.qos.entry(s.session_id, *stream, false)),
-            );
+            if send_qos {
+                qos_up.extend(
+                    subscribers
+                        .iter()
+                        .map(|s| s.qos.entry(s.session_id, *stream, false)),
+                );
+            }
             reports.push(StreamReport {
                 key: state.key.clone(),
                 worker: self.index,
@@ -1449,11 +1454,6 @@ impl<IO: BatchIo> Worker<IO> {
         }
         if let Ok(mut slot) = self.shared.streams[usize::from(self.index)].lock() {
             *slot = reports;
-        }
-        // The same for the applications (their QOS objects), in the control plane; skipped
-        // while the link is down or backed up (a late report is a stale one).
-        if self.link.is_none() || !self.outbox.is_empty() {
-            return;
         }
         for chunk in qos_up.chunks(MAX_QOS_ENTRIES) {
             self.send_up(&Up::Qos {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use md5::Md5;
-use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
+use mlua::{FromLuaMulti, Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
 use rtmfp::amf::{amf0, EncodeError, Value};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
@@ -44,11 +44,6 @@ pub struct Outbox {
 pub struct Api {
     /// The prelude's constructors and collection editors.
     host: Table,
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The query parameters of a connect URL (`rtmfp://host/app?a=1&b=2`), percent-decoded.
@@ -127,6 +122,22 @@ fn push(outbox: &Mutex<Outbox>, action: AppAction, bytes: usize) {
     }
 }
 
+/// A native function queueing the actions `make` builds from its arguments (actions that
+/// carry no script values: their weight in the outbox is their count).
+fn queue<A: FromLuaMulti>(
+    lua: &Lua,
+    outbox: &Arc<Mutex<Outbox>>,
+    make: impl Fn(A) -> Vec<AppAction> + Send + 'static,
+) -> mlua::Result<Function> {
+    let o = Arc::clone(outbox);
+    lua.create_function(move |_, args: A| {
+        for action in make(args) {
+            push(&o, action, 0);
+        }
+        Ok(())
+    })
+}
+
 /// A Lua function writing its arguments with `write`, one after the other, into a string.
 fn serializer(
     lua: &Lua,
@@ -199,64 +210,52 @@ fn natives(
             },
         )?,
     )?;
-    let o = Arc::clone(outbox);
     n.set(
         "close",
-        lua.create_function(move |_, session: u32| {
-            push(&o, AppAction::Close { session }, 0);
-            Ok(())
+        queue(lua, outbox, |session: u32| {
+            vec![AppAction::Close { session }]
         })?,
     )?;
-    let o = Arc::clone(outbox);
     n.set(
         "receive",
-        lua.create_function(
-            move |_, (session, name, video, enabled): (u32, String, bool, bool)| {
-                let action = AppAction::Receive {
+        queue(
+            lua,
+            outbox,
+            |(session, name, video, enabled): (u32, String, bool, bool)| {
+                vec![AppAction::Receive {
                     session,
                     name,
                     video,
                     enabled,
-                };
-                push(&o, action, 0);
-                Ok(())
+                }]
             },
         )?,
     )?;
-    let o = Arc::clone(outbox);
     n.set(
         "sampleAccess",
-        lua.create_function(
-            move |_, (session, name, audio, video): (u32, String, bool, bool)| {
-                let action = AppAction::SampleAccess {
+        queue(
+            lua,
+            outbox,
+            |(session, name, audio, video): (u32, String, bool, bool)| {
+                vec![AppAction::SampleAccess {
                     session,
                     name,
                     audio,
                     video,
-                };
-                push(&o, action, 0);
-                Ok(())
+                }]
             },
         )?,
     )?;
-    let o = Arc::clone(outbox);
     n.set(
         "addToBlacklist",
-        lua.create_function(move |_, args: Variadic<LuaValue>| {
-            for a in strings(&args) {
-                push(&o, AppAction::Deny(a), 0);
-            }
-            Ok(())
+        queue(lua, outbox, |args: Variadic<LuaValue>| {
+            strings(&args).into_iter().map(AppAction::Deny).collect()
         })?,
     )?;
-    let o = Arc::clone(outbox);
     n.set(
         "removeFromBlacklist",
-        lua.create_function(move |_, args: Variadic<LuaValue>| {
-            for a in strings(&args) {
-                push(&o, AppAction::Allow(a), 0);
-            }
-            Ok(())
+        queue(lua, outbox, |args: Variadic<LuaValue>| {
+            strings(&args).into_iter().map(AppAction::Allow).collect()
         })?,
     )?;
     // `toAMF`: each value as AMF3 behind the AMF0 switch marker; `toAMF0`: plain AMF0.
@@ -359,7 +358,7 @@ impl Api {
                 fields.set(k, v)?;
             }
         }
-        fields.set("id", hex(client.peer_id))?;
+        fields.set("id", hex::encode(client.peer_id))?;
         fields.set("rawId", lua.create_string(client.peer_id)?)?;
         fields.set("path", client.app)?;
         fields.set("address", client.address.to_string())?;

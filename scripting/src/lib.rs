@@ -236,11 +236,6 @@ impl LuaApps {
         Ok(apps)
     }
 
-    /// The www root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Changes how long one event may run a script (default [`SCRIPT_TIME_LIMIT`]).
     pub fn set_time_limit(&mut self, limit: Duration) {
         self.time_limit = limit;
@@ -411,31 +406,48 @@ impl LuaApps {
         app: &str,
         args: impl IntoLuaMulti,
     ) -> Option<MultiValue> {
-        let f = match env.get::<LuaValue>(name) {
-            Ok(LuaValue::Function(f)) => f,
-            _ => return None,
-        };
-        match self.invoke(&f, args) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::error!(app, event = name, error = %e, "script error");
-                None
-            }
-        }
+        self.event_result(env, name, args).unwrap_or_else(|e| {
+            tracing::error!(app, event = name, error = %e, "script error");
+            None
+        })
     }
 
     /// Like [`LuaApps::event`], but the error is answered (for the events whose error refuses
-    /// something). `Ok(None)`: no such event.
+    /// something; [`describe`] gives what a client may read of it). `Ok(None)`: no such event.
     fn event_result(
         &self,
         env: &Table,
         name: &str,
         args: impl IntoLuaMulti,
-    ) -> Result<Option<MultiValue>, String> {
+    ) -> mlua::Result<Option<MultiValue>> {
         match env.get::<LuaValue>(name) {
-            Ok(LuaValue::Function(f)) => self.invoke(&f, args).map(Some).map_err(|e| describe(&e)),
+            Ok(LuaValue::Function(f)) => self.invoke(&f, args).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// `first` followed by the Lua forms of `args`: a method's or an event's arguments.
+    fn arguments(&self, first: &Table, args: &[Value<'_>]) -> MultiValue {
+        std::iter::once(LuaValue::Table(first.clone()))
+            .chain(
+                args.iter()
+                    .map(|a| to_lua(&self.lua, a).unwrap_or(LuaValue::Nil)),
+            )
+            .collect()
+    }
+
+    /// Makes `table` the client object of `client`, in `cumulus.clients`.
+    fn register(&mut self, client: &ClientInfo<'_>, table: Table) -> mlua::Result<()> {
+        self.api.add_client(&table)?;
+        self.clients.insert(
+            client.session,
+            Client {
+                table,
+                app: client.app.to_string(),
+                listeners: HashMap::new(),
+            },
+        );
+        Ok(())
     }
 
     /// A client's object and its application's environment, for the events that may refuse
@@ -504,33 +516,29 @@ impl Applications for LuaApps {
             Ok(t) => t,
             Err(e) => return ConnectVerdict::Reject(describe(&e)),
         };
-        let mut call_args = vec![LuaValue::Table(table.clone())];
-        for a in args {
-            call_args.push(to_lua(&self.lua, a).unwrap_or(LuaValue::Nil));
-        }
-        let extra = match self.event_result(&env, "onConnection", MultiValue::from_vec(call_args)) {
+        let call_args = self.arguments(&table, args);
+        let extra = match self.event_result(&env, "onConnection", call_args) {
             // An error rejects (an empty message: Cumulus's "client rejected"); any result but
             // a table is ignored, `false` included, as Cumulus does.
-            Err(e) if e.is_empty() => return ConnectVerdict::Reject("client rejected".into()),
-            Err(e) => return ConnectVerdict::Reject(e),
+            Err(e) => {
+                let e = describe(&e);
+                let why = if e.is_empty() {
+                    "client rejected".into()
+                } else {
+                    e
+                };
+                return ConnectVerdict::Reject(why);
+            }
             Ok(Some(v)) => match v.into_iter().next() {
                 Some(LuaValue::Table(t)) => members(&t),
                 _ => Vec::new(),
             },
             Ok(None) => Vec::new(),
         };
-        if let Err(e) = self.api.add_client(&table) {
-            return ConnectVerdict::Reject(describe(&e));
+        match self.register(client, table) {
+            Ok(()) => ConnectVerdict::Accept(extra),
+            Err(e) => ConnectVerdict::Reject(describe(&e)),
         }
-        self.clients.insert(
-            client.session,
-            Client {
-                table,
-                app: client.app.to_string(),
-                listeners: HashMap::new(),
-            },
-        );
-        ConnectVerdict::Accept(extra)
     }
 
     fn call(&mut self, client: &ClientInfo<'_>, method: &str, args: &[Value<'_>]) -> CallOutcome {
@@ -541,11 +549,7 @@ impl Applications for LuaApps {
             Ok(LuaValue::Function(f)) => f,
             _ => return CallOutcome::NotFound,
         };
-        let mut call_args = vec![LuaValue::Table(c.table.clone())];
-        for a in args {
-            call_args.push(to_lua(&self.lua, a).unwrap_or(LuaValue::Nil));
-        }
-        match self.invoke(&f, MultiValue::from_vec(call_args)) {
+        match self.invoke(&f, self.arguments(&c.table, args)) {
             Ok(v) => CallOutcome::Result(v.iter().next().map_or(Value::Null, from_lua)),
             Err(e) => {
                 tracing::debug!(app = %c.app, method, error = %e, "client call failed");
@@ -578,15 +582,8 @@ impl Applications for LuaApps {
                 return;
             }
         };
-        if self.api.add_client(&table).is_ok() {
-            self.clients.insert(
-                client.session,
-                Client {
-                    table,
-                    app: client.app.to_string(),
-                    listeners: HashMap::new(),
-                },
-            );
+        if let Err(e) = self.register(client, table) {
+            tracing::error!(session = client.session, error = %e, "client object");
         }
     }
 
@@ -604,7 +601,8 @@ impl Applications for LuaApps {
             .api
             .new_publication(name, &table)
             .map_err(|e| describe(&e))?;
-        match self.event_result(&env, "onPublish", (table, publication.clone()))? {
+        let answer = self.event_result(&env, "onPublish", (table, publication.clone()));
+        match answer.map_err(|e| describe(&e))? {
             Some(v) if refused(&v) => Err(format!("Not allowed to publish {name}")),
             _ => {
                 // Listeners waiting for the name join it.
@@ -655,7 +653,8 @@ impl Applications for LuaApps {
             .api
             .new_listener(client.session, name, &table, publication.map(|p| &p.table))
             .map_err(|e| describe(&e))?;
-        match self.event_result(&env, "onSubscribe", (table, listener.clone()))? {
+        let answer = self.event_result(&env, "onSubscribe", (table, listener.clone()));
+        match answer.map_err(|e| describe(&e))? {
             Some(v) if refused(&v) => Err(format!("Not authorized to play {name}")),
             _ => {
                 if let Some(p) = self.publications.get(&key) {

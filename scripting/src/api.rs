@@ -138,6 +138,17 @@ fn queue<A: FromLuaMulti>(
     })
 }
 
+/// A Lua function answering the digest `D` of its arguments, one after the other (binary).
+fn hasher<D: Digest>(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, args: Variadic<mlua::String>| {
+        let mut h = D::new();
+        for a in args.iter() {
+            h.update(&a.as_bytes()[..]);
+        }
+        lua.create_string(h.finalize().as_slice())
+    })
+}
+
 /// A Lua function writing its arguments with `write`, one after the other, into a string.
 fn serializer(
     lua: &Lua,
@@ -295,26 +306,8 @@ fn natives(
             Ok(Variadic::from_iter(split(&s, &sep, flags.unwrap_or(0))))
         })?,
     )?;
-    n.set(
-        "sha256",
-        lua.create_function(|lua, args: Variadic<mlua::String>| {
-            let mut h = Sha256::new();
-            for a in args.iter() {
-                h.update(&a.as_bytes()[..]);
-            }
-            lua.create_string(h.finalize().as_slice())
-        })?,
-    )?;
-    n.set(
-        "md5",
-        lua.create_function(|lua, args: Variadic<mlua::String>| {
-            let mut h = Md5::new();
-            for a in args.iter() {
-                h.update(&a.as_bytes()[..]);
-            }
-            lua.create_string(h.finalize().as_slice())
-        })?,
-    )?;
+    n.set("sha256", hasher::<Sha256>(lua)?)?;
+    n.set("md5", hasher::<Md5>(lua)?)?;
     n.set(
         "epochTime",
         lua.create_function(|_, ()| {

@@ -16,11 +16,12 @@ pub const BATCH: usize = sys::MAX_BATCH;
 /// Largest GSO super-datagram: what one UDP datagram can carry.
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// Receive buffers of a socket with UDP GRO: the batch storage in pieces big enough for a
-/// coalesced train (a GRO buffer is at most one 64 KiB UDP datagram).
+/// Receive buffers of a socket with UDP GRO: pieces big enough for a coalesced train (a GRO
+/// buffer is at most one 64 KiB UDP datagram).
 const GRO_SLOT_SIZE: usize = 64 * 1024;
-/// GRO buffers per batch: the same storage as [`BATCH`] plain slots.
-const GRO_SLOTS: usize = BATCH * SLOT_SIZE / GRO_SLOT_SIZE;
+/// GRO buffers per batch (their storage, 512 KiB, is allocated once, at the first receive with
+/// GRO on): one `recvmmsg` takes up to this many trains.
+const GRO_SLOTS: usize = sys::FEW_SLOTS;
 /// Most datagrams a batch holds: every GRO buffer full of the kernel's most segments per train
 /// (`UDP_GRO_CNT_MAX`, 64), or [`BATCH`] plain ones.
 pub const MAX_RX_DATAGRAMS: usize = GRO_SLOTS * 64;
@@ -29,6 +30,12 @@ pub const MAX_RX_DATAGRAMS: usize = GRO_SLOTS * 64;
 /// may hold a train of datagrams, which the batch lists one by one.
 pub struct RxBatch {
     storage: Vec<u8>,
+    entries: RxEntries,
+}
+
+/// Where each datagram of an [`RxBatch`] lies in its storage (apart from the storage, so that
+/// a receive can list datagrams while the kernel's buffers still borrow the storage).
+struct RxEntries {
     starts: [usize; MAX_RX_DATAGRAMS],
     lens: [usize; MAX_RX_DATAGRAMS],
     from: [SocketAddr; MAX_RX_DATAGRAMS],
@@ -36,48 +43,9 @@ pub struct RxBatch {
     count: usize,
 }
 
-const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
-
-impl Default for RxBatch {
-    fn default() -> Self {
-        RxBatch {
-            storage: vec![0; BATCH * SLOT_SIZE],
-            starts: [0; MAX_RX_DATAGRAMS],
-            lens: [0; MAX_RX_DATAGRAMS],
-            from: [NO_ADDR; MAX_RX_DATAGRAMS],
-            truncated: [false; MAX_RX_DATAGRAMS],
-            count: 0,
-        }
-    }
-}
-
-impl RxBatch {
-    /// Datagrams in the batch.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
-    /// decrypt in place).
-    pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, bool, &mut [u8])> {
-        if i >= self.count {
-            return None;
-        }
-        let start = self.starts[i];
-        Some((
-            self.from[i],
-            self.truncated[i],
-            self.storage.get_mut(start..start + self.lens[i])?,
-        ))
-    }
-
+impl RxEntries {
     /// Lists the datagram at `start..start + len` of the storage; false when the batch is full.
-    fn push_entry(&mut self, start: usize, len: usize, from: SocketAddr, truncated: bool) -> bool {
+    fn push(&mut self, start: usize, len: usize, from: SocketAddr, truncated: bool) -> bool {
         let i = self.count;
         if i >= MAX_RX_DATAGRAMS {
             return false;
@@ -89,28 +57,72 @@ impl RxBatch {
         self.count += 1;
         true
     }
+}
+
+const NO_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch {
+            storage: vec![0; BATCH * SLOT_SIZE],
+            entries: RxEntries {
+                starts: [0; MAX_RX_DATAGRAMS],
+                lens: [0; MAX_RX_DATAGRAMS],
+                from: [NO_ADDR; MAX_RX_DATAGRAMS],
+                truncated: [false; MAX_RX_DATAGRAMS],
+                count: 0,
+            },
+        }
+    }
+}
+
+impl RxBatch {
+    /// Datagrams in the batch.
+    pub fn len(&self) -> usize {
+        self.entries.count
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.count == 0
+    }
+
+    /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
+    /// decrypt in place).
+    pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, bool, &mut [u8])> {
+        let e = &self.entries;
+        if i >= e.count {
+            return None;
+        }
+        let start = e.starts[i];
+        Some((
+            e.from[i],
+            e.truncated[i],
+            self.storage.get_mut(start..start + e.lens[i])?,
+        ))
+    }
 
     /// Empties the batch.
     pub fn clear(&mut self) {
-        self.count = 0;
+        self.entries.count = 0;
     }
 
     /// Appends a copy of `bytes` from `from` in the next free buffer (cut to [`SLOT_SIZE`],
     /// and marked truncated if it was longer); false when the batch is full.
     pub fn push_copy(&mut self, from: SocketAddr, bytes: &[u8]) -> bool {
-        let i = self.count;
+        let i = self.entries.count;
         if i >= BATCH {
             return false;
         }
         let n = bytes.len().min(SLOT_SIZE);
         self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
-        self.push_entry(i * SLOT_SIZE, n, from, n < bytes.len())
+        self.entries.push(i * SLOT_SIZE, n, from, n < bytes.len())
     }
 
     /// Fills the batch from a test or an in-memory source: `(from, bytes)` pairs, at most
     /// [`BATCH`], each cut to [`SLOT_SIZE`].
     pub fn fill_from<'a>(&mut self, datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) {
-        self.count = 0;
+        self.entries.count = 0;
         for (from, bytes) in datagrams.into_iter().take(BATCH) {
             self.push_copy(from, bytes);
         }
@@ -331,6 +343,54 @@ impl MmsgSocket {
         n
     }
 
+    /// Receives into `N` buffers of `slot_size` bytes of the batch's storage, listing every
+    /// datagram (each of a GRO train apart).
+    fn recv_into<const N: usize>(
+        &mut self,
+        batch: &mut RxBatch,
+        slot_size: usize,
+    ) -> io::Result<usize> {
+        let entries = &mut batch.entries;
+        entries.count = 0;
+        let mut chunks = batch.storage.chunks_exact_mut(slot_size);
+        let mut slots: [Slot<'_>; N] = std::array::from_fn(|_| Slot {
+            buf: chunks.next().unwrap_or_default(),
+            len: 0,
+            addr: NO_ADDR,
+            truncated: false,
+            segment: None,
+        });
+        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        for (i, s) in slots[..n].iter().enumerate() {
+            let base = i * slot_size;
+            let from = canonical(s.addr);
+            match s.segment.map(usize::from) {
+                // A GRO train: every segment but the last is `size` bytes.
+                Some(size) if size > 0 && s.len > size => {
+                    self.gro_trains += 1;
+                    let mut at = 0;
+                    while at < s.len {
+                        let end = (at + size).min(s.len);
+                        let last = end == s.len;
+                        if !entries.push(base + at, end - at, from, last && s.truncated) {
+                            break;
+                        }
+                        at = end;
+                    }
+                }
+                _ => {
+                    entries.push(base, s.len.min(slot_size), from, s.truncated);
+                }
+            }
+        }
+        Ok(entries.count)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
@@ -360,53 +420,14 @@ fn wire_destination(dual_stack: bool, to: SocketAddr) -> SocketAddr {
 
 impl BatchIo for MmsgSocket {
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
-        batch.count = 0;
-        let slot_size = if self.gro { GRO_SLOT_SIZE } else { SLOT_SIZE };
-        let mut slots: [Slot<'_>; BATCH] = {
-            let mut chunks = batch.storage.chunks_exact_mut(slot_size);
-            std::array::from_fn(|_| Slot {
-                buf: chunks.next().unwrap_or_default(),
-                len: 0,
-                addr: NO_ADDR,
-                truncated: false,
-                segment: None,
-            })
-        };
-        let wanted = if self.gro { GRO_SLOTS } else { BATCH };
-        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots[..wanted]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(e),
-        };
-        let received: [(usize, SocketAddr, bool, Option<u16>); BATCH] = std::array::from_fn(|i| {
-            slots.get(i).map_or((0, NO_ADDR, false, None), |s| {
-                (s.len, s.addr, s.truncated, s.segment)
-            })
-        });
-        for (i, &(len, addr, truncated, segment)) in received[..n].iter().enumerate() {
-            let base = i * slot_size;
-            let from = canonical(addr);
-            match segment.map(usize::from) {
-                // A GRO train: every segment but the last is `size` bytes.
-                Some(size) if size > 0 && len > size => {
-                    self.gro_trains += 1;
-                    let mut at = 0;
-                    while at < len {
-                        let end = (at + size).min(len);
-                        let last = end == len;
-                        if !batch.push_entry(base + at, end - at, from, last && truncated) {
-                            break;
-                        }
-                        at = end;
-                    }
-                }
-                _ => {
-                    batch.push_entry(base, len.min(slot_size), from, truncated);
-                }
+        if self.gro {
+            if batch.storage.len() < GRO_SLOTS * GRO_SLOT_SIZE {
+                batch.storage.resize(GRO_SLOTS * GRO_SLOT_SIZE, 0);
             }
+            self.recv_into::<GRO_SLOTS>(batch, GRO_SLOT_SIZE)
+        } else {
+            self.recv_into::<BATCH>(batch, SLOT_SIZE)
         }
-        Ok(batch.count)
     }
 
     fn send(&mut self, batch: &mut TxBatch) -> usize {
@@ -641,6 +662,39 @@ mod tests {
         } else {
             eprintln!("UDP GRO unavailable on this kernel: checked the plain path only");
         }
+    }
+
+    #[test]
+    fn one_gro_receive_takes_several_trains() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let to_b = b.local_addr().unwrap();
+        let mut a = MmsgSocket::new(a).unwrap();
+        let mut b = MmsgSocket::new(b).unwrap();
+        if !b.enable_gro() {
+            eprintln!("skipped: UDP GRO unavailable on this kernel");
+            return;
+        }
+        // Six trains of three, each its own GSO send: all waiting before the receive.
+        let mut tx = TxBatch::default();
+        for train in 0..6u8 {
+            for k in 0..3u8 {
+                assert!(tx.push(to_b, &[train * 3 + k; 500]));
+            }
+            assert_eq!(a.send(&mut tx), 0);
+        }
+        let mut rx = RxBatch::default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut n = 0;
+        while n == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            n = b.recv(&mut rx).unwrap();
+        }
+        // Loopback delivers sends in order and whole: one receive takes every train.
+        assert_eq!(n, 18);
+        assert_eq!(b.gro_trains(), 6);
+        let firsts: Vec<u8> = (0..n).map(|i| rx.get_mut(i).unwrap().2[0]).collect();
+        assert_eq!(firsts, (0..18).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
 /// Fills `slots` from `fd` with one `recvmmsg(MSG_DONTWAIT)`. Returns how many were filled;
 /// `WouldBlock` when none was waiting.
 pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
-    // The message headers are zeroed for every call: a few slots (UDP GRO receives into two
+    // The message headers are zeroed for every call: a few slots (UDP GRO receives into a few
     // large buffers) take small arrays, instead of clearing room for a whole batch.
     if slots.len() <= FEW_SLOTS {
         recv_batch_in::<FEW_SLOTS>(fd, slots)
@@ -67,7 +67,7 @@ pub fn recv_batch(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
 }
 
 /// Slots up to which [`recv_batch`] uses small header arrays.
-const FEW_SLOTS: usize = 4;
+pub(crate) const FEW_SLOTS: usize = 8;
 
 /// [`recv_batch`] with header arrays for `N` messages.
 fn recv_batch_in<const N: usize>(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Result<usize> {
@@ -369,14 +369,21 @@ impl Epoll {
         ready.clear();
         // SAFETY: all-zero bytes are a valid epoll_event.
         let mut events: [libc::epoll_event; EPOLL_EVENTS] = unsafe { zeroed() };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `events` is a writable array of EPOLL_EVENTS entries that outlives the call.
+        // Nanosecond timeouts (`epoll_pwait2`, Linux 5.11): a millisecond rounding would wake
+        // early and spin, or late.
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: `events` is a writable array of EPOLL_EVENTS entries and `timeout` a valid
+        // timespec, both outliving the call; a null signal mask leaves the mask alone.
         let n = unsafe {
-            libc::epoll_wait(
+            libc::epoll_pwait2(
                 self.fd.as_raw_fd(),
                 events.as_mut_ptr(),
                 EPOLL_EVENTS as libc::c_int,
-                ms,
+                &timeout,
+                std::ptr::null(),
             )
         };
         if n < 0 {

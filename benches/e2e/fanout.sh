@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end fanout benchmark: one publisher at BITRATE kbit/s to N subscribers, server pinned to
 # core 0 (one worker), updraft-loadgen pinned to core 1, on loopback. Prints one Markdown table
-# row per run: delivery, loss, end-to-end latency percentiles and the server's CPU use while the
-# stream runs (from /proc/PID/stat, all threads).
+# row per run: delivery, loss, end-to-end latency percentiles and the server's and the loadgen's
+# CPU use while the stream runs (from /proc/PID/stat, all threads). The loadgen sleeps when it has
+# nothing to do, so a loadgen near 1.00 is the bottleneck, not the server.
 #
 # usage: benches/e2e/fanout.sh [N...]            (default N: 500 1000 2000)
 # environment:
@@ -10,6 +11,8 @@
 #                   seven datagrams; 1100 makes one datagram per message)
 #   BITRATE=2000    kbit/s
 #   DURATION=8      seconds of streaming
+#   KEYFRAME=2      seconds between key frames (a subscriber the server cut back to whole groups
+#                   of pictures resumes at the next one)
 #   SOCKETS=8       loadgen UDP sockets; "session" for one socket per session (N + 1), which
 #                   servers keeping one session per address (rtmfp-cpp) need
 #   DH_GROUPS=2        Diffie-Hellman groups the loadgen offers (rtmfp-cpp wants 14)
@@ -28,6 +31,7 @@ BIN=${BIN:-target/release}
 SIZE=${SIZE:-8000}
 BITRATE=${BITRATE:-2000}
 DURATION=${DURATION:-8}
+KEYFRAME=${KEYFRAME:-2}
 SOCKETS=${SOCKETS:-8}
 DH_GROUPS=${DH_GROUPS:-2}
 RUNS=("$@")
@@ -54,7 +58,7 @@ run() {
     [ "$sockets" = session ] && sockets=$((n + 1))
     taskset -c 1 "$BIN/updraft-loadgen" fanout --server "127.0.0.1:$port" --subscribers "$n" \
         --sockets "$sockets" --groups "$DH_GROUPS" --bitrate "$BITRATE" --size "$SIZE" \
-        --duration "$DURATION" --app live --stream "bench$n" --json "$WORK/report.json" \
+        --duration "$DURATION" --keyframe "$KEYFRAME" --app live --stream "bench$n" --json "$WORK/report.json" \
         > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
     local loadgen=$!
     # Measure the server from one second after the stream starts to one second before it ends.
@@ -64,14 +68,17 @@ run() {
         waited=$((waited + 1))
         if ! kill -0 "$loadgen" 2>/dev/null || [ $waited -gt 1200 ]; then break; fi
     done
-    local window=$((DURATION - 2)) cpu="n/a"
+    local window=$((DURATION - 2)) cpu="n/a" lcpu="n/a"
     if [ $window -gt 0 ] && kill -0 "$loadgen" 2>/dev/null; then
         sleep 1
-        local t0 t1
+        local t0 t1 l0 l1
         t0=$(ticks "$server")
+        l0=$(ticks "$loadgen")
         sleep "$window"
         t1=$(ticks "$server")
+        l1=$(ticks "$loadgen")
         cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$TICK" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w }')
+        lcpu=$(awk -v a="$l0" -v b="$l1" -v hz="$TICK" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w }')
     fi
     wait "$loadgen" || true
     kill -TERM "$server" 2>/dev/null || true
@@ -79,25 +86,25 @@ run() {
     kill -KILL "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
     if [ -s "$WORK/report.json" ]; then
-        python3 - "$name" "$n" "$cpu" "$WORK/report.json" <<'EOF'
+        python3 - "$name" "$n" "$cpu" "$lcpu" "$WORK/report.json" <<'EOF'
 import json, sys
-name, n, cpu, path = sys.argv[1:5]
+name, n, cpu, lcpu, path = sys.argv[1:6]
 r = json.load(open(path))
 lat = r.get("latency_ms", {})
 lost = r["lost"] / r["expected"] * 100 if r["expected"] else 0
 print(f"| {name} | {n} | {r['delivered']:,} of {r['expected']:,} | {lost:.2f}% | "
       f"{lat.get('p50', 0):.1f} | {lat.get('p99', 0):.1f} | {lat.get('p99.9', 0):.1f} | "
-      f"{r['packets_in_per_s']:,.0f} | {cpu} |")
+      f"{r['packets_in_per_s']:,.0f} | {cpu} | {lcpu} |")
 EOF
     else
-        echo "| $name | $n | failed: $(tail -1 "$WORK/loadgen.err") | | | | | | $cpu |"
+        echo "| $name | $n | failed: $(tail -1 "$WORK/loadgen.err") | | | | | | $cpu | $lcpu |"
     fi
     rm -f "$WORK/report.json"
 }
 
-echo "fanout: size $SIZE B, $BITRATE kbit/s, $DURATION s, sockets $SOCKETS, DH groups $DH_GROUPS, $(date -u +%FT%TZ)"
-echo "| server | subscribers | delivered | lost | p50 ms | p99 ms | p99.9 ms | loadgen packets in/s | server CPUs |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "fanout: size $SIZE B, $BITRATE kbit/s, $DURATION s, key frame every $KEYFRAME s, sockets $SOCKETS, DH groups $DH_GROUPS, $(date -u +%FT%TZ)"
+echo "| server | subscribers | delivered | lost | p50 ms | p99 ms | p99.9 ms | loadgen packets in/s | server CPUs | loadgen CPUs |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for n in "${RUNS[@]}"; do
     port=$((20000 + RANDOM % 20000))
     run updraft "$n" "$port" "$BIN/updraft" --config "$WORK/updraft.ini" --port "$port" \

@@ -15,16 +15,18 @@ const USAGE: &str = "usage:
                           [--app APP] [--groups G]
   updraft-loadgen fanout  --server ADDR:PORT [--subscribers N] [--bitrate KBPS] [--size BYTES]
                           [--duration SECONDS] [--app APP] [--stream NAME] [--sockets N]
-                          [--groups G] [--threads N] [--cores LIST]
+                          [--groups G] [--threads N] [--cores LIST] [--keyframe SECONDS]
   updraft-loadgen publish --server ADDR:PORT [--publishers N] [--viewers N] [--bitrate KBPS]
                           [--size BYTES] [--duration SECONDS] [--app APP] [--stream PREFIX]
                           [--sockets N] [--groups G] [--threads N] [--cores LIST]
+                          [--keyframe SECONDS]
   updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
                           [--duration SECONDS] [--app APP] [--groups G]
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
                           [--app APP] [--groups G]
   updraft-loadgen selftest [--duration SECONDS] [--size BYTES]
                           (this machine's send and receive ceiling for the loadgen itself)
+--keyframe SECONDS: time between key frames (default 2; 0: the first message only)
 --threads N: drive the sockets from N threads, pinned in turn to --cores (default: the cores
   this process may use)
 every scenario: [--json FILE] (summary) [--plot FILE.svg] (throughput and latency over time)
@@ -153,7 +155,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
             let publish = scenario == "publish";
             let mut known = vec![
                 "server", "bitrate", "size", "duration", "app", "stream", "sockets", "groups",
-                "threads", "cores", "xdp",
+                "threads", "cores", "xdp", "keyframe",
             ];
             known.extend(if publish {
                 ["publishers", "viewers"].as_slice()
@@ -183,6 +185,7 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                 bitrate_kbps: flags.get("bitrate", Some(2000)).map_err(bad)?,
                 size: flags.get("size", Some(1200)).map_err(bad)?,
                 duration: seconds(&flags, "duration", 10.0).map_err(bad)?,
+                keyframe_interval: seconds(&flags, "keyframe", 2.0).map_err(bad)?,
                 app: flags.get("app", Some("live".to_string())).map_err(bad)?,
                 stream: flags
                     .get("stream", Some("loadgen".to_string()))

@@ -171,6 +171,9 @@ pub struct FanoutArgs {
     pub size: usize,
     /// How long the publisher sends.
     pub duration: Duration,
+    /// Time between key frames (a group of pictures); zero for the first message only. A
+    /// subscriber whose video the server drops (it fell behind) resumes at the next one.
+    pub keyframe_interval: Duration,
     /// The application path.
     pub app: String,
     /// The stream name.
@@ -186,13 +189,36 @@ pub struct FanoutArgs {
 
 /// The header of a fanout media payload: FLV video byte, AVC packet type, composition time.
 const VIDEO_INTER: [u8; 5] = [0x27, 0x01, 0, 0, 0];
-/// The same for a key frame (the first message, so subscribers start at once).
+/// The same for a key frame (the first message, so subscribers start at once, then one every
+/// [`FanoutArgs::keyframe_interval`]).
 const VIDEO_KEY: [u8; 5] = [0x17, 0x01, 0, 0, 0];
 /// Payload bytes before the padding: the header, a sequence number, a send time and the
 /// stream's index.
 const PAYLOAD_HEAD: usize = 5 + 8 + 8 + 4;
 /// Lifetime of fanout messages (video).
 const LIFETIME: Duration = Duration::from_secs(3);
+
+/// Messages per group of pictures (a key frame, then inter frames) when one is sent every
+/// `interval` and a key frame every `keyframe_interval` (zero: never again after the first).
+fn gop_length(keyframe_interval: Duration, interval: Duration) -> u64 {
+    if keyframe_interval.is_zero() || interval.is_zero() {
+        return u64::MAX;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = (keyframe_interval.as_secs_f64() / interval.as_secs_f64())
+        .round()
+        .max(1.0) as u64;
+    n
+}
+
+/// The video header of message `seq` in groups of `gop` messages.
+fn video_header(seq: u64, gop: u64) -> &'static [u8; 5] {
+    if seq.is_multiple_of(gop) {
+        &VIDEO_KEY
+    } else {
+        &VIDEO_INTER
+    }
+}
 
 fn wait(
     d: &mut Driver,
@@ -403,6 +429,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
     let ticks = (args.duration.as_secs_f64() / interval.as_secs_f64())
         .ceil()
         .max(1.0) as u64;
+    let gop = gop_length(args.keyframe_interval, interval);
     let name = if args.streams > 1 {
         "publish"
     } else {
@@ -444,6 +471,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<Report, LoadError> {
         start: WallInstant::now(),
         interval,
         ticks,
+        gop,
         size,
         name,
         counters: &counters,
@@ -513,6 +541,8 @@ struct Plan<'a> {
     interval: Duration,
     /// Messages each publisher sends.
     ticks: u64,
+    /// Messages per group of pictures: every `gop`-th is a key frame.
+    gop: u64,
     size: usize,
     name: &'static str,
     counters: &'a [PartCounters],
@@ -644,7 +674,7 @@ impl Part {
                 payload[0] = 0x09;
                 let ts = u32::try_from(plan.start.elapsed().as_millis()).unwrap_or(u32::MAX);
                 payload[1..5].copy_from_slice(&ts.to_be_bytes());
-                payload[5..10].copy_from_slice(if seq == 0 { &VIDEO_KEY } else { &VIDEO_INTER });
+                payload[5..10].copy_from_slice(video_header(seq, plan.gop));
                 payload[10..18].copy_from_slice(&seq.to_be_bytes());
                 payload[18..26].copy_from_slice(&now.as_micros().to_be_bytes());
                 for &(k, h, f, stream) in &publishers {
@@ -654,18 +684,17 @@ impl Part {
                 seq += 1;
                 next += plan.interval;
             }
-            fleet.step(&mut on_message);
+            fleet.step(&mut on_message, next);
             sample(&mut report, &fleet);
         }
         let expected = plan.ticks * subs.len() as u64;
         let drain = WallInstant::now() + DRAIN;
         while WallInstant::now() < drain {
-            fleet.step(&mut on_message);
+            fleet.step(&mut on_message, WallInstant::now() + SWEEP);
             sample(&mut report, &fleet);
             if received.get() >= expected {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(200));
         }
         report.finish_progress();
         report.elapsed = plan.start.elapsed();
@@ -729,10 +758,8 @@ impl Seen {
 /// What a fanout does with a received message: (driver, session, message, receive time).
 type OnMessage<'a> = dyn FnMut(usize, u32, &[u8], rtmfp::time::Instant) + 'a;
 
-/// Drivers up to which every turn steps them all; above it, only those with datagrams waiting
-/// (and the publisher's) are stepped, and all of them every [`SWEEP`].
-const STEP_ALL_UP_TO: usize = 16;
-/// How often every driver is stepped, for its timers (delayed acknowledgements, keepalives).
+/// How often every driver is stepped, for its timers (delayed acknowledgements, keepalives);
+/// between sweeps only the drivers with datagrams waiting (and the publisher's) are.
 const SWEEP: Duration = Duration::from_millis(5);
 
 /// The drivers of a fanout and what it takes to step only the busy ones.
@@ -761,17 +788,22 @@ impl Fleet {
     }
 
     /// One turn: the publisher's driver, those with datagrams waiting, and every driver once
-    /// per [`SWEEP`]; receive times are moved onto the first driver's clock.
-    fn step(&mut self, on_message: &mut OnMessage<'_>) {
-        let sweep = self.drivers.len() <= STEP_ALL_UP_TO || self.last_sweep.elapsed() >= SWEEP;
-        if sweep {
+    /// per [`SWEEP`]; receive times are moved onto the first driver's clock. When no datagram
+    /// waits, it sleeps until one arrives, `until` (the next message to publish) or the next
+    /// sweep, so that the loadgen's CPU time says how loaded it is.
+    fn step(&mut self, on_message: &mut OnMessage<'_>, until: WallInstant) {
+        let since_sweep = self.last_sweep.elapsed();
+        if since_sweep >= SWEEP {
             self.last_sweep = WallInstant::now();
             for k in 0..self.drivers.len() {
                 self.step_one(k, on_message);
             }
             return;
         }
-        if self.epoll.wait(&mut self.ready, Duration::ZERO).is_err() {
+        let wait = until
+            .saturating_duration_since(WallInstant::now())
+            .min(SWEEP - since_sweep);
+        if self.epoll.wait(&mut self.ready, wait).is_err() {
             self.ready.clear();
         }
         self.step_one(0, on_message);
@@ -1140,5 +1172,29 @@ fn totals(d: &Driver, done: u64) -> Totals {
         packets_out: d.packets_out,
         packets_in: d.packets_in,
         done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_frame_starts_every_group_of_pictures() {
+        // 2 Mbit/s of 1100-byte messages: one every 4.4 ms, so 455 per 2 s.
+        let interval = Duration::from_secs_f64(1100.0 * 8.0 / 2_000_000.0);
+        let gop = gop_length(Duration::from_secs(2), interval);
+        assert_eq!(gop, 455);
+        let keys: Vec<u64> = (0..2000)
+            .filter(|&seq| video_header(seq, gop) == &VIDEO_KEY)
+            .collect();
+        assert_eq!(keys, [0, 455, 910, 1365, 1820]);
+        // Zero: the first message only.
+        let never = gop_length(Duration::ZERO, interval);
+        assert_eq!(video_header(0, never), &VIDEO_KEY);
+        assert!((1..100_000).all(|seq| video_header(seq, never) == &VIDEO_INTER));
+        // A key frame interval shorter than one message: every message is one.
+        let all = gop_length(Duration::from_millis(1), interval);
+        assert!((0..100).all(|seq| video_header(seq, all) == &VIDEO_KEY));
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
 use crate::counters::WorkerCounters;
-use crate::sys::{self, Slot};
+use crate::sys::{self, Run, Slot};
 
 /// Bytes per datagram buffer. RTMFP packets fit an Ethernet MTU (RFC 7016 §3.5.3.2 keeps
 /// session packets small); a longer datagram is received truncated and dropped as malformed.
@@ -297,27 +297,22 @@ impl MmsgSocket {
         self.gso_sends
     }
 
-    /// Sends `list[..]` with `sendmmsg`; answers how many were dropped.
-    fn send_plain(&self, list: &[(&[u8], SocketAddr)]) -> usize {
-        let mut done = 0;
-        let mut dropped = 0;
-        while done < list.len() {
-            match sys::send_batch(self.socket.as_raw_fd(), &list[done..]) {
-                Ok(0) => {
-                    dropped += list.len() - done;
-                    break;
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // The first datagram failed (unreachable destination, no route): skip it.
-                    tracing::debug!(to = %list[done].1, error = %e, "send failed");
-                    dropped += 1;
-                    done += 1;
-                }
-            }
+    /// Splits `list[from..]` into runs (GSO trains while GSO is on, single datagrams
+    /// otherwise) in `runs`; answers how many.
+    fn plan_runs(&self, list: &[(&[u8], SocketAddr)], from: usize, runs: &mut [Run]) -> usize {
+        let mut n = 0;
+        let mut i = from;
+        while i < list.len() && n < runs.len() {
+            let count = if self.gso {
+                Self::gso_run(&list[i..])
+            } else {
+                1
+            };
+            runs[n] = Run { first: i, count };
+            n += 1;
+            i += count;
         }
-        dropped
+        n
     }
 
     /// Length of the GSO run starting at `list[0]`: datagrams to the same destination, all of
@@ -435,50 +430,51 @@ impl BatchIo for MmsgSocket {
         for (slot, (to, bytes)) in list.iter_mut().zip(batch.iter()) {
             *slot = (bytes, wire_destination(self.dual_stack, to));
         }
-        let total = batch.count;
-        let list = &list[..total];
+        let list = &list[..batch.count];
+        // Runs of datagrams to one destination go as GSO trains, everything in one sendmmsg.
+        let mut runs = [Run { first: 0, count: 0 }; BATCH];
+        let mut n_runs = self.plan_runs(list, 0, &mut runs);
+        let mut done = 0;
         let mut dropped = 0;
-        // Datagrams not sent by GSO go out together with sendmmsg, in order.
-        let mut plain_from = 0;
-        let mut i = 0;
-        while i < total {
-            let run = if self.gso {
-                Self::gso_run(&list[i..])
-            } else {
-                1
-            };
-            if run < 2 {
-                i += 1;
-                continue;
-            }
-            dropped += self.send_plain(&list[plain_from..i]);
-            let mut segments: [&[u8]; sys::MAX_GSO_SEGMENTS] = [&[]; sys::MAX_GSO_SEGMENTS];
-            for (s, d) in segments.iter_mut().zip(&list[i..i + run]) {
-                *s = d.0;
-            }
-            let size = u16::try_from(list[i].0.len()).unwrap_or(u16::MAX);
-            match sys::send_gso(self.socket.as_raw_fd(), &segments[..run], size, list[i].1) {
-                Ok(_) => {
-                    self.gso_sends += 1;
-                    self.gso_datagrams += run as u64;
+        while done < n_runs {
+            match sys::send_runs(self.socket.as_raw_fd(), list, &runs[done..n_runs]) {
+                Ok(0) => {
+                    dropped += runs[done..n_runs].iter().map(|r| r.count).sum::<usize>();
+                    break;
                 }
+                Ok(n) => {
+                    for r in &runs[done..done + n] {
+                        if r.count > 1 {
+                            self.gso_sends += 1;
+                            self.gso_datagrams += r.count as u64;
+                        }
+                    }
+                    done += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // Only "not supported here" turns GSO off for good; a firewall or routing
-                    // error concerns this destination alone.
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EIO | libc::ENOPROTOOPT)
-                    ) {
+                    let failed = runs[done];
+                    // Only "not supported here" turns GSO off for good (and the rest goes
+                    // again datagram by datagram); a firewall or routing error concerns this
+                    // destination alone, which is skipped.
+                    if failed.count > 1
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EIO | libc::ENOPROTOOPT)
+                        )
+                    {
                         tracing::info!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
                         self.gso = false;
+                        n_runs = self.plan_runs(list, failed.first, &mut runs);
+                        done = 0;
+                    } else {
+                        tracing::debug!(to = %list[failed.first].1, error = %e, "send failed");
+                        dropped += failed.count;
+                        done += 1;
                     }
-                    dropped += self.send_plain(&list[i..i + run]);
                 }
             }
-            i += run;
-            plain_from = i;
         }
-        dropped += self.send_plain(&list[plain_from..]);
         batch.clear();
         dropped
     }

@@ -141,10 +141,38 @@ fn gro_segment(msg: &libc::msghdr) -> Option<u16> {
     None
 }
 
-/// Sends `slots` (each `buf` is one whole datagram to `addr`) with `sendmmsg`. Returns how
-/// many the kernel took; `WouldBlock` when the socket buffer is full.
-pub fn send_batch(fd: RawFd, slots: &[(&[u8], SocketAddr)]) -> io::Result<usize> {
-    let n = slots.len().min(MAX_BATCH);
+/// One message of a [`send_runs`] call: `count` datagrams of the list from `first` on, all to
+/// the first one's destination. Two or more go as one UDP GSO train (Linux `UDP_SEGMENT`,
+/// kernel 4.18+), which the kernel splits into one datagram per segment: every datagram but the
+/// last must then be as long as the first, and the last no longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Index of the run's first datagram in the list.
+    pub first: usize,
+    /// Datagrams in the run: 1 to [`MAX_GSO_SEGMENTS`].
+    pub count: usize,
+}
+
+/// Sends `runs` of `list` (each entry one whole datagram and its destination) with one
+/// `sendmmsg`: single datagrams and GSO trains together, so that a batch of trains (one per
+/// subscriber of a video frame) costs one system call. At most [`MAX_BATCH`] runs and
+/// [`MAX_BATCH`] datagrams per call; returns how many runs the kernel took, the first ones.
+/// An error is the first run's (`WouldBlock` when the socket buffer is full).
+pub fn send_runs(fd: RawFd, list: &[(&[u8], SocketAddr)], runs: &[Run]) -> io::Result<usize> {
+    // Runs past the datagram limit, or naming datagrams outside `list`, wait for another call.
+    let mut n = 0;
+    let mut datagrams = 0;
+    for r in runs.iter().take(MAX_BATCH) {
+        if r.count == 0
+            || r.count > MAX_GSO_SEGMENTS
+            || r.first + r.count > list.len()
+            || datagrams + r.count > MAX_BATCH
+        {
+            break;
+        }
+        datagrams += r.count;
+        n += 1;
+    }
     if n == 0 {
         return Ok(0);
     }
@@ -154,18 +182,46 @@ pub fn send_batch(fd: RawFd, slots: &[(&[u8], SocketAddr)]) -> io::Result<usize>
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
-    for i in 0..n {
-        let (buf, addr) = slots[i];
-        let name_len = to_storage(addr, &mut names[i]);
-        iovs[i].iov_base = buf.as_ptr() as *mut libc::c_void;
-        iovs[i].iov_len = buf.len();
-        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = name_len;
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
+    // Room for one control message holding a u16 per run, 8-byte aligned.
+    let mut controls = [[0u64; GSO_CONTROL_WORDS]; MAX_BATCH];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    debug_assert!(space <= size_of::<[u64; GSO_CONTROL_WORDS]>());
+    let mut next_iov = 0;
+    for (k, r) in runs[..n].iter().enumerate() {
+        let to = list[r.first].1;
+        for (iov, &(buf, _)) in iovs[next_iov..next_iov + r.count]
+            .iter_mut()
+            .zip(&list[r.first..r.first + r.count])
+        {
+            iov.iov_base = buf.as_ptr() as *mut libc::c_void;
+            iov.iov_len = buf.len();
+        }
+        let name_len = to_storage(to, &mut names[k]);
+        let msg = &mut hdrs[k].msg_hdr;
+        msg.msg_name = (&mut names[k] as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = name_len;
+        msg.msg_iov = &mut iovs[next_iov];
+        msg.msg_iovlen = r.count;
+        next_iov += r.count;
+        if r.count > 1 {
+            let segment = u16::try_from(list[r.first].0.len()).unwrap_or(u16::MAX);
+            msg.msg_control = controls[k].as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            // SAFETY: `msg` points at a control buffer of `space` bytes, enough for one header
+            // and a u16 (CMSG_SPACE); CMSG_FIRSTHDR is therefore non-null and CMSG_DATA inside
+            // the buffer.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(msg);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+            }
+        }
     }
-    // SAFETY: `hdrs[..n]` point at `iovs` and `names`, which outlive the call; the kernel only
-    // reads the buffers (`iov_base` is cast from a shared slice and never written).
+    // SAFETY: `hdrs[..n]` point at `iovs`, `names` and `controls`, which outlive the call; the
+    // kernel only reads the buffers (`iov_base` is cast from a shared slice and never written).
     let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
@@ -173,55 +229,8 @@ pub fn send_batch(fd: RawFd, slots: &[(&[u8], SocketAddr)]) -> io::Result<usize>
     Ok(sent as usize)
 }
 
-/// Sends `segments` to `to` as one UDP GSO super-datagram (Linux `UDP_SEGMENT`, kernel 4.18+):
-/// the kernel splits it into one datagram per segment. Every segment but the last must be
-/// `segment_size` bytes long; the last may be shorter. At most [`MAX_GSO_SEGMENTS`].
-pub fn send_gso(
-    fd: RawFd,
-    segments: &[&[u8]],
-    segment_size: u16,
-    to: SocketAddr,
-) -> io::Result<usize> {
-    let n = segments.len().min(MAX_GSO_SEGMENTS);
-    // SAFETY: all-zero bytes are a valid value for these plain C structs.
-    let mut iovs: [libc::iovec; MAX_GSO_SEGMENTS] = unsafe { zeroed() };
-    for (iov, seg) in iovs.iter_mut().zip(&segments[..n]) {
-        iov.iov_base = seg.as_ptr() as *mut libc::c_void;
-        iov.iov_len = seg.len();
-    }
-    // SAFETY: as above.
-    let mut name: libc::sockaddr_storage = unsafe { zeroed() };
-    let name_len = to_storage(to, &mut name);
-    // Room for one control message holding a u16, 8-byte aligned.
-    let mut control = [0u64; 4];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-    debug_assert!(space <= size_of::<[u64; 4]>());
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = name_len;
-    msg.msg_iov = iovs.as_mut_ptr();
-    msg.msg_iovlen = n;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: `msg` points at a control buffer of `space` bytes, enough for one header and a
-    // u16 (CMSG_SPACE); CMSG_FIRSTHDR is therefore non-null and CMSG_DATA inside the buffer.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size);
-    }
-    // SAFETY: every pointer in `msg` refers to locals or borrowed slices that outlive the call;
-    // the kernel only reads them.
-    let sent = unsafe { libc::sendmsg(fd, &msg, 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n)
-}
+/// 8-byte words of control buffer per GSO message: a `cmsghdr` and its u16.
+const GSO_CONTROL_WORDS: usize = 4;
 
 /// Most segments in one GSO send (the kernel's limit is 64, `UDP_MAX_SEGMENTS`).
 pub const MAX_GSO_SEGMENTS: usize = 64;
@@ -549,7 +558,8 @@ mod tests {
         let to = b.local_addr().unwrap();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
         let batch: Vec<(&[u8], SocketAddr)> = payloads.iter().map(|p| (&p[..], to)).collect();
-        assert_eq!(send_batch(a.as_raw_fd(), &batch).unwrap(), 10);
+        let runs: Vec<Run> = (0..10).map(|first| Run { first, count: 1 }).collect();
+        assert_eq!(send_runs(a.as_raw_fd(), &batch, &runs).unwrap(), 10);
         let mut bufs = vec![[0u8; 256]; 16];
         let mut got = 0;
         let mut ready = [false];
@@ -613,23 +623,53 @@ mod tests {
     }
 
     #[test]
-    fn gso_sends_one_datagram_per_segment() {
+    fn one_call_sends_gso_trains_and_single_datagrams_together() {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let segs: Vec<Vec<u8>> = (0..5u8)
-            .map(|i| vec![i; if i == 4 { 300 } else { 1000 }])
-            .collect();
-        let refs: Vec<&[u8]> = segs.iter().map(|s| &s[..]).collect();
-        assert_eq!(
-            send_gso(a.as_raw_fd(), &refs, 1000, b.local_addr().unwrap()).unwrap(),
-            5
-        );
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        // To b: a train of 4 × 1000 + 300; to c: one datagram; to b again: a train of 3 × 500.
+        let data: Vec<(Vec<u8>, SocketAddr)> = [
+            (1000, to_b),
+            (1000, to_b),
+            (1000, to_b),
+            (1000, to_b),
+            (300, to_b),
+            (77, to_c),
+            (500, to_b),
+            (500, to_b),
+            (500, to_b),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, to))| (vec![i as u8; n], to))
+        .collect();
+        let list: Vec<(&[u8], SocketAddr)> = data.iter().map(|(d, to)| (&d[..], *to)).collect();
+        let runs = [
+            Run { first: 0, count: 5 },
+            Run { first: 5, count: 1 },
+            Run { first: 6, count: 3 },
+        ];
+        assert_eq!(send_runs(a.as_raw_fd(), &list, &runs).unwrap(), 3);
         b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0u8; 2048];
-        for (i, seg) in segs.iter().enumerate() {
-            let (n, _) = b.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &seg[..], "segment {i}");
+        for i in [0, 1, 2, 3, 4, 6, 7, 8] {
+            let (n, from) = b.recv_from(&mut buf).unwrap();
+            assert_eq!(from, a.local_addr().unwrap());
+            assert_eq!(&buf[..n], &data[i].0[..], "datagram {i}");
         }
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &data[5].0[..]);
+        // Runs beyond the list, or empty, are not sent.
+        assert_eq!(
+            send_runs(a.as_raw_fd(), &list, &[Run { first: 8, count: 2 }]).unwrap(),
+            0
+        );
+        assert_eq!(
+            send_runs(a.as_raw_fd(), &list, &[Run { first: 0, count: 0 }]).unwrap(),
+            0
+        );
     }
 
     #[test]

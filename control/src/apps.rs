@@ -144,6 +144,12 @@ pub trait Applications: Send {
     fn qos(&mut self, _client: &ClientInfo<'_>, _name: &str, _qos: &QosEntry) {}
     /// The periodic manage tick (every [`MANAGE_PERIOD`]).
     fn manage(&mut self) {}
+    /// A P2P rendezvous looks for `peer_id`, which is not connected here (Cumulus's
+    /// `onRendezVousUnknown`): addresses to redirect the initiator to (other servers, say), or
+    /// none to leave it unanswered.
+    fn rendezvous_unknown(&mut self, _peer_id: &[u8; 32]) -> Vec<SocketAddr> {
+        Vec::new()
+    }
     /// What the applications asked for since the last call.
     fn take_actions(&mut self) -> Vec<AppAction> {
         Vec::new()

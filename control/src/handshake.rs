@@ -16,13 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmfp::crypto::{PacketDecoder, PacketEncoder};
-use rtmfp::endpoint::{cookie_change_packet, startup_packet, FLASH_SIGNATURE};
+use rtmfp::endpoint::{cookie_change_packet, startup_packet, startup_packet_with, FLASH_SIGNATURE};
 use rtmfp::ids::SessionId;
+use rtmfp::params::REDIRECT_THRESHOLD;
 use rtmfp::startup::responder::{
     Accepted, HelloDisposition, KeyingDisposition, KeyingError, KeyingRequest, Responder,
 };
 use rtmfp::time::Instant;
-use rtmfp::wire::{Chunk, ChunkIter, Mode, PacketHeader, RHello, RIKeying, Reader};
+use rtmfp::wire::{
+    Address, Chunk, ChunkIter, Mode, PacketHeader, RHello, RIKeying, Reader, Redirect,
+};
 use sha2::{Digest, Sha256};
 
 use crate::ipc::SessionSecrets;
@@ -66,8 +69,13 @@ pub struct HandshakeStats {
     pub ihello: u64,
     /// RHellos sent.
     pub rhello: u64,
-    /// IHellos naming another peer (rendezvous is not served by this build).
+    /// IHellos naming another peer by its peer ID (P2P rendezvous, RFC 7016 §3.5.1.4).
     pub rendezvous: u64,
+    /// Of those, the ones whose peer was connected: a Redirect went to the initiator and a
+    /// Forwarded IHello to the peer.
+    pub introduced: u64,
+    /// Of those, the ones whose peer is not connected here (not answered, as Cumulus does).
+    pub rendezvous_unknown: u64,
     /// Answers withheld because they would exceed [`AMPLIFICATION_FACTOR`].
     pub amplification_refused: u64,
     /// IIKeyings received.
@@ -78,7 +86,7 @@ pub struct HandshakeStats {
     pub failed_cookie: u64,
     /// IIKeyings refused for their certificate, key or crypto options.
     pub failed_keying: u64,
-    /// IIKeyings over the per-address rate.
+    /// IIKeyings and rendezvous requests over the per-address rate.
     pub failed_rate_limited: u64,
     /// IIKeyings refused because the server is full.
     pub failed_max_sessions: u64,
@@ -94,11 +102,13 @@ pub struct HandshakeStats {
 
 impl HandshakeStats {
     /// `(name, value)` of every counter.
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("ihello", self.ihello),
             ("rhello", self.rhello),
             ("rendezvous", self.rendezvous),
+            ("introduced", self.introduced),
+            ("rendezvous_unknown", self.rendezvous_unknown),
             ("amplification_refused", self.amplification_refused),
             ("iikeying", self.iikeying),
             ("cookie_change", self.cookie_change),
@@ -126,6 +136,19 @@ pub enum Action {
     },
     /// Run the Diffie-Hellman step for this request, then call [`Handshakes::complete`].
     Compute(Box<KeyingRequest>),
+    /// An IHello from `from` looks for another peer (RFC 7016 §3.5.1.4): if `peer_id` is
+    /// connected, answer with [`Handshakes::redirect`] and forward the IHello into its session;
+    /// otherwise call [`Handshakes::unknown_peer`].
+    Rendezvous {
+        /// The initiator.
+        from: SocketAddr,
+        /// The peer it looks for.
+        peer_id: [u8; 32],
+        /// The initiator's tag, to echo.
+        tag: Vec<u8>,
+        /// Bytes the answer may take (the datagram's amplification budget that is left).
+        budget: usize,
+    },
 }
 
 /// A keyed session, ready to install.
@@ -199,6 +222,9 @@ pub struct Handshakes {
     decoder: PacketDecoder,
     limits: HandshakeLimits,
     limiter: RateLimiter,
+    /// Rendezvous requests per source address: each makes the server send a Redirect and a
+    /// peer send an RHello to the requester, so a flood of them is cut like one of IIKeyings.
+    rendezvous_limiter: RateLimiter,
     accepted: HashMap<(SocketAddr, u32), Remembered>,
     /// The keys of `accepted`, oldest first, to forget in O(1).
     accepted_order: VecDeque<(Instant, (SocketAddr, u32))>,
@@ -223,6 +249,7 @@ impl Handshakes {
             decoder: PacketDecoder::startup(),
             limits,
             limiter: RateLimiter::new(limits.rate, limits.burst),
+            rendezvous_limiter: RateLimiter::new(limits.rate, limits.burst),
             accepted: HashMap::new(),
             accepted_order: VecDeque::new(),
             pending: HashSet::new(),
@@ -238,6 +265,40 @@ impl Handshakes {
     /// The responder.
     pub fn responder(&self) -> &Arc<Responder> {
         &self.responder
+    }
+
+    /// A Redirect (RFC 7016 §2.3.5) for the initiator at `to` listing `addresses` (at most
+    /// [`REDIRECT_THRESHOLD`]), if it fits `budget` bytes (the amplification limit; a refusal
+    /// is counted).
+    pub fn redirect(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        tag: &[u8],
+        addresses: &[Address],
+        budget: usize,
+    ) -> Option<Vec<u8>> {
+        let addresses = &addresses[..addresses.len().min(REDIRECT_THRESHOLD)];
+        let packet = startup_packet_with(&mut self.encoder, now, 0, |w| {
+            Redirect::emit_with(w, tag, addresses).is_ok()
+        })?;
+        if packet.len() > budget {
+            self.stats.amplification_refused += 1;
+            tracing::debug!(%to, redirect = packet.len(), budget, "Redirect withheld: amplification");
+            return None;
+        }
+        Some(packet)
+    }
+
+    /// Counts an introduction made (a Redirect to the initiator, the IHello forwarded to the
+    /// peer).
+    pub fn introduced(&mut self) {
+        self.stats.introduced += 1;
+    }
+
+    /// Counts a rendezvous for a peer that is not connected here.
+    pub fn unknown_peer(&mut self) {
+        self.stats.rendezvous_unknown += 1;
     }
 
     /// Handles a startup datagram from `from`; `live` is how many sessions exist now.
@@ -318,7 +379,19 @@ impl Handshakes {
                     datagram: p,
                 });
             }
-            HelloDisposition::Rendezvous { .. } => self.stats.rendezvous += 1,
+            HelloDisposition::Rendezvous { peer_id, tag } => {
+                self.stats.rendezvous += 1;
+                if !self.rendezvous_limiter.allow(now, from.ip()) {
+                    self.stats.failed_rate_limited += 1;
+                    return;
+                }
+                out.push(Action::Rendezvous {
+                    from,
+                    peer_id: peer_id.0,
+                    tag: tag.to_vec(),
+                    budget: *budget,
+                });
+            }
             HelloDisposition::Ignore => {}
         }
     }
@@ -487,10 +560,10 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
-    use rtmfp::startup::components::build_url_epd;
+    use rtmfp::startup::components::{build_fingerprint_epd, build_url_epd};
     use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
     use rtmfp::startup::responder::ResponderConfig;
-    use rtmfp::wire::{ChunkBody, IHello, IIKeying};
+    use rtmfp::wire::{AddressOrigin, ChunkBody, IHello, IIKeying};
 
     fn responder() -> Arc<Responder> {
         Arc::new(Responder::new(
@@ -689,11 +762,83 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::Transmit { datagram, .. } => datagram.len(),
-                Action::Compute(_) => 0,
+                Action::Compute(_) | Action::Rendezvous { .. } => 0,
             })
             .sum();
         assert!(sent <= AMPLIFICATION_FACTOR * len, "{sent} bytes for {len}");
         assert!(h.stats().amplification_refused > 0);
+    }
+
+    #[test]
+    fn an_ihello_for_another_peer_asks_for_an_introduction_within_limits() {
+        let limits = HandshakeLimits {
+            rate: 1.0,
+            burst: 2.0,
+            max_sessions: 10,
+        };
+        let mut h = Handshakes::new(responder(), limits);
+        let from: SocketAddr = "127.0.0.1:4010".parse().unwrap();
+        let now = Instant::from_millis(5);
+        let target = [7u8; 32];
+        let epd = build_fingerprint_epd(&target);
+        let tag = [5u8; 16];
+        let dg = encode(&StartupMessage::IHello {
+            epd: &epd,
+            tag: &tag,
+        });
+        let mut out = Vec::new();
+        h.on_startup(now, 0, from, &mut dg.clone(), &mut out);
+        let [Action::Rendezvous {
+            from: f,
+            peer_id,
+            tag: t,
+            budget,
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*f, peer_id, &t[..]), (from, &target, &tag[..]));
+        assert_eq!(*budget, AMPLIFICATION_FACTOR * dg.len());
+        // The Redirect echoes the tag and lists the addresses in order (RFC 7016 §2.3.5).
+        let addresses = [
+            Address::new("192.0.2.1:1935".parse().unwrap(), AddressOrigin::Observed),
+            Address::new("10.0.0.2:5000".parse().unwrap(), AddressOrigin::Local),
+        ];
+        let mut p = h.redirect(now, from, &tag, &addresses, *budget).unwrap();
+        assert!(p.len() <= *budget);
+        let decoded = PacketDecoder::startup().decode(&mut p).unwrap();
+        assert_eq!(decoded.session_id, 0);
+        let mut r = Reader::new(decoded.packet);
+        assert_eq!(PacketHeader::parse(&mut r).unwrap().mode, Mode::Startup);
+        let Some(Ok(Chunk::Redirect(redirect))) = ChunkIter::new(r.rest()).next() else {
+            panic!("not a Redirect")
+        };
+        assert_eq!(redirect.tag_echo, &tag);
+        let listed: Vec<Address> = redirect.addresses().map(Result::unwrap).collect();
+        assert_eq!(listed, addresses);
+        // Too small a budget withholds it.
+        assert!(h.redirect(now, from, &tag, &addresses, 20).is_none());
+        assert_eq!(h.stats().amplification_refused, 1);
+        h.introduced();
+        assert_eq!(h.stats().introduced, 1);
+        // Per source address, requests are rate-limited like IIKeyings (burst 2 here).
+        for _ in 0..3 {
+            h.on_startup(now, 0, from, &mut dg.clone(), &mut out);
+        }
+        assert_eq!(h.stats().rendezvous, 4);
+        assert_eq!(h.stats().failed_rate_limited, 2);
+        h.unknown_peer();
+        assert_eq!(h.stats().rendezvous_unknown, 1);
+        // An IHello naming the server's own peer ID is an ordinary one: RHello.
+        let own = build_fingerprint_epd(&h.responder().fingerprint().0);
+        out.clear();
+        let mut dg = encode(&StartupMessage::IHello {
+            epd: &own,
+            tag: &tag,
+        });
+        h.on_startup(now, 0, from, &mut dg, &mut out);
+        assert!(matches!(&out[..], [Action::Transmit { .. }]));
+        assert_eq!(h.stats().rhello, 1);
     }
 
     #[test]

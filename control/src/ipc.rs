@@ -71,6 +71,8 @@ const NO_LATENCY: u32 = u32::MAX;
 pub const MAX_STREAM_KEY: usize = 1024;
 /// Longest blacklist entry (an address or prefix as text) in [`Down::Blacklist`].
 pub const MAX_BLACKLIST_ENTRY: usize = 64;
+/// Longest EPD or tag carried in a [`Down::ForwardIHello`] (both come from one IHello).
+pub const MAX_HELLO_FIELD: usize = 1024;
 
 const TAG_DOWN_WELCOME: u8 = 0x81;
 const TAG_DOWN_TRANSMIT: u8 = 0x82;
@@ -88,6 +90,7 @@ const TAG_DOWN_STOP_PLAY: u8 = 0x8D;
 const TAG_DOWN_RECEIVE: u8 = 0x8E;
 const TAG_DOWN_NET_STATE: u8 = 0x8F;
 const TAG_DOWN_BLACKLIST: u8 = 0x90;
+const TAG_DOWN_FORWARD_IHELLO: u8 = 0x91;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -414,6 +417,18 @@ pub enum Down {
         /// The address or prefix, as text (`192.0.2.7`, `2001:db8::/32`).
         prefix: String,
     },
+    /// Forward an IHello into a session (RFC 7016 §2.3.3, §3.5.1.5): the client answers the
+    /// initiator at `reply_to` directly, opening its NAT to it (P2P rendezvous).
+    ForwardIHello {
+        /// The session of the peer the initiator looks for.
+        session_id: u32,
+        /// The endpoint discriminator naming that peer, at most [`MAX_HELLO_FIELD`] bytes.
+        epd: Vec<u8>,
+        /// Where the initiator's IHello came from.
+        reply_to: SocketAddr,
+        /// The initiator's tag, at most [`MAX_HELLO_FIELD`] bytes.
+        tag: Vec<u8>,
+    },
     /// The control plane's counters, in the order of
     /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
     Stats {
@@ -637,6 +652,12 @@ impl Down {
                 add: r.bool("blacklist add")?,
                 prefix: r.string("blacklist entry", MAX_BLACKLIST_ENTRY)?,
             },
+            TAG_DOWN_FORWARD_IHELLO => Down::ForwardIHello {
+                session_id: r.u32()?,
+                epd: r.bytes("EPD", MAX_HELLO_FIELD)?.to_vec(),
+                reply_to: r.address()?,
+                tag: r.bytes("tag", MAX_HELLO_FIELD)?.to_vec(),
+            },
             TAG_DOWN_ROUTE => Down::Route {
                 stream: r.u32()?,
                 worker: r.u8()?,
@@ -745,6 +766,18 @@ impl Down {
                 w.u8(TAG_DOWN_BLACKLIST)?;
                 w.bool(*add)?;
                 w.bytes("blacklist entry", prefix.as_bytes(), MAX_BLACKLIST_ENTRY)
+            }
+            Down::ForwardIHello {
+                session_id,
+                epd,
+                reply_to,
+                tag,
+            } => {
+                w.u8(TAG_DOWN_FORWARD_IHELLO)?;
+                w.u32(*session_id)?;
+                w.bytes("EPD", epd, MAX_HELLO_FIELD)?;
+                w.address(reply_to)?;
+                w.bytes("tag", tag, MAX_HELLO_FIELD)
             }
             Down::Route {
                 stream,
@@ -1715,6 +1748,18 @@ mod tests {
             ),
             any::<u32>().prop_map(|stream| Down::Unpublish { stream }),
             (any::<bool>(), "\\PC{0,16}").prop_map(|(add, prefix)| Down::Blacklist { add, prefix }),
+            (
+                any::<u32>(),
+                arb_bytes(64),
+                arb_address(),
+                arb_bytes(MAX_HELLO_FIELD)
+            )
+                .prop_map(|(session_id, epd, reply_to, tag)| Down::ForwardIHello {
+                    session_id,
+                    epd,
+                    reply_to,
+                    tag,
+                }),
             (any::<u32>(), any::<u8>(), any::<bool>()).prop_map(|(stream, worker, add)| {
                 Down::Route {
                     stream,
@@ -1802,7 +1847,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_NET_STATES, TAG_DOWN_WELCOME..=TAG_DOWN_NET_STATE],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_QOS, TAG_DOWN_WELCOME..=TAG_DOWN_FORWARD_IHELLO],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

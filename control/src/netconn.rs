@@ -48,6 +48,17 @@ impl Client {
     }
 }
 
+/// Where a peer can be reached: see [`NetConnections::find_peer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLocation {
+    /// Its session with this server.
+    pub session: u32,
+    /// The address its session's handshake came from.
+    pub observed: SocketAddr,
+    /// The addresses it reported with `setPeerInfo`.
+    pub reported: Vec<SocketAddr>,
+}
+
 /// Most NetStreams one client may use at once.
 pub const MAX_NETSTREAMS: usize = 256;
 /// Most addresses kept from one `setPeerInfo`.
@@ -56,6 +67,9 @@ const MAX_PEER_ADDRESSES: usize = 16;
 /// The NetConnection layer of every session.
 pub struct NetConnections {
     clients: HashMap<u32, Client>,
+    /// The sessions of each peer ID, oldest first (a peer reconnecting with the same identity
+    /// may briefly have two): the P2P rendezvous directory.
+    by_peer: HashMap<[u8; 32], Vec<u32>>,
     streams: Streams,
     apps: Box<dyn Applications>,
     /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
@@ -76,6 +90,7 @@ impl NetConnections {
     pub fn new(apps: Box<dyn Applications>, keepalive_ms: (u32, u32)) -> NetConnections {
         NetConnections {
             clients: HashMap::new(),
+            by_peer: HashMap::new(),
             streams: Streams::new(),
             apps,
             keepalive_ms,
@@ -84,6 +99,11 @@ impl NetConnections {
 
     /// A session opened (or was reported live after a control restart).
     pub fn open(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
+        if let Some(old) = self.clients.get(&session) {
+            let old_peer = old.peer_id;
+            self.unindex(session, old_peer);
+        }
+        self.by_peer.entry(peer_id).or_default().push(session);
         self.clients.insert(
             session,
             Client {
@@ -136,11 +156,44 @@ impl NetConnections {
         self.clients.get(&session).map(|c| &c.addresses[..])
     }
 
+    /// Where the newest session of `peer_id` can be reached, for a P2P introduction
+    /// (RFC 7016 §3.5.1.4, digest §1.13): its session, the address its handshake came from,
+    /// then the addresses it reported with `setPeerInfo` (those that parse).
+    pub fn find_peer(&self, peer_id: &[u8; 32]) -> Option<PeerLocation> {
+        let session = *self.by_peer.get(peer_id)?.last()?;
+        let c = self.clients.get(&session)?;
+        Some(PeerLocation {
+            session,
+            observed: c.address,
+            reported: c
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<SocketAddr>().ok())
+                .collect(),
+        })
+    }
+
+    /// Where the applications send an initiator looking for `peer_id`, a peer not connected
+    /// here (see [`Applications::rendezvous_unknown`]).
+    pub fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {
+        self.apps.rendezvous_unknown(peer_id)
+    }
+
+    fn unindex(&mut self, session: u32, peer_id: [u8; 32]) {
+        if let Some(list) = self.by_peer.get_mut(&peer_id) {
+            list.retain(|&s| s != session);
+            if list.is_empty() {
+                self.by_peer.remove(&peer_id);
+            }
+        }
+    }
+
     /// A session closed.
     pub fn closed(&mut self, session: u32) -> Vec<Routed> {
         let mut out = self.streams.session_closed(session);
         self.notify_ended();
         if let Some(c) = self.clients.remove(&session) {
+            self.unindex(session, c.peer_id);
             if let Some(app) = &c.app {
                 self.apps.disconnect(&c.info(session, app));
             }
@@ -897,6 +950,59 @@ mod tests {
             ));
             assert_eq!(r[0].args, vec![Value::Number(f64::from(id))]);
         }
+    }
+
+    #[test]
+    fn peers_are_found_by_peer_id_with_their_reported_addresses() {
+        let mut n = layer();
+        let observed: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(
+            n.find_peer(&[1; 32]),
+            Some(PeerLocation {
+                session: 7,
+                observed,
+                reported: vec![],
+            })
+        );
+        assert_eq!(n.find_peer(&[2; 32]), None);
+        n.on(7, 2, 0, &connect(""));
+        // Addresses that do not parse are left out; IPv6 ones are kept.
+        n.on(
+            7,
+            2,
+            0,
+            &command(
+                names::SET_PEER_INFO,
+                0.0,
+                Value::Null,
+                vec![
+                    Value::str("10.0.0.1:5000"),
+                    Value::str("not an address"),
+                    Value::str("[fe80::1]:6000"),
+                ],
+            ),
+        );
+        let found = n.find_peer(&[1; 32]).unwrap();
+        assert_eq!(
+            found.reported,
+            [
+                "10.0.0.1:5000".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:6000".parse().unwrap()
+            ]
+        );
+        // A second session of the same peer (it reconnected) is the one found until it
+        // closes; then the first is again.
+        n.open(9, [1; 32], "127.0.0.1:5001".parse().unwrap());
+        assert_eq!(n.find_peer(&[1; 32]).unwrap().session, 9);
+        n.closed(9);
+        assert_eq!(n.find_peer(&[1; 32]).unwrap().session, 7);
+        // A session reported again with another peer ID moves in the directory.
+        n.open(7, [3; 32], observed);
+        assert_eq!(n.find_peer(&[1; 32]), None);
+        assert_eq!(n.find_peer(&[3; 32]).unwrap().session, 7);
+        n.closed(7);
+        assert_eq!(n.find_peer(&[3; 32]), None);
+        assert!(n.by_peer.is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,10 @@ use crossbeam_channel::Sender;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::startup::components::build_fingerprint_epd;
 use rtmfp::startup::responder::{Responder, ResponderConfig};
 use rtmfp::time::Instant;
+use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 
 use crate::apps::{Applications, MANAGE_PERIOD};
@@ -35,10 +38,12 @@ const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// [`HandshakeStats`]), then levels: sessions, the service's input queue, the
 /// Diffie-Hellman queue, and counters of messages dropped towards workers and of malformed
 /// messages from them.
-pub const CONTROL_STATS: [&str; 19] = [
+pub const CONTROL_STATS: [&str; 21] = [
     "handshake_ihello",
     "handshake_rhello",
     "handshake_rendezvous",
+    "handshake_introduced",
+    "handshake_rendezvous_unknown",
     "handshake_amplification_refused",
     "handshake_iikeying",
     "handshake_cookie_change",
@@ -57,7 +62,7 @@ pub const CONTROL_STATS: [&str; 19] = [
     "link_malformed",
 ];
 /// How many of [`CONTROL_STATS`] are levels rather than totals (they follow the totals).
-pub const CONTROL_STATS_LEVELS: std::ops::Range<usize> = 14..17;
+pub const CONTROL_STATS_LEVELS: std::ops::Range<usize> = 16..19;
 /// Most messages waiting for room on one worker's link; more are dropped and counted.
 const MAX_OUTBOX: usize = 262_144;
 /// Most bytes waiting for room on one worker's link.
@@ -464,6 +469,12 @@ impl Service {
                                 self.handshakes.busy(&job.request);
                             }
                         }
+                        Action::Rendezvous {
+                            from,
+                            peer_id,
+                            tag,
+                            budget,
+                        } => self.introduce(now, link, from, &peer_id, tag, budget),
                     }
                 }
                 self.actions = actions;
@@ -489,6 +500,96 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+impl Service {
+    /// P2P rendezvous (RFC 7016 §3.5.1.4–§3.5.1.5, digest §1.13): the initiator at `from`
+    /// looks for `peer_id`. If that peer is connected, the initiator gets a Redirect to the
+    /// peer's addresses (the one its session comes from first, then those of its
+    /// `setPeerInfo`), and the peer gets the IHello forwarded inside its session, so that it
+    /// answers the initiator directly and opens its NAT to it. An unknown peer gets no answer,
+    /// as in Cumulus; neither does a client looking for itself.
+    fn introduce(
+        &mut self,
+        now: Instant,
+        link: usize,
+        from: SocketAddr,
+        peer_id: &[u8; 32],
+        tag: Vec<u8>,
+        budget: usize,
+    ) {
+        let Some(peer) = self.netconn.find_peer(peer_id) else {
+            self.handshakes.unknown_peer();
+            // The applications may send the initiator elsewhere (Cumulus: the first address
+            // is marked public).
+            let elsewhere = self.netconn.rendezvous_unknown(peer_id);
+            tracing::debug!(%from, peer = %hex(peer_id), redirected = elsewhere.len(), "rendezvous for a peer not connected here");
+            let addresses: Vec<Address> = elsewhere
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let origin = if i == 0 {
+                        AddressOrigin::Observed
+                    } else {
+                        AddressOrigin::Local
+                    };
+                    Address::new(*a, origin)
+                })
+                .collect();
+            if !addresses.is_empty() {
+                if let Some(redirect) = self
+                    .handshakes
+                    .redirect(now, from, &tag, &addresses, budget)
+                {
+                    self.send(
+                        link,
+                        &Down::Transmit {
+                            to: from,
+                            datagram: redirect,
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        if peer.observed == from {
+            tracing::debug!(%from, "a client looks for itself");
+            return;
+        }
+        let addresses: Vec<Address> =
+            std::iter::once(Address::new(peer.observed, AddressOrigin::Observed))
+                .chain(
+                    peer.reported
+                        .iter()
+                        .filter(|a| **a != peer.observed)
+                        .map(|a| Address::new(*a, AddressOrigin::Local)),
+                )
+                .collect();
+        let Some(redirect) = self
+            .handshakes
+            .redirect(now, from, &tag, &addresses, budget)
+        else {
+            return;
+        };
+        self.send(
+            link,
+            &Down::Transmit {
+                to: from,
+                datagram: redirect,
+            },
+        );
+        self.handshakes.introduced();
+        tracing::debug!(%from, session = peer.session, peer = %peer.observed, "P2P introduction");
+        self.send(
+            Self::link_of(peer.session),
+            &Down::ForwardIHello {
+                session_id: peer.session,
+                epd: build_fingerprint_epd(peer_id),
+                reply_to: from,
+                tag,
+            },
+        );
     }
 }
 

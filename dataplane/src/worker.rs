@@ -30,6 +30,7 @@ use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
+use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
@@ -972,6 +973,25 @@ impl<IO: BatchIo> Worker<IO> {
                 if let Some(slot) = self.slot_of(session_id) {
                     if let Some(e) = self.entry_mut(slot) {
                         e.session.abort();
+                    }
+                    self.mark_dirty(slot);
+                }
+            }
+            Down::ForwardIHello {
+                session_id,
+                epd,
+                reply_to,
+                tag,
+            } => {
+                // P2P rendezvous (RFC 7016 §3.5.1.5): the client answers the initiator at its
+                // observed address.
+                if let Some(slot) = self.slot_of(session_id) {
+                    if let Some(e) = self.entry_mut(slot) {
+                        e.session.forward_ihello(
+                            &epd,
+                            Address::new(reply_to, AddressOrigin::Observed),
+                            &tag,
+                        );
                     }
                     self.mark_dirty(slot);
                 }

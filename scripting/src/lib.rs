@@ -38,6 +38,7 @@ pub mod api;
 pub mod convert;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -254,6 +255,15 @@ impl LuaApps {
     }
 
     /// Calls `f(args…)` under the time limit.
+    /// The loaded applications whose script runs (path, environment).
+    fn working_apps(&self) -> Vec<(String, Table)> {
+        self.apps
+            .iter()
+            .filter(|(_, a)| a.error.is_none())
+            .map(|(p, a)| (p.clone(), a.env.clone()))
+            .collect()
+    }
+
     fn invoke(&self, f: &Function, args: impl IntoLuaMulti) -> mlua::Result<MultiValue> {
         self.timed(|| f.call::<MultiValue>(args))
     }
@@ -705,13 +715,7 @@ impl Applications for LuaApps {
 
     fn manage(&mut self) {
         self.reload_changed();
-        let apps: Vec<(String, Table)> = self
-            .apps
-            .iter()
-            .filter(|(_, a)| a.error.is_none())
-            .map(|(p, a)| (p.clone(), a.env.clone()))
-            .collect();
-        for (path, env) in apps {
+        for (path, env) in self.working_apps() {
             // Only the applications that define it (not inherited).
             if let Ok(LuaValue::Function(f)) = env.raw_get::<LuaValue>("onManage") {
                 if let Err(e) = self.invoke(&f, ()) {
@@ -733,6 +737,32 @@ impl Applications for LuaApps {
         }
     }
 
+    fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {
+        // Cumulus asks every loaded application that defines it, with the raw peer ID, and
+        // takes the addresses they return (strings, or tables of them).
+        let mut out = Vec::new();
+        for (path, env) in self.working_apps() {
+            let Ok(LuaValue::Function(f)) = env.raw_get::<LuaValue>("onRendezVousUnknown") else {
+                continue;
+            };
+            let returned = self
+                .lua
+                .create_string(peer_id)
+                .and_then(|id| self.invoke(&f, (id,)));
+            match returned {
+                Ok(values) => {
+                    for v in &values {
+                        redirect_addresses(v, &path, &mut out, 0);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(app = %path, event = "onRendezVousUnknown", error = %e, "script error");
+                }
+            }
+        }
+        out
+    }
+
     fn take_actions(&mut self) -> Vec<AppAction> {
         self.outbox
             .lock()
@@ -747,6 +777,27 @@ fn members(t: &Table) -> Vec<Member<'static>> {
         Value::Object(o) => o.members().cloned().collect(),
         Value::Array(a) => a.assoc,
         _ => Vec::new(),
+    }
+}
+
+/// Addresses an application returned for a redirection: `"ip:port"` strings, or tables of
+/// them (nested at most twice), appended to `out` once each. Host names are not resolved (no
+/// DNS lookup on the control plane's thread): what does not parse is logged and skipped.
+fn redirect_addresses(value: &LuaValue, app: &str, out: &mut Vec<SocketAddr>, depth: usize) {
+    match value {
+        LuaValue::String(s) => match s.to_str().ok().and_then(|t| t.parse::<SocketAddr>().ok()) {
+            Some(a) if !out.contains(&a) => out.push(a),
+            Some(_) => {}
+            None => {
+                tracing::error!(app, address = %s.to_string_lossy(), "bad redirection address (an IP address and port are needed)");
+            }
+        },
+        LuaValue::Table(t) if depth < 2 => {
+            for v in t.sequence_values::<LuaValue>().flatten() {
+                redirect_addresses(&v, app, out, depth + 1);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -348,6 +348,42 @@ fn the_manage_tick_reloads_and_runs_on_manage() {
 }
 
 #[test]
+fn on_rendezvous_unknown_may_send_the_initiator_to_other_servers() {
+    let www = Www::new();
+    // The raw 32-byte peer ID comes in; strings and tables of them come back, bad ones are
+    // skipped, duplicates kept once.
+    www.write(
+        "",
+        "function onRendezVousUnknown(id) \
+           asked = #id \
+           if id:byte(1) == 0x42 then return '192.0.2.10:1935', {'192.0.2.11:1935', 'nowhere'} end \
+         end",
+    );
+    www.write(
+        "other",
+        "function onRendezVousUnknown(id) return '192.0.2.11:1935', '[2001:db8::1]:1935' end",
+    );
+    let mut apps = www.apps();
+    // Only loaded applications are asked (the root always is; `other` once a client used it).
+    assert_eq!(
+        apps.rendezvous_unknown(&[0x42; 32]),
+        [
+            "192.0.2.10:1935".parse::<SocketAddr>().unwrap(),
+            "192.0.2.11:1935".parse().unwrap()
+        ]
+    );
+    assert_eq!(eval::<u32>(&mut apps, "", "asked"), 32);
+    connect(&mut apps, 1, "other", &[]);
+    let got = apps.rendezvous_unknown(&[0x42; 32]);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.contains(&"[2001:db8::1]:1935".parse().unwrap()));
+    // No address: no answer.
+    www.write("other", "x = 1");
+    apps.manage();
+    assert!(apps.rendezvous_unknown(&[0x01; 32]).is_empty());
+}
+
+#[test]
 fn a_script_that_fails_to_load_rejects_connections_with_its_error_until_fixed() {
     let www = Www::new();
     www.write("broken", "this is not lua");

@@ -306,6 +306,30 @@ impl Client {
         }
     }
 
+    /// A client that also accepts sessions from other peers, as Flash Player does: one static
+    /// identity (RFC 7425 §4.3.3) for both roles, so the peer ID the server sees is the one it
+    /// answers P2P IHellos with.
+    pub fn peer(seed: u64) -> Client {
+        use rtmfp::crypto::DhKeyPair;
+        use rtmfp::startup::responder::Responder;
+        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let responder =
+            Responder::with_static_key(policy, identity, [seed as u8; 32], Instant::ZERO);
+        let mut c = Client::with_groups(seed, vec![DhGroup::Modp1024]);
+        c.endpoint = Endpoint::new(
+            rng,
+            Some(responder),
+            InitiatorConfig {
+                groups: vec![DhGroup::Modp1024],
+                policy,
+            },
+            SessionConfig::default(),
+        );
+        c
+    }
+
     /// Drops `percent` of the datagrams this client receives, from now on.
     pub fn set_loss(&mut self, percent: u32, seed: u64) {
         self.loss = Some((percent, ChaCha20Rng::seed_from_u64(seed)));

@@ -54,6 +54,8 @@ const TAG_UP_CLOSED: u8 = 0x05;
 const TAG_UP_STREAMS: u8 = 0x06;
 const TAG_UP_NET_STATES: u8 = 0x07;
 const TAG_UP_QOS: u8 = 0x08;
+const TAG_UP_GROUP_JOIN: u8 = 0x09;
+const TAG_UP_GROUP_LEAVE: u8 = 0x0A;
 /// Most entries in one [`Up::NetStates`] (each carries an application path of up to
 /// [`MAX_APP_PATH`] bytes, so a message stays under [`MAX_MESSAGE`]).
 pub const MAX_RESYNC_NET_STATES: usize = 128;
@@ -71,6 +73,8 @@ const NO_LATENCY: u32 = u32::MAX;
 pub const MAX_STREAM_KEY: usize = 1024;
 /// Longest blacklist entry (an address or prefix as text) in [`Down::Blacklist`].
 pub const MAX_BLACKLIST_ENTRY: usize = 64;
+/// Most peer IDs in one [`Down::GroupMembers`].
+pub const MAX_GROUP_MEMBERS: usize = 64;
 /// Longest EPD or tag carried in a [`Down::ForwardIHello`] (both come from one IHello).
 pub const MAX_HELLO_FIELD: usize = 1024;
 
@@ -91,6 +95,7 @@ const TAG_DOWN_RECEIVE: u8 = 0x8E;
 const TAG_DOWN_NET_STATE: u8 = 0x8F;
 const TAG_DOWN_BLACKLIST: u8 = 0x90;
 const TAG_DOWN_FORWARD_IHELLO: u8 = 0x91;
+const TAG_DOWN_GROUP_MEMBERS: u8 = 0x92;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -271,6 +276,22 @@ pub enum Up {
         /// The ended session.
         session_id: u32,
     },
+    /// A client joined a NetGroup on one of its `GC` flows (digest §1.14).
+    GroupJoin {
+        /// The session.
+        session_id: u32,
+        /// The client's `GC` flow.
+        flow: u64,
+        /// The group.
+        group_id: [u8; PEER_ID_LEN],
+    },
+    /// A client's `GC` flow ended: it left that flow's group.
+    GroupLeave {
+        /// The session.
+        session_id: u32,
+        /// The client's `GC` flow.
+        flow: u64,
+    },
     /// The streams this worker publishes and plays, after a (re)connect (follows `Resync`).
     Streams {
         /// The entries.
@@ -429,6 +450,16 @@ pub enum Down {
         /// The initiator's tag, at most [`MAX_HELLO_FIELD`] bytes.
         tag: Vec<u8>,
     },
+    /// Tell a client about members of the NetGroup it joined on its `GC` flow `flow`: one
+    /// message `0x0B | peer ID` each on the flow's return flow (digest §1.14).
+    GroupMembers {
+        /// The session.
+        session_id: u32,
+        /// The client's `GC` flow.
+        flow: u64,
+        /// The members' peer IDs, at most [`MAX_GROUP_MEMBERS`].
+        peers: Vec<[u8; PEER_ID_LEN]>,
+    },
     /// The control plane's counters, in the order of
     /// `crate::service::CONTROL_STATS` (sent periodically to worker 0, for the metrics).
     Stats {
@@ -517,6 +548,15 @@ impl Up {
             TAG_UP_CLOSED => Up::Closed {
                 session_id: r.u32()?,
             },
+            TAG_UP_GROUP_JOIN => Up::GroupJoin {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+                group_id: r.array()?,
+            },
+            TAG_UP_GROUP_LEAVE => Up::GroupLeave {
+                session_id: r.u32()?,
+                flow: r.u64()?,
+            },
             other => return Err(IpcError::UnknownTag(other)),
         };
         r.finish()?;
@@ -567,6 +607,21 @@ impl Up {
             Up::Closed { session_id } => {
                 w.u8(TAG_UP_CLOSED)?;
                 w.u32(*session_id)
+            }
+            Up::GroupJoin {
+                session_id,
+                flow,
+                group_id,
+            } => {
+                w.u8(TAG_UP_GROUP_JOIN)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)?;
+                w.put(group_id)
+            }
+            Up::GroupLeave { session_id, flow } => {
+                w.u8(TAG_UP_GROUP_LEAVE)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)
             }
             Up::NetStates { entries } => {
                 w.u8(TAG_UP_NET_STATES)?;
@@ -681,6 +736,20 @@ impl Down {
                 session_id: r.u32()?,
                 flow: r.u64()?,
             },
+            TAG_DOWN_GROUP_MEMBERS => {
+                let session_id = r.u32()?;
+                let flow = r.u64()?;
+                let n = r.count("group members", MAX_GROUP_MEMBERS, PEER_ID_LEN)?;
+                let mut peers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    peers.push(r.array()?);
+                }
+                Down::GroupMembers {
+                    session_id,
+                    flow,
+                    peers,
+                }
+            }
             TAG_DOWN_STATS => {
                 let n = r.count("stats", MAX_STATS, STAT_LEN)?;
                 let mut values = Vec::with_capacity(n);
@@ -823,6 +892,17 @@ impl Down {
                 w.u8(TAG_DOWN_STOP_PLAY)?;
                 w.u32(*session_id)?;
                 w.u64(*flow)
+            }
+            Down::GroupMembers {
+                session_id,
+                flow,
+                peers,
+            } => {
+                w.u8(TAG_DOWN_GROUP_MEMBERS)?;
+                w.u32(*session_id)?;
+                w.u64(*flow)?;
+                w.count("group members", peers.len(), MAX_GROUP_MEMBERS)?;
+                peers.iter().try_for_each(|p| w.put(p))
             }
             Down::Stats { values } => {
                 w.u8(TAG_DOWN_STATS)?;
@@ -1642,6 +1722,15 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|session_id| Up::Closed { session_id }),
+            (any::<u32>(), any::<u64>(), any::<[u8; PEER_ID_LEN]>()).prop_map(
+                |(session_id, flow, group_id)| Up::GroupJoin {
+                    session_id,
+                    flow,
+                    group_id
+                }
+            ),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(session_id, flow)| Up::GroupLeave { session_id, flow }),
             vec(
                 (
                     any::<u32>(),
@@ -1738,6 +1827,16 @@ mod tests {
             any::<u32>().prop_map(|session_id| Down::Close { session_id }),
             any::<u32>().prop_map(|session_id| Down::Kill { session_id }),
             vec(any::<u64>(), 0..=MAX_STATS).prop_map(|values| Down::Stats { values }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                vec(any::<[u8; PEER_ID_LEN]>(), 0..=MAX_GROUP_MEMBERS)
+            )
+                .prop_map(|(session_id, flow, peers)| Down::GroupMembers {
+                    session_id,
+                    flow,
+                    peers
+                }),
             (any::<u32>(), any::<u64>(), any::<u32>(), "[a-z/]{0,40}").prop_map(
                 |(session_id, flow, stream, key)| Down::Publish {
                     session_id,
@@ -1847,7 +1946,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_QOS, TAG_DOWN_WELCOME..=TAG_DOWN_FORWARD_IHELLO],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_GROUP_LEAVE, TAG_DOWN_WELCOME..=TAG_DOWN_GROUP_MEMBERS],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

@@ -151,6 +151,11 @@ impl NetConnections {
         self.clients.is_empty()
     }
 
+    /// The peer ID of `session`.
+    pub fn peer_id(&self, session: u32) -> Option<[u8; 32]> {
+        self.clients.get(&session).map(|c| c.peer_id)
+    }
+
     /// The addresses a client reported with `setPeerInfo`.
     pub fn peer_addresses(&self, session: u32) -> Option<&[String]> {
         self.clients.get(&session).map(|c| &c.addresses[..])

@@ -24,9 +24,10 @@ use socket2::Socket;
 
 use crate::apps::{Applications, MANAGE_PERIOD};
 use crate::dh::{DhPool, Done, Job};
+use crate::groups::{Groups, Introduction, Member};
 use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes};
 use crate::ids::{IdAllocator, SessionIdParts};
-use crate::ipc::{Down, Up, IPC_VERSION, MAX_MESSAGE};
+use crate::ipc::{Down, Up, IPC_VERSION, MAX_GROUP_MEMBERS, MAX_MESSAGE};
 use crate::netconn::NetConnections;
 
 /// How often the service logs its counters when they changed.
@@ -206,6 +207,9 @@ pub fn run(
     let mut service = Service {
         handshakes: Handshakes::new(responder, config.limits),
         netconn,
+        groups: Groups::new(u64::from_le_bytes(
+            config.dh_seed[..8].try_into().unwrap_or_default(),
+        )),
         links: state,
         pool,
         out_buf: Vec::with_capacity(MAX_MESSAGE),
@@ -297,6 +301,7 @@ fn read_link(i: usize, socket: Socket, tx: Sender<Input>) {
 struct Service {
     handshakes: Handshakes,
     netconn: NetConnections,
+    groups: Groups,
     links: Vec<Link>,
     pool: DhPool,
     out_buf: Vec<u8>,
@@ -491,10 +496,36 @@ impl Service {
                 }
             }
             Up::Qos { entries } => self.netconn.qos(&entries),
+            Up::GroupJoin {
+                session_id,
+                flow,
+                group_id,
+            } => {
+                // Only a session the control plane knows (it has a peer ID) joins.
+                let Some(peer_id) = self.netconn.peer_id(session_id) else {
+                    return;
+                };
+                let told = self.groups.join(
+                    Member {
+                        session: session_id,
+                        flow,
+                        peer_id,
+                    },
+                    group_id,
+                );
+                tracing::debug!(session = session_id, group = %hex(&group_id), told = told.len(), "NetGroup join");
+                self.introduce_members(told);
+            }
+            Up::GroupLeave { session_id, flow } => {
+                let told = self.groups.leave(session_id, flow);
+                self.introduce_members(told);
+            }
             Up::Closed { session_id } => {
                 for (worker, d) in self.netconn.closed(session_id) {
                     self.send(worker, &d);
                 }
+                let told = self.groups.session_closed(session_id);
+                self.introduce_members(told);
                 if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
                     l.ids.free(session_id);
                 }
@@ -504,6 +535,22 @@ impl Service {
 }
 
 impl Service {
+    /// Tells group members about others (digest §1.14), on their `GC` flows.
+    fn introduce_members(&mut self, told: Vec<Introduction>) {
+        for t in told {
+            for peers in t.peers.chunks(MAX_GROUP_MEMBERS) {
+                self.send(
+                    Self::link_of(t.session),
+                    &Down::GroupMembers {
+                        session_id: t.session,
+                        flow: t.flow,
+                        peers: peers.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+
     /// P2P rendezvous (RFC 7016 §3.5.1.4–§3.5.1.5, digest §1.13): the initiator at `from`
     /// looks for `peer_id`. If that peer is connected, the initiator gets a Redirect to the
     /// peer's addresses (the one its session comes from first, then those of its

@@ -23,10 +23,11 @@ use rtmfp::crypto::{
 };
 use rtmfp::flash::message::{TcMessage, UserControl, TC_HEADER_LEN};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
+use rtmfp::flash::netgroup::{emit_member, GroupJoin};
 use rtmfp::flow::payload::Payload;
 use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
-use rtmfp::ids::FlowId;
+use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::SendOptions;
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
@@ -218,6 +219,8 @@ struct Entry {
     streams: Vec<(FlowId, u64)>,
     /// The client's first NetConnection control flow.
     control: Option<FlowId>,
+    /// The client's NetGroup (`GC`) flows (digest §1.14).
+    groups: Vec<FlowId>,
     armed: Option<Instant>,
     dirty: bool,
     /// Close once everything sent has been acknowledged, or at this deadline.
@@ -235,10 +238,19 @@ impl Entry {
             return Some(r.1);
         }
         let stream_id = self.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
-        let associated = self.control.filter(|_| stream_id != 0).unwrap_or(flow);
-        let metadata = FlowMetadata::Tc {
-            stream_id,
-            receive_intent: ReceiveIntent::Sequence,
+        // A NetGroup flow's answers go on a `GC` flow associated with it (as Cumulus does).
+        let group = self.groups.contains(&flow);
+        let associated = self
+            .control
+            .filter(|_| stream_id != 0 && !group)
+            .unwrap_or(flow);
+        let metadata = if group {
+            FlowMetadata::Gc
+        } else {
+            FlowMetadata::Tc {
+                stream_id,
+                receive_intent: ReceiveIntent::Sequence,
+            }
         };
         let f = self
             .session
@@ -376,6 +388,8 @@ impl Default for MediaLifetimes {
 /// dropped up to the next key frame (whole frames, never part of a group of pictures) and its
 /// audio until it catches up. A slow subscriber never slows the others.
 pub const MAX_SUBSCRIBER_BACKLOG: usize = 256 * 1024;
+/// Most NetGroup (`GC`) flows one session may have open; more are rejected.
+const MAX_GROUP_FLOWS: usize = 16;
 /// A one-byte media item that tells a worker messages of the stream were lost on the way
 /// (no TC message is one byte long).
 const GAP_MARK: [u8; 1] = [0];
@@ -977,6 +991,21 @@ impl<IO: BatchIo> Worker<IO> {
                     self.mark_dirty(slot);
                 }
             }
+            Down::GroupMembers {
+                session_id,
+                flow,
+                peers,
+            } => {
+                let messages: Vec<Vec<u8>> = peers
+                    .iter()
+                    .map(|p| {
+                        let mut m = Vec::with_capacity(1 + p.len());
+                        emit_member(&PeerId(*p), &mut m);
+                        m
+                    })
+                    .collect();
+                self.reply(now, session_id, Some(FlowId(flow)), &messages);
+            }
             Down::ForwardIHello {
                 session_id,
                 epd,
@@ -1062,6 +1091,7 @@ impl<IO: BatchIo> Worker<IO> {
             peer_id,
             replies: Vec::new(),
             streams: Vec::new(),
+            groups: Vec::new(),
             control: None,
             armed: None,
             dirty: false,
@@ -1714,6 +1744,8 @@ impl<IO: BatchIo> Worker<IO> {
         };
         let id = e.id;
         e.streams.retain(|s| s.0 != flow);
+        let was_group = e.groups.contains(&flow);
+        e.groups.retain(|&g| g != flow);
         if let Some(i) = e.replies.iter().position(|r| r.0 == flow) {
             let (_, reply) = e.replies.swap_remove(i);
             let _ = e.session.close_flow(reply);
@@ -1722,6 +1754,12 @@ impl<IO: BatchIo> Worker<IO> {
         if let Some(stream) = self.publishing.remove(&(id, flow.0)) {
             self.unpublish(stream);
         }
+        if was_group {
+            self.send_up(&Up::GroupLeave {
+                session_id: id,
+                flow: flow.0,
+            });
+        }
         self.mark_dirty(slot);
     }
 
@@ -1729,14 +1767,19 @@ impl<IO: BatchIo> Worker<IO> {
         let Some(e) = self.entry_mut(slot) else {
             return;
         };
-        if let Ok(FlowMetadata::Tc { stream_id, .. }) = FlowMetadata::parse(metadata) {
-            e.streams.push((flow, stream_id));
-            if stream_id == 0 && e.control.is_none() {
-                e.control = Some(flow);
+        match FlowMetadata::parse(metadata) {
+            Ok(FlowMetadata::Tc { stream_id, .. }) => {
+                e.streams.push((flow, stream_id));
+                if stream_id == 0 && e.control.is_none() {
+                    e.control = Some(flow);
+                }
             }
-        } else {
-            // NetGroup and unknown flows are not served yet: reject them (RFC 7016 §3.6.3.7).
-            let _ = e.session.reject_flow(flow, 0);
+            Ok(FlowMetadata::Gc) if e.groups.len() < MAX_GROUP_FLOWS => e.groups.push(flow),
+            _ => {
+                // Unknown flows, and NetGroup flows beyond the limit, are rejected (RFC 7016
+                // §3.6.3.7).
+                let _ = e.session.reject_flow(flow, 0);
+            }
         }
     }
 
@@ -1745,6 +1788,17 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         };
         let id = e.id;
+        if e.groups.contains(&flow) {
+            // A NetGroup join (digest §1.14); other raw group messages are not for a server.
+            if let Ok(join) = GroupJoin::parse(&data) {
+                self.send_up(&Up::GroupJoin {
+                    session_id: id,
+                    flow: flow.0,
+                    group_id: join.group_id.0,
+                });
+            }
+            return;
+        }
         let stream_id = e.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
         let is_command = TcMessage::parse(&data).is_ok_and(|tc| tc.kind.is_command());
         if is_command {

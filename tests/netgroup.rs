@@ -1,0 +1,131 @@
+//! NetGroup bootstrapping through the server over real UDP on loopback (digest §1.14): clients
+//! join a group on `GC` flows and hear of members already there, with Cumulus's rules (the five
+//! newest and one older member; a leaver's follower hears of the member five places before
+//! it). Every traffic loop is bounded in time.
+
+mod support;
+
+use rtmfp::flash::metadata::FlowMetadata;
+use rtmfp::flash::netgroup::{parse_member, GroupId, GroupJoin};
+use rtmfp::ids::PeerId;
+use support::live::run_until;
+use support::*;
+
+/// A connected client with a static identity; answers it, its session and its peer ID.
+fn member(server: SocketAddr, seed: u64) -> (Client, u32, PeerId) {
+    let mut c = Client::peer(seed);
+    let h = c.open(server, "rtmfp://127.0.0.1/").expect("open");
+    let nc = c.connect_app(h, "");
+    assert!(c.wait_messages(h, 1), "connected");
+    let _ = nc;
+    let id = c.endpoint.responder().unwrap().fingerprint();
+    (c, h, id)
+}
+
+/// Opens a `GC` flow on session `h`, sends the join, and waits until the server has it.
+fn join(c: &mut Client, h: u32, group: GroupId) -> FlowId {
+    let mut message = Vec::new();
+    GroupJoin { group_id: group }.emit(&mut message).unwrap();
+    let flow = c
+        .endpoint
+        .session_mut(h)
+        .unwrap()
+        .open_flow(&FlowMetadata::Gc.to_vec(), None)
+        .unwrap();
+    c.send(h, flow, &message);
+    assert!(
+        run_until(&mut [&mut *c], Duration::from_secs(5), |c| c[0]
+            .endpoint
+            .session(h)
+            .and_then(|s| s.flow_backlog(flow))
+            == Some(0)),
+        "join acknowledged"
+    );
+    // The worker passed it to the control plane as it took it; let that run.
+    std::thread::sleep(Duration::from_millis(50));
+    flow
+}
+
+/// The members `c` heard of, in order.
+fn heard(c: &Client, h: u32) -> Vec<PeerId> {
+    c.messages_of(Some(h))
+        .iter()
+        .filter_map(|m| parse_member(m).ok())
+        .collect()
+}
+
+#[test]
+fn members_hear_of_each_other_and_a_leaver_s_follower_is_stitched_in() {
+    let server = start_server();
+    let group = GroupId([0x5A; 32]);
+    let mut clients: Vec<(Client, u32, PeerId, FlowId)> = Vec::new();
+    for seed in 0..8u64 {
+        let (mut c, h, id) = member(server.addr, 100 + seed);
+        let flow = join(&mut c, h, group);
+        clients.push((c, h, id, flow));
+    }
+    let ids: Vec<PeerId> = clients.iter().map(|c| c.2).collect();
+    // Each newcomer hears of the members before it, newest first, at most five of them, and
+    // then of one older one.
+    for k in 0..clients.len() {
+        let expected = k.min(5) + usize::from(k > 5);
+        let (c, h, _, _) = &mut clients[k];
+        let h = *h;
+        assert!(
+            run_until(&mut [c], Duration::from_secs(5), |c| heard(c[0], h).len()
+                >= expected),
+            "member {k} heard of {:?}",
+            heard(c, h).len()
+        );
+        let got = heard(c, h);
+        assert_eq!(got.len(), expected, "member {k}");
+        let newest: Vec<PeerId> = ids[..k].iter().rev().take(5).copied().collect();
+        assert_eq!(got[..k.min(5)], newest[..], "member {k}");
+        if k > 5 {
+            assert!(ids[..k - 5].contains(&got[5]), "an older member for {k}");
+        }
+    }
+    // The members come on a `GC` flow of the server's that answers the client's `GC` flow.
+    let (c1, h1, _, gc1) = &clients[1];
+    let member_flows: Vec<FlowId> = c1
+        .events
+        .iter()
+        .filter_map(|(hh, e)| match e {
+            EndpointEvent::Session(Event::Message { flow, data })
+                if hh == h1 && parse_member(data).is_ok() =>
+            {
+                Some(*flow)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!member_flows.is_empty());
+    assert!(c1.events.iter().any(|(hh, e)| hh == h1
+        && matches!(e, EndpointEvent::Session(Event::FlowOpened { flow, metadata, associated })
+            if *flow == member_flows[0]
+                && metadata[..] == FlowMetadata::Gc.to_vec()[..]
+                && *associated == Some(*gc1))));
+    // Member 6 (the seventh) ends its NetGroup flow: the next one, 7, hears of the member five
+    // places before it among those left (0 1 2 3 4 5 7): 1.
+    let (c6, h6, _, flow6) = &mut clients[6];
+    c6.endpoint
+        .session_mut(*h6)
+        .unwrap()
+        .close_flow(*flow6)
+        .unwrap();
+    let h6 = *h6;
+    assert!(run_until(&mut [c6], Duration::from_secs(5), |c| c[0]
+        .endpoint
+        .session(h6)
+        .and_then(|s| s.flow_backlog(*flow6))
+        .is_none_or(|b| b == 0)));
+    let (c7, h7, _, _) = &mut clients[7];
+    let h7 = *h7;
+    assert!(
+        run_until(&mut [c7], Duration::from_secs(5), |c| heard(c[0], h7).len()
+            == 7),
+        "the follower heard of {:?}",
+        heard(c7, h7).len()
+    );
+    assert_eq!(heard(c7, h7)[6], ids[1]);
+}

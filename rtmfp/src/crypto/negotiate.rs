@@ -268,10 +268,25 @@ pub fn negotiate(
             hmac_len: receive_hmac_len,
             sseq: sseq_receive,
         },
+        // An option neither direction uses is answered with no flags (and no HMAC length), as
+        // Cumulus and MonaServer answer: the outcome is the same (nobody asked), and librtmfp
+        // accepts nothing else (digest §1.7).
         answer: KeyingNegotiation {
-            hmac: flags(hmac_send, policy.hmac.send_on_request, hmac_receive),
-            hmac_len: u64::from(policy.hmac_len),
-            sseq: flags(sseq_send, policy.sseq.send_on_request, sseq_receive),
+            hmac: if hmac_send || hmac_receive {
+                flags(hmac_send, policy.hmac.send_on_request, hmac_receive)
+            } else {
+                NegotiationFlags::NONE
+            },
+            hmac_len: if hmac_send || hmac_receive {
+                u64::from(policy.hmac_len)
+            } else {
+                0
+            },
+            sseq: if sseq_send || sseq_receive {
+                flags(sseq_send, policy.sseq.send_on_request, sseq_receive)
+            } else {
+                NegotiationFlags::NONE
+            },
         },
     })
 }
@@ -311,10 +326,9 @@ mod tests {
         for far in [far(0, 0, 0), far(0x02, 10, 0x02)] {
             let modes = negotiate(&NegotiationPolicy::FLASH_COMPATIBLE, &far).unwrap();
             assert_eq!((modes.send, modes.receive), (NONE, NONE));
-            assert_eq!(
-                (modes.answer.hmac, modes.answer.sseq),
-                (NegotiationFlags(0x02), NegotiationFlags(0x02))
-            );
+            // Nothing used either way: answered `03 1A 00 00`, `02 1E 00`, as Cumulus and
+            // MonaServer answer, the only SKRC librtmfp accepts.
+            assert_eq!(modes.answer, KeyingNegotiation::default());
         }
     }
 

@@ -260,6 +260,24 @@ pub fn build_key_component(
     randomness: Option<&[u8; EXTRA_RANDOMNESS_LEN]>,
     negotiation: KeyingNegotiation,
 ) -> Vec<u8> {
+    build_component(dh, randomness, negotiation, false)
+}
+
+/// Builds a responder's session key component (SKRC) in the order Cumulus and MonaServer send
+/// it, which Flash Player has always accepted: HMAC and SSEQ negotiation first, then the DH
+/// choice (digest §1.7). librtmfp accepts only that layout: it checks the first seven bytes
+/// (`03 1A 00 00 02 1E 00` when nothing is negotiated) and reads the server's public key at
+/// byte 11. Option order carries no meaning in RFC 7425 §4.6.2, so every client reads it.
+pub fn build_responder_key_component(dh: DhChoice<'_>, negotiation: KeyingNegotiation) -> Vec<u8> {
+    build_component(dh, None, negotiation, true)
+}
+
+fn build_component(
+    dh: DhChoice<'_>,
+    randomness: Option<&[u8; EXTRA_RANDOMNESS_LEN]>,
+    negotiation: KeyingNegotiation,
+    negotiation_first: bool,
+) -> Vec<u8> {
     let mut vlu = [0u8; 10];
     let dh_opt: Option<(u64, Vec<u8>)> = match dh {
         DhChoice::GroupSelect(g) => Some((SKC_DH_GROUP_SELECT, encode_vlu(g, &mut vlu).to_vec())),
@@ -273,12 +291,21 @@ pub fn build_key_component(
     let mut hmac_v = vec![negotiation.hmac.0];
     hmac_v.extend_from_slice(encode_vlu(negotiation.hmac_len, &mut vlu));
     let sseq_v = [negotiation.sseq.0];
-    let mut opts: Vec<(u64, &[u8])> = dh_opt.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    let negotiation_opts = [
+        (SKC_HMAC_NEGOTIATION, &hmac_v[..]),
+        (SKC_SSEQ_NEGOTIATION, &sseq_v[..]),
+    ];
+    let mut opts: Vec<(u64, &[u8])> = Vec::with_capacity(4);
+    if negotiation_first {
+        opts.extend_from_slice(&negotiation_opts);
+    }
+    opts.extend(dh_opt.iter().map(|(k, v)| (*k, v.as_slice())));
     if let Some(r) = randomness {
         opts.push((SKC_EXTRA_RANDOMNESS, r));
     }
-    opts.push((SKC_HMAC_NEGOTIATION, &hmac_v));
-    opts.push((SKC_SSEQ_NEGOTIATION, &sseq_v));
+    if !negotiation_first {
+        opts.extend_from_slice(&negotiation_opts);
+    }
     option_vec(&opts)
 }
 
@@ -379,6 +406,36 @@ mod tests {
         assert_eq!(
             KeyingNegotiation::parse(&skic).unwrap(),
             KeyingNegotiation::default()
+        );
+    }
+
+    #[test]
+    fn a_responder_component_has_cumulus_s_layout() {
+        // Cumulus's SKRC: 03 1A 00 00 | 02 1E 00 | 81 02 0D 02 <128-byte key> (139 bytes), the
+        // layout librtmfp checks byte for byte (digest §1.7).
+        let skrc = build_responder_key_component(
+            DhChoice::Ephemeral(2, &[7; 128]),
+            KeyingNegotiation::default(),
+        );
+        assert_eq!(skrc.len(), 139);
+        assert_eq!(
+            &skrc[..11],
+            &[0x03, 0x1A, 0x00, 0x00, 0x02, 0x1E, 0x00, 0x81, 0x02, 0x0D, 0x02]
+        );
+        assert_eq!(&skrc[11..], &[7; 128]);
+        let c = KeyComponent::parse(&skrc).unwrap();
+        assert_eq!(c.ephemeral_key, Some((2, &[7u8; 128][..])));
+        assert_eq!(
+            KeyingNegotiation::parse(&skrc).unwrap(),
+            KeyingNegotiation::default()
+        );
+        // A negotiated answer is carried the same way (rtmfp-cpp clients ask for HMAC).
+        let offer = NegotiationPolicy::RTMFP_CPP_DEFAULT.offer();
+        let skrc = build_responder_key_component(DhChoice::Ephemeral(14, &[3; 256]), offer);
+        assert_eq!(KeyingNegotiation::parse(&skrc).unwrap(), offer);
+        assert_eq!(
+            KeyComponent::parse(&skrc).unwrap().ephemeral_key,
+            Some((14, &[3u8; 256][..]))
         );
     }
 

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::components::{
-    build_ephemeral_certificate, build_key_component, build_static_key_certificate, Certificate,
-    ComponentError, DhChoice, Epd, KeyComponent, CERT_RANDOMNESS_LEN, FINGERPRINT_LEN,
+    build_ephemeral_certificate, build_responder_key_component, build_static_key_certificate,
+    Certificate, ComponentError, DhChoice, Epd, KeyComponent, CERT_RANDOMNESS_LEN, FINGERPRINT_LEN,
 };
 use super::cookie::{CookieCheck, CookieJar, COOKIE_LEN};
 use crate::crypto::{
@@ -343,7 +343,7 @@ impl Responder {
         }
         let shared = key_pair.compute_shared_secret(&request.far_public_key)?;
         let negotiated = negotiate(&self.config.policy, &request.far_negotiation)?;
-        let skrc = build_key_component(dh, None, negotiated.answer);
+        let skrc = build_responder_key_component(dh, negotiated.answer);
         let keys = derive_session_keys(&shared, &skrc, &request.skic);
         Ok(Accepted {
             skrc,

@@ -4,7 +4,9 @@
 //! [`crate::dh`] pool off this thread.
 //!
 //! Hostile-input rules enforced here:
-//! - an RHello is never more than [`AMPLIFICATION_FACTOR`] times the datagram that caused it;
+//! - an RHello is never more than [`AMPLIFICATION_FACTOR`] times the datagram that caused it,
+//!   or [`MIN_ANSWER_BUDGET`] bytes for a short datagram, a limited number of times per source
+//!   address (decision 0011);
 //! - IIKeyings are rate-limited per source address ([`RateLimiter`]);
 //! - no session is keyed beyond `max_sessions`;
 //! - a retransmitted IIKeying gets the same RIKeying, without new DH work
@@ -33,6 +35,11 @@ use crate::ipc::SessionSecrets;
 /// An answer to a startup datagram is at most this many times its size, so the server cannot
 /// be used to amplify a spoofed flood.
 pub const AMPLIFICATION_FACTOR: usize = 3;
+/// What the answers to one startup datagram may always take, however short it is, within
+/// [`HandshakeLimits`]' rate per source address: one RHello with a 16-byte tag echo and this
+/// server's certificate (148 bytes). librtmfp (the RTMFP library of ffmpeg) sends 36-byte
+/// IHellos, to which no RHello with the 64-byte cookie it requires fits three times over.
+pub const MIN_ANSWER_BUDGET: usize = 160;
 /// How long an RIKeying is kept to answer a retransmitted IIKeying (the initiator's open
 /// timeout, RFC 7016 §3.5.1.1.1, bounds how long it retransmits).
 const ACCEPTED_MEMORY: Duration = rtmfp::params::ULTIMATE_OPEN_TIMEOUT;
@@ -225,6 +232,9 @@ pub struct Handshakes {
     /// Rendezvous requests per source address: each makes the server send a Redirect and a
     /// peer send an RHello to the requester, so a flood of them is cut like one of IIKeyings.
     rendezvous_limiter: RateLimiter,
+    /// Short startup datagrams per source address answered with up to [`MIN_ANSWER_BUDGET`]
+    /// bytes (more than [`AMPLIFICATION_FACTOR`] times their size).
+    short_limiter: RateLimiter,
     accepted: HashMap<(SocketAddr, u32), Remembered>,
     /// The keys of `accepted`, oldest first, to forget in O(1).
     accepted_order: VecDeque<(Instant, (SocketAddr, u32))>,
@@ -250,6 +260,7 @@ impl Handshakes {
             limits,
             limiter: RateLimiter::new(limits.rate, limits.burst),
             rendezvous_limiter: RateLimiter::new(limits.rate, limits.burst),
+            short_limiter: RateLimiter::new(limits.rate, limits.burst),
             accepted: HashMap::new(),
             accepted_order: VecDeque::new(),
             pending: HashSet::new(),
@@ -312,6 +323,9 @@ impl Handshakes {
     ) {
         // One budget for everything this datagram makes us send, however many chunks it has.
         let mut budget = datagram.len().saturating_mul(AMPLIFICATION_FACTOR);
+        if budget < MIN_ANSWER_BUDGET && self.short_limiter.allow(now, from.ip()) {
+            budget = MIN_ANSWER_BUDGET;
+        }
         let Ok(decoded) = self.decoder.decode(datagram) else {
             self.stats.malformed += 1;
             return;
@@ -720,24 +734,67 @@ mod tests {
     }
 
     #[test]
-    fn answers_never_exceed_three_times_the_request() {
-        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+    fn short_ihellos_get_one_rhello_a_limited_number_of_times_then_three_times_their_size() {
+        let limits = HandshakeLimits {
+            rate: 1.0,
+            burst: 3.0,
+            max_sessions: 10,
+        };
+        let mut h = Handshakes::new(responder(), limits);
         let from: SocketAddr = "127.0.0.1:4003".parse().unwrap();
-        // A minimal IHello: a one-byte EPD (ancillary data) and a 1-byte tag.
-        let epd = build_url_epd(b"a");
-        let mut dg = encode(&StartupMessage::IHello {
+        // A 36-byte IHello, as librtmfp sends: a short ancillary-data EPD and a 16-byte tag.
+        let epd = build_url_epd(b"live");
+        let dg = encode(&StartupMessage::IHello {
             epd: &epd,
             tag: &[1; 16],
         });
         let len = dg.len();
+        assert_eq!(len, 36);
         let mut out = Vec::new();
-        h.on_startup(Instant::ZERO, 0, from, &mut dg, &mut out);
+        for _ in 0..5 {
+            h.on_startup(Instant::ZERO, 0, from, &mut dg.clone(), &mut out);
+        }
+        // The first three (the burst) are answered, within the floor; then only what fits
+        // three times the request, which no RHello does.
+        let sizes: Vec<usize> = out
+            .iter()
+            .map(|a| match a {
+                Action::Transmit { datagram, .. } => datagram.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        assert!(sizes
+            .iter()
+            .all(|&n| n > AMPLIFICATION_FACTOR * len && n <= MIN_ANSWER_BUDGET));
+        assert_eq!(h.stats().rhello, 3);
+        assert_eq!(h.stats().amplification_refused, 2);
+        // Another source has its own allowance.
+        out.clear();
+        h.on_startup(
+            Instant::ZERO,
+            0,
+            "127.0.0.2:4003".parse().unwrap(),
+            &mut dg.clone(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        // A request long enough is answered within three times its size, every time.
+        let long_epd = build_url_epd(b"rtmfp://server.example/live/a-longer-application-path");
+        let long = encode(&StartupMessage::IHello {
+            epd: &long_epd,
+            tag: &[1; 16],
+        });
+        out.clear();
+        for _ in 0..5 {
+            h.on_startup(Instant::ZERO, 0, from, &mut long.clone(), &mut out);
+        }
+        assert_eq!(out.len(), 5);
         for a in &out {
             if let Action::Transmit { datagram, .. } = a {
-                assert!(datagram.len() <= AMPLIFICATION_FACTOR * len);
+                assert!(datagram.len() <= AMPLIFICATION_FACTOR * long.len());
             }
         }
-        assert_eq!(h.stats().amplification_refused + h.stats().rhello, 1);
     }
 
     #[test]

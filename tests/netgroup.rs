@@ -25,7 +25,7 @@ fn member(server: SocketAddr, seed: u64) -> (Client, u32, PeerId) {
 /// Opens a `GC` flow on session `h`, sends the join, and waits until the server has it.
 fn join(c: &mut Client, h: u32, group: GroupId) -> FlowId {
     let mut message = Vec::new();
-    GroupJoin { group_id: group }.emit(&mut message).unwrap();
+    GroupJoin { group_id: group }.emit(&mut message);
     let flow = c
         .endpoint
         .session_mut(h)

@@ -12,9 +12,13 @@ use crate::ids::PeerId;
 pub const GROUP_JOIN: u8 = 0x01;
 /// Message type of a group member introduction (server to client). Digest §1.14.
 pub const GROUP_MEMBER: u8 = 0x0B;
-/// First byte of a join body that carries groupspec-derived bytes to hash (older Flash
-/// versions). Digest §1.14.
+/// Type of a join's option that carries groupspec-derived bytes to hash into the group ID
+/// (older Flash versions). Digest §1.14.
 pub const GROUP_SPEC_HASH_FLAG: u8 = 0x10;
+/// Type of a join's option that carries the 32-byte group ID itself, as Flash Player and
+/// librtmfp send it (`01 21 15 <group ID>`). Cumulus reads the ID after any type but
+/// [`GROUP_SPEC_HASH_FLAG`].
+pub const GROUP_ID_OPTION: u8 = 0x15;
 /// Length of a group ID and of a peer ID (SHA-256). Digest §1.2.
 pub const GROUP_ID_LEN: usize = 32;
 
@@ -22,8 +26,9 @@ pub const GROUP_ID_LEN: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub [u8; GROUP_ID_LEN]);
 
-/// A parsed group join: `0x01 | VLU(len) | body`, where a body starting with 0x10 is hashed
-/// (group ID = SHA-256 of the bytes after the flag) and any other body is the 32-byte group ID.
+/// A parsed group join: `0x01` and one option, `VLU(len) | type | value` (len counts the type
+/// byte). Type [`GROUP_SPEC_HASH_FLAG`]: the group ID is SHA-256 of the value; any other type
+/// (Flash and librtmfp send [`GROUP_ID_OPTION`]): the value starts with the 32-byte group ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupJoin {
     /// The group being joined.
@@ -31,7 +36,7 @@ pub struct GroupJoin {
 }
 
 impl GroupJoin {
-    /// Parses a join message. Bytes after the body are ignored.
+    /// Parses a join message. Bytes after the option are ignored.
     pub fn parse(bytes: &[u8]) -> Result<Self, FlashError> {
         let (&kind, rest) = bytes.split_first().ok_or(FlashError::UnexpectedEnd)?;
         if kind != GROUP_JOIN {
@@ -39,36 +44,33 @@ impl GroupJoin {
         }
         let (len, n) = read_vlu(rest)?;
         let len = usize::try_from(len).map_err(|_| FlashError::UnexpectedEnd)?;
-        let body = n
+        let option = n
             .checked_add(len)
             .and_then(|end| rest.get(n..end))
             .ok_or(FlashError::UnexpectedEnd)?;
-        let group_id = match body.split_first() {
+        let group_id = match option.split_first() {
             Some((&GROUP_SPEC_HASH_FLAG, spec)) => GroupId(Sha256::digest(spec).into()),
-            _ => GroupId(
-                body.try_into()
-                    .map_err(|_| FlashError::InvalidGroupMessage)?,
+            Some((_, value)) => GroupId(
+                value
+                    .get(..GROUP_ID_LEN)
+                    .and_then(|id| id.try_into().ok())
+                    .ok_or(FlashError::InvalidGroupMessage)?,
             ),
+            None => return Err(FlashError::InvalidGroupMessage),
         };
         Ok(GroupJoin { group_id })
     }
 
-    /// Appends a join message carrying the 32-byte group ID.
-    ///
-    /// A group ID whose first byte is 0x10 would be read back as the hashed form, so it cannot
-    /// be sent this way: [`FlashError::InvalidGroupMessage`].
-    pub fn emit(&self, out: &mut Vec<u8>) -> Result<(), FlashError> {
-        if self.group_id.0[0] == GROUP_SPEC_HASH_FLAG {
-            return Err(FlashError::InvalidGroupMessage);
-        }
+    /// Appends a join message carrying the 32-byte group ID, as Flash Player sends it.
+    pub fn emit(&self, out: &mut Vec<u8>) {
         out.push(GROUP_JOIN);
-        write_vlu(out, GROUP_ID_LEN as u64);
+        write_vlu(out, GROUP_ID_LEN as u64 + 1);
+        out.push(GROUP_ID_OPTION);
         out.extend_from_slice(&self.group_id.0);
-        Ok(())
     }
 
-    /// Appends a join message in the older form: the 0x10 flag and groupspec-derived bytes,
-    /// which the receiver hashes into the group ID.
+    /// Appends a join message in the older form: groupspec-derived bytes, which the receiver
+    /// hashes into the group ID.
     pub fn emit_hashed(spec: &[u8], out: &mut Vec<u8>) {
         out.push(GROUP_JOIN);
         write_vlu(out, spec.len() as u64 + 1);
@@ -101,8 +103,9 @@ mod tests {
 
     #[test]
     fn golden_join() {
+        // librtmfp's join (`RTMFPWriter::writeGroupConnect`): 01 21 15 <group ID>.
         let id = [0xAB; 32];
-        let mut bytes = vec![0x01, 0x20];
+        let mut bytes = vec![0x01, 0x21, 0x15];
         bytes.extend_from_slice(&id);
         assert_eq!(
             GroupJoin::parse(&bytes),
@@ -114,15 +117,16 @@ mod tests {
         GroupJoin {
             group_id: GroupId(id),
         }
-        .emit(&mut out)
-        .expect("emit");
+        .emit(&mut out);
         assert_eq!(out, bytes);
-        let ambiguous = GroupJoin {
-            group_id: GroupId([GROUP_SPEC_HASH_FLAG; 32]),
-        };
+        // Cumulus takes the ID after any type but 0x10, even one starting with 0x10.
+        let mut other = vec![0x01, 0x21, 0x07];
+        other.extend_from_slice(&[GROUP_SPEC_HASH_FLAG; 32]);
         assert_eq!(
-            ambiguous.emit(&mut Vec::new()),
-            Err(FlashError::InvalidGroupMessage)
+            GroupJoin::parse(&other),
+            Ok(GroupJoin {
+                group_id: GroupId([GROUP_SPEC_HASH_FLAG; 32])
+            })
         );
 
         // Hashed form: SHA-256("abc") (FIPS 180-2 example).
@@ -148,8 +152,13 @@ mod tests {
             GroupJoin::parse(&[0x01, 0x05, 0x10]),
             Err(FlashError::UnexpectedEnd)
         );
+        // An empty option, and an ID option shorter than an ID.
         assert_eq!(
-            GroupJoin::parse(&[0x01, 0x02, 0xAA, 0xBB]),
+            GroupJoin::parse(&[0x01, 0x00]),
+            Err(FlashError::InvalidGroupMessage)
+        );
+        assert_eq!(
+            GroupJoin::parse(&[0x01, 0x02, 0x15, 0xBB]),
             Err(FlashError::InvalidGroupMessage)
         );
         assert_eq!(
@@ -179,11 +188,8 @@ mod tests {
         fn round_trip(id in any::<[u8; 32]>(), spec in proptest::collection::vec(any::<u8>(), 0..200)) {
             let join = GroupJoin { group_id: GroupId(id) };
             let mut out = Vec::new();
-            if join.emit(&mut out).is_ok() {
-                prop_assert_eq!(GroupJoin::parse(&out), Ok(join));
-            } else {
-                prop_assert_eq!(id[0], GROUP_SPEC_HASH_FLAG);
-            }
+            join.emit(&mut out);
+            prop_assert_eq!(GroupJoin::parse(&out), Ok(join));
             let mut out = Vec::new();
             GroupJoin::emit_hashed(&spec, &mut out);
             let hashed: [u8; 32] = Sha256::digest(&spec).into();

@@ -798,6 +798,34 @@ mod tests {
     }
 
     #[test]
+    fn librtmfp_s_captured_ihello_is_answered() {
+        // The first datagram of the `librtmfp-cumulus-connect` capture (shared/fixtures): a
+        // 36-byte IHello from librtmfp, whose RHello does not fit three times over.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/librtmfp-cumulus-connect/001-c2s.bin"
+        );
+        let Ok(mut dg) = std::fs::read(path) else {
+            panic!("fixture {path} missing");
+        };
+        assert_eq!(dg.len(), 36);
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let mut out = Vec::new();
+        h.on_startup(
+            Instant::from_millis(1),
+            0,
+            "127.0.0.1:48464".parse().unwrap(),
+            &mut dg,
+            &mut out,
+        );
+        let [Action::Transmit { datagram, .. }] = &out[..] else {
+            panic!("{out:?} {:?}", h.stats())
+        };
+        assert!(datagram.len() <= MIN_ANSWER_BUDGET);
+        assert_eq!(h.stats().rhello, 1);
+    }
+
+    #[test]
     fn many_ihellos_in_one_datagram_share_one_budget() {
         let mut h = Handshakes::new(responder(), HandshakeLimits::default());
         let from: SocketAddr = "127.0.0.1:4005".parse().unwrap();

@@ -408,3 +408,39 @@ fn a_script_can_stop_a_plays_video() {
     assert!(done);
     assert_eq!(got(&player, 0x09), 0, "no video after the script muted it");
 }
+
+#[test]
+fn lua_hears_a_netgroup_join_and_sees_the_group() {
+    use rtmfp::flash::metadata::FlowMetadata;
+    use rtmfp::flash::netgroup::{GroupId, GroupJoin};
+    let server = start_server_on(
+        www_with(
+            "function onJoinGroup(client, group) \
+               client.writer:writeAMFMessage('joined', group.id, group.size, cumulus.groups.count) \
+             end",
+        ),
+        &[],
+    );
+    let (mut c, h, _) = connected(server.addr, 61, vec![]);
+    let flow = c
+        .endpoint
+        .session_mut(h)
+        .unwrap()
+        .open_flow(&FlowMetadata::Gc.to_vec(), None)
+        .unwrap();
+    let mut join = Vec::new();
+    GroupJoin {
+        group_id: GroupId([0x77; 32]),
+    }
+    .emit(&mut join);
+    c.send(h, flow, &join);
+    let (_, args) = wait_command(&mut c, h, |name, _| name == "joined");
+    assert_eq!(
+        args,
+        [
+            Value::str(&"77".repeat(32)),
+            Value::Number(1.0),
+            Value::Number(1.0)
+        ]
+    );
+}

@@ -85,6 +85,24 @@ impl Groups {
         self.groups.is_empty()
     }
 
+    /// The group the `GC` flow `flow` of `session` is in.
+    pub fn group_of(&self, session: u32, flow: u64) -> Option<[u8; ID_LEN]> {
+        self.memberships.get(&(session, flow)).map(|m| m.0)
+    }
+
+    /// The groups `session` is in (one per `GC` flow).
+    pub fn groups_of(&self, session: u32) -> Vec<[u8; ID_LEN]> {
+        self.flows
+            .get(&session)
+            .map(|flows| {
+                flows
+                    .iter()
+                    .filter_map(|&f| self.group_of(session, f))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Members of `group`, in join order.
     pub fn members(&self, group: &[u8; ID_LEN]) -> Vec<Member> {
         self.groups

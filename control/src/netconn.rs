@@ -178,6 +178,24 @@ impl NetConnections {
         })
     }
 
+    /// Tells the applications that `session` joined (or left) the NetGroup `group`, if it is
+    /// connected to one; answers what they asked for meanwhile.
+    pub fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool) -> Vec<Routed> {
+        let Some(c) = self.clients.get(&session) else {
+            return Vec::new();
+        };
+        let Some(app) = &c.app else {
+            return Vec::new();
+        };
+        let info = c.info(session, app);
+        if joined {
+            self.apps.join_group(&info, group);
+        } else {
+            self.apps.unjoin_group(&info, group);
+        }
+        self.take_actions()
+    }
+
     /// Where the applications send an initiator looking for `peer_id`, a peer not connected
     /// here (see [`Applications::rendezvous_unknown`]).
     pub fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {

@@ -505,6 +505,10 @@ impl Service {
                 let Some(peer_id) = self.netconn.peer_id(session_id) else {
                     return;
                 };
+                // A flow joining again leaves its group first.
+                if let Some(old) = self.groups.group_of(session_id, flow) {
+                    self.group_event(session_id, &old, false);
+                }
                 let told = self.groups.join(
                     Member {
                         session: session_id,
@@ -515,17 +519,28 @@ impl Service {
                 );
                 tracing::debug!(session = session_id, group = %hex(&group_id), told = told.len(), "NetGroup join");
                 self.introduce_members(told);
+                if self.groups.group_of(session_id, flow) == Some(group_id) {
+                    self.group_event(session_id, &group_id, true);
+                }
             }
             Up::GroupLeave { session_id, flow } => {
+                if let Some(group) = self.groups.group_of(session_id, flow) {
+                    self.group_event(session_id, &group, false);
+                }
                 let told = self.groups.leave(session_id, flow);
                 self.introduce_members(told);
             }
             Up::Closed { session_id } => {
-                for (worker, d) in self.netconn.closed(session_id) {
-                    self.send(worker, &d);
+                // Its groups first (`onUnjoinGroup` while the client is still known), then
+                // the NetConnection (`onDisconnection`).
+                for group in self.groups.groups_of(session_id) {
+                    self.group_event(session_id, &group, false);
                 }
                 let told = self.groups.session_closed(session_id);
                 self.introduce_members(told);
+                for (worker, d) in self.netconn.closed(session_id) {
+                    self.send(worker, &d);
+                }
                 if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
                     l.ids.free(session_id);
                 }
@@ -535,6 +550,13 @@ impl Service {
 }
 
 impl Service {
+    /// Tells the applications of a NetGroup join or leave, and sends what they asked for.
+    fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool) {
+        for (worker, d) in self.netconn.group_event(session, group, joined) {
+            self.send(worker, &d);
+        }
+    }
+
     /// Tells group members about others (digest §1.14), on their `GC` flows.
     fn introduce_members(&mut self, told: Vec<Introduction>) {
         for t in told {

@@ -389,6 +389,20 @@ impl Api {
             .call((name, publication.clone()))
     }
 
+    /// Adds `client` to the group `id` in `cumulus.groups` (made at its first member);
+    /// answers the group object.
+    pub fn group_join(&self, id: &[u8; 32], client: &Table, lua: &Lua) -> mlua::Result<Table> {
+        self.host_fn("group_join")?
+            .call((hex::encode(id), lua.create_string(id)?, client.clone()))
+    }
+
+    /// Takes `client` out of the group `id` (gone from `cumulus.groups` with its last member);
+    /// answers the group object, `None` if the client was not in it.
+    pub fn group_leave(&self, id: &[u8; 32], client: &Table) -> mlua::Result<Option<Table>> {
+        self.host_fn("group_leave")?
+            .call((hex::encode(id), client.clone()))
+    }
+
     /// Marks a listener's play ended: its switches send nothing any more.
     pub fn end_listener(&self, listener: &Table) -> mlua::Result<()> {
         self.host_fn("end_listener")?.call(listener.clone())

@@ -737,6 +737,37 @@ impl Applications for LuaApps {
         }
     }
 
+    fn join_group(&mut self, client: &ClientInfo<'_>, group: &[u8; 32]) {
+        let Some(c) = self.clients.get(&client.session) else {
+            return;
+        };
+        let (table, app) = (c.table.clone(), c.app.clone());
+        match self.api.group_join(group, &table, &self.lua) {
+            Ok(g) => {
+                if let Some(env) = self.env_of(&app) {
+                    self.event(&env, "onJoinGroup", &app, (table, g));
+                }
+            }
+            Err(e) => tracing::error!(app = %app, error = %e, "group join"),
+        }
+    }
+
+    fn unjoin_group(&mut self, client: &ClientInfo<'_>, group: &[u8; 32]) {
+        let Some(c) = self.clients.get(&client.session) else {
+            return;
+        };
+        let (table, app) = (c.table.clone(), c.app.clone());
+        match self.api.group_leave(group, &table) {
+            Ok(Some(g)) => {
+                if let Some(env) = self.env_of(&app) {
+                    self.event(&env, "onUnjoinGroup", &app, (table, g));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(app = %app, error = %e, "group leave"),
+        }
+    }
+
     fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {
         // Cumulus asks every loaded application that defines it, with the raw peer ID, and
         // takes the addresses they return (strings, or tables of them).

@@ -83,6 +83,8 @@ end
 
 local clients, clients_admin = collection(client_key)
 local publications, publications_admin = collection()
+-- Groups by ID, looked up like clients (64 hex digits or the raw 32 bytes).
+local groups, groups_admin = collection(client_key)
 
 -- Methods of the `cumulus` object accept both `cumulus:f(...)` and `cumulus.f(...)`.
 local function method(f)
@@ -98,6 +100,7 @@ local configs = native.configs
 cumulus = setmetatable({
 	clients = clients,
 	publications = publications,
+	groups = groups,
 	configs = configs,
 	publicAddress = configs.publicAddress,
 	toAMF = method(native.toAMF),
@@ -197,6 +200,44 @@ function host.publication(name, client)
 		audioQOS = q,
 		videoQOS = q,
 	}, admin
+end
+
+-- NetGroups (digest §1.14): a group has `id` (hex), `rawId`, `size` and `:ipairs()` over its
+-- member clients; it is in `cumulus.groups` while it has members.
+local group_members = setmetatable({}, { __mode = "k" })
+
+function host.group_join(id, raw, client)
+	local g = groups_admin.get(id)
+	if g == nil then
+		local members, admin = collection()
+		g = setmetatable({ id = id, rawId = raw }, {
+			__index = function(_, k)
+				if k == "size" then
+					return members.count
+				end
+			end,
+		})
+		function g:ipairs()
+			return members:ipairs()
+		end
+		group_members[g] = admin
+		groups_admin.add(id, g)
+	end
+	group_members[g].add(client, client)
+	return g
+end
+
+-- Answers the group, or nil when the client was not in it.
+function host.group_leave(id, client)
+	local g = groups_admin.get(id)
+	if g == nil or group_members[g].get(client) == nil then
+		return nil
+	end
+	group_members[g].remove(client)
+	if g.size == 0 then
+		groups_admin.remove(id, g)
+	end
+	return g
 end
 
 function host.add_publication(name, publication)

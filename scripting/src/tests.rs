@@ -348,6 +348,53 @@ fn the_manage_tick_reloads_and_runs_on_manage() {
 }
 
 #[test]
+fn group_members_are_in_cumulus_groups_and_the_application_hears_joins_and_leaves() {
+    let www = Www::new();
+    www.write(
+        "",
+        "log = {} \
+         function onJoinGroup(client, group) \
+           log[#log + 1] = 'join ' .. client.id:sub(-2) .. ' ' .. group.size end \
+         function onUnjoinGroup(client, group) \
+           log[#log + 1] = 'leave ' .. client.id:sub(-2) .. ' ' .. group.size end",
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 2, "", &[]);
+    let group = [0x5C; 32];
+    apps.join_group(&client(1, ""), &group);
+    apps.join_group(&client(2, ""), &group);
+    let hex_id = "5c".repeat(32);
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.groups.count"), 1);
+    // Looked up by hex or raw ID; its members are the client objects.
+    let size: u32 = eval(&mut apps, "", &format!("cumulus.groups('{hex_id}').size"));
+    assert_eq!(size, 2);
+    let raw_lookup: bool = eval(
+        &mut apps,
+        "",
+        &format!("cumulus.groups(string.rep('\\92', 32)) == cumulus.groups('{hex_id}')"),
+    );
+    assert!(raw_lookup);
+    let first_member: String = eval(
+        &mut apps,
+        "",
+        &format!(
+            "(function() for _, c in cumulus.groups('{hex_id}'):ipairs() do return c.id end end)()"
+        ),
+    );
+    assert!([peer_hex(1), peer_hex(2)].contains(&first_member));
+    let raw_len: u32 = eval(&mut apps, "", &format!("#cumulus.groups('{hex_id}').rawId"));
+    assert_eq!(raw_len, 32);
+    apps.unjoin_group(&client(1, ""), &group);
+    // Leaving a group one is not in is nothing.
+    apps.unjoin_group(&client(1, ""), &group);
+    apps.unjoin_group(&client(2, ""), &group);
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.groups.count"), 0);
+    let log: Vec<String> = eval(&mut apps, "", "log");
+    assert_eq!(log, ["join 01 1", "join 02 2", "leave 01 1", "leave 02 0"]);
+}
+
+#[test]
 fn on_rendezvous_unknown_may_send_the_initiator_to_other_servers() {
     let www = Www::new();
     // The raw 32-byte peer ID comes in; strings and tables of them come back, bad ones are

@@ -411,8 +411,7 @@ fn a_script_can_stop_a_plays_video() {
 
 #[test]
 fn lua_hears_a_netgroup_join_and_sees_the_group() {
-    use rtmfp::flash::metadata::FlowMetadata;
-    use rtmfp::flash::netgroup::{GroupId, GroupJoin};
+    use rtmfp::flash::netgroup::GroupId;
     let server = start_server_on(
         www_with(
             "function onJoinGroup(client, group) \
@@ -422,18 +421,7 @@ fn lua_hears_a_netgroup_join_and_sees_the_group() {
         &[],
     );
     let (mut c, h, _) = connected(server.addr, 61, vec![]);
-    let flow = c
-        .endpoint
-        .session_mut(h)
-        .unwrap()
-        .open_flow(&FlowMetadata::Gc.to_vec(), None)
-        .unwrap();
-    let mut join = Vec::new();
-    GroupJoin {
-        group_id: GroupId([0x77; 32]),
-    }
-    .emit(&mut join);
-    c.send(h, flow, &join);
+    c.join_group(h, GroupId([0x77; 32]));
     let (_, args) = wait_command(&mut c, h, |name, _| name == "joined");
     assert_eq!(
         args,

@@ -6,7 +6,7 @@
 mod support;
 
 use rtmfp::flash::metadata::FlowMetadata;
-use rtmfp::flash::netgroup::{parse_member, GroupId, GroupJoin};
+use rtmfp::flash::netgroup::{parse_member, GroupId};
 use rtmfp::ids::PeerId;
 use support::live::run_until;
 use support::*;
@@ -24,15 +24,7 @@ fn member(server: SocketAddr, seed: u64) -> (Client, u32, PeerId) {
 
 /// Opens a `GC` flow on session `h`, sends the join, and waits until the server has it.
 fn join(c: &mut Client, h: u32, group: GroupId) -> FlowId {
-    let mut message = Vec::new();
-    GroupJoin { group_id: group }.emit(&mut message);
-    let flow = c
-        .endpoint
-        .session_mut(h)
-        .unwrap()
-        .open_flow(&FlowMetadata::Gc.to_vec(), None)
-        .unwrap();
-    c.send(h, flow, &message);
+    let flow = c.join_group(h, group);
     assert!(
         run_until(&mut [&mut *c], Duration::from_secs(5), |c| c[0]
             .endpoint

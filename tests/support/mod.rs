@@ -330,6 +330,20 @@ impl Client {
         c
     }
 
+    /// Opens a NetGroup (`GC`) flow on session `h` and sends the join of `group` on it.
+    pub fn join_group(&mut self, h: u32, group: rtmfp::flash::netgroup::GroupId) -> FlowId {
+        let mut join = Vec::new();
+        rtmfp::flash::netgroup::GroupJoin { group_id: group }.emit(&mut join);
+        let flow = self
+            .endpoint
+            .session_mut(h)
+            .unwrap()
+            .open_flow(&FlowMetadata::Gc.to_vec(), None)
+            .unwrap();
+        self.send(h, flow, &join);
+        flow
+    }
+
     /// Drops `percent` of the datagrams this client receives, from now on.
     pub fn set_loss(&mut self, percent: u32, seed: u64) {
         self.loss = Some((percent, ChaCha20Rng::seed_from_u64(seed)));

@@ -279,8 +279,8 @@ impl Handshakes {
     }
 
     /// A Redirect (RFC 7016 §2.3.5) for the initiator at `to` listing `addresses` (at most
-    /// [`REDIRECT_THRESHOLD`]), if it fits `budget` bytes (the amplification limit; a refusal
-    /// is counted).
+    /// [`REDIRECT_THRESHOLD`]) within `budget` bytes (the amplification limit): the last
+    /// addresses are left out until it fits; none fitting is a refusal, counted.
     pub fn redirect(
         &mut self,
         now: Instant,
@@ -289,16 +289,19 @@ impl Handshakes {
         addresses: &[Address],
         budget: usize,
     ) -> Option<Vec<u8>> {
-        let addresses = &addresses[..addresses.len().min(REDIRECT_THRESHOLD)];
-        let packet = startup_packet_with(&mut self.encoder, now, 0, |w| {
-            Redirect::emit_with(w, tag, addresses).is_ok()
-        })?;
-        if packet.len() > budget {
-            self.stats.amplification_refused += 1;
-            tracing::debug!(%to, redirect = packet.len(), budget, "Redirect withheld: amplification");
-            return None;
+        let mut n = addresses.len().min(REDIRECT_THRESHOLD);
+        while n > 0 {
+            let packet = startup_packet_with(&mut self.encoder, now, 0, |w| {
+                Redirect::emit_with(w, tag, &addresses[..n]).is_ok()
+            })?;
+            if packet.len() <= budget {
+                return Some(packet);
+            }
+            n -= 1;
         }
-        Some(packet)
+        self.stats.amplification_refused += 1;
+        tracing::debug!(%to, budget, "Redirect withheld: amplification");
+        None
     }
 
     /// Counts an introduction made (a Redirect to the initiator, the IHello forwarded to the
@@ -901,7 +904,17 @@ mod tests {
         assert_eq!(redirect.tag_echo, &tag);
         let listed: Vec<Address> = redirect.addresses().map(Result::unwrap).collect();
         assert_eq!(listed, addresses);
-        // Too small a budget withholds it.
+        // A smaller budget leaves the last addresses out; too small a one withholds it.
+        let mut p = h.redirect(now, from, &tag, &addresses, 40).unwrap();
+        assert!(p.len() <= 40);
+        let decoded = PacketDecoder::startup().decode(&mut p).unwrap();
+        let mut r = Reader::new(decoded.packet);
+        PacketHeader::parse(&mut r).unwrap();
+        let Some(Ok(Chunk::Redirect(redirect))) = ChunkIter::new(r.rest()).next() else {
+            panic!("not a Redirect")
+        };
+        let listed: Vec<Address> = redirect.addresses().map(Result::unwrap).collect();
+        assert_eq!(listed, addresses[..1]);
         assert!(h.redirect(now, from, &tag, &addresses, 20).is_none());
         assert_eq!(h.stats().amplification_refused, 1);
         h.introduced();

@@ -204,8 +204,10 @@ mod tests {
             sessions_open: 3,
             ..WorkerCounters::default()
         });
-        shared.control_stats[11].store(4, std::sync::atomic::Ordering::Relaxed);
-        shared.control_stats[14].store(2, std::sync::atomic::Ordering::Relaxed);
+        let at = |name: &str| CONTROL_STATS.iter().position(|n| *n == name).unwrap();
+        shared.control_stats[at("handshake_completed")]
+            .store(4, std::sync::atomic::Ordering::Relaxed);
+        shared.control_stats[at("sessions")].store(2, std::sync::atomic::Ordering::Relaxed);
         shared
             .control_stats_len
             .store(CONTROL_STATS.len(), std::sync::atomic::Ordering::Relaxed);

@@ -121,3 +121,36 @@ fn members_hear_of_each_other_and_a_leaver_s_follower_is_stitched_in() {
     );
     assert_eq!(heard(c7, h7)[6], ids[1]);
 }
+
+#[test]
+fn group_memberships_survive_a_control_plane_restart() {
+    let server = start_server_with(&["--workers", "2"]);
+    let control = server.control_pid.expect("a control process");
+    let group = GroupId([0x3C; 32]);
+    let (mut a, ha, a_id) = member(server.addr, 200);
+    join(&mut a, ha, group);
+    ServerProcess::signal(control, "KILL");
+    let deadline = WallInstant::now() + Duration::from_secs(5);
+    while WallInstant::now() < deadline && !server.logged("control process restarted") {
+        a.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(server.logged("control process restarted"));
+    // The workers report the membership to the new control plane, which does not answer it
+    // again; a newcomer hears of the member from before the restart.
+    let (mut b, hb, _) = member(server.addr, 201);
+    join(&mut b, hb, group);
+    assert!(
+        run_until(&mut [&mut b, &mut a], Duration::from_secs(5), |c| heard(
+            c[0], hb
+        ) == [
+            a_id
+        ]),
+        "the newcomer heard of {:?}",
+        heard(&b, hb)
+    );
+    assert!(
+        heard(&a, ha).is_empty(),
+        "nothing told again to the old member"
+    );
+}

@@ -144,8 +144,10 @@ pub trait Applications: Send {
     fn qos(&mut self, _client: &ClientInfo<'_>, _name: &str, _qos: &QosEntry) {}
     /// The periodic manage tick (every [`MANAGE_PERIOD`]).
     fn manage(&mut self) {}
-    /// A connected client joined the NetGroup `group` (Cumulus's `onJoinGroup`).
-    fn join_group(&mut self, _client: &ClientInfo<'_>, _group: &[u8; 32]) {}
+    /// A connected client joined the NetGroup `group` (Cumulus's `onJoinGroup`), or was in it
+    /// before a control-process restart (`restored`: the membership is known again, without
+    /// the event).
+    fn join_group(&mut self, _client: &ClientInfo<'_>, _group: &[u8; 32], _restored: bool) {}
     /// A connected client left the NetGroup `group`, or ended (Cumulus's `onUnjoinGroup`).
     fn unjoin_group(&mut self, _client: &ClientInfo<'_>, _group: &[u8; 32]) {}
     /// A P2P rendezvous looks for `peer_id`, which is not connected here (Cumulus's

@@ -284,6 +284,9 @@ pub enum Up {
         flow: u64,
         /// The group.
         group_id: [u8; PEER_ID_LEN],
+        /// Reported again to a restarted control plane (after `Resync`): a membership to
+        /// restore, not a join to answer.
+        restored: bool,
     },
     /// A client's `GC` flow ended: it left that flow's group.
     GroupLeave {
@@ -552,6 +555,7 @@ impl Up {
                 session_id: r.u32()?,
                 flow: r.u64()?,
                 group_id: r.array()?,
+                restored: r.bool("group join restored")?,
             },
             TAG_UP_GROUP_LEAVE => Up::GroupLeave {
                 session_id: r.u32()?,
@@ -612,11 +616,13 @@ impl Up {
                 session_id,
                 flow,
                 group_id,
+                restored,
             } => {
                 w.u8(TAG_UP_GROUP_JOIN)?;
                 w.u32(*session_id)?;
                 w.u64(*flow)?;
-                w.put(group_id)
+                w.put(group_id)?;
+                w.bool(*restored)
             }
             Up::GroupLeave { session_id, flow } => {
                 w.u8(TAG_UP_GROUP_LEAVE)?;
@@ -1722,13 +1728,18 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|session_id| Up::Closed { session_id }),
-            (any::<u32>(), any::<u64>(), any::<[u8; PEER_ID_LEN]>()).prop_map(
-                |(session_id, flow, group_id)| Up::GroupJoin {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<[u8; PEER_ID_LEN]>(),
+                any::<bool>()
+            )
+                .prop_map(|(session_id, flow, group_id, restored)| Up::GroupJoin {
                     session_id,
                     flow,
-                    group_id
-                }
-            ),
+                    group_id,
+                    restored
+                }),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(session_id, flow)| Up::GroupLeave { session_id, flow }),
             vec(

@@ -179,8 +179,15 @@ impl NetConnections {
     }
 
     /// Tells the applications that `session` joined (or left) the NetGroup `group`, if it is
-    /// connected to one; answers what they asked for meanwhile.
-    pub fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool) -> Vec<Routed> {
+    /// connected to one (`restored`: a membership from before a control-process restart);
+    /// answers what they asked for meanwhile.
+    pub fn group_event(
+        &mut self,
+        session: u32,
+        group: &[u8; 32],
+        joined: bool,
+        restored: bool,
+    ) -> Vec<Routed> {
         let Some(c) = self.clients.get(&session) else {
             return Vec::new();
         };
@@ -189,7 +196,7 @@ impl NetConnections {
         };
         let info = c.info(session, app);
         if joined {
-            self.apps.join_group(&info, group);
+            self.apps.join_group(&info, group, restored);
         } else {
             self.apps.unjoin_group(&info, group);
         }

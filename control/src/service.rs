@@ -500,6 +500,7 @@ impl Service {
                 session_id,
                 flow,
                 group_id,
+                restored,
             } => {
                 // Only a session the control plane knows (it has a peer ID) joins.
                 let Some(peer_id) = self.netconn.peer_id(session_id) else {
@@ -507,7 +508,7 @@ impl Service {
                 };
                 // A flow joining again leaves its group first.
                 if let Some(old) = self.groups.group_of(session_id, flow) {
-                    self.group_event(session_id, &old, false);
+                    self.group_event(session_id, &old, false, false);
                 }
                 let told = self.groups.join(
                     Member {
@@ -517,15 +518,18 @@ impl Service {
                     },
                     group_id,
                 );
-                tracing::debug!(session = session_id, group = %hex(&group_id), told = told.len(), "NetGroup join");
-                self.introduce_members(told);
+                tracing::debug!(session = session_id, group = %hex(&group_id), told = told.len(), restored, "NetGroup join");
+                // A restored membership was answered before the restart.
+                if !restored {
+                    self.introduce_members(told);
+                }
                 if self.groups.group_of(session_id, flow) == Some(group_id) {
-                    self.group_event(session_id, &group_id, true);
+                    self.group_event(session_id, &group_id, true, restored);
                 }
             }
             Up::GroupLeave { session_id, flow } => {
                 if let Some(group) = self.groups.group_of(session_id, flow) {
-                    self.group_event(session_id, &group, false);
+                    self.group_event(session_id, &group, false, false);
                 }
                 let told = self.groups.leave(session_id, flow);
                 self.introduce_members(told);
@@ -534,7 +538,7 @@ impl Service {
                 // Its groups first (`onUnjoinGroup` while the client is still known), then
                 // the NetConnection (`onDisconnection`).
                 for group in self.groups.groups_of(session_id) {
-                    self.group_event(session_id, &group, false);
+                    self.group_event(session_id, &group, false, false);
                 }
                 let told = self.groups.session_closed(session_id);
                 self.introduce_members(told);
@@ -551,8 +555,8 @@ impl Service {
 
 impl Service {
     /// Tells the applications of a NetGroup join or leave, and sends what they asked for.
-    fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool) {
-        for (worker, d) in self.netconn.group_event(session, group, joined) {
+    fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool, restored: bool) {
+        for (worker, d) in self.netconn.group_event(session, group, joined, restored) {
             self.send(worker, &d);
         }
     }

@@ -219,8 +219,9 @@ struct Entry {
     streams: Vec<(FlowId, u64)>,
     /// The client's first NetConnection control flow.
     control: Option<FlowId>,
-    /// The client's NetGroup (`GC`) flows (digest §1.14).
-    groups: Vec<FlowId>,
+    /// The client's NetGroup (`GC`) flows (digest §1.14), and the group each joined (kept for
+    /// a restarted control plane).
+    groups: Vec<(FlowId, Option<[u8; 32]>)>,
     armed: Option<Instant>,
     dirty: bool,
     /// Close once everything sent has been acknowledged, or at this deadline.
@@ -239,7 +240,7 @@ impl Entry {
         }
         let stream_id = self.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
         // A NetGroup flow's answers go on a `GC` flow associated with it (as Cumulus does).
-        let group = self.groups.contains(&flow);
+        let group = self.groups.iter().any(|g| g.0 == flow);
         let associated = self
             .control
             .filter(|_| stream_id != 0 && !group)
@@ -702,6 +703,25 @@ impl<IO: BatchIo> Worker<IO> {
             self.send_up(&Up::NetStates {
                 entries: chunk.to_vec(),
             });
+        }
+        // And the NetGroups its sessions joined, in the order they joined on this worker.
+        let joins: Vec<Up> = self
+            .table
+            .iter()
+            .flatten()
+            .flat_map(|e| {
+                e.groups.iter().filter_map(|&(flow, group)| {
+                    group.map(|group_id| Up::GroupJoin {
+                        session_id: e.id,
+                        flow: flow.0,
+                        group_id,
+                        restored: true,
+                    })
+                })
+            })
+            .collect();
+        for join in &joins {
+            self.send_up(join);
         }
         tracing::info!(
             worker = self.index,
@@ -1744,8 +1764,8 @@ impl<IO: BatchIo> Worker<IO> {
         };
         let id = e.id;
         e.streams.retain(|s| s.0 != flow);
-        let was_group = e.groups.contains(&flow);
-        e.groups.retain(|&g| g != flow);
+        let was_group = e.groups.iter().any(|g| g.0 == flow);
+        e.groups.retain(|g| g.0 != flow);
         if let Some(i) = e.replies.iter().position(|r| r.0 == flow) {
             let (_, reply) = e.replies.swap_remove(i);
             let _ = e.session.close_flow(reply);
@@ -1774,7 +1794,7 @@ impl<IO: BatchIo> Worker<IO> {
                     e.control = Some(flow);
                 }
             }
-            Ok(FlowMetadata::Gc) if e.groups.len() < MAX_GROUP_FLOWS => e.groups.push(flow),
+            Ok(FlowMetadata::Gc) if e.groups.len() < MAX_GROUP_FLOWS => e.groups.push((flow, None)),
             _ => {
                 // Unknown flows, and NetGroup flows beyond the limit, are rejected (RFC 7016
                 // §3.6.3.7).
@@ -1788,13 +1808,15 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         };
         let id = e.id;
-        if e.groups.contains(&flow) {
+        if let Some(g) = e.groups.iter_mut().find(|g| g.0 == flow) {
             // A NetGroup join (digest §1.14); other raw group messages are not for a server.
             if let Ok(join) = GroupJoin::parse(&data) {
+                g.1 = Some(join.group_id.0);
                 self.send_up(&Up::GroupJoin {
                     session_id: id,
                     flow: flow.0,
                     group_id: join.group_id.0,
+                    restored: false,
                 });
             }
             return;

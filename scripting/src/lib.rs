@@ -737,17 +737,18 @@ impl Applications for LuaApps {
         }
     }
 
-    fn join_group(&mut self, client: &ClientInfo<'_>, group: &[u8; 32]) {
+    fn join_group(&mut self, client: &ClientInfo<'_>, group: &[u8; 32], restored: bool) {
         let Some(c) = self.clients.get(&client.session) else {
             return;
         };
         let (table, app) = (c.table.clone(), c.app.clone());
         match self.api.group_join(group, &table, &self.lua) {
-            Ok(g) => {
+            Ok(g) if !restored => {
                 if let Some(env) = self.env_of(&app) {
                     self.event(&env, "onJoinGroup", &app, (table, g));
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::error!(app = %app, error = %e, "group join"),
         }
     }

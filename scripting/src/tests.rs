@@ -362,8 +362,8 @@ fn group_members_are_in_cumulus_groups_and_the_application_hears_joins_and_leave
     connect(&mut apps, 1, "", &[]);
     connect(&mut apps, 2, "", &[]);
     let group = [0x5C; 32];
-    apps.join_group(&client(1, ""), &group);
-    apps.join_group(&client(2, ""), &group);
+    apps.join_group(&client(1, ""), &group, false);
+    apps.join_group(&client(2, ""), &group, false);
     let hex_id = "5c".repeat(32);
     assert_eq!(eval::<u32>(&mut apps, "", "cumulus.groups.count"), 1);
     // Looked up by hex or raw ID; its members are the client objects.
@@ -392,6 +392,10 @@ fn group_members_are_in_cumulus_groups_and_the_application_hears_joins_and_leave
     assert_eq!(eval::<u32>(&mut apps, "", "cumulus.groups.count"), 0);
     let log: Vec<String> = eval(&mut apps, "", "log");
     assert_eq!(log, ["join 01 1", "join 02 2", "leave 01 1", "leave 02 0"]);
+    // A membership restored after a control-process restart is in the group, without the event.
+    apps.join_group(&client(1, ""), &group, true);
+    assert_eq!(eval::<u32>(&mut apps, "", "cumulus.groups.count"), 1);
+    assert_eq!(eval::<u32>(&mut apps, "", "#log"), 4);
 }
 
 #[test]

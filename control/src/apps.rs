@@ -150,6 +150,17 @@ pub trait Applications: Send {
     fn join_group(&mut self, _client: &ClientInfo<'_>, _group: &[u8; 32], _restored: bool) {}
     /// A connected client left the NetGroup `group`, or ended (Cumulus's `onUnjoinGroup`).
     fn unjoin_group(&mut self, _client: &ClientInfo<'_>, _group: &[u8; 32]) {}
+    /// Whether the applications want to see IHellos ([`Applications::handshake`]): an
+    /// application defines Cumulus's `onHandshake`.
+    fn wants_handshakes(&self) -> bool {
+        false
+    }
+    /// Where to send a client whose IHello from `from` asks for `url` (its `rtmfp://` EPD),
+    /// its `attempts`-th with that tag (Cumulus's `onHandshake`): addresses for a Redirect,
+    /// or none for the ordinary answer.
+    fn handshake(&mut self, _from: SocketAddr, _url: &str, _attempts: u32) -> Vec<SocketAddr> {
+        Vec::new()
+    }
     /// A P2P rendezvous looks for `peer_id`, which is not connected here (Cumulus's
     /// `onRendezVousUnknown`): addresses to redirect the initiator to (other servers, say), or
     /// none to leave it unanswered.

@@ -21,6 +21,8 @@ use rtmfp::crypto::{PacketDecoder, PacketEncoder};
 use rtmfp::endpoint::{cookie_change_packet, startup_packet, startup_packet_with, FLASH_SIGNATURE};
 use rtmfp::ids::SessionId;
 use rtmfp::params::REDIRECT_THRESHOLD;
+use rtmfp::startup::components::Epd;
+use rtmfp::startup::cookie::COOKIE_LEN;
 use rtmfp::startup::responder::{
     Accepted, HelloDisposition, KeyingDisposition, KeyingError, KeyingRequest, Responder,
 };
@@ -43,6 +45,8 @@ pub const MIN_ANSWER_BUDGET: usize = 160;
 /// How long an RIKeying is kept to answer a retransmitted IIKeying (the initiator's open
 /// timeout, RFC 7016 §3.5.1.1.1, bounds how long it retransmits).
 const ACCEPTED_MEMORY: Duration = rtmfp::params::ULTIMATE_OPEN_TIMEOUT;
+/// Most (source, tag) pairs whose IHellos are counted for [`Action::Hello`].
+const MAX_HELLO_ATTEMPTS: usize = 4096;
 /// Most remembered RIKeyings; older ones are forgotten first when full.
 const MAX_ACCEPTED: usize = 65_536;
 /// Most source addresses the rate limiter tracks at once.
@@ -143,6 +147,23 @@ pub enum Action {
     },
     /// Run the Diffie-Hellman step for this request, then call [`Handshakes::complete`].
     Compute(Box<KeyingRequest>),
+    /// An IHello for `url` (its `rtmfp://` EPD) while the applications want to choose (see
+    /// [`Handshakes::ask_applications`]): answer with [`Handshakes::redirect`] to where they
+    /// send the client, or with [`Handshakes::rhello`].
+    Hello {
+        /// The initiator.
+        from: SocketAddr,
+        /// The URL it asks for.
+        url: String,
+        /// The initiator's tag, to echo.
+        tag: Vec<u8>,
+        /// The cookie for the RHello.
+        cookie: [u8; COOKIE_LEN],
+        /// Bytes the answer may take.
+        budget: usize,
+        /// How many IHellos with this tag came from `from` lately, this one included.
+        attempts: u32,
+    },
     /// An IHello from `from` looks for another peer (RFC 7016 §3.5.1.4): if `peer_id` is
     /// connected, answer with [`Handshakes::redirect`] and forward the IHello into its session;
     /// otherwise call [`Handshakes::unknown_peer`].
@@ -235,6 +256,11 @@ pub struct Handshakes {
     /// Short startup datagrams per source address answered with up to [`MIN_ANSWER_BUDGET`]
     /// bytes (more than [`AMPLIFICATION_FACTOR`] times their size).
     short_limiter: RateLimiter,
+    /// IHellos are passed to the applications ([`Action::Hello`]).
+    ask_applications: bool,
+    /// IHellos per (source, tag) while they are, oldest first (at most [`MAX_HELLO_ATTEMPTS`]).
+    attempts: HashMap<(SocketAddr, Vec<u8>), u32>,
+    attempts_order: VecDeque<(SocketAddr, Vec<u8>)>,
     accepted: HashMap<(SocketAddr, u32), Remembered>,
     /// The keys of `accepted`, oldest first, to forget in O(1).
     accepted_order: VecDeque<(Instant, (SocketAddr, u32))>,
@@ -261,6 +287,9 @@ impl Handshakes {
             limiter: RateLimiter::new(limits.rate, limits.burst),
             rendezvous_limiter: RateLimiter::new(limits.rate, limits.burst),
             short_limiter: RateLimiter::new(limits.rate, limits.burst),
+            ask_applications: false,
+            attempts: HashMap::new(),
+            attempts_order: VecDeque::new(),
             accepted: HashMap::new(),
             accepted_order: VecDeque::new(),
             pending: HashSet::new(),
@@ -302,6 +331,59 @@ impl Handshakes {
         self.stats.amplification_refused += 1;
         tracing::debug!(%to, budget, "Redirect withheld: amplification");
         None
+    }
+
+    /// Whether IHellos for a URL go to the applications first (Cumulus's `onHandshake`, which
+    /// may redirect the client elsewhere) as [`Action::Hello`]. Off, they are answered at once.
+    pub fn ask_applications(&mut self, on: bool) {
+        self.ask_applications = on;
+        if !on {
+            self.attempts.clear();
+            self.attempts_order.clear();
+        }
+    }
+
+    /// The RHello for an [`Action::Hello`] the applications did not redirect, within `budget`
+    /// (counted as an RHello, or as withheld).
+    pub fn rhello(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        tag: &[u8],
+        cookie: &[u8; COOKIE_LEN],
+        budget: usize,
+    ) -> Option<Vec<u8>> {
+        let chunk = RHello {
+            tag_echo: tag,
+            cookie,
+            certificate: self.responder.certificate(),
+        };
+        let p = startup_packet(&mut self.encoder, now, 0, &chunk)?;
+        if p.len() > budget {
+            self.stats.amplification_refused += 1;
+            tracing::debug!(%to, rhello = p.len(), budget, "RHello withheld: amplification");
+            return None;
+        }
+        self.stats.rhello += 1;
+        Some(p)
+    }
+
+    /// Counts an IHello with `tag` from `from`; answers how many came (bounded memory: the
+    /// oldest are forgotten first).
+    fn attempt(&mut self, from: SocketAddr, tag: &[u8]) -> u32 {
+        let key = (from, tag.to_vec());
+        if let Some(n) = self.attempts.get_mut(&key) {
+            *n = n.saturating_add(1);
+            return *n;
+        }
+        if self.attempts_order.len() >= MAX_HELLO_ATTEMPTS {
+            if let Some(old) = self.attempts_order.pop_front() {
+                self.attempts.remove(&old);
+            }
+        }
+        self.attempts_order.push_back(key.clone());
+        self.attempts.insert(key, 1);
+        1
     }
 
     /// Counts an introduction made (a Redirect to the initiator, the IHello forwarded to the
@@ -375,26 +457,32 @@ impl Handshakes {
         out: &mut Vec<Action>,
     ) {
         match self.responder.on_ihello(now, &from, epd, tag) {
-            HelloDisposition::RHello { tag, cookie } => {
-                let chunk = RHello {
-                    tag_echo: tag,
-                    cookie: &cookie,
-                    certificate: self.responder.certificate(),
-                };
-                let Some(p) = startup_packet(&mut self.encoder, now, 0, &chunk) else {
-                    return;
-                };
-                if p.len() > *budget {
-                    self.stats.amplification_refused += 1;
-                    tracing::debug!(%from, rhello = p.len(), budget = *budget, "RHello withheld: amplification");
-                    return;
-                }
-                *budget -= p.len();
-                self.stats.rhello += 1;
-                out.push(Action::Transmit {
-                    to: from,
-                    datagram: p,
+            HelloDisposition::RHello { tag, cookie } if self.ask_applications => {
+                let url = Epd::parse(epd)
+                    .ok()
+                    .and_then(|e| e.ancillary_data)
+                    .map(|u| String::from_utf8_lossy(u).into_owned())
+                    .unwrap_or_default();
+                let attempts = self.attempt(from, tag);
+                out.push(Action::Hello {
+                    from,
+                    url,
+                    tag: tag.to_vec(),
+                    cookie,
+                    budget: *budget,
+                    attempts,
                 });
+                // Charge the budget as an RHello would, for the next chunks of the datagram.
+                *budget = budget.saturating_sub(MIN_ANSWER_BUDGET.min(*budget));
+            }
+            HelloDisposition::RHello { tag, cookie } => {
+                if let Some(p) = self.rhello(now, from, tag, &cookie, *budget) {
+                    *budget -= p.len();
+                    out.push(Action::Transmit {
+                        to: from,
+                        datagram: p,
+                    });
+                }
             }
             HelloDisposition::Rendezvous { peer_id, tag } => {
                 self.stats.rendezvous += 1;
@@ -850,7 +938,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 Action::Transmit { datagram, .. } => datagram.len(),
-                Action::Compute(_) | Action::Rendezvous { .. } => 0,
+                Action::Compute(_) | Action::Rendezvous { .. } | Action::Hello { .. } => 0,
             })
             .sum();
         assert!(sent <= AMPLIFICATION_FACTOR * len, "{sent} bytes for {len}");
@@ -937,6 +1025,54 @@ mod tests {
         h.on_startup(now, 0, from, &mut dg, &mut out);
         assert!(matches!(&out[..], [Action::Transmit { .. }]));
         assert_eq!(h.stats().rhello, 1);
+    }
+
+    #[test]
+    fn ihellos_go_to_the_applications_when_they_ask_and_are_counted_per_tag() {
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+        let from: SocketAddr = "127.0.0.1:4020".parse().unwrap();
+        let epd = build_url_epd(b"rtmfp://server.example/app?lb=1");
+        let hello = |tag: u8| {
+            encode(&StartupMessage::IHello {
+                epd: &epd,
+                tag: &[tag; 16],
+            })
+        };
+        let mut out = Vec::new();
+        h.ask_applications(true);
+        for _ in 0..2 {
+            h.on_startup(Instant::ZERO, 0, from, &mut hello(1), &mut out);
+        }
+        h.on_startup(Instant::ZERO, 0, from, &mut hello(2), &mut out);
+        let asked: Vec<(String, u32)> = out
+            .iter()
+            .map(|a| match a {
+                Action::Hello { url, attempts, .. } => (url.clone(), *attempts),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let url = "rtmfp://server.example/app?lb=1".to_string();
+        assert_eq!(asked, [(url.clone(), 1), (url.clone(), 2), (url, 1)]);
+        assert_eq!(h.stats().rhello, 0);
+        // Not redirected: the RHello is built from what the action carries.
+        let Action::Hello {
+            tag,
+            cookie,
+            budget,
+            ..
+        } = &out[0]
+        else {
+            unreachable!()
+        };
+        let p = h.rhello(Instant::ZERO, from, tag, cookie, *budget).unwrap();
+        assert!(p.len() <= *budget);
+        assert_eq!(h.stats().rhello, 1);
+        // Off again: answered at once, and the counts are gone.
+        h.ask_applications(false);
+        out.clear();
+        h.on_startup(Instant::ZERO, 0, from, &mut hello(1), &mut out);
+        assert!(matches!(&out[..], [Action::Transmit { .. }]));
+        assert!(h.attempts.is_empty());
     }
 
     #[test]

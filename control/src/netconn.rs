@@ -203,6 +203,17 @@ impl NetConnections {
         self.take_actions()
     }
 
+    /// Whether the applications want to see IHellos (see [`Applications::wants_handshakes`]).
+    pub fn wants_handshakes(&self) -> bool {
+        self.apps.wants_handshakes()
+    }
+
+    /// Where the applications send a client whose IHello asks for `url` (see
+    /// [`Applications::handshake`]).
+    pub fn handshake(&mut self, from: SocketAddr, url: &str, attempts: u32) -> Vec<SocketAddr> {
+        self.apps.handshake(from, url, attempts)
+    }
+
     /// Where the applications send an initiator looking for `peer_id`, a peer not connected
     /// here (see [`Applications::rendezvous_unknown`]).
     pub fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {

@@ -373,6 +373,9 @@ impl Service {
     }
 
     fn handle(&mut self, now: Instant, input: Input) {
+        // Whether IHellos go to the applications first follows what they define.
+        self.handshakes
+            .ask_applications(self.netconn.wants_handshakes());
         match input {
             Input::Up(link, msg) => self.on_up(now, link, msg),
             Input::Malformed => self.malformed += 1,
@@ -480,6 +483,33 @@ impl Service {
                             tag,
                             budget,
                         } => self.introduce(now, link, from, &peer_id, tag, budget),
+                        Action::Hello {
+                            from,
+                            url,
+                            tag,
+                            cookie,
+                            budget,
+                            attempts,
+                        } => {
+                            // The applications may send the client elsewhere (Cumulus's
+                            // `onHandshake`; the first address is marked public).
+                            let elsewhere = self.netconn.handshake(from, &url, attempts);
+                            let answer = if elsewhere.is_empty() {
+                                self.handshakes.rhello(now, from, &tag, &cookie, budget)
+                            } else {
+                                tracing::debug!(%from, url, attempts, redirected = elsewhere.len(), "IHello redirected by the applications");
+                                self.handshakes.redirect(
+                                    now,
+                                    from,
+                                    &tag,
+                                    &redirect_list(&elsewhere),
+                                    budget,
+                                )
+                            };
+                            if let Some(datagram) = answer {
+                                self.send(link, &Down::Transmit { to: from, datagram });
+                            }
+                        }
                     }
                 }
                 self.actions = actions;
@@ -598,22 +628,10 @@ impl Service {
             // is marked public).
             let elsewhere = self.netconn.rendezvous_unknown(peer_id);
             tracing::debug!(%from, peer = %hex(peer_id), redirected = elsewhere.len(), "rendezvous for a peer not connected here");
-            let addresses: Vec<Address> = elsewhere
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let origin = if i == 0 {
-                        AddressOrigin::Observed
-                    } else {
-                        AddressOrigin::Local
-                    };
-                    Address::new(*a, origin)
-                })
-                .collect();
-            if !addresses.is_empty() {
-                if let Some(redirect) = self
-                    .handshakes
-                    .redirect(now, from, &tag, &addresses, budget)
+            if !elsewhere.is_empty() {
+                if let Some(redirect) =
+                    self.handshakes
+                        .redirect(now, from, &tag, &redirect_list(&elsewhere), budget)
                 {
                     self.send(
                         link,
@@ -664,6 +682,23 @@ impl Service {
             },
         );
     }
+}
+
+/// Addresses the applications gave for a Redirect, the first marked public as Cumulus writes
+/// them.
+fn redirect_list(addresses: &[SocketAddr]) -> Vec<Address> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let origin = if i == 0 {
+                AddressOrigin::Observed
+            } else {
+                AddressOrigin::Local
+            };
+            Address::new(*a, origin)
+        })
+        .collect()
 }
 
 /// `MSG_DONTWAIT | MSG_NOSIGNAL`: never block on a worker, never die of SIGPIPE.

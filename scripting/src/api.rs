@@ -47,7 +47,7 @@ pub struct Api {
 }
 
 /// The query parameters of a connect URL (`rtmfp://host/app?a=1&b=2`), percent-decoded.
-fn query_pairs(url: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn query_pairs(url: &str) -> impl Iterator<Item = (String, String)> + '_ {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let query = query.split('#').next().unwrap_or("");
     query

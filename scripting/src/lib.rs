@@ -115,6 +115,9 @@ pub struct LuaApps {
     deadline: Arc<Mutex<Option<std::time::Instant>>>,
     /// How long one event may run ([`SCRIPT_TIME_LIMIT`] unless changed).
     time_limit: Duration,
+    /// A loaded application defines `onHandshake` (checked when applications load or unload,
+    /// and every manage tick).
+    handshake_hook: bool,
 }
 
 impl std::fmt::Debug for LuaApps {
@@ -230,6 +233,7 @@ impl LuaApps {
             outbox,
             deadline,
             time_limit: SCRIPT_TIME_LIMIT,
+            handshake_hook: false,
         };
         if let Err(Unavailable::Failed(e)) = apps.resolve("") {
             tracing::error!(error = %e, "the root application failed to load");
@@ -255,6 +259,17 @@ impl LuaApps {
     }
 
     /// Calls `f(args…)` under the time limit.
+    /// Whether a loaded application defines `onHandshake`, kept in `handshake_hook`.
+    fn refresh_handshake_hook(&mut self) {
+        self.handshake_hook = self.apps.values().any(|a| {
+            a.error.is_none()
+                && matches!(
+                    a.env.raw_get::<LuaValue>("onHandshake"),
+                    Ok(LuaValue::Function(_))
+                )
+        });
+    }
+
     /// The loaded applications whose script runs (path, environment).
     fn working_apps(&self) -> Vec<(String, Table)> {
         self.apps
@@ -357,6 +372,7 @@ impl LuaApps {
         }
         tracing::info!(app = %path, reload, "application started");
         self.event(&env, "onStart", path, (path,));
+        self.refresh_handshake_hook();
         Ok(env)
     }
 
@@ -404,6 +420,7 @@ impl LuaApps {
             }
             tracing::info!(app = %p, "application unloaded: its main.lua is gone");
         }
+        self.refresh_handshake_hook();
         let _ = self.lua.gc_collect();
     }
 
@@ -715,6 +732,7 @@ impl Applications for LuaApps {
 
     fn manage(&mut self) {
         self.reload_changed();
+        self.refresh_handshake_hook();
         for (path, env) in self.working_apps() {
             // Only the applications that define it (not inherited).
             if let Ok(LuaValue::Function(f)) = env.raw_get::<LuaValue>("onManage") {
@@ -767,6 +785,55 @@ impl Applications for LuaApps {
             Ok(None) => {}
             Err(e) => tracing::error!(app = %app, error = %e, "group leave"),
         }
+    }
+
+    fn wants_handshakes(&self) -> bool {
+        self.handshake_hook
+    }
+
+    fn handshake(&mut self, from: SocketAddr, url: &str, attempts: u32) -> Vec<SocketAddr> {
+        // Cumulus asks the application of the URL's path: `onHandshake(address, path,
+        // properties, attempts)`; `"again"` is the address the client asked for.
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let path = path
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .trim_matches('/');
+        let Ok(env) = self.resolve(path) else {
+            return Vec::new();
+        };
+        let properties = match self.lua.create_table() {
+            Ok(t) => t,
+            Err(_) => return Vec::new(),
+        };
+        for (k, v) in api::query_pairs(url) {
+            let _ = properties.set(k, v);
+        }
+        let args = (from.to_string(), path.to_string(), properties, attempts);
+        let Some(values) = self.event(&env, "onHandshake", path, args) else {
+            return Vec::new();
+        };
+        let again = authority.parse::<SocketAddr>().ok();
+        let mut out = Vec::new();
+        for v in &values {
+            match v {
+                LuaValue::String(s) if s.as_bytes().as_ref() == b"again" => match again {
+                    Some(a) if !out.contains(&a) => out.push(a),
+                    Some(_) => {}
+                    None => {
+                        tracing::error!(
+                            app = path,
+                            url,
+                            "\"again\" needs an IP address and port in the URL"
+                        );
+                    }
+                },
+                _ => redirect_addresses(v, path, &mut out, 0),
+            }
+        }
+        out
     }
 
     fn rendezvous_unknown(&mut self, peer_id: &[u8; 32]) -> Vec<SocketAddr> {

@@ -399,6 +399,43 @@ fn group_members_are_in_cumulus_groups_and_the_application_hears_joins_and_leave
 }
 
 #[test]
+fn on_handshake_may_redirect_a_client_with_its_address_path_properties_and_attempts() {
+    let www = Www::new();
+    let mut apps = www.apps();
+    assert!(!apps.wants_handshakes());
+    www.write(
+        "lb",
+        "function onHandshake(address, path, properties, attempts) \
+           seen = address .. ' ' .. path .. ' ' .. tostring(properties.room) .. ' ' .. attempts \
+           if attempts > 1 then return 'again', '192.0.2.9:1935', 'not an address' end \
+         end",
+    );
+    let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+    let url = "rtmfp://192.0.2.1:1935/lb?room=blue";
+    // Loaded at its first handshake; the first attempt is answered as usual.
+    assert!(apps.handshake(from, url, 1).is_empty());
+    assert!(apps.wants_handshakes());
+    assert_eq!(
+        eval::<String>(&mut apps, "lb", "seen"),
+        "127.0.0.1:5000 lb blue 1"
+    );
+    // The second is sent back to where it asked ("again") and to another server.
+    assert_eq!(
+        apps.handshake(from, url, 2),
+        [
+            "192.0.2.1:1935".parse::<SocketAddr>().unwrap(),
+            "192.0.2.9:1935".parse().unwrap()
+        ]
+    );
+    // An application without the event: the ordinary answer.
+    assert!(apps.handshake(from, "rtmfp://192.0.2.1/", 2).is_empty());
+    // Gone with the application.
+    www.write("lb", "x = 1");
+    apps.manage();
+    assert!(!apps.wants_handshakes());
+}
+
+#[test]
 fn on_rendezvous_unknown_may_send_the_initiator_to_other_servers() {
     let www = Www::new();
     // The raw 32-byte peer ID comes in; strings and tables of them come back, bad ones are

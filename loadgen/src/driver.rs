@@ -9,15 +9,16 @@ use std::time::Instant as WallInstant;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
-use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
 use rtmfp::flash::command::{names, Command, DataMessage, ObjectEncoding};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
-use rtmfp::ids::FlowId;
+use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::SendOptions;
 use rtmfp::session::{Event, SessionConfig};
-use rtmfp::startup::components::build_url_epd;
+use rtmfp::startup::components::{build_fingerprint_epd, build_url_epd};
 use rtmfp::startup::initiator::InitiatorConfig;
+use rtmfp::startup::responder::Responder;
 use rtmfp::time::Instant;
 use updraft_dataplane::io::{bind_udp, BatchIo, MmsgSocket, RxBatch, TxBatch};
 use updraft_dataplane::xdp::{self, PacketIo};
@@ -80,6 +81,46 @@ impl Driver {
             seed,
             groups,
         ))
+    }
+
+    /// A driver that is also a peer, as a Flash Player is: one static identity (RFC 7425
+    /// §4.3.3) for its sessions to the server and for the P2P sessions it accepts, so the peer
+    /// ID the server knows is the one that answers P2P IHellos. It answers Forwarded IHellos
+    /// (RFC 7016 §3.5.1.5) with an RHello to the initiator.
+    pub fn peer(bind: SocketAddr, seed: u64) -> io::Result<Driver> {
+        let mut d = Driver::new(bind, seed, &[DhGroup::Modp1024])?;
+        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let mut secret = [0u8; 32];
+        secret[..8].copy_from_slice(&seed.to_le_bytes());
+        let responder = Responder::with_static_key(policy, identity, secret, Instant::ZERO);
+        d.endpoint = Endpoint::new(
+            rng,
+            Some(responder),
+            InitiatorConfig {
+                groups: vec![DhGroup::Modp1024],
+                policy,
+            },
+            SessionConfig::default(),
+        );
+        Ok(d)
+    }
+
+    /// The peer ID of a [`Driver::peer`].
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.endpoint.responder().map(Responder::fingerprint)
+    }
+
+    /// Starts a P2P session to `peer` through `server` (rendezvous by peer ID, RFC 7016
+    /// §3.5.1.4); answers its handle.
+    pub fn open_peer(&mut self, server: SocketAddr, peer: PeerId) -> u32 {
+        let now = self.now();
+        let h = self
+            .endpoint
+            .connect(now, build_fingerprint_epd(&peer.0), Some(peer), &[server]);
+        self.sessions.entry(h).or_default().started = Some(now);
+        h
     }
 
     /// [`Driver::new`] on an AF_XDP socket on queue 0 of `interface`, with the XDP program
@@ -244,6 +285,10 @@ impl Driver {
                     state.answered = answered;
                 }
                 EndpointEvent::Session(Event::Closed { .. }) => state.failed = true,
+                EndpointEvent::Session(Event::ForwardedIHello { epd, reply_to, tag }) => {
+                    self.endpoint
+                        .answer_forwarded_ihello(now, reply_to, &epd, &tag);
+                }
                 EndpointEvent::Session(Event::Message { flow, data }) => {
                     state.server_flow.get_or_insert(flow);
                     on_message(h, flow, &data, now);

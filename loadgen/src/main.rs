@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rtmfp::crypto::DhGroup;
-use updraft_loadgen::scenario::{self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, RpcArgs};
+use updraft_loadgen::scenario::{
+    self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, RendezvousArgs, RpcArgs,
+};
 use updraft_loadgen::selftest::{self, SelftestArgs};
 use updraft_loadgen::Report;
 
@@ -22,6 +24,9 @@ const USAGE: &str = "usage:
                           [--keyframe SECONDS]
   updraft-loadgen churn   --server ADDR:PORT [--rate SESSIONS_PER_S] [--lifetime SECONDS]
                           [--duration SECONDS] [--app APP] [--groups G]
+  updraft-loadgen rendezvous --server ADDR:PORT [--peers N] [--timeout SECONDS]
+                          (P2P introductions through the server: peers connect, then one
+                          initiator opens a session to each by peer ID)
   updraft-loadgen garbage --server ADDR:PORT [--rate DATAGRAMS_PER_S] [--duration SECONDS]
                           [--app APP] [--groups G]
   updraft-loadgen selftest [--duration SECONDS] [--size BYTES]
@@ -195,6 +200,18 @@ fn run(args: &[String]) -> Result<(Report, Outputs), (u8, String)> {
                 xdp: xdp.clone(),
             };
             scenario::fanout(&args)
+        }
+        "rendezvous" => {
+            flags.check(&["server", "peers", "timeout"]).map_err(bad)?;
+            let args = RendezvousArgs {
+                server: flags.get("server", None).map_err(bad)?,
+                peers: flags.get("peers", Some(50)).map_err(bad)?,
+                timeout: seconds(&flags, "timeout", 30.0).map_err(bad)?,
+            };
+            if args.peers == 0 {
+                return Err(bad("--peers must be at least 1".to_string()));
+            }
+            scenario::rendezvous(&args)
         }
         "churn" => {
             flags

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant as WallInstant};
 
 use rtmfp::amf::Value;
 use rtmfp::crypto::DhGroup;
-use rtmfp::ids::FlowId;
+use rtmfp::ids::{FlowId, PeerId};
 use updraft_dataplane::sys::Epoll;
 
 use crate::driver::{command, connect_message, result_number, set_data_frame, status_code, Driver};
@@ -826,6 +826,90 @@ impl Fleet {
             });
         }
     }
+}
+
+/// `rendezvous`: P2P introductions through the server.
+#[derive(Debug, Clone)]
+pub struct RendezvousArgs {
+    /// The server.
+    pub server: SocketAddr,
+    /// Peers connected to the server, each with an identity (a socket) of its own; one
+    /// initiator asks the server for each of them by peer ID.
+    pub peers: usize,
+    /// How long the peers and then the introductions may take.
+    pub timeout: Duration,
+}
+
+/// Connects `peers` peers to the server, then opens a P2P session to each of them from one
+/// initiator by rendezvous (RFC 7016 §3.5.1.4–5: the server redirects the initiator to the
+/// peer and forwards its IHello to the peer, which answers it directly). The latency is from
+/// the initiator's first IHello to the P2P session's opening; the peers' own Diffie-Hellman
+/// work and the initiator's happen in this process too, so the rate says what the loadgen's
+/// core and the server's do together.
+pub fn rendezvous(args: &RendezvousArgs) -> Result<Report, LoadError> {
+    let bind = local_for(args.server);
+    let url = format!("rtmfp://{}/", args.server);
+    let mut peers = Vec::with_capacity(args.peers);
+    for i in 0..args.peers {
+        let mut p = Driver::peer(bind, 10_000 + i as u64)?;
+        p.keep_messages = false;
+        p.open(args.server, &url);
+        peers.push(p);
+    }
+    let deadline = WallInstant::now() + args.timeout;
+    while peers.iter().any(|p| p.opened() + p.failed() == 0) {
+        if WallInstant::now() > deadline {
+            return Err(LoadError::Stalled("peers connecting to the server"));
+        }
+        for p in &mut peers {
+            p.step(|_, _, _, _| {});
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let ids: Vec<PeerId> = peers
+        .iter()
+        .filter(|p| p.opened() > 0)
+        .filter_map(Driver::peer_id)
+        .collect();
+    let mut initiator = Driver::new(bind, 1, &FLASH_GROUPS)?;
+    initiator.keep_messages = false;
+    let mut report = Report::new("rendezvous");
+    report.show_progress();
+    let start = WallInstant::now();
+    for &id in &ids {
+        initiator.open_peer(args.server, id);
+    }
+    let deadline = start + args.timeout;
+    while initiator.opened() + initiator.failed() < ids.len() && WallInstant::now() < deadline {
+        initiator.step(|_, _, _, _| {});
+        for p in &mut peers {
+            p.step(|_, _, _, _| {});
+        }
+        report.sample(
+            start.elapsed(),
+            totals(&initiator, initiator.opened() as u64),
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    report.finish_progress();
+    report.elapsed = start.elapsed();
+    for s in initiator.sessions.values() {
+        if let (Some(a), Some(b)) = (s.started, s.opened) {
+            report.record(b.saturating_duration_since(a));
+        }
+    }
+    report.sessions_ok = initiator.opened() as u64;
+    report.sessions_failed = (args.peers - initiator.opened()) as u64;
+    report.packets_out = initiator.packets_out + peers.iter().map(|p| p.packets_out).sum::<u64>();
+    report.packets_in = initiator.packets_in + peers.iter().map(|p| p.packets_in).sum::<u64>();
+    report.bytes_out = initiator.bytes_out;
+    report.bytes_in = initiator.bytes_in;
+    let linger = CLOSE_LINGER / u32::try_from(args.peers.max(1)).unwrap_or(1);
+    initiator.close_all(linger);
+    for p in &mut peers {
+        p.close_all(linger);
+    }
+    Ok(report)
 }
 
 /// `rpc`: calls and their round trips.

@@ -10,7 +10,7 @@ use updraft_control::handshake::HandshakeLimits;
 use updraft_control::service::{self, ServiceConfig};
 use updraft_dataplane::plane::{DataPlane, PlaneConfig};
 use updraft_loadgen::scenario::{
-    self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, LoadError, RpcArgs,
+    self, ChurnArgs, ConnectArgs, FanoutArgs, GarbageArgs, LoadError, RendezvousArgs, RpcArgs,
 };
 
 fn server(workers: usize) -> (DataPlane, SocketAddr) {
@@ -286,4 +286,19 @@ fn selftest_measures_both_ceilings_without_loss_of_what_arrived() {
     // Both halves moved datagrams, and every datagram received decrypted and parsed.
     assert!(r.packets_out > 1000 && r.packets_in > 1000, "{}", r.table());
     assert_eq!((r.delivered, r.lost), (r.expected, 0), "{}", r.table());
+}
+
+#[test]
+fn rendezvous_introduces_an_initiator_to_every_peer() {
+    // Two workers: the peers' sessions, and so their introductions, are on both.
+    let (plane, addr) = server(2);
+    let r = scenario::rendezvous(&RendezvousArgs {
+        server: addr,
+        peers: 6,
+        timeout: Duration::from_secs(20),
+    })
+    .unwrap();
+    assert_eq!((r.sessions_ok, r.sessions_failed), (6, 0), "{}", r.table());
+    assert_eq!(r.latency.len(), 6);
+    plane.shutdown();
 }

@@ -35,22 +35,70 @@ fn wait_control(metrics: SocketAddr, name: &str, n: u64) -> u64 {
 /// `setPeerInfo`, as Flash Player does after `connect`; answers it and its peer ID.
 fn connected_peer(server: SocketAddr, seed: u64, addresses: &[&str]) -> (Client, PeerId) {
     let mut b = Client::peer(seed);
+    let id = report_to(&mut b, server, addresses);
+    (b, id)
+}
+
+/// Connects `b` to the server's root application and sends `setPeerInfo(addresses)`; answers
+/// its peer ID once the server acknowledged them with the keepalive event (41).
+fn report_to(b: &mut Client, server: SocketAddr, addresses: &[&str]) -> PeerId {
     let h = b.open(server, "rtmfp://127.0.0.1/").expect("open");
     let nc = b.connect_app(h, "");
     assert!(b.wait_messages(h, 1), "connected");
     let addresses: Vec<Value<'_>> = addresses.iter().map(|a| Value::str(a)).collect();
     b.send(h, nc, &command(names::SET_PEER_INFO, 0.0, addresses));
-    // The keepalive event (41) answers setPeerInfo: the server has the addresses.
     assert!(
-        run_until(&mut [&mut b], Duration::from_secs(5), |c| user_controls(
+        run_until(&mut [&mut *b], Duration::from_secs(5), |c| user_controls(
             c[0]
         )
         .iter()
         .any(|&(event, _)| event == 41)),
         "setPeerInfo answered"
     );
-    let id = b.endpoint.responder().unwrap().fingerprint();
-    (b, id)
+    b.endpoint.responder().unwrap().fingerprint()
+}
+
+/// A Forwarded IHello a peer got: EPD, reply address, tag.
+type Forwarded = (Vec<u8>, SocketAddr, Vec<u8>);
+
+/// Steps `a` and `b`, `b` answering every Forwarded IHello as it arrives (as Flash Player
+/// does, with an RHello to the reply address), until `a`'s session `p2p` opened and `b`
+/// accepted it (10 s at most). Answers whether it did, and the Forwarded IHellos `b` got.
+fn introduce(a: &mut Client, b: &mut Client, p2p: u32) -> (bool, Vec<Forwarded>) {
+    let a_port = a.socket.local_addr().unwrap().port();
+    let mut forwarded = Vec::new();
+    let mut seen = b.events.len();
+    let deadline = WallInstant::now() + Duration::from_secs(10);
+    loop {
+        a.step();
+        b.step();
+        let new: Vec<Forwarded> = b.events[seen..]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                EndpointEvent::Session(Event::ForwardedIHello { epd, reply_to, tag }) => {
+                    Some((epd.clone(), *reply_to, tag.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        seen = b.events.len();
+        for (epd, reply_to, tag) in new {
+            let now = b.now();
+            b.endpoint
+                .answer_forwarded_ihello(now, reply_to, &epd, &tag);
+            forwarded.push((epd, reply_to, tag));
+        }
+        let accepted = b.events.iter().any(
+            |(_, e)| matches!(e, EndpointEvent::Accepted { from, .. } if from.port() == a_port),
+        );
+        if a.connected(p2p) && accepted {
+            return (true, forwarded);
+        }
+        if WallInstant::now() >= deadline {
+            return (false, forwarded);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -73,41 +121,7 @@ fn the_server_introduces_a_client_to_a_connected_peer() {
     let a_port = a.socket.local_addr().unwrap().port();
     // B hears of A through its server session and answers A directly (RHello), which opens
     // B's NAT to A; A then keys a session with B.
-    let mut forwarded = Vec::new();
-    let mut seen = b.events.len();
-    let deadline = WallInstant::now() + Duration::from_secs(10);
-    let opened = loop {
-        a.step();
-        b.step();
-        // Each Forwarded IHello is answered once, as it arrives (Flash Player answers with an
-        // RHello to the reply address).
-        let new: Vec<_> = b.events[seen..]
-            .iter()
-            .filter_map(|(_, e)| match e {
-                EndpointEvent::Session(Event::ForwardedIHello { epd, reply_to, tag }) => {
-                    Some((epd.clone(), *reply_to, tag.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        seen = b.events.len();
-        for (epd, reply_to, tag) in new {
-            let now = b.now();
-            b.endpoint
-                .answer_forwarded_ihello(now, reply_to, &epd, &tag);
-            forwarded.push((epd, reply_to, tag));
-        }
-        let accepted = b.events.iter().any(
-            |(_, e)| matches!(e, EndpointEvent::Accepted { from, .. } if from.port() == a_port),
-        );
-        if a.connected(p2p) && accepted {
-            break true;
-        }
-        if WallInstant::now() >= deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let (opened, forwarded) = introduce(&mut a, &mut b, p2p);
     let (epd, reply_to, tag) = forwarded.first().expect("B got the Forwarded IHello");
     assert_eq!(epd, &build_fingerprint_epd(&b_id.0));
     assert_eq!(
@@ -198,4 +212,28 @@ fn an_application_may_send_a_rendezvous_for_an_unknown_peer_elsewhere() {
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(reached, "the initiator was redirected to the other server");
+}
+
+#[test]
+fn a_peer_behind_the_same_address_is_answered_on_the_initiator_s_reported_address() {
+    let server = start_server();
+    let (mut b, b_id) = connected_peer(server.addr, 41, &[]);
+    // A has a session with the server too, from the same public IP address as B (both
+    // 127.0.0.1 here), and reported another address it can be reached on (127.0.0.2, which
+    // its wildcard socket also receives on): as Cumulus does for peers behind one NAT, B is
+    // told to answer A there rather than at A's public address.
+    let mut a = Client::peer(42);
+    let a_port = a.socket.local_addr().unwrap().port();
+    let lan = format!("127.0.0.2:{a_port}");
+    report_to(&mut a, server.addr, &[&lan]);
+    let now = a.now();
+    let p2p = a.endpoint.connect(
+        now,
+        build_fingerprint_epd(&b_id.0),
+        Some(b_id),
+        &[server.addr],
+    );
+    let (opened, forwarded) = introduce(&mut a, &mut b, p2p);
+    assert!(opened, "A and B opened a P2P session");
+    assert_eq!(forwarded.first().map(|f| f.1), Some(lan.parse().unwrap()));
 }

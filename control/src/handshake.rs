@@ -45,7 +45,8 @@ pub const MIN_ANSWER_BUDGET: usize = 160;
 /// How long an RIKeying is kept to answer a retransmitted IIKeying (the initiator's open
 /// timeout, RFC 7016 §3.5.1.1.1, bounds how long it retransmits).
 const ACCEPTED_MEMORY: Duration = rtmfp::params::ULTIMATE_OPEN_TIMEOUT;
-/// Most (source, tag) pairs whose IHellos are counted for [`Action::Hello`].
+/// Most (source, tag) pairs whose IHellos are counted for [`Action::Hello`] and
+/// [`Action::Rendezvous`].
 const MAX_HELLO_ATTEMPTS: usize = 4096;
 /// Most remembered RIKeyings; older ones are forgotten first when full.
 const MAX_ACCEPTED: usize = 65_536;
@@ -176,6 +177,8 @@ pub enum Action {
         tag: Vec<u8>,
         /// Bytes the answer may take (the datagram's amplification budget that is left).
         budget: usize,
+        /// How many IHellos with this tag came from `from` lately, this one included.
+        attempts: u32,
     },
 }
 
@@ -258,7 +261,8 @@ pub struct Handshakes {
     short_limiter: RateLimiter,
     /// IHellos are passed to the applications ([`Action::Hello`]).
     ask_applications: bool,
-    /// IHellos per (source, tag) while they are, oldest first (at most [`MAX_HELLO_ATTEMPTS`]).
+    /// IHellos per (source, tag) passed on as [`Action::Hello`] or [`Action::Rendezvous`],
+    /// oldest first (at most [`MAX_HELLO_ATTEMPTS`]).
     attempts: HashMap<(SocketAddr, Vec<u8>), u32>,
     attempts_order: VecDeque<(SocketAddr, Vec<u8>)>,
     accepted: HashMap<(SocketAddr, u32), Remembered>,
@@ -337,10 +341,6 @@ impl Handshakes {
     /// may redirect the client elsewhere) as [`Action::Hello`]. Off, they are answered at once.
     pub fn ask_applications(&mut self, on: bool) {
         self.ask_applications = on;
-        if !on {
-            self.attempts.clear();
-            self.attempts_order.clear();
-        }
     }
 
     /// The RHello for an [`Action::Hello`] the applications did not redirect, within `budget`
@@ -490,11 +490,13 @@ impl Handshakes {
                     self.stats.failed_rate_limited += 1;
                     return;
                 }
+                let attempts = self.attempt(from, tag);
                 out.push(Action::Rendezvous {
                     from,
                     peer_id: peer_id.0,
                     tag: tag.to_vec(),
                     budget: *budget,
+                    attempts,
                 });
             }
             HelloDisposition::Ignore => {}
@@ -969,6 +971,7 @@ mod tests {
             peer_id,
             tag: t,
             budget,
+            attempts: 1,
         }] = &out[..]
         else {
             panic!("{out:?}")
@@ -1067,12 +1070,11 @@ mod tests {
         let p = h.rhello(Instant::ZERO, from, tag, cookie, *budget).unwrap();
         assert!(p.len() <= *budget);
         assert_eq!(h.stats().rhello, 1);
-        // Off again: answered at once, and the counts are gone.
+        // Off again: answered at once.
         h.ask_applications(false);
         out.clear();
         h.on_startup(Instant::ZERO, 0, from, &mut hello(1), &mut out);
         assert!(matches!(&out[..], [Action::Transmit { .. }]));
-        assert!(h.attempts.is_empty());
     }
 
     #[test]

@@ -448,8 +448,12 @@ pub enum Down {
         session_id: u32,
         /// The endpoint discriminator naming that peer, at most [`MAX_HELLO_FIELD`] bytes.
         epd: Vec<u8>,
-        /// Where the initiator's IHello came from.
+        /// Where the client answers the initiator: where its IHello came from, or one of the
+        /// addresses it reported with `setPeerInfo`.
         reply_to: SocketAddr,
+        /// `reply_to` is the initiator's public address (origin "observed"), not a reported
+        /// one (origin "local"), RFC 7016 §2.1.5.
+        reply_public: bool,
         /// The initiator's tag, at most [`MAX_HELLO_FIELD`] bytes.
         tag: Vec<u8>,
     },
@@ -717,6 +721,7 @@ impl Down {
                 session_id: r.u32()?,
                 epd: r.bytes("EPD", MAX_HELLO_FIELD)?.to_vec(),
                 reply_to: r.address()?,
+                reply_public: r.bool("reply address public")?,
                 tag: r.bytes("tag", MAX_HELLO_FIELD)?.to_vec(),
             },
             TAG_DOWN_ROUTE => Down::Route {
@@ -846,12 +851,14 @@ impl Down {
                 session_id,
                 epd,
                 reply_to,
+                reply_public,
                 tag,
             } => {
                 w.u8(TAG_DOWN_FORWARD_IHELLO)?;
                 w.u32(*session_id)?;
                 w.bytes("EPD", epd, MAX_HELLO_FIELD)?;
                 w.address(reply_to)?;
+                w.bool(*reply_public)?;
                 w.bytes("tag", tag, MAX_HELLO_FIELD)
             }
             Down::Route {
@@ -1862,13 +1869,17 @@ mod tests {
                 any::<u32>(),
                 arb_bytes(64),
                 arb_address(),
+                any::<bool>(),
                 arb_bytes(MAX_HELLO_FIELD)
             )
-                .prop_map(|(session_id, epd, reply_to, tag)| Down::ForwardIHello {
-                    session_id,
-                    epd,
-                    reply_to,
-                    tag,
+                .prop_map(|(session_id, epd, reply_to, reply_public, tag)| {
+                    Down::ForwardIHello {
+                        session_id,
+                        epd,
+                        reply_to,
+                        reply_public,
+                        tag,
+                    }
                 }),
             (any::<u32>(), any::<u8>(), any::<bool>()).prop_map(|(stream, worker, add)| {
                 Down::Route {

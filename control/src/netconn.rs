@@ -70,6 +70,8 @@ pub struct NetConnections {
     /// The sessions of each peer ID, oldest first (a peer reconnecting with the same identity
     /// may briefly have two): the P2P rendezvous directory.
     by_peer: HashMap<[u8; 32], Vec<u32>>,
+    /// The session whose handshake came from each address.
+    by_address: HashMap<SocketAddr, u32>,
     streams: Streams,
     apps: Box<dyn Applications>,
     /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
@@ -91,6 +93,7 @@ impl NetConnections {
         NetConnections {
             clients: HashMap::new(),
             by_peer: HashMap::new(),
+            by_address: HashMap::new(),
             streams: Streams::new(),
             apps,
             keepalive_ms,
@@ -100,10 +103,11 @@ impl NetConnections {
     /// A session opened (or was reported live after a control restart).
     pub fn open(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
         if let Some(old) = self.clients.get(&session) {
-            let old_peer = old.peer_id;
-            self.unindex(session, old_peer);
+            let (old_peer, old_address) = (old.peer_id, old.address);
+            self.unindex(session, old_peer, old_address);
         }
         self.by_peer.entry(peer_id).or_default().push(session);
+        self.by_address.insert(address, session);
         self.clients.insert(
             session,
             Client {
@@ -165,7 +169,16 @@ impl NetConnections {
     /// (RFC 7016 §3.5.1.4, digest §1.13): its session, the address its handshake came from,
     /// then the addresses it reported with `setPeerInfo` (those that parse).
     pub fn find_peer(&self, peer_id: &[u8; 32]) -> Option<PeerLocation> {
-        let session = *self.by_peer.get(peer_id)?.last()?;
+        self.location(*self.by_peer.get(peer_id)?.last()?)
+    }
+
+    /// The session whose handshake came from `address`, as [`NetConnections::find_peer`]
+    /// answers it.
+    pub fn find_by_address(&self, address: SocketAddr) -> Option<PeerLocation> {
+        self.location(*self.by_address.get(&address)?)
+    }
+
+    fn location(&self, session: u32) -> Option<PeerLocation> {
         let c = self.clients.get(&session)?;
         Some(PeerLocation {
             session,
@@ -220,7 +233,10 @@ impl NetConnections {
         self.apps.rendezvous_unknown(peer_id)
     }
 
-    fn unindex(&mut self, session: u32, peer_id: [u8; 32]) {
+    fn unindex(&mut self, session: u32, peer_id: [u8; 32], address: SocketAddr) {
+        if self.by_address.get(&address) == Some(&session) {
+            self.by_address.remove(&address);
+        }
         if let Some(list) = self.by_peer.get_mut(&peer_id) {
             list.retain(|&s| s != session);
             if list.is_empty() {
@@ -234,7 +250,7 @@ impl NetConnections {
         let mut out = self.streams.session_closed(session);
         self.notify_ended();
         if let Some(c) = self.clients.remove(&session) {
-            self.unindex(session, c.peer_id);
+            self.unindex(session, c.peer_id, c.address);
             if let Some(app) = &c.app {
                 self.apps.disconnect(&c.info(session, app));
             }
@@ -1041,9 +1057,11 @@ mod tests {
         n.open(7, [3; 32], observed);
         assert_eq!(n.find_peer(&[1; 32]), None);
         assert_eq!(n.find_peer(&[3; 32]).unwrap().session, 7);
+        assert_eq!(n.find_by_address(observed).unwrap().session, 7);
         n.closed(7);
         assert_eq!(n.find_peer(&[3; 32]), None);
-        assert!(n.by_peer.is_empty());
+        assert_eq!(n.find_by_address(observed), None);
+        assert!(n.by_peer.is_empty() && n.by_address.is_empty());
     }
 
     #[test]

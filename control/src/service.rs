@@ -28,7 +28,7 @@ use crate::groups::{Groups, Introduction, Member};
 use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes};
 use crate::ids::{IdAllocator, SessionIdParts};
 use crate::ipc::{Down, Up, IPC_VERSION, MAX_GROUP_MEMBERS, MAX_MESSAGE};
-use crate::netconn::NetConnections;
+use crate::netconn::{NetConnections, PeerLocation};
 
 /// How often the service logs its counters when they changed.
 const STATS_PERIOD: Duration = Duration::from_secs(10);
@@ -482,7 +482,8 @@ impl Service {
                             peer_id,
                             tag,
                             budget,
-                        } => self.introduce(now, link, from, &peer_id, tag, budget),
+                            attempts,
+                        } => self.introduce(now, link, from, &peer_id, tag, (budget, attempts)),
                         Action::Hello {
                             from,
                             url,
@@ -620,7 +621,7 @@ impl Service {
         from: SocketAddr,
         peer_id: &[u8; 32],
         tag: Vec<u8>,
-        budget: usize,
+        (budget, attempts): (usize, u32),
     ) {
         let Some(peer) = self.netconn.find_peer(peer_id) else {
             self.handshakes.unknown_peer();
@@ -671,17 +672,57 @@ impl Service {
             },
         );
         self.handshakes.introduced();
-        tracing::debug!(%from, session = peer.session, peer = %peer.observed, "P2P introduction");
+        let (reply_to, reply_public) = reply_address(
+            from,
+            self.netconn.find_by_address(from).as_ref(),
+            &peer,
+            attempts,
+        );
+        tracing::debug!(%from, %reply_to, attempts, session = peer.session, peer = %peer.observed, "P2P introduction");
         self.send(
             Self::link_of(peer.session),
             &Down::ForwardIHello {
                 session_id: peer.session,
                 epd: build_fingerprint_epd(peer_id),
-                reply_to: from,
+                reply_to,
+                reply_public,
                 tag,
             },
         );
     }
+}
+
+/// Where the introduced peer answers an initiator at `from` (whose own session with this
+/// server, if it has one, is `initiator`) on its `attempts`-th request, as Cumulus chooses:
+/// the address the request came from, unless the initiator has a session here and either
+/// shares the peer's public IP address (one NAT, perhaps without hairpinning) or asks again;
+/// then its addresses in turn, public first, starting at its first reported one when the IP
+/// address is shared. Unspecified reported addresses (`0.0.0.0:port`, which librtmfp sends)
+/// are skipped. Answers the address and whether it is the public one.
+fn reply_address(
+    from: SocketAddr,
+    initiator: Option<&PeerLocation>,
+    peer: &PeerLocation,
+    attempts: u32,
+) -> (SocketAddr, bool) {
+    let Some(a) = initiator else {
+        return (from, true);
+    };
+    let same_host = a.observed.ip() == peer.observed.ip();
+    if attempts <= 1 && !same_host {
+        return (from, true);
+    }
+    let candidates: Vec<SocketAddr> = std::iter::once(a.observed)
+        .chain(
+            a.reported
+                .iter()
+                .copied()
+                .filter(|r| !r.ip().is_unspecified() && *r != a.observed),
+        )
+        .collect();
+    let times = attempts.saturating_sub(1) as usize + usize::from(same_host);
+    let index = times % candidates.len();
+    (candidates[index], index == 0)
 }
 
 /// Addresses the applications gave for a Redirect, the first marked public as Cumulus writes
@@ -714,6 +755,56 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::ipc::MAX_STATS;
+
+    #[test]
+    fn the_reply_address_follows_cumulus() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let location = |observed: &str, reported: &[&str]| PeerLocation {
+            session: 1,
+            observed: at(observed),
+            reported: reported.iter().map(|r| at(r)).collect(),
+        };
+        let peer = location("203.0.113.5:1000", &["10.0.0.5:1000"]);
+        let from = at("198.51.100.7:2000");
+        // No session of its own here: where the request came from.
+        assert_eq!(reply_address(from, None, &peer, 3), (from, true));
+        let other_host = location("198.51.100.7:2000", &["192.168.1.7:2000"]);
+        // Another public address: where it came from, then its addresses in turn on retries.
+        assert_eq!(
+            reply_address(from, Some(&other_host), &peer, 1),
+            (from, true)
+        );
+        assert_eq!(
+            reply_address(from, Some(&other_host), &peer, 2),
+            (at("192.168.1.7:2000"), false)
+        );
+        assert_eq!(
+            reply_address(from, Some(&other_host), &peer, 3),
+            (from, true)
+        );
+        // Behind the same public address: its first reported (LAN) address first; unspecified
+        // ones are skipped.
+        let from = at("203.0.113.5:3000");
+        let same_host = location(
+            "203.0.113.5:3000",
+            &["0.0.0.0:3000", "10.0.0.9:3000", "10.0.0.10:3000"],
+        );
+        assert_eq!(
+            reply_address(from, Some(&same_host), &peer, 1),
+            (at("10.0.0.9:3000"), false)
+        );
+        assert_eq!(
+            reply_address(from, Some(&same_host), &peer, 2),
+            (at("10.0.0.10:3000"), false)
+        );
+        assert_eq!(
+            reply_address(from, Some(&same_host), &peer, 3),
+            (from, true)
+        );
+        // With nothing reported, always its public address.
+        let bare = location("203.0.113.5:3000", &[]);
+        assert_eq!(reply_address(from, Some(&bare), &peer, 1), (from, true));
+    }
 
     #[test]
     fn the_report_names_match_its_values() {

@@ -1030,17 +1030,19 @@ impl<IO: BatchIo> Worker<IO> {
                 session_id,
                 epd,
                 reply_to,
+                reply_public,
                 tag,
             } => {
-                // P2P rendezvous (RFC 7016 §3.5.1.5): the client answers the initiator at its
-                // observed address.
+                // P2P rendezvous (RFC 7016 §3.5.1.5): the client answers the initiator there.
+                let origin = if reply_public {
+                    AddressOrigin::Observed
+                } else {
+                    AddressOrigin::Local
+                };
                 if let Some(slot) = self.slot_of(session_id) {
                     if let Some(e) = self.entry_mut(slot) {
-                        e.session.forward_ihello(
-                            &epd,
-                            Address::new(reply_to, AddressOrigin::Observed),
-                            &tag,
-                        );
+                        e.session
+                            .forward_ihello(&epd, Address::new(reply_to, origin), &tag);
                     }
                     self.mark_dirty(slot);
                 }

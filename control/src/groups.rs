@@ -120,11 +120,12 @@ impl Groups {
     }
 
     /// `member` joins `group` on its `GC` flow (a flow that was in a group leaves it first):
-    /// what it (and, for a flow that left another group, others) must be told.
+    /// what it (and, for a flow that left another group, others) must be told. A session is
+    /// in a group once: a second flow joining it is not a member (as Cumulus has it).
     pub fn join(&mut self, member: Member, group: [u8; ID_LEN]) -> Vec<Introduction> {
         let mut out = self.leave(member.session, member.flow);
         let flows = self.flows.get(&member.session).map_or(0, Vec::len);
-        if flows >= MAX_GROUPS_PER_SESSION {
+        if flows >= MAX_GROUPS_PER_SESSION || self.groups_of(member.session).contains(&group) {
             return out;
         }
         let mut peers: Vec<[u8; ID_LEN]> = Vec::with_capacity(NEWEST + 1);
@@ -335,6 +336,16 @@ mod tests {
     fn joining_again_moves_the_flow_and_memberships_are_bounded() {
         let mut g = Groups::new(5);
         g.join(member(1), G);
+        // A second flow of the session into the same group is not a second member.
+        g.join(
+            Member {
+                flow: 9,
+                ..member(1)
+            },
+            G,
+        );
+        assert_eq!(g.members(&G).len(), 1);
+        assert_eq!(g.group_of(1, 9), None);
         g.join(member(1), [0x44; ID_LEN]);
         assert!(g.members(&G).is_empty());
         assert_eq!(g.members(&[0x44; ID_LEN]).len(), 1);

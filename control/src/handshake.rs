@@ -32,7 +32,7 @@ use rtmfp::wire::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::ipc::SessionSecrets;
+use crate::ipc::{SessionSecrets, MAX_HELLO_FIELD};
 
 /// An answer to a startup datagram is at most this many times its size, so the server cannot
 /// be used to amplify a spoofed flood.
@@ -42,6 +42,11 @@ pub const AMPLIFICATION_FACTOR: usize = 3;
 /// server's certificate (148 bytes). librtmfp (the RTMFP library of ffmpeg) sends 36-byte
 /// IHellos, to which no RHello with the 64-byte cookie it requires fits three times over.
 pub const MIN_ANSWER_BUDGET: usize = 160;
+/// Short datagrams per second one source address may have answered with up to
+/// [`MIN_ANSWER_BUDGET`] bytes, sustained (a client retries its IHello a few times).
+pub const SHORT_ANSWER_RATE: f64 = 10.0;
+/// How many it may have answered at once.
+pub const SHORT_ANSWER_BURST: f64 = 20.0;
 /// How long an RIKeying is kept to answer a retransmitted IIKeying (the initiator's open
 /// timeout, RFC 7016 §3.5.1.1.1, bounds how long it retransmits).
 const ACCEPTED_MEMORY: Duration = rtmfp::params::ULTIMATE_OPEN_TIMEOUT;
@@ -290,7 +295,7 @@ impl Handshakes {
             limits,
             limiter: RateLimiter::new(limits.rate, limits.burst),
             rendezvous_limiter: RateLimiter::new(limits.rate, limits.burst),
-            short_limiter: RateLimiter::new(limits.rate, limits.burst),
+            short_limiter: RateLimiter::new(SHORT_ANSWER_RATE, SHORT_ANSWER_BURST),
             ask_applications: false,
             attempts: HashMap::new(),
             attempts_order: VecDeque::new(),
@@ -457,7 +462,12 @@ impl Handshakes {
         out: &mut Vec<Action>,
     ) {
         match self.responder.on_ihello(now, &from, epd, tag) {
-            HelloDisposition::RHello { tag, cookie } if self.ask_applications => {
+            HelloDisposition::RHello { .. } if *budget == 0 => {
+                self.stats.amplification_refused += 1;
+            }
+            HelloDisposition::RHello { tag, cookie }
+                if self.ask_applications && tag.len() <= MAX_HELLO_FIELD =>
+            {
                 let url = Epd::parse(epd)
                     .ok()
                     .and_then(|e| e.ancillary_data)
@@ -472,8 +482,9 @@ impl Handshakes {
                     budget: *budget,
                     attempts,
                 });
-                // Charge the budget as an RHello would, for the next chunks of the datagram.
-                *budget = budget.saturating_sub(MIN_ANSWER_BUDGET.min(*budget));
+                // The answer, decided later, takes what is left of the datagram's budget:
+                // nothing else in it is answered.
+                *budget = 0;
             }
             HelloDisposition::RHello { tag, cookie } => {
                 if let Some(p) = self.rhello(now, from, tag, &cookie, *budget) {
@@ -486,6 +497,16 @@ impl Handshakes {
             }
             HelloDisposition::Rendezvous { peer_id, tag } => {
                 self.stats.rendezvous += 1;
+                // A tag longer than a forwarded IHello may carry gets no introduction, and
+                // a datagram one at most.
+                if *budget == 0 {
+                    self.stats.amplification_refused += 1;
+                    return;
+                }
+                if tag.len() > MAX_HELLO_FIELD {
+                    self.stats.malformed += 1;
+                    return;
+                }
                 if !self.rendezvous_limiter.allow(now, from.ip()) {
                     self.stats.failed_rate_limited += 1;
                     return;
@@ -498,6 +519,9 @@ impl Handshakes {
                     budget: *budget,
                     attempts,
                 });
+                // The Redirect takes what is left of the datagram's budget (one introduction
+                // per datagram).
+                *budget = 0;
             }
             HelloDisposition::Ignore => {}
         }
@@ -828,12 +852,7 @@ mod tests {
 
     #[test]
     fn short_ihellos_get_one_rhello_a_limited_number_of_times_then_three_times_their_size() {
-        let limits = HandshakeLimits {
-            rate: 1.0,
-            burst: 3.0,
-            max_sessions: 10,
-        };
-        let mut h = Handshakes::new(responder(), limits);
+        let mut h = Handshakes::new(responder(), HandshakeLimits::default());
         let from: SocketAddr = "127.0.0.1:4003".parse().unwrap();
         // A 36-byte IHello, as librtmfp sends: a short ancillary-data EPD and a 16-byte tag.
         let epd = build_url_epd(b"live");
@@ -844,11 +863,12 @@ mod tests {
         let len = dg.len();
         assert_eq!(len, 36);
         let mut out = Vec::new();
-        for _ in 0..5 {
+        let burst = SHORT_ANSWER_BURST as usize;
+        for _ in 0..burst + 5 {
             h.on_startup(Instant::ZERO, 0, from, &mut dg.clone(), &mut out);
         }
-        // The first three (the burst) are answered, within the floor; then only what fits
-        // three times the request, which no RHello does.
+        // The burst is answered, within the floor; then only what fits three times the
+        // request, which no RHello does.
         let sizes: Vec<usize> = out
             .iter()
             .map(|a| match a {
@@ -856,12 +876,12 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        assert_eq!(sizes.len(), burst, "{sizes:?}");
         assert!(sizes
             .iter()
             .all(|&n| n > AMPLIFICATION_FACTOR * len && n <= MIN_ANSWER_BUDGET));
-        assert_eq!(h.stats().rhello, 3);
-        assert_eq!(h.stats().amplification_refused, 2);
+        assert_eq!(h.stats().rhello, burst as u64);
+        assert_eq!(h.stats().amplification_refused, 5);
         // Another source has its own allowance.
         out.clear();
         h.on_startup(
@@ -936,15 +956,46 @@ mod tests {
         let len = dg.len();
         let mut out = Vec::new();
         h.on_startup(Instant::ZERO, 0, from, &mut dg, &mut out);
-        let sent: usize = out
-            .iter()
+        assert!(
+            answered_at_most(&out) <= AMPLIFICATION_FACTOR * len,
+            "{out:?} for {len}"
+        );
+        assert!(h.stats().amplification_refused > 0);
+    }
+
+    /// Bytes the actions for one datagram may send: their datagrams, and the budgets given to
+    /// the answers decided later.
+    fn answered_at_most(out: &[Action]) -> usize {
+        out.iter()
             .map(|a| match a {
                 Action::Transmit { datagram, .. } => datagram.len(),
-                Action::Compute(_) | Action::Rendezvous { .. } | Action::Hello { .. } => 0,
+                Action::Rendezvous { budget, .. } | Action::Hello { budget, .. } => *budget,
+                Action::Compute(_) => 0,
             })
-            .sum();
-        assert!(sent <= AMPLIFICATION_FACTOR * len, "{sent} bytes for {len}");
-        assert!(h.stats().amplification_refused > 0);
+            .sum()
+    }
+
+    #[test]
+    fn many_rendezvous_or_application_hellos_in_one_datagram_share_one_budget() {
+        let epd = build_fingerprint_epd(&[7; 32]);
+        let url = build_url_epd(b"rtmfp://a/");
+        for (epd, ask) in [(&epd, false), (&url, true)] {
+            let mut h = Handshakes::new(responder(), HandshakeLimits::default());
+            h.ask_applications(ask);
+            let from: SocketAddr = "127.0.0.1:4006".parse().unwrap();
+            let mut enc = PacketEncoder::startup();
+            let tag = [1u8; 16];
+            let hello = IHello { epd, tag: &tag[..] };
+            let mut dg = rtmfp::endpoint::startup_packet_with(&mut enc, Instant::ZERO, 0, |w| {
+                (0..20).all(|_| hello.emit(w).is_ok())
+            })
+            .unwrap();
+            let len = dg.len();
+            let mut out = Vec::new();
+            h.on_startup(Instant::ZERO, 0, from, &mut dg, &mut out);
+            assert_eq!(out.len(), 1, "one answer per datagram: {out:?}");
+            assert!(answered_at_most(&out) <= AMPLIFICATION_FACTOR * len);
+        }
     }
 
     #[test]

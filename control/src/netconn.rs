@@ -165,11 +165,19 @@ impl NetConnections {
         self.clients.get(&session).map(|c| &c.addresses[..])
     }
 
-    /// Where the newest session of `peer_id` can be reached, for a P2P introduction
-    /// (RFC 7016 §3.5.1.4, digest §1.13): its session, the address its handshake came from,
-    /// then the addresses it reported with `setPeerInfo` (those that parse).
+    /// Where a session of `peer_id` can be reached, for a P2P introduction (RFC 7016
+    /// §3.5.1.4, digest §1.13): its session, the address its handshake came from, then the
+    /// addresses it reported with `setPeerInfo` (those that parse). The oldest session is the
+    /// one, as in Cumulus, unless the newest comes from the same IP address (the peer
+    /// reconnected and the old session has not timed out yet): a certificate proves no key,
+    /// so another host showing it does not take the peer's introductions over.
     pub fn find_peer(&self, peer_id: &[u8; 32]) -> Option<PeerLocation> {
-        self.location(*self.by_peer.get(peer_id)?.last()?)
+        let sessions = self.by_peer.get(peer_id)?;
+        let oldest = self.location(*sessions.first()?)?;
+        match sessions.last().and_then(|&s| self.location(s)) {
+            Some(newest) if newest.observed.ip() == oldest.observed.ip() => Some(newest),
+            _ => Some(oldest),
+        }
     }
 
     /// The session whose handshake came from `address`, as [`NetConnections::find_peer`]
@@ -1047,12 +1055,15 @@ mod tests {
                 "[fe80::1]:6000".parse().unwrap()
             ]
         );
-        // A second session of the same peer (it reconnected) is the one found until it
-        // closes; then the first is again.
+        // A second session of the same peer from the same host (it reconnected) is the one
+        // found until it closes; then the first is again. One from another host is not.
         n.open(9, [1; 32], "127.0.0.1:5001".parse().unwrap());
         assert_eq!(n.find_peer(&[1; 32]).unwrap().session, 9);
         n.closed(9);
         assert_eq!(n.find_peer(&[1; 32]).unwrap().session, 7);
+        n.open(11, [1; 32], "192.0.2.66:5001".parse().unwrap());
+        assert_eq!(n.find_peer(&[1; 32]).unwrap().session, 7);
+        n.closed(11);
         // A session reported again with another peer ID moves in the directory.
         n.open(7, [3; 32], observed);
         assert_eq!(n.find_peer(&[1; 32]), None);

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -654,7 +654,7 @@ impl Service {
                 .chain(
                     peer.reported
                         .iter()
-                        .filter(|a| **a != peer.observed)
+                        .filter(|a| **a != peer.observed && !a.ip().is_unspecified())
                         .map(|a| Address::new(*a, AddressOrigin::Local)),
                 )
                 .collect();
@@ -693,12 +693,12 @@ impl Service {
 }
 
 /// Where the introduced peer answers an initiator at `from` (whose own session with this
-/// server, if it has one, is `initiator`) on its `attempts`-th request, as Cumulus chooses:
-/// the address the request came from, unless the initiator has a session here and either
-/// shares the peer's public IP address (one NAT, perhaps without hairpinning) or asks again;
-/// then its addresses in turn, public first, starting at its first reported one when the IP
-/// address is shared. Unspecified reported addresses (`0.0.0.0:port`, which librtmfp sends)
-/// are skipped. Answers the address and whether it is the public one.
+/// server, if it has one, is `initiator`) on its `attempts`-th request: the address the
+/// request came from, unless the initiator has a session here from the peer's public IP
+/// address (one NAT, perhaps without hairpinning). Then, as Cumulus does, its addresses in
+/// turn, starting at its first reported one: only addresses of a local network
+/// ([`local_network`]), so that a client cannot have peers send to any address it reports.
+/// Answers the address and whether it is the public one.
 fn reply_address(
     from: SocketAddr,
     initiator: Option<&PeerLocation>,
@@ -708,8 +708,7 @@ fn reply_address(
     let Some(a) = initiator else {
         return (from, true);
     };
-    let same_host = a.observed.ip() == peer.observed.ip();
-    if attempts <= 1 && !same_host {
+    if a.observed.ip() != peer.observed.ip() {
         return (from, true);
     }
     let candidates: Vec<SocketAddr> = std::iter::once(a.observed)
@@ -717,12 +716,30 @@ fn reply_address(
             a.reported
                 .iter()
                 .copied()
-                .filter(|r| !r.ip().is_unspecified() && *r != a.observed),
+                .filter(|r| *r != a.observed && local_network(r.ip(), a.observed.ip())),
         )
         .collect();
-    let times = attempts.saturating_sub(1) as usize + usize::from(same_host);
-    let index = times % candidates.len();
+    let index = attempts.max(1) as usize % candidates.len();
     (candidates[index], index == 0)
+}
+
+/// Whether `reported` is an address of a local network a client behind `public` may have:
+/// private IPv4 (RFC 1918), shared (RFC 6598) or link-local ones, unique-local or link-local
+/// IPv6 ones, and loopback ones for a client whose public address is itself loopback.
+fn local_network(reported: IpAddr, public: IpAddr) -> bool {
+    if reported.is_loopback() {
+        return public.is_loopback();
+    }
+    match reported {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xC0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xFE00) == 0xFC00 || (first & 0xFFC0) == 0xFE80
+        }
+    }
 }
 
 /// Addresses the applications gave for a Redirect, the first marked public as Cumulus writes
@@ -769,25 +786,25 @@ mod tests {
         // No session of its own here: where the request came from.
         assert_eq!(reply_address(from, None, &peer, 3), (from, true));
         let other_host = location("198.51.100.7:2000", &["192.168.1.7:2000"]);
-        // Another public address: where it came from, then its addresses in turn on retries.
-        assert_eq!(
-            reply_address(from, Some(&other_host), &peer, 1),
-            (from, true)
-        );
-        assert_eq!(
-            reply_address(from, Some(&other_host), &peer, 2),
-            (at("192.168.1.7:2000"), false)
-        );
-        assert_eq!(
-            reply_address(from, Some(&other_host), &peer, 3),
-            (from, true)
-        );
-        // Behind the same public address: its first reported (LAN) address first; unspecified
-        // ones are skipped.
+        // Another public address: where it came from, however often it asks (what it
+        // reports is not trusted as a destination).
+        for attempts in 1..4 {
+            assert_eq!(
+                reply_address(from, Some(&other_host), &peer, attempts),
+                (from, true)
+            );
+        }
+        // Behind the same public address: its first reported local address first, then in
+        // turn; unspecified and public reported addresses are skipped.
         let from = at("203.0.113.5:3000");
         let same_host = location(
             "203.0.113.5:3000",
-            &["0.0.0.0:3000", "10.0.0.9:3000", "10.0.0.10:3000"],
+            &[
+                "0.0.0.0:3000",
+                "192.0.2.80:80",
+                "10.0.0.9:3000",
+                "10.0.0.10:3000",
+            ],
         );
         assert_eq!(
             reply_address(from, Some(&same_host), &peer, 1),
@@ -804,6 +821,27 @@ mod tests {
         // With nothing reported, always its public address.
         let bare = location("203.0.113.5:3000", &[]);
         assert_eq!(reply_address(from, Some(&bare), &peer, 1), (from, true));
+        // Loopback reported addresses only for a loopback client (local tests).
+        assert!(local_network(
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.1".parse().unwrap()
+        ));
+        assert!(!local_network(
+            "127.0.0.2".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        assert!(local_network(
+            "100.64.1.1".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        assert!(local_network(
+            "fd00::1".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        assert!(!local_network(
+            "2001:db8::1".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
     }
 
     #[test]

@@ -219,9 +219,9 @@ struct Entry {
     streams: Vec<(FlowId, u64)>,
     /// The client's first NetConnection control flow.
     control: Option<FlowId>,
-    /// The client's NetGroup (`GC`) flows (digest §1.14), and the group each joined (kept for
-    /// a restarted control plane).
-    groups: Vec<(FlowId, Option<[u8; 32]>)>,
+    /// The client's NetGroup (`GC`) flows (digest §1.14), and the group each joined with the
+    /// worker's join number (kept for a restarted control plane, which gets them in order).
+    groups: Vec<(FlowId, Option<Joined>)>,
     armed: Option<Instant>,
     dirty: bool,
     /// Close once everything sent has been acknowledged, or at this deadline.
@@ -229,6 +229,9 @@ struct Entry {
     /// NetConnection state kept for a restarted control plane.
     net_state: Option<NetState>,
 }
+
+/// The group a NetGroup flow joined, and the worker's number for that join.
+type Joined = ([u8; 32], u64);
 
 impl Entry {
     /// Our reply flow for the client's `flow`, opened on first use: same metadata (RFC 7425
@@ -459,6 +462,8 @@ pub struct Worker<IO: BatchIo> {
     outbox: VecDeque<Vec<u8>>,
     /// Bytes in `outbox`.
     outbox_bytes: usize,
+    /// NetGroup joins taken so far (numbers them).
+    group_joins: u64,
 }
 
 impl<IO: BatchIo> Worker<IO> {
@@ -499,6 +504,7 @@ impl<IO: BatchIo> Worker<IO> {
             last_report: std::time::Instant::now(),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
+            group_joins: 0,
         }
     }
 
@@ -705,22 +711,28 @@ impl<IO: BatchIo> Worker<IO> {
             });
         }
         // And the NetGroups its sessions joined, in the order they joined on this worker.
-        let joins: Vec<Up> = self
+        let mut joins: Vec<(u64, Up)> = self
             .table
             .iter()
             .flatten()
             .flat_map(|e| {
                 e.groups.iter().filter_map(|&(flow, group)| {
-                    group.map(|group_id| Up::GroupJoin {
-                        session_id: e.id,
-                        flow: flow.0,
-                        group_id,
-                        restored: true,
+                    group.map(|(group_id, n)| {
+                        (
+                            n,
+                            Up::GroupJoin {
+                                session_id: e.id,
+                                flow: flow.0,
+                                group_id,
+                                restored: true,
+                            },
+                        )
                     })
                 })
             })
             .collect();
-        for join in &joins {
+        joins.sort_by_key(|j| j.0);
+        for (_, join) in &joins {
             self.send_up(join);
         }
         tracing::info!(
@@ -1016,6 +1028,15 @@ impl<IO: BatchIo> Worker<IO> {
                 flow,
                 peers,
             } => {
+                // Only on a NetGroup flow that is still open: one that ended gets nothing (a
+                // reply flow for it would never be closed).
+                let live = self
+                    .slot_of(session_id)
+                    .and_then(|slot| self.entry_mut(slot))
+                    .is_some_and(|e| e.groups.iter().any(|g| g.0 == FlowId(flow)));
+                if !live {
+                    return;
+                }
                 let messages: Vec<Vec<u8>> = peers
                     .iter()
                     .map(|p| {
@@ -1806,6 +1827,7 @@ impl<IO: BatchIo> Worker<IO> {
     }
 
     fn on_message(&mut self, slot: u16, flow: FlowId, data: Vec<u8>) {
+        let n = self.group_joins;
         let Some(e) = self.entry_mut(slot) else {
             return;
         };
@@ -1813,7 +1835,8 @@ impl<IO: BatchIo> Worker<IO> {
         if let Some(g) = e.groups.iter_mut().find(|g| g.0 == flow) {
             // A NetGroup join (digest §1.14); other raw group messages are not for a server.
             if let Ok(join) = GroupJoin::parse(&data) {
-                g.1 = Some(join.group_id.0);
+                g.1 = Some((join.group_id.0, n));
+                self.group_joins += 1;
                 self.send_up(&Up::GroupJoin {
                     session_id: id,
                     flow: flow.0,

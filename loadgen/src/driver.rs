@@ -9,7 +9,7 @@ use std::time::Instant as WallInstant;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
-use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
 use rtmfp::flash::command::{names, Command, DataMessage, ObjectEncoding};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
@@ -89,21 +89,9 @@ impl Driver {
     /// (RFC 7016 §3.5.1.5) with an RHello to the initiator.
     pub fn peer(bind: SocketAddr, seed: u64) -> io::Result<Driver> {
         let mut d = Driver::new(bind, seed, &[DhGroup::Modp1024])?;
-        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
         let mut secret = [0u8; 32];
         secret[..8].copy_from_slice(&seed.to_le_bytes());
-        let responder = Responder::with_static_key(policy, identity, secret, Instant::ZERO);
-        d.endpoint = Endpoint::new(
-            rng,
-            Some(responder),
-            InitiatorConfig {
-                groups: vec![DhGroup::Modp1024],
-                policy,
-            },
-            SessionConfig::default(),
-        );
+        d.endpoint = Endpoint::flash_peer(ChaCha20Rng::seed_from_u64(seed), secret);
         Ok(d)
     }
 

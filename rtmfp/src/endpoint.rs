@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::crypto::DhKeyPair;
 use crate::crypto::{read_session_id, PacketDecoder, PacketEncoder};
+use crate::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
 use crate::ids::{PeerId, SessionId};
 use crate::params::{MAX_STARTUP_PACKET, REDIRECT_THRESHOLD};
 use crate::session::{Event, Role, Session, SessionConfig, SessionParams, Transmit};
@@ -116,6 +116,25 @@ impl<R: RngCore> core::fmt::Debug for Endpoint<R> {
 }
 
 impl<R: RngCore> Endpoint<R> {
+    /// An endpoint as Flash Player is one: a static identity (RFC 7425 §4.3.3), so one
+    /// certificate and one peer ID for its sessions as initiator and as responder (what P2P
+    /// needs: the peer ID a server knows answers P2P IHellos), DH group 2 and the
+    /// Flash-compatible crypto options. `cookie_secret` keys its stateless cookies.
+    pub fn flash_peer(mut rng: R, cookie_secret: [u8; 32]) -> Self {
+        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
+        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
+        let responder = Responder::with_static_key(policy, identity, cookie_secret, Instant::ZERO);
+        Endpoint::new(
+            rng,
+            Some(responder),
+            InitiatorConfig {
+                groups: vec![DhGroup::Modp1024],
+                policy,
+            },
+            SessionConfig::default(),
+        )
+    }
+
     /// An endpoint that accepts sessions when `responder` is given and can open sessions.
     pub fn new(
         rng: R,

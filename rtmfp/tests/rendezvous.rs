@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use rtmfp::crypto::{DhGroup, DhKeyPair, NegotiationPolicy};
+use rtmfp::crypto::{DhGroup, NegotiationPolicy};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
 use rtmfp::ids::PeerId;
 use rtmfp::session::flows::SendOptions;
@@ -52,19 +52,7 @@ fn endpoint(seed: u64) -> Ep {
 
 /// An endpoint with a static identity: one certificate for both roles, as Flash Player has.
 fn static_endpoint(seed: u64) -> Ep {
-    let policy = NegotiationPolicy::FLASH_COMPATIBLE;
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
-    let responder = Responder::with_static_key(policy, identity, [seed as u8; 32], Instant::ZERO);
-    Endpoint::new(
-        rng,
-        Some(responder),
-        InitiatorConfig {
-            groups: vec![DhGroup::Modp1024],
-            policy,
-        },
-        SessionConfig::default(),
-    )
+    Endpoint::flash_peer(ChaCha20Rng::seed_from_u64(seed), [seed as u8; 32])
 }
 
 impl Net {

@@ -310,23 +310,8 @@ impl Client {
     /// identity (RFC 7425 §4.3.3) for both roles, so the peer ID the server sees is the one it
     /// answers P2P IHellos with.
     pub fn peer(seed: u64) -> Client {
-        use rtmfp::crypto::DhKeyPair;
-        use rtmfp::startup::responder::Responder;
-        let policy = NegotiationPolicy::FLASH_COMPATIBLE;
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let identity = DhKeyPair::generate(DhGroup::Modp1024, &mut rng);
-        let responder =
-            Responder::with_static_key(policy, identity, [seed as u8; 32], Instant::ZERO);
         let mut c = Client::with_groups(seed, vec![DhGroup::Modp1024]);
-        c.endpoint = Endpoint::new(
-            rng,
-            Some(responder),
-            InitiatorConfig {
-                groups: vec![DhGroup::Modp1024],
-                policy,
-            },
-            SessionConfig::default(),
-        );
+        c.endpoint = Endpoint::flash_peer(ChaCha20Rng::seed_from_u64(seed), [seed as u8; 32]);
         c
     }
 

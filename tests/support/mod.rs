@@ -315,6 +315,33 @@ impl Client {
         c
     }
 
+    /// Starts a P2P session to `peer` by asking `server` for it (rendezvous by peer ID, RFC
+    /// 7016 §3.5.1.4); answers its handle.
+    pub fn open_peer(&mut self, server: SocketAddr, peer: rtmfp::ids::PeerId) -> u32 {
+        let now = self.now();
+        let epd = rtmfp::startup::components::build_fingerprint_epd(&peer.0);
+        self.endpoint.connect(now, epd, Some(peer), &[server])
+    }
+
+    /// Steps this client until a datagram from it reaches `other` (a socket standing in for
+    /// another server), 5 s at most; answers whether one did.
+    pub fn reaches(&mut self, other: &UdpSocket) -> bool {
+        other.set_nonblocking(true).unwrap();
+        let port = self.socket.local_addr().unwrap().port();
+        let mut buf = [0u8; 2048];
+        let deadline = WallInstant::now() + Duration::from_secs(5);
+        while WallInstant::now() < deadline {
+            self.step();
+            while let Ok((_, from)) = other.recv_from(&mut buf) {
+                if from.port() == port {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
     /// Opens a NetGroup (`GC`) flow on session `h` and sends the join of `group` on it.
     pub fn join_group(&mut self, h: u32, group: rtmfp::flash::netgroup::GroupId) -> FlowId {
         let mut join = Vec::new();

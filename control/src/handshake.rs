@@ -170,21 +170,25 @@ pub enum Action {
         /// How many IHellos with this tag came from `from` lately, this one included.
         attempts: u32,
     },
-    /// An IHello from `from` looks for another peer (RFC 7016 §3.5.1.4): if `peer_id` is
-    /// connected, answer with [`Handshakes::redirect`] and forward the IHello into its session;
-    /// otherwise call [`Handshakes::unknown_peer`].
-    Rendezvous {
-        /// The initiator.
-        from: SocketAddr,
-        /// The peer it looks for.
-        peer_id: [u8; 32],
-        /// The initiator's tag, to echo.
-        tag: Vec<u8>,
-        /// Bytes the answer may take (the datagram's amplification budget that is left).
-        budget: usize,
-        /// How many IHellos with this tag came from `from` lately, this one included.
-        attempts: u32,
-    },
+    /// An IHello looks for another peer: see [`Rendezvous`].
+    Rendezvous(Rendezvous),
+}
+
+/// An IHello from `from` looks for another peer (RFC 7016 §3.5.1.4): if `peer_id` is
+/// connected, answer with [`Handshakes::redirect`] and forward the IHello into its session;
+/// otherwise call [`Handshakes::unknown_peer`].
+#[derive(Debug)]
+pub struct Rendezvous {
+    /// The initiator.
+    pub from: SocketAddr,
+    /// The peer it looks for.
+    pub peer_id: [u8; 32],
+    /// The initiator's tag, to echo.
+    pub tag: Vec<u8>,
+    /// Bytes the answer may take (the datagram's amplification budget that is left).
+    pub budget: usize,
+    /// How many IHellos with this tag came from `from` lately, this one included.
+    pub attempts: u32,
 }
 
 /// A keyed session, ready to install.
@@ -512,13 +516,13 @@ impl Handshakes {
                     return;
                 }
                 let attempts = self.attempt(from, tag);
-                out.push(Action::Rendezvous {
+                out.push(Action::Rendezvous(Rendezvous {
                     from,
                     peer_id: peer_id.0,
                     tag: tag.to_vec(),
                     budget: *budget,
                     attempts,
-                });
+                }));
                 // The Redirect takes what is left of the datagram's budget (one introduction
                 // per datagram).
                 *budget = 0;
@@ -969,7 +973,9 @@ mod tests {
         out.iter()
             .map(|a| match a {
                 Action::Transmit { datagram, .. } => datagram.len(),
-                Action::Rendezvous { budget, .. } | Action::Hello { budget, .. } => *budget,
+                Action::Rendezvous(Rendezvous { budget, .. }) | Action::Hello { budget, .. } => {
+                    *budget
+                }
                 Action::Compute(_) => 0,
             })
             .sum()
@@ -1017,13 +1023,13 @@ mod tests {
         });
         let mut out = Vec::new();
         h.on_startup(now, 0, from, &mut dg.clone(), &mut out);
-        let [Action::Rendezvous {
+        let [Action::Rendezvous(Rendezvous {
             from: f,
             peer_id,
             tag: t,
             budget,
             attempts: 1,
-        }] = &out[..]
+        })] = &out[..]
         else {
             panic!("{out:?}")
         };

@@ -25,10 +25,11 @@ use socket2::Socket;
 use crate::apps::{Applications, MANAGE_PERIOD};
 use crate::dh::{DhPool, Done, Job};
 use crate::groups::{Groups, Introduction, Member};
-use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes};
+use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes, Rendezvous};
 use crate::ids::{IdAllocator, SessionIdParts};
 use crate::ipc::{Down, Up, IPC_VERSION, MAX_GROUP_MEMBERS, MAX_MESSAGE};
 use crate::netconn::{NetConnections, PeerLocation};
+use crate::streams::Routed;
 
 /// How often the service logs its counters when they changed.
 const STATS_PERIOD: Duration = Duration::from_secs(10);
@@ -227,9 +228,8 @@ pub fn run(
     loop {
         if last_manage.elapsed() >= MANAGE_PERIOD {
             last_manage = std::time::Instant::now();
-            for (worker, d) in service.netconn.manage() {
-                service.send(worker, &d);
-            }
+            let routed = service.netconn.manage();
+            service.send_routed(routed);
         }
         if last_report.elapsed() >= REPORT_PERIOD {
             last_report = std::time::Instant::now();
@@ -358,6 +358,13 @@ impl Service {
         l.outbox.push_back(self.out_buf.clone());
     }
 
+    /// Sends each message to its worker, in order.
+    fn send_routed(&mut self, routed: Vec<Routed>) {
+        for (worker, d) in &routed {
+            self.send(*worker, d);
+        }
+    }
+
     /// Flushes every link's outbox; answers whether all are empty.
     fn flush(&mut self) -> bool {
         let mut empty = true;
@@ -410,13 +417,7 @@ impl Service {
                                 secrets: k.secrets,
                             },
                         );
-                        self.send(
-                            done.link,
-                            &Down::Transmit {
-                                to,
-                                datagram: rikeying,
-                            },
-                        );
+                        self.transmit(done.link, to, rikeying);
                     }
                     (None, Some(id)) => {
                         if let Some(l) = self.links.get_mut(done.link) {
@@ -469,21 +470,13 @@ impl Service {
                     .on_startup(now, live, from, &mut datagram, &mut actions);
                 for a in actions.drain(..) {
                     match a {
-                        Action::Transmit { to, datagram } => {
-                            self.send(link, &Down::Transmit { to, datagram })
-                        }
+                        Action::Transmit { to, datagram } => self.transmit(link, to, datagram),
                         Action::Compute(request) => {
                             if let Err(job) = self.pool.submit(Job { link, request }) {
                                 self.handshakes.busy(&job.request);
                             }
                         }
-                        Action::Rendezvous {
-                            from,
-                            peer_id,
-                            tag,
-                            budget,
-                            attempts,
-                        } => self.introduce(now, link, from, &peer_id, tag, (budget, attempts)),
+                        Action::Rendezvous(request) => self.introduce(now, link, request),
                         Action::Hello {
                             from,
                             url,
@@ -495,20 +488,15 @@ impl Service {
                             // The applications may send the client elsewhere (Cumulus's
                             // `onHandshake`; the first address is marked public).
                             let elsewhere = self.netconn.handshake(from, &url, attempts);
-                            let answer = if elsewhere.is_empty() {
-                                self.handshakes.rhello(now, from, &tag, &cookie, budget)
+                            if elsewhere.is_empty() {
+                                if let Some(rhello) =
+                                    self.handshakes.rhello(now, from, &tag, &cookie, budget)
+                                {
+                                    self.transmit(link, from, rhello);
+                                }
                             } else {
                                 tracing::debug!(%from, url, attempts, redirected = elsewhere.len(), "IHello redirected by the applications");
-                                self.handshakes.redirect(
-                                    now,
-                                    from,
-                                    &tag,
-                                    &redirect_list(&elsewhere),
-                                    budget,
-                                )
-                            };
-                            if let Some(datagram) = answer {
-                                self.send(link, &Down::Transmit { to: from, datagram });
+                                self.redirect(now, link, from, &tag, &elsewhere, budget);
                             }
                         }
                     }
@@ -522,9 +510,7 @@ impl Service {
                 data,
             } => {
                 let out = self.netconn.on_message(session_id, flow, stream_id, &data);
-                for (worker, d) in &out {
-                    self.send(*worker, d);
-                }
+                self.send_routed(out);
             }
             Up::Qos { entries } => self.netconn.qos(&entries),
             Up::GroupJoin {
@@ -573,9 +559,8 @@ impl Service {
                 }
                 let told = self.groups.session_closed(session_id);
                 self.introduce_members(told);
-                for (worker, d) in self.netconn.closed(session_id) {
-                    self.send(worker, &d);
-                }
+                let out = self.netconn.closed(session_id);
+                self.send_routed(out);
                 if let Some(l) = self.links.get_mut(Self::link_of(session_id)) {
                     l.ids.free(session_id);
                 }
@@ -587,8 +572,33 @@ impl Service {
 impl Service {
     /// Tells the applications of a NetGroup join or leave, and sends what they asked for.
     fn group_event(&mut self, session: u32, group: &[u8; 32], joined: bool, restored: bool) {
-        for (worker, d) in self.netconn.group_event(session, group, joined, restored) {
-            self.send(worker, &d);
+        let out = self.netconn.group_event(session, group, joined, restored);
+        self.send_routed(out);
+    }
+
+    /// Sends `datagram` to `to` from worker `link`'s socket.
+    fn transmit(&mut self, link: usize, to: SocketAddr, datagram: Vec<u8>) {
+        self.send(link, &Down::Transmit { to, datagram });
+    }
+
+    /// Sends the initiator at `from` a Redirect to `addresses` (the first marked public, as
+    /// Cumulus writes them) within `budget`; answers whether it went.
+    fn redirect(
+        &mut self,
+        now: Instant,
+        link: usize,
+        from: SocketAddr,
+        tag: &[u8],
+        addresses: &[SocketAddr],
+        budget: usize,
+    ) -> bool {
+        let list = redirect_list(addresses);
+        match self.handshakes.redirect(now, from, tag, &list, budget) {
+            Some(datagram) => {
+                self.transmit(link, from, datagram);
+                true
+            }
+            None => false,
         }
     }
 
@@ -614,34 +624,21 @@ impl Service {
     /// `setPeerInfo`), and the peer gets the IHello forwarded inside its session, so that it
     /// answers the initiator directly and opens its NAT to it. An unknown peer gets no answer,
     /// as in Cumulus; neither does a client looking for itself.
-    fn introduce(
-        &mut self,
-        now: Instant,
-        link: usize,
-        from: SocketAddr,
-        peer_id: &[u8; 32],
-        tag: Vec<u8>,
-        (budget, attempts): (usize, u32),
-    ) {
-        let Some(peer) = self.netconn.find_peer(peer_id) else {
+    fn introduce(&mut self, now: Instant, link: usize, request: Rendezvous) {
+        let Rendezvous {
+            from,
+            peer_id,
+            tag,
+            budget,
+            attempts,
+        } = request;
+        let Some(peer) = self.netconn.find_peer(&peer_id) else {
             self.handshakes.unknown_peer();
-            // The applications may send the initiator elsewhere (Cumulus: the first address
-            // is marked public).
-            let elsewhere = self.netconn.rendezvous_unknown(peer_id);
-            tracing::debug!(%from, peer = %hex(peer_id), redirected = elsewhere.len(), "rendezvous for a peer not connected here");
+            // The applications may send the initiator elsewhere.
+            let elsewhere = self.netconn.rendezvous_unknown(&peer_id);
+            tracing::debug!(%from, peer = %hex(&peer_id), redirected = elsewhere.len(), "rendezvous for a peer not connected here");
             if !elsewhere.is_empty() {
-                if let Some(redirect) =
-                    self.handshakes
-                        .redirect(now, from, &tag, &redirect_list(&elsewhere), budget)
-                {
-                    self.send(
-                        link,
-                        &Down::Transmit {
-                            to: from,
-                            datagram: redirect,
-                        },
-                    );
-                }
+                self.redirect(now, link, from, &tag, &elsewhere, budget);
             }
             return;
         };
@@ -649,28 +646,17 @@ impl Service {
             tracing::debug!(%from, "a client looks for itself");
             return;
         }
-        let addresses: Vec<Address> =
-            std::iter::once(Address::new(peer.observed, AddressOrigin::Observed))
-                .chain(
-                    peer.reported
-                        .iter()
-                        .filter(|a| **a != peer.observed && !a.ip().is_unspecified())
-                        .map(|a| Address::new(*a, AddressOrigin::Local)),
-                )
-                .collect();
-        let Some(redirect) = self
-            .handshakes
-            .redirect(now, from, &tag, &addresses, budget)
-        else {
+        let addresses: Vec<SocketAddr> = std::iter::once(peer.observed)
+            .chain(
+                peer.reported
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != peer.observed && !a.ip().is_unspecified()),
+            )
+            .collect();
+        if !self.redirect(now, link, from, &tag, &addresses, budget) {
             return;
-        };
-        self.send(
-            link,
-            &Down::Transmit {
-                to: from,
-                datagram: redirect,
-            },
-        );
+        }
         self.handshakes.introduced();
         let (reply_to, reply_public) = reply_address(
             from,
@@ -683,7 +669,7 @@ impl Service {
             Self::link_of(peer.session),
             &Down::ForwardIHello {
                 session_id: peer.session,
-                epd: build_fingerprint_epd(peer_id),
+                epd: build_fingerprint_epd(&peer_id),
                 reply_to,
                 reply_public,
                 tag,

@@ -38,7 +38,7 @@ use crate::ipc::{SessionSecrets, MAX_HELLO_FIELD};
 /// be used to amplify a spoofed flood.
 pub const AMPLIFICATION_FACTOR: usize = 3;
 /// What the answers to one startup datagram may always take, however short it is, within
-/// [`HandshakeLimits`]' rate per source address: one RHello with a 16-byte tag echo and this
+/// [`SHORT_ANSWER_RATE`] per source address: one RHello with a 16-byte tag echo and this
 /// server's certificate (148 bytes). librtmfp (the RTMFP library of ffmpeg) sends 36-byte
 /// IHellos, to which no RHello with the 64-byte cookie it requires fits three times over.
 pub const MIN_ANSWER_BUDGET: usize = 160;

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
@@ -12,12 +13,16 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
 use rtmfp::crypto::{
-    encrypt_cbc_zero_iv_many_with, Aes128EncKey, Backend, CbcJob, DhGroup, DhKeyPair, HmacMode,
-    NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode, DEFAULT_HMAC_LEN,
+    encrypt_cbc_zero_iv_many, encrypt_cbc_zero_iv_many_with, finish_sealing, Aes128EncKey, Backend,
+    CbcJob, DhGroup, DhKeyPair, HmacMode, NegotiationPolicy, PacketDecoder, PacketEncoder,
+    PacketMode, DEFAULT_HMAC_LEN, SSID_LEN,
 };
 use rtmfp::flash::command::{names, Command, NetCommand, ObjectEncoding};
 use rtmfp::flash::message::TcMessage;
+use rtmfp::flow::payload::Payload;
 use rtmfp::ids::FlowId;
+use rtmfp::session::flows::SendOptions;
+use rtmfp::session::{Role, Session, SessionConfig, SessionParams};
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::{Initiator, InitiatorConfig, StartupMessage};
 use rtmfp::startup::responder::{
@@ -25,7 +30,8 @@ use rtmfp::startup::responder::{
 };
 use rtmfp::time::Instant;
 use rtmfp::wire::{
-    ChunkBody, ChunkIter, Fragment, Mode, PacketHeader, Reader, UserData, UserDataFlags, Writer,
+    ChunkBody, ChunkIter, Fragment, Mode, PacketHeader, RangeAck, Reader, UserData, UserDataFlags,
+    Writer,
 };
 
 /// AES-128 session key used by the crypto benchmarks.
@@ -426,6 +432,158 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
+/// Subscribers of the session-path fanout benchmark: enough that their state does not stay in
+/// the core's private caches, as in a dense server.
+const PATH_SUBSCRIBERS: usize = 1000;
+/// Datagrams encrypted together, as the worker does per send batch (`updraft_dataplane::io::BATCH`).
+const PATH_BATCH: usize = 64;
+/// Room for one datagram of the session path.
+const PATH_DATAGRAM: usize = 1500;
+/// The fanout benchmark's message interval: a 2 Mbit/s stream of 1100-byte messages.
+const PATH_INTERVAL: Duration = Duration::from_micros(4400);
+/// Flash message header in front of each subscriber's copy: type and rebased timestamp.
+const PATH_HEAD: [u8; 5] = [0x09, 0, 0, 0, 0];
+/// Lifetime of each media message (partial reliability), as the worker gives video.
+const PATH_LIFETIME: Duration = Duration::from_secs(3);
+/// The receive window the far end advertises, in 1024-byte blocks.
+const PATH_WINDOW_BLOCKS: u64 = 1024;
+
+/// One subscriber of the session-path benchmark: the server's session, its media flow, and the
+/// far end's encoder for the acknowledgements it sends.
+struct PathSubscriber {
+    session: Session,
+    flow: FlowId,
+    far: PacketEncoder,
+    acked: u64,
+    ack: Vec<u8>,
+}
+
+impl PathSubscriber {
+    fn new(i: usize) -> PathSubscriber {
+        let mut send = KEY;
+        send[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let mut receive = send;
+        receive[15] ^= 0xFF;
+        let mut session = Session::new(
+            Instant::ZERO,
+            SessionParams {
+                role: Role::Responder,
+                near_session_id: u32::try_from(i + 1).unwrap(),
+                far_session_id: FAR_SESSION_ID,
+                far_address: SocketAddr::from(([127, 0, 0, 1], 40000)),
+                encoder: PacketEncoder::new(&send, PacketMode::STARTUP),
+                decoder: PacketDecoder::new(&receive, PacketMode::STARTUP),
+                mobility_secret: [2; 32],
+            },
+            SessionConfig::default(),
+        );
+        let flow = session.open_flow(b"TC\x04\x00\x01", None).unwrap();
+        PathSubscriber {
+            session,
+            flow,
+            far: PacketEncoder::new(&receive, PacketMode::STARTUP),
+            acked: 0,
+            ack: Vec::with_capacity(PATH_DATAGRAM),
+        }
+    }
+
+    /// The far end's Range Ack of every message so far (one datagram per message of this
+    /// benchmark), encrypted as it would arrive.
+    fn make_ack(&mut self, now: Instant) {
+        let mut plain = [0u8; PATH_DATAGRAM];
+        let mut w = Writer::new(&mut plain);
+        let mut header = PacketHeader::new(Mode::Initiator);
+        header.timestamp = Some(rtmfp::session::clock::timestamp(now));
+        header.emit(&mut w).unwrap();
+        RangeAck::emit_from_ranges(
+            &mut w,
+            self.flow,
+            PATH_WINDOW_BLOCKS,
+            self.acked,
+            &[],
+            false,
+        )
+        .unwrap();
+        let len = w.position();
+        self.ack.resize(PATH_DATAGRAM, 0);
+        let n = self
+            .far
+            .encode(self.session.near_session_id(), &plain[..len], &mut self.ack)
+            .unwrap();
+        self.ack.truncate(n);
+    }
+}
+
+/// The server's whole per-subscriber path of a live stream's fanout, as the worker runs it:
+/// each subscriber's acknowledgement is received, one shared message is queued on every
+/// subscriber's flow, and every session's datagram is written and then encrypted 64 at a time
+/// with the multi-buffer kernel. The far ends' acknowledgements are made outside the measured
+/// time; sockets are not involved (their cost is measured end to end by the loadgen).
+fn fanout_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout");
+    g.sample_size(30);
+    for size in [100usize, 1100] {
+        let body: Arc<[u8]> = vec![0x42u8; size].into();
+        let mut subs: Vec<PathSubscriber> =
+            (0..PATH_SUBSCRIBERS).map(PathSubscriber::new).collect();
+        let mut bufs = vec![[0u8; PATH_DATAGRAM]; PATH_BATCH];
+        let mut now = Instant::ZERO;
+        g.throughput(Throughput::Elements(PATH_SUBSCRIBERS as u64));
+        g.bench_function(format!("session_path_{size}B_x{PATH_SUBSCRIBERS}"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    now = now + PATH_INTERVAL;
+                    for s in &mut subs {
+                        s.make_ack(now);
+                    }
+                    let start = std::time::Instant::now();
+                    for s in &mut subs {
+                        let from = s.session.far_address();
+                        s.session.handle_datagram(now, from, &mut s.ack).unwrap();
+                    }
+                    for s in &mut subs {
+                        let payload = Payload::new(&PATH_HEAD, Arc::clone(&body), 0..size).unwrap();
+                        let expiry = Some(now + PATH_LIFETIME);
+                        s.session
+                            .send_payload(now, s.flow, payload, SendOptions { expiry })
+                            .unwrap();
+                    }
+                    let mut sent = 0;
+                    for batch in subs.chunks_mut(PATH_BATCH) {
+                        let mut keys = Vec::with_capacity(PATH_BATCH);
+                        let mut lens = [0usize; PATH_BATCH];
+                        for ((s, buf), len) in batch.iter_mut().zip(&mut bufs).zip(&mut lens) {
+                            if let Some((t, key)) = s.session.poll_transmit_deferred(now, buf) {
+                                *len = t.len;
+                                keys.push(key.unwrap());
+                                s.acked += 1;
+                                sent += 1;
+                            }
+                        }
+                        let mut jobs: Vec<CbcJob<'_>> = keys
+                            .iter()
+                            .zip(bufs.iter_mut().zip(lens))
+                            .map(|(key, (buf, len))| CbcJob {
+                                key,
+                                data: &mut buf[SSID_LEN..len],
+                            })
+                            .collect();
+                        encrypt_cbc_zero_iv_many(&mut jobs).unwrap();
+                        for (buf, len) in bufs.iter_mut().zip(lens).take(keys.len()) {
+                            finish_sealing(&mut buf[..len]).unwrap();
+                        }
+                    }
+                    spent += start.elapsed();
+                    assert_eq!(sent, PATH_SUBSCRIBERS, "one datagram per subscriber");
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Keeps the whole run to a few minutes on a shared 2-core machine; the command line may
 /// override these.
 fn config() -> Criterion {
@@ -441,7 +599,7 @@ mod group {
     criterion_group! {
         name = benches;
         config = config();
-        targets = wire, crypto, cbc_encrypt_fanout, amf, handshake
+        targets = wire, crypto, cbc_encrypt_fanout, fanout_path, amf, handshake
     }
 }
 use group::benches;

@@ -291,6 +291,20 @@ impl PacketEncoder {
             .saturating_mul(CIPHER_BLOCK_LEN)
     }
 
+    /// The longest packet (flags onward) whose datagram fits in `datagram_len` bytes with the
+    /// current sequence number.
+    pub fn max_packet_len(&self, datagram_len: usize) -> usize {
+        let room = datagram_len.saturating_sub(SSID_LEN + self.mode.hmac_len());
+        (room / CIPHER_BLOCK_LEN * CIPHER_BLOCK_LEN).saturating_sub(self.prefix_len())
+    }
+
+    /// Where a packet (flags onward) starts in the datagram of the next
+    /// [`encode_in_place`](Self::encode_in_place): after the session ID, the SSEQ VLU and the
+    /// checksum, per the mode.
+    pub fn packet_offset(&self) -> usize {
+        SSID_LEN + self.prefix_len()
+    }
+
     /// Writes the whole datagram for `packet` (flags onward) to `out`, addressed to the far
     /// end's session ID `far_session_id`, and answers its length. Pads with 0xFF, adds the SSEQ
     /// and the checksum or HMAC trailer per the mode, encrypts and scrambles the session ID.
@@ -300,8 +314,20 @@ impl PacketEncoder {
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        let total = self.write_plaintext(packet, out)?;
-        self.seal(far_session_id, packet.len(), &mut out[..total])?;
+        let at = self.place(packet, out)?;
+        self.encode_in_place(far_session_id, at, out)
+    }
+
+    /// Like [`encode`](Self::encode), for a packet of `packet_len` bytes the caller already wrote
+    /// at [`packet_offset`](Self::packet_offset) of `out`: the packet is not copied.
+    pub fn encode_in_place(
+        &mut self,
+        far_session_id: u32,
+        packet_len: usize,
+        out: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        let total = self.finish_plaintext(packet_len, out)?;
+        self.seal(far_session_id, packet_len, &mut out[..total])?;
         Ok(total)
     }
 
@@ -314,15 +340,27 @@ impl PacketEncoder {
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<Sealing, CryptoError> {
+        let at = self.place(packet, out)?;
+        self.encode_deferred_in_place(far_session_id, at, out)
+    }
+
+    /// Like [`encode_deferred`](Self::encode_deferred), for a packet of `packet_len` bytes the
+    /// caller already wrote at [`packet_offset`](Self::packet_offset) of `out`.
+    pub fn encode_deferred_in_place(
+        &mut self,
+        far_session_id: u32,
+        packet_len: usize,
+        out: &mut [u8],
+    ) -> Result<Sealing, CryptoError> {
         let key = match (&self.multi_key, &self.hmac) {
             (Some(key), None) => key.clone(),
             _ => {
                 return self
-                    .encode(far_session_id, packet, out)
+                    .encode_in_place(far_session_id, packet_len, out)
                     .map(Sealing::Sealed)
             }
         };
-        let len = self.write_plaintext(packet, out)?;
+        let len = self.finish_plaintext(packet_len, out)?;
         out[..SSID_LEN].copy_from_slice(&far_session_id.to_be_bytes());
         self.advance_sseq();
         Ok(Sealing::Unsealed { len, key })
@@ -334,14 +372,26 @@ impl PacketEncoder {
         }
     }
 
-    /// Writes the plaintext after the SSID: SSEQ, checksum (without HMAC), `packet` and padding.
-    /// Answers the datagram's total length.
-    fn write_plaintext(&self, packet: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
+    /// Copies `packet` to its place in `out` and answers its length, if the datagram fits.
+    fn place(&self, packet: &[u8], out: &mut [u8]) -> Result<usize, CryptoError> {
         let total = self.encoded_len(packet.len());
+        let at = self.packet_offset();
         if out.len() < total || total == usize::MAX {
             return Err(CryptoError::BufferTooSmall);
         }
-        let padded = self.padded_len(packet.len());
+        out[at..at + packet.len()].copy_from_slice(packet);
+        Ok(packet.len())
+    }
+
+    /// Completes the plaintext around the `packet_len` bytes of packet at
+    /// [`packet_offset`](Self::packet_offset): SSEQ, checksum (without HMAC) and padding.
+    /// Answers the datagram's total length.
+    fn finish_plaintext(&self, packet_len: usize, out: &mut [u8]) -> Result<usize, CryptoError> {
+        let total = self.encoded_len(packet_len);
+        if out.len() < total || total == usize::MAX {
+            return Err(CryptoError::BufferTooSmall);
+        }
+        let padded = self.padded_len(packet_len);
         let ciphertext = &mut out[SSID_LEN..SSID_LEN + padded];
 
         let mut cursor = 0;
@@ -352,9 +402,7 @@ impl PacketEncoder {
         if self.mode.hmac.is_none() {
             cursor += CHECKSUM_LEN;
         }
-        let packet_end = cursor + packet.len();
-        ciphertext[cursor..packet_end].copy_from_slice(packet);
-        ciphertext[packet_end..].fill(PADDING_BYTE);
+        ciphertext[cursor + packet_len..].fill(PADDING_BYTE);
         if self.mode.hmac.is_none() {
             let sum = checksum(&ciphertext[cursor..]);
             ciphertext[checksum_at..cursor].copy_from_slice(&sum.to_be_bytes());
@@ -362,7 +410,7 @@ impl PacketEncoder {
         Ok(total)
     }
 
-    /// Encrypts the plaintext [`write_plaintext`](Self::write_plaintext) left in `datagram`,
+    /// Encrypts the plaintext [`finish_plaintext`](Self::finish_plaintext) left in `datagram`,
     /// adds the HMAC trailer if any and scrambles the session ID.
     fn seal(
         &mut self,
@@ -830,6 +878,35 @@ mod tests {
             // checksum, no SSEQ) still makes one whole block.
             let padding = d.packet.len() - packet.len();
             prop_assert!(padding < CIPHER_BLOCK_LEN || (packet.is_empty() && padding == CIPHER_BLOCK_LEN));
+        }
+
+        #[test]
+        fn in_place_encoding_matches_encode(
+            key in any::<[u8; 16]>(),
+            mode in mode_strategy(),
+            lens in proptest::collection::vec(0usize..1300, 1..6),
+            session_id in any::<u32>(),
+            junk in any::<u8>(),
+        ) {
+            // A packet written at `packet_offset` of a buffer holding anything becomes the
+            // datagram `encode` writes from a separate copy, sequence numbers included, and
+            // `max_packet_len` is the longest packet whose datagram fits a buffer.
+            let mut a = PacketEncoder::new(&key, mode);
+            let mut b = a.clone();
+            for (i, &len) in lens.iter().enumerate() {
+                let packet: Vec<u8> = (0..len).map(|x| (x * 5 + i) as u8).collect();
+                let total = a.encoded_len(len);
+                prop_assert!(b.max_packet_len(total) >= len);
+                prop_assert!(b.encoded_len(b.max_packet_len(total)) <= total);
+                let mut direct = vec![0u8; total];
+                a.encode(session_id, &packet, &mut direct).unwrap();
+                let mut in_place = vec![junk; total + usize::from(junk % 32)];
+                let at = b.packet_offset();
+                in_place[at..at + len].copy_from_slice(&packet);
+                let n = b.encode_in_place(session_id, len, &mut in_place).unwrap();
+                prop_assert_eq!(&in_place[..n], &direct[..]);
+                prop_assert_eq!(a.next_sseq(), b.next_sseq());
+            }
         }
 
         #[test]

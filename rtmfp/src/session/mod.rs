@@ -283,8 +283,6 @@ pub struct Session {
     keepalive_due: bool,
     close_due: bool,
     close_ack_due: bool,
-    /// Scratch space for one plain packet, allocated once.
-    plain: Vec<u8>,
     /// Copy every plain packet into an [`Event::Packet`].
     dump: bool,
 }
@@ -331,7 +329,6 @@ impl Session {
             keepalive_due: false,
             close_due: false,
             close_ack_due: false,
-            plain: vec![0u8; MAX_SESSION_PACKET],
             dump: false,
         }
     }
@@ -806,6 +803,9 @@ impl Session {
     /// Assembles one packet with header, lets `fill` write chunks, and encrypts it into `buf`.
     /// With `defer`, the answer may carry the key the caller must encrypt with (see
     /// [`Self::poll_transmit_deferred`]).
+    /// Writes a packet whose header this writes and whose chunks `fill` writes (false: nothing
+    /// to send) straight into its place in the datagram `buf`, then encodes it there: the
+    /// packet is not copied.
     fn write_packet(
         &mut self,
         now: Instant,
@@ -813,47 +813,39 @@ impl Session {
         defer: bool,
         fill: impl FnOnce(&mut Self, &mut Writer<'_>) -> bool,
     ) -> Option<(usize, Option<Aes128EncKey>)> {
-        // Taking the scratch buffer out lets `fill` borrow the session; `Vec::new` does not allocate.
-        let mut plain = core::mem::take(&mut self.plain);
-        let result = self.write_packet_into(now, buf, &mut plain, defer, fill);
-        self.plain = plain;
-        result
-    }
-
-    fn write_packet_into(
-        &mut self,
-        now: Instant,
-        buf: &mut [u8],
-        plain: &mut [u8],
-        defer: bool,
-        fill: impl FnOnce(&mut Self, &mut Writer<'_>) -> bool,
-    ) -> Option<(usize, Option<Aes128EncKey>)> {
-        let limit = self.config.max_packet.min(plain.len());
+        let at = self.encoder.packet_offset();
+        let limit = self
+            .config
+            .max_packet
+            .min(MAX_SESSION_PACKET)
+            .min(self.encoder.max_packet_len(buf.len()));
         let mut header = PacketHeader::new(self.role.mode());
         header.timestamp = Some(timestamp(now));
         let mut ts_state = self.timestamps.clone();
         header.timestamp_echo = ts_state.echo_for_send(now);
-        let mut w = Writer::new(&mut plain[..limit]);
+        let mut w = Writer::new(buf.get_mut(at..at + limit)?);
         header.emit(&mut w).ok()?;
         if !fill(self, &mut w) {
             return None;
         }
         self.timestamps = ts_state;
         let len = w.position();
-        let plain = &plain[..len];
         if self.dump {
             self.events.push_back(Event::Packet {
                 outgoing: true,
-                plain: plain.to_vec(),
+                plain: buf[at..at + len].to_vec(),
             });
         }
         if !defer {
-            let len = self.encoder.encode(self.far_session_id, plain, buf).ok()?;
+            let len = self
+                .encoder
+                .encode_in_place(self.far_session_id, len, buf)
+                .ok()?;
             return Some((len, None));
         }
         match self
             .encoder
-            .encode_deferred(self.far_session_id, plain, buf)
+            .encode_deferred_in_place(self.far_session_id, len, buf)
             .ok()?
         {
             Sealing::Sealed(len) => Some((len, None)),

@@ -13,9 +13,9 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rtmfp::amf::{Object, Value};
 use rtmfp::crypto::{
-    encrypt_cbc_zero_iv_many, encrypt_cbc_zero_iv_many_with, finish_sealing, Aes128EncKey, Backend,
-    CbcJob, DhGroup, DhKeyPair, HmacMode, NegotiationPolicy, PacketDecoder, PacketEncoder,
-    PacketMode, DEFAULT_HMAC_LEN, SSID_LEN,
+    checksum, encrypt_cbc_zero_iv_many, encrypt_cbc_zero_iv_many_with, finish_sealing,
+    Aes128EncKey, Backend, CbcJob, DhGroup, DhKeyPair, HmacMode, NegotiationPolicy, PacketDecoder,
+    PacketEncoder, PacketMode, DEFAULT_HMAC_LEN, SSID_LEN,
 };
 use rtmfp::flash::command::{names, Command, NetCommand, ObjectEncoding};
 use rtmfp::flash::message::TcMessage;
@@ -134,6 +134,9 @@ fn crypto(c: &mut Criterion) {
         let packet = plain_packet(size);
         let datagram = encrypt(PacketMode::STARTUP, &packet);
         g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("checksum_{size}B"), |b| {
+            b.iter(|| black_box(checksum(black_box(&packet))))
+        });
         g.bench_function(format!("encrypt_{size}B"), |b| {
             let mut enc = PacketEncoder::new(&KEY, PacketMode::STARTUP);
             let mut out = vec![0u8; DATAGRAM_CAPACITY];

@@ -451,8 +451,8 @@ const PATH_LIFETIME: Duration = Duration::from_secs(3);
 /// The receive window the far end advertises, in 1024-byte blocks.
 const PATH_WINDOW_BLOCKS: u64 = 1024;
 
-/// One subscriber of the session-path benchmark: the server's session, its media flow, and the
-/// far end's encoder for the acknowledgements it sends.
+/// One subscriber of the session-path benchmark: the server's session, its media flow (beside
+/// an idle one), and the far end's encoder for the acknowledgements it sends.
 struct PathSubscriber {
     session: Session,
     flow: FlowId,
@@ -480,6 +480,8 @@ impl PathSubscriber {
             },
             SessionConfig::default(),
         );
+        // The NetConnection's flow, idle while the stream plays, as in a server's sessions.
+        session.open_flow(b"TC\x04\x00\x00", None).unwrap();
         let flow = session.open_flow(b"TC\x04\x00\x01", None).unwrap();
         PathSubscriber {
             session,

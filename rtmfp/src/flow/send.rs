@@ -484,6 +484,14 @@ impl SendFlow {
             return None;
         }
         self.abandon_expired(now);
+        // Nothing to retransmit, queued or to finish: answered before the fragments are looked
+        // at, so that a session's idle flows cost little on every packet it sends.
+        if self.totals.resend == 0
+            && self.queue.is_empty()
+            && !(self.closing && self.fin_seq.is_none())
+        {
+            return None;
+        }
         let fsn = self.fsn();
         let opts_len = if self.options_acked {
             0

@@ -496,11 +496,11 @@ impl FlowSet {
     }
 
     fn write_acks(&mut self, now: Instant, w: &mut Writer<'_>) {
-        let mut ranges = [(0u64, 0u64); MAX_ACK_RANGES];
         for (&id, f) in self.recv.iter_mut() {
             if !f.ack_due(now) {
                 continue;
             }
+            let mut ranges = [(0u64, 0u64); MAX_ACK_RANGES];
             if let Some(code) = f.rejection() {
                 if (FlowExceptionReport {
                     flow_id: id,
@@ -544,6 +544,9 @@ impl FlowSet {
     fn write_data(&mut self, now: Instant, w: &mut Writer<'_>) {
         let mut prev: Option<(FlowId, u64, u64)> = None;
         let mut wrote_data = false;
+        // Bytes in flight on every flow, summed once per packet and kept up to date as this
+        // packet's fragments go out (a flow's poll may abandon some of its own).
+        let mut in_flight: usize = self.send.values().map(SendFlow::in_flight_bytes).sum();
         // Round robin from the cursor: the flows at or after it, then those before it, found
         // one by one (no list is built per packet).
         let cursor = self.cursor;
@@ -564,12 +567,13 @@ impl FlowSet {
                 next = self.send.keys().next().copied().filter(|k| *k < cursor);
             }
             loop {
-                let in_flight: usize = self.send.values().map(SendFlow::in_flight_bytes).sum();
                 let allowance = self.congestion.allowance(in_flight);
                 let Some(f) = self.send.get_mut(&id) else {
                     break;
                 };
+                let before = f.in_flight_bytes();
                 let Some(frag) = f.poll_fragment(now, w.remaining(), allowance) else {
+                    in_flight = in_flight - before + f.in_flight_bytes();
                     break;
                 };
                 let flags = UserDataFlags {
@@ -612,6 +616,7 @@ impl FlowSet {
                     break;
                 }
                 f.on_fragment_sent(now, seq);
+                in_flight = in_flight - before + f.in_flight_bytes();
                 prev = Some((id, seq, fsn));
                 wrote_data = true;
                 self.cursor = id;

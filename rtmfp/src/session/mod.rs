@@ -800,12 +800,10 @@ impl Session {
         w.position() > start
     }
 
-    /// Assembles one packet with header, lets `fill` write chunks, and encrypts it into `buf`.
-    /// With `defer`, the answer may carry the key the caller must encrypt with (see
+    /// Assembles one packet with header, lets `fill` write chunks (false: nothing to send), and
+    /// encrypts it into `buf`. The packet is written straight into its place in the datagram,
+    /// not copied. With `defer`, the answer may carry the key the caller must encrypt with (see
     /// [`Self::poll_transmit_deferred`]).
-    /// Writes a packet whose header this writes and whose chunks `fill` writes (false: nothing
-    /// to send) straight into its place in the datagram `buf`, then encodes it there: the
-    /// packet is not copied.
     fn write_packet(
         &mut self,
         now: Instant,

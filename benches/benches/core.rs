@@ -19,6 +19,7 @@ use rtmfp::crypto::{
 };
 use rtmfp::flash::command::{names, Command, NetCommand, ObjectEncoding};
 use rtmfp::flash::message::TcMessage;
+use rtmfp::flow::options::OPTION_METADATA;
 use rtmfp::flow::payload::Payload;
 use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
@@ -30,8 +31,8 @@ use rtmfp::startup::responder::{
 };
 use rtmfp::time::Instant;
 use rtmfp::wire::{
-    ChunkBody, ChunkIter, Fragment, Mode, PacketHeader, RangeAck, Reader, UserData, UserDataFlags,
-    Writer,
+    write_option, ChunkBody, ChunkIter, Fragment, Mode, PacketHeader, RangeAck, Reader, UserData,
+    UserDataFlags, Writer,
 };
 
 /// AES-128 session key used by the crypto benchmarks.
@@ -452,7 +453,8 @@ const PATH_LIFETIME: Duration = Duration::from_secs(3);
 const PATH_WINDOW_BLOCKS: u64 = 1024;
 
 /// One subscriber of the session-path benchmark: the server's session, its media flow (beside
-/// an idle one), and the far end's encoder for the acknowledgements it sends.
+/// an idle one, and an idle flow from the client), and the far end's encoder for the
+/// acknowledgements it sends.
 struct PathSubscriber {
     session: Session,
     flow: FlowId,
@@ -483,13 +485,60 @@ impl PathSubscriber {
         // The NetConnection's flow, idle while the stream plays, as in a server's sessions.
         session.open_flow(b"TC\x04\x00\x00", None).unwrap();
         let flow = session.open_flow(b"TC\x04\x00\x01", None).unwrap();
-        PathSubscriber {
+        let mut sub = PathSubscriber {
             session,
             flow,
             far: PacketEncoder::new(&receive, PacketMode::STARTUP),
             acked: 0,
             ack: Vec::with_capacity(PATH_DATAGRAM),
+        };
+        sub.open_client_flow();
+        sub
+    }
+
+    /// The client's NetConnection flow, as a server's session has one: a message on it,
+    /// received, taken and acknowledged, after which it stays idle.
+    fn open_client_flow(&mut self) {
+        let mut opts = [0u8; 16];
+        let mut w = Writer::new(&mut opts);
+        write_option(&mut w, OPTION_METADATA, b"TC\x04\x00\x00").unwrap();
+        let opts_len = w.position();
+        let mut plain = [0u8; PATH_DATAGRAM];
+        let mut w = Writer::new(&mut plain);
+        let mut header = PacketHeader::new(Mode::Initiator);
+        header.timestamp = Some(0);
+        header.emit(&mut w).unwrap();
+        UserData {
+            flags: UserDataFlags {
+                fragment: Fragment::Whole,
+                abandoned: false,
+                fin: false,
+            },
+            flow_id: FlowId(2),
+            seq: 1,
+            fsn_offset: 1,
+            options: Some(&opts[..opts_len]),
+            data: b"\x14\x00\x00\x00\x00connect",
         }
+        .emit(&mut w)
+        .unwrap();
+        let len = w.position();
+        let mut datagram = vec![0u8; PATH_DATAGRAM];
+        let n = self
+            .far
+            .encode(self.session.near_session_id(), &plain[..len], &mut datagram)
+            .unwrap();
+        let from = self.session.far_address();
+        self.session
+            .handle_datagram(Instant::ZERO, from, &mut datagram[..n])
+            .unwrap();
+        while self.session.poll_event().is_some() {}
+        let mut out = [0u8; PATH_DATAGRAM];
+        while self
+            .session
+            .poll_transmit(Instant::ZERO, &mut out)
+            .is_some()
+        {}
     }
 
     /// The far end's Range Ack of every message so far (one datagram per message of this

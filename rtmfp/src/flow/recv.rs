@@ -291,6 +291,11 @@ impl RecvFlow {
         self.rejected
     }
 
+    /// Whether an ack is to go out, now or at the delayed-ack deadline.
+    pub fn ack_scheduled(&self) -> bool {
+        self.ack_now || self.ack_deadline.is_some()
+    }
+
     /// Whether an ack should go out now.
     pub fn ack_due(&self, now: Instant) -> bool {
         self.ack_now || self.ack_deadline.is_some_and(|d| now >= d)

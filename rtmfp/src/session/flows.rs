@@ -32,10 +32,8 @@ pub const MAX_RECEIVE_FLOWS: usize = 256;
 pub const MAX_SEND_FLOWS: usize = 1024;
 /// Most ack ranges sent per flow.
 pub const MAX_ACK_RANGES: usize = 32;
-/// User Data option type: per-flow metadata (RFC 7016 §2.3.11.1.1).
-pub const OPTION_METADATA: u64 = 0x00;
-/// User Data option type: return flow association (RFC 7016 §2.3.11.1.2).
-pub const OPTION_RETURN_ASSOCIATION: u64 = 0x0A;
+/// User Data option types (RFC 7016 §2.3.11.1), defined with the rest of the options' rules.
+pub use crate::flow::options::{OPTION_METADATA, OPTION_RETURN_ASSOCIATION};
 /// Exception code for flows the implementation rejects by itself (RFC 7016 §3.6.3.7).
 pub const AUTOMATIC_REJECTION: u64 = 0;
 
@@ -105,6 +103,10 @@ pub struct FlowSet {
     /// A receive flow changed since [`Self::poll_event`] last found none with a message or
     /// an end to report: it looks again only then, not for every poll.
     recv_pending: bool,
+    /// A receive flow may have an ack to send, now or at its delayed-ack deadline: set by
+    /// everything that changes a receive flow, cleared when [`Self::write_chunks`] finds none
+    /// with one, so that a packet does not look through idle receive flows.
+    acks_scheduled: bool,
 }
 
 impl FlowSet {
@@ -121,6 +123,7 @@ impl FlowSet {
             cursor: FlowId(0),
             stalled_since: None,
             recv_pending: false,
+            acks_scheduled: false,
         }
     }
 
@@ -196,6 +199,7 @@ impl FlowSet {
     /// Rejects a receive flow.
     pub fn reject_receive_flow(&mut self, flow: FlowId, code: u64) -> Result<(), FlowError> {
         self.recv_pending = true;
+        self.acks_scheduled = true;
         self.recv
             .get_mut(&flow)
             .ok_or(FlowError::UnknownFlow)?
@@ -297,6 +301,7 @@ impl FlowSet {
             self.open_receive_flow(flow, opts);
         }
         self.recv_pending = true;
+        self.acks_scheduled = true;
         let Some(f) = self.recv.get_mut(&flow) else {
             return Ok(());
         };
@@ -358,6 +363,7 @@ impl FlowSet {
 
     /// Marks that a packet with user data arrived (delayed-ack counting, RFC 7016 §3.6.3.4.4).
     pub fn on_packet_with_user_data(&mut self, now: Instant) {
+        self.acks_scheduled = true;
         for f in self.recv.values_mut() {
             f.on_packet_with_user_data(now);
         }
@@ -434,6 +440,7 @@ impl FlowSet {
 
     /// A Buffer Probe: ack that flow at once (RFC 7016 §3.6.3.6).
     pub fn on_buffer_probe(&mut self, flow: FlowId) {
+        self.acks_scheduled = true;
         if let Some(f) = self.recv.get_mut(&flow) {
             f.on_buffer_probe();
         }
@@ -474,6 +481,7 @@ impl FlowSet {
             self.stalled_since.get_or_insert(now);
         }
         self.recv_pending = true;
+        self.acks_scheduled = true;
         for f in self.recv.values_mut() {
             f.handle_timeout(now);
         }
@@ -496,8 +504,15 @@ impl FlowSet {
     }
 
     fn write_acks(&mut self, now: Instant, w: &mut Writer<'_>) {
+        // Every test run in debug checks that no change to a receive flow missed the flag.
+        debug_assert!(self.acks_scheduled || self.recv.values().all(|f| !f.ack_scheduled()));
+        if !self.acks_scheduled {
+            return;
+        }
+        let mut scheduled = false;
         for (&id, f) in self.recv.iter_mut() {
             if !f.ack_due(now) {
+                scheduled |= f.ack_scheduled();
                 continue;
             }
             let mut ranges = [(0u64, 0u64); MAX_ACK_RANGES];
@@ -527,6 +542,7 @@ impl FlowSet {
                 Err(_) => f.on_ack_sent(now),
             }
         }
+        self.acks_scheduled = scheduled;
     }
 
     fn write_probes(&mut self, now: Instant, w: &mut Writer<'_>) {

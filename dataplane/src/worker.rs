@@ -425,7 +425,7 @@ pub struct Worker<IO: BatchIo> {
     rx: Option<Box<RxBatch>>,
     tx: TxBatch,
     /// Datagrams of `tx` left for [`Worker::seal`]: their index and their session's key.
-    unsealed: Vec<(usize, Aes128EncKey)>,
+    unsealed: Vec<(usize, Arc<Aes128EncKey>)>,
     table: Vec<Option<Box<Entry>>>,
     wheel: TimerWheel,
     dirty: Vec<u16>,

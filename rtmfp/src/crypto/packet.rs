@@ -6,7 +6,7 @@
 //! `[SSEQ VLU] [checksum u16] packet 0xFF-padding`. Encoding and decoding work on caller buffers
 //! and do not allocate.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aes::cipher::{
     block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit,
@@ -48,8 +48,10 @@ const SCRAMBLE_LEN: usize = 8;
 const ZERO_IV: [u8; CIPHER_BLOCK_LEN] = [0; CIPHER_BLOCK_LEN];
 
 type HmacSha256 = Hmac<Sha256>;
-type CbcEncryptor = cbc::Encryptor<Aes128Enc>;
-type CbcDecryptor = cbc::Decryptor<Aes128Dec>;
+/// CBC over a borrowed key schedule: a packet borrows its session's, never clones it.
+type CbcEncryptor<'a> = cbc::Encryptor<&'a Aes128Enc>;
+/// See [`CbcEncryptor`].
+type CbcDecryptor<'a> = cbc::Decryptor<&'a Aes128Dec>;
 
 /// Computes `sessionID XOR word0 XOR word1` over the first 8 bytes of `ciphertext`, which are
 /// read as zero where the ciphertext is shorter (RFC 7016 §2.2.2).
@@ -169,8 +171,9 @@ pub enum Sealing {
     Unsealed {
         /// Length of the datagram.
         len: usize,
-        /// The session's send key, expanded.
-        key: Aes128EncKey,
+        /// The session's send key, expanded, shared with the encoder (a reference count per
+        /// datagram, not a copy of the key schedule).
+        key: Arc<Aes128EncKey>,
     },
 }
 
@@ -204,7 +207,7 @@ pub struct PacketEncoder {
     cipher: Aes128Enc,
     /// The same key expanded for the multi-buffer kernel ([`Self::encode_deferred`]); `None`
     /// for the startup encoder, whose packets are always sealed at once.
-    multi_key: Option<Aes128EncKey>,
+    multi_key: Option<Arc<Aes128EncKey>>,
     hmac: Option<HmacSha256>,
     mode: PacketMode,
     next_sseq: u64,
@@ -225,7 +228,7 @@ impl PacketEncoder {
     pub fn new(key: &[u8; 16], mode: PacketMode) -> Self {
         PacketEncoder {
             cipher: Aes128Enc::new(&(*key).into()),
-            multi_key: Some(Aes128EncKey::new(key)),
+            multi_key: Some(Arc::new(Aes128EncKey::new(key))),
             hmac: keyed_hmac(&mode),
             mode,
             next_sseq: 0,
@@ -353,7 +356,7 @@ impl PacketEncoder {
         out: &mut [u8],
     ) -> Result<Sealing, CryptoError> {
         let key = match (&self.multi_key, &self.hmac) {
-            (Some(key), None) => key.clone(),
+            (Some(key), None) => Arc::clone(key),
             _ => {
                 return self
                     .encode_in_place(far_session_id, packet_len, out)
@@ -422,7 +425,7 @@ impl PacketEncoder {
         let hmac_len = self.mode.hmac_len();
         let (ssid_and_ciphertext, rest) = datagram.split_at_mut(SSID_LEN + padded);
         let ciphertext = &mut ssid_and_ciphertext[SSID_LEN..];
-        CbcEncryptor::inner_iv_init(self.cipher.clone(), &ZERO_IV.into())
+        CbcEncryptor::inner_iv_init(&self.cipher, &ZERO_IV.into())
             .encrypt_padded_mut::<NoPadding>(ciphertext, padded)
             .map_err(|_| CryptoError::NotBlockAligned)?;
 
@@ -576,7 +579,7 @@ impl PacketDecoder {
         }
 
         let plain_len = ciphertext.len();
-        let plain = CbcDecryptor::inner_iv_init(self.cipher.clone(), &ZERO_IV.into())
+        let plain = CbcDecryptor::inner_iv_init(&self.cipher, &ZERO_IV.into())
             .decrypt_padded_mut::<NoPadding>(ciphertext)
             .map_err(|_| CryptoError::NotBlockAligned)?;
         debug_assert_eq!(plain.len(), plain_len);
@@ -643,7 +646,7 @@ mod tests {
         let iv = hex16(SP800_38A_IV);
         let mut buf = hex::decode(SP800_38A_PLAIN).unwrap();
         let len = buf.len();
-        CbcEncryptor::inner_iv_init(Aes128Enc::new(&key.into()), &iv.into())
+        CbcEncryptor::inner_iv_init(&Aes128Enc::new(&key.into()), &iv.into())
             .encrypt_padded_mut::<NoPadding>(&mut buf, len)
             .unwrap();
         assert_eq!(hex::encode(&buf), SP800_38A_CIPHER);
@@ -654,7 +657,7 @@ mod tests {
         let key = hex16(SP800_38A_KEY);
         let iv = hex16(SP800_38A_IV);
         let mut buf = hex::decode(SP800_38A_CIPHER).unwrap();
-        CbcDecryptor::inner_iv_init(Aes128Dec::new(&key.into()), &iv.into())
+        CbcDecryptor::inner_iv_init(&Aes128Dec::new(&key.into()), &iv.into())
             .decrypt_padded_mut::<NoPadding>(&mut buf)
             .unwrap();
         assert_eq!(hex::encode(&buf), SP800_38A_PLAIN);
@@ -669,7 +672,7 @@ mod tests {
         let plain = hex::decode(SP800_38A_PLAIN).unwrap();
         let mut buf = plain.clone();
         let len = buf.len();
-        CbcEncryptor::inner_iv_init(Aes128Enc::new(&key.into()), &ZERO_IV.into())
+        CbcEncryptor::inner_iv_init(&Aes128Enc::new(&key.into()), &ZERO_IV.into())
             .encrypt_padded_mut::<NoPadding>(&mut buf, len)
             .unwrap();
         let aes = Aes128Enc::new(&key.into());
@@ -715,7 +718,7 @@ mod tests {
         let n = enc.encode(0, &packet, &mut out).unwrap();
         assert_eq!(n, 4 + 16);
         let mut plain = out[4..n].to_vec();
-        CbcDecryptor::inner_iv_init(Aes128Dec::new(&DEFAULT_KEY.into()), &ZERO_IV.into())
+        CbcDecryptor::inner_iv_init(&Aes128Dec::new(&DEFAULT_KEY.into()), &ZERO_IV.into())
             .decrypt_padded_mut::<NoPadding>(&mut plain)
             .unwrap();
         assert_eq!(&plain[2..8], &packet);
@@ -919,7 +922,7 @@ mod tests {
             // Several sessions' packets, sealed together by the multi-buffer kernel, come out
             // byte for byte as `encode` writes them one at a time.
             let mut direct: Vec<Vec<u8>> = Vec::new();
-            let mut deferred: Vec<(Vec<u8>, Option<Aes128EncKey>)> = Vec::new();
+            let mut deferred: Vec<(Vec<u8>, Option<Arc<Aes128EncKey>>)> = Vec::new();
             for (i, key) in keys.iter().enumerate() {
                 let packet: Vec<u8> = (0..lens[i]).map(|b| (b * 7 + i) as u8).collect();
                 let mut a = PacketEncoder::new(key, mode.clone());

@@ -15,6 +15,7 @@ pub mod mobility;
 use core::time::Duration;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::crypto::{Aes128EncKey, CryptoError, PacketDecoder, PacketEncoder, Sealing};
 use crate::flow::payload::Payload;
@@ -734,7 +735,7 @@ impl Session {
         &mut self,
         now: Instant,
         buf: &mut [u8],
-    ) -> Option<(Transmit, Option<Aes128EncKey>)> {
+    ) -> Option<(Transmit, Option<Arc<Aes128EncKey>>)> {
         self.next_transmit(now, buf, true)
     }
 
@@ -743,7 +744,7 @@ impl Session {
         now: Instant,
         buf: &mut [u8],
         defer: bool,
-    ) -> Option<(Transmit, Option<Aes128EncKey>)> {
+    ) -> Option<(Transmit, Option<Arc<Aes128EncKey>>)> {
         if let Some((addr, challenge)) = self.mobility_probe.take() {
             if self.state == State::Open {
                 if let Some((len, key)) = self.write_packet(now, buf, defer, |_, w| {
@@ -810,7 +811,7 @@ impl Session {
         buf: &mut [u8],
         defer: bool,
         fill: impl FnOnce(&mut Self, &mut Writer<'_>) -> bool,
-    ) -> Option<(usize, Option<Aes128EncKey>)> {
+    ) -> Option<(usize, Option<Arc<Aes128EncKey>>)> {
         let at = self.encoder.packet_offset();
         let limit = self
             .config

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtmfp::crypto::{DirectionOptions, PacketDecoder, PacketEncoder, SessionKeys, DERIVED_LEN};
-use rtmfp::params::MAX_SESSION_PACKET;
 use rtmfp::session::flows::FlowSet;
 use rtmfp::session::{Session, SessionConfig};
 use socket2::{Domain, Socket, Type};
@@ -253,13 +252,12 @@ fn main() -> io::Result<()> {
     writeln!(
         out,
         "size_of: Session {} B, of which PacketEncoder {} B, PacketDecoder {} B, FlowSet {} B, \
-         SessionConfig {} B; the per-session scratch packet buffer is {} B",
+         SessionConfig {} B",
         size_of::<Session>(),
         size_of::<PacketEncoder>(),
         size_of::<PacketDecoder>(),
         size_of::<FlowSet>(),
         size_of::<SessionConfig>(),
-        MAX_SESSION_PACKET
     )?;
     writeln!(
         out,

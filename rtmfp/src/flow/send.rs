@@ -524,6 +524,10 @@ impl SendFlow {
         let seq = self.next_seq;
         let overhead =
             USER_DATA_FIXED + vlu_len(self.id.0) + vlu_len(seq) + vlu_len(seq - fsn) + opts_len;
+        if overhead > room {
+            // Not even the chunk's header fits: an empty message (or a FIN) waits too.
+            return None;
+        }
         if let Some(q) = self.queue.front() {
             let remaining = q.message.len() - q.offset;
             let window_room = self.far_window - self.in_flight_bytes();
@@ -576,9 +580,6 @@ impl SendFlow {
             return Some(self.fragment_out(i, fsn));
         }
         if self.closing && self.fin_seq.is_none() {
-            if overhead > room {
-                return None;
-            }
             let seq = self.take_seq();
             self.fin_seq = Some(seq);
             self.push_frag(Frag {
@@ -846,6 +847,17 @@ mod tests {
                 ranges,
             },
         )
+    }
+
+    #[test]
+    fn an_empty_message_waits_for_room_for_its_chunk_header() {
+        // Found by review: with no room for a chunk header, an empty message was given a
+        // sequence number that could not be written, and was never sent.
+        let mut f = flow();
+        f.send_message(t(0), &[], None).unwrap();
+        assert!(f.poll_fragment(t(0), 2, usize::MAX).is_none());
+        let frag = f.poll_fragment(t(0), 1200, usize::MAX).expect("fits now");
+        assert_eq!(frag.seq, 1);
     }
 
     #[test]

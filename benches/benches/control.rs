@@ -11,7 +11,6 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
 use rand_chacha::rand_core::SeedableRng;
@@ -222,20 +221,13 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
-/// Keeps the run to a minute or two on a shared 2-core machine; the command line may override.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
     criterion_group! {
         name = benches;
-        config = config();
+        config = benches::config();
         targets = handshake
     }
 }

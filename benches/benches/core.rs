@@ -644,21 +644,13 @@ fn fanout_path(c: &mut Criterion) {
     g.finish();
 }
 
-/// Keeps the whole run to a few minutes on a shared 2-core machine; the command line may
-/// override these.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
     criterion_group! {
         name = benches;
-        config = config();
+        config = benches::config();
         targets = wire, crypto, cbc_encrypt_fanout, fanout_path, amf, handshake
     }
 }

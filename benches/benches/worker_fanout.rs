@@ -370,20 +370,13 @@ fn worker_fanout(c: &mut Criterion) {
     black_box(&bench.clients);
 }
 
-/// Keeps the run short on a shared 2-core machine; the command line may override these.
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 // criterion_group! generates an undocumented public function.
 #[allow(missing_docs)]
 mod group {
     use super::*;
     criterion_group! {
         name = benches;
-        config = config();
+        config = benches::config();
         targets = worker_fanout
     }
 }

@@ -2,8 +2,10 @@
 # End-to-end fanout benchmark: one publisher at BITRATE kbit/s to N subscribers, server pinned to
 # core 0 (one worker), updraft-loadgen pinned to core 1, on loopback. Prints one Markdown table
 # row per run: delivery, loss, end-to-end latency percentiles and the server's and the loadgen's
-# CPU use while the stream runs (from /proc/PID/stat, all threads). The loadgen sleeps when it has
-# nothing to do, so a loadgen near 1.00 is the bottleneck, not the server.
+# CPU use while the stream runs (from /proc/PID/stat, all threads), and how busy core 0 was (from
+# /proc/stat: the server's whole cost, softirq work included, and whatever else ran there). The
+# loadgen sleeps when it has nothing to do, so a loadgen near 1.00 is the bottleneck, not the
+# server.
 #
 # usage: benches/e2e/fanout.sh [N...]            (default N: 500 1000 2000)
 # environment:
@@ -46,6 +48,9 @@ printf 'handshakeRate = 100000\n' > "$WORK/updraft.ini"
 
 # CPU ticks (user + system, every thread) of process $1.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Idle ticks (idle + iowait) of core 0, whose busy share counts the server's whole cost, its
+# softirq work included, which its process's own time may miss.
+idle0() { awk '/^cpu0 / {print $5 + $6}' /proc/stat; }
 
 # run NAME N PORT server-command...
 run() {
@@ -68,17 +73,20 @@ run() {
         waited=$((waited + 1))
         if ! kill -0 "$loadgen" 2>/dev/null || [ $waited -gt 1200 ]; then break; fi
     done
-    local window=$((DURATION - 2)) cpu="n/a" lcpu="n/a"
+    local window=$((DURATION - 2)) cpu="n/a" lcpu="n/a" busy0="n/a"
     if [ $window -gt 0 ] && kill -0 "$loadgen" 2>/dev/null; then
         sleep 1
         local t0 t1 l0 l1
         t0=$(ticks "$server")
         l0=$(ticks "$loadgen")
+        i0=$(idle0)
         sleep "$window"
         t1=$(ticks "$server")
         l1=$(ticks "$loadgen")
+        i1=$(idle0)
         cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$TICK" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w }')
         lcpu=$(awk -v a="$l0" -v b="$l1" -v hz="$TICK" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w }')
+        busy0=$(awk -v a="$i0" -v b="$i1" -v hz="$TICK" -v w="$window" 'BEGIN { printf "%.2f", 1 - (b - a) / hz / w }')
     fi
     wait "$loadgen" || true
     kill -TERM "$server" 2>/dev/null || true
@@ -86,25 +94,25 @@ run() {
     kill -KILL "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
     if [ -s "$WORK/report.json" ]; then
-        python3 - "$name" "$n" "$cpu" "$lcpu" "$WORK/report.json" <<'EOF'
+        python3 - "$name" "$n" "$cpu" "$busy0" "$lcpu" "$WORK/report.json" <<'EOF'
 import json, sys
-name, n, cpu, lcpu, path = sys.argv[1:6]
+name, n, cpu, busy0, lcpu, path = sys.argv[1:7]
 r = json.load(open(path))
 lat = r.get("latency_ms", {})
 lost = r["lost"] / r["expected"] * 100 if r["expected"] else 0
 print(f"| {name} | {n} | {r['delivered']:,} of {r['expected']:,} | {lost:.2f}% | "
       f"{lat.get('p50', 0):.1f} | {lat.get('p99', 0):.1f} | {lat.get('p99.9', 0):.1f} | "
-      f"{r['packets_in_per_s']:,.0f} | {cpu} | {lcpu} |")
+      f"{r['packets_in_per_s']:,.0f} | {cpu} | {busy0} | {lcpu} |")
 EOF
     else
-        echo "| $name | $n | failed: $(tail -1 "$WORK/loadgen.err") | | | | | | $cpu | $lcpu |"
+        echo "| $name | $n | failed: $(tail -1 "$WORK/loadgen.err") | | | | | | $cpu | $busy0 | $lcpu |"
     fi
     rm -f "$WORK/report.json"
 }
 
 echo "fanout: size $SIZE B, $BITRATE kbit/s, $DURATION s, key frame every $KEYFRAME s, sockets $SOCKETS, DH groups $DH_GROUPS, $(date -u +%FT%TZ)"
-echo "| server | subscribers | delivered | lost | p50 ms | p99 ms | p99.9 ms | loadgen packets in/s | server CPUs | loadgen CPUs |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| server | subscribers | delivered | lost | p50 ms | p99 ms | p99.9 ms | loadgen packets in/s | server CPUs | core 0 busy | loadgen CPUs |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for n in "${RUNS[@]}"; do
     port=$((20000 + RANDOM % 20000))
     run updraft "$n" "$port" "$BIN/updraft" --config "$WORK/updraft.ini" --port "$port" \

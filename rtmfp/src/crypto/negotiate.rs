@@ -259,6 +259,7 @@ pub fn negotiate(
     } else {
         None
     };
+    let answer_hmac = answer_flags(hmac_send, policy.hmac.send_on_request, hmac_receive);
     Ok(NegotiatedModes {
         send: DirectionOptions {
             hmac_len: send_hmac_len,
@@ -268,27 +269,27 @@ pub fn negotiate(
             hmac_len: receive_hmac_len,
             sseq: sseq_receive,
         },
-        // An option neither direction uses is answered with no flags (and no HMAC length), as
-        // Cumulus and MonaServer answer: the outcome is the same (nobody asked), and librtmfp
-        // accepts nothing else (digest §1.7).
         answer: KeyingNegotiation {
-            hmac: if hmac_send || hmac_receive {
-                flags(hmac_send, policy.hmac.send_on_request, hmac_receive)
-            } else {
-                NegotiationFlags::NONE
-            },
-            hmac_len: if hmac_send || hmac_receive {
-                u64::from(policy.hmac_len)
-            } else {
+            hmac: answer_hmac,
+            hmac_len: if answer_hmac == NegotiationFlags::NONE {
                 0
-            },
-            sseq: if sseq_send || sseq_receive {
-                flags(sseq_send, policy.sseq.send_on_request, sseq_receive)
             } else {
-                NegotiationFlags::NONE
+                u64::from(policy.hmac_len)
             },
+            sseq: answer_flags(sseq_send, policy.sseq.send_on_request, sseq_receive),
         },
     })
+}
+
+/// The flags answering one option: none at all (and, for HMAC, no length) when neither
+/// direction uses it, as Cumulus and MonaServer answer: the outcome is the same (nobody asked),
+/// and librtmfp accepts nothing else (digest §1.7).
+fn answer_flags(send: bool, send_on_request: bool, receive: bool) -> NegotiationFlags {
+    if send || receive {
+        flags(send, send_on_request, receive)
+    } else {
+        NegotiationFlags::NONE
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use rtmfp::flow::payload::Payload;
 use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use rtmfp::ids::{FlowId, PeerId};
-use rtmfp::session::flows::SendOptions;
+use rtmfp::session::flows::{SendOptions, AUTOMATIC_REJECTION};
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
@@ -1821,7 +1821,7 @@ impl<IO: BatchIo> Worker<IO> {
             _ => {
                 // Unknown flows, and NetGroup flows beyond the limit, are rejected (RFC 7016
                 // §3.6.3.7).
-                let _ = e.session.reject_flow(flow, 0);
+                let _ = e.session.reject_flow(flow, AUTOMATIC_REJECTION);
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -718,15 +718,18 @@ fn local_network(reported: IpAddr, public: IpAddr) -> bool {
     }
     match reported {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private() || v4.is_link_local() || (o[0] == 100 && (o[1] & 0xC0) == 64)
+            v4.is_private()
+                || v4.is_link_local()
+                || u32::from(v4) & SHARED_ADDRESS_MASK == u32::from(SHARED_ADDRESS_SPACE)
         }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            (first & 0xFE00) == 0xFC00 || (first & 0xFFC0) == 0xFE80
-        }
+        IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
     }
 }
+
+/// The shared address space of carrier-grade NATs, 100.64.0.0/10 (RFC 6598 §7).
+const SHARED_ADDRESS_SPACE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+/// The netmask of [`SHARED_ADDRESS_SPACE`] (/10).
+const SHARED_ADDRESS_MASK: u32 = !(u32::MAX >> 10);
 
 /// Addresses the applications gave for a Redirect, the first marked public as Cumulus writes
 /// them.
@@ -818,6 +821,19 @@ mod tests {
         ));
         assert!(local_network(
             "100.64.1.1".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        // The ends of the shared space (100.64.0.0/10) and IPv6 link-local.
+        assert!(local_network(
+            "100.127.255.254".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        assert!(!local_network(
+            "100.128.0.1".parse().unwrap(),
+            "203.0.113.5".parse().unwrap()
+        ));
+        assert!(local_network(
+            "fe80::1".parse().unwrap(),
             "203.0.113.5".parse().unwrap()
         ));
         assert!(local_network(

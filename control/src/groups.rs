@@ -13,8 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 /// Length of a group ID and of a peer ID (SHA-256).
-pub const ID_LEN: usize = 32;
+pub use rtmfp::flash::netgroup::GROUP_ID_LEN as ID_LEN;
 /// How many of the most recent members a newcomer hears of (Cumulus: 5).
 pub const NEWEST: usize = 5;
 /// When a member leaves, its follower hears of the member this many places before the follower
@@ -60,8 +62,8 @@ pub struct Groups {
     memberships: HashMap<(u32, u64), ([u8; ID_LEN], u64)>,
     /// The `GC` flows of each session that is in a group.
     flows: HashMap<u32, Vec<u64>>,
-    /// xorshift64* state, for the random older member.
-    rng: u64,
+    /// Picks the random older member.
+    rng: ChaCha8Rng,
 }
 
 impl Groups {
@@ -71,7 +73,7 @@ impl Groups {
             groups: HashMap::new(),
             memberships: HashMap::new(),
             flows: HashMap::new(),
-            rng: seed | 1,
+            rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
 
@@ -112,10 +114,7 @@ impl Groups {
     }
 
     fn random(&mut self, below: usize) -> usize {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let r = self.rng.next_u64();
         usize::try_from(r % u64::try_from(below.max(1)).unwrap_or(1)).unwrap_or(0)
     }
 

@@ -237,9 +237,29 @@ impl Applications for WwwApps {
     fn disconnect(&mut self, _: &ClientInfo<'_>) {}
 }
 
+/// The authority and the application path of a URL: `rtmfp://host:port/app/sub?x=1` gives
+/// `("host:port", "app/sub")`, the path without its query, fragment and surrounding slashes. A
+/// URL without a scheme is read from its authority on.
+pub fn url_parts(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    (authority, path.trim_matches('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_parts_are_the_authority_and_the_application_path() {
+        assert_eq!(
+            url_parts("rtmfp://host:1935/app/sub/?x=1#f"),
+            ("host:1935", "app/sub")
+        );
+        assert_eq!(url_parts("rtmfp://host"), ("host", ""));
+        assert_eq!(url_parts("host/app"), ("host", "app"));
+    }
 
     #[test]
     fn applications_are_directories_with_main_lua() {

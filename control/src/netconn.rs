@@ -13,7 +13,7 @@ use rtmfp::flash::message::{TcMessage, UserControl};
 use rtmfp::flash::FlashError;
 
 use crate::apps::{
-    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+    url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
 };
 use crate::ids::SessionIdParts;
 use crate::ipc::{Down, NetState, QosEntry, StreamEntry};
@@ -718,10 +718,13 @@ impl NetConnections {
 /// The application path of a `connect`: its `app` property, else the path of its `tcUrl`
 /// (`rtmfp://host:port/app/sub` → `app/sub`), without surrounding slashes.
 fn app_path(app: Option<&str>, tc_url: Option<&str>) -> String {
+    // Only a URL with a scheme is a tcUrl.
     let from_url = || {
-        let rest = tc_url?.split_once("://")?.1;
-        let path = rest.split_once('/').map_or("", |(_, p)| p);
-        Some(path.split(['?', '#']).next().unwrap_or("").to_string())
+        Some(
+            url_parts(tc_url.filter(|u| u.contains("://"))?)
+                .1
+                .to_string(),
+        )
     };
     app.map(str::to_string)
         .or_else(from_url)

@@ -46,7 +46,8 @@ use std::time::{Duration, SystemTime};
 use mlua::{Function, HookTriggers, IntoLuaMulti, Lua, MultiValue, Table, Value as LuaValue};
 use rtmfp::amf::{Member, Value};
 use updraft_control::apps::{
-    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict, APP_SCRIPT,
+    url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+    APP_SCRIPT,
 };
 use updraft_control::ipc::QosEntry;
 
@@ -794,13 +795,7 @@ impl Applications for LuaApps {
     fn handshake(&mut self, from: SocketAddr, url: &str, attempts: u32) -> Vec<SocketAddr> {
         // Cumulus asks the application of the URL's path: `onHandshake(address, path,
         // properties, attempts)`; `"again"` is the address the client asked for.
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let path = path
-            .split(['?', '#'])
-            .next()
-            .unwrap_or("")
-            .trim_matches('/');
+        let (authority, path) = url_parts(url);
         let Ok(env) = self.resolve(path) else {
             return Vec::new();
         };

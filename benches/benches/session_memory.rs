@@ -12,7 +12,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,15 +119,6 @@ fn keys() -> SessionKeys {
     }
 }
 
-/// A distinct client address per session.
-fn client(n: usize) -> SocketAddr {
-    const FIRST_PORT: usize = 1024;
-    const PORTS: usize = 60_000;
-    let host = u32::try_from(n / PORTS).unwrap_or(u32::MAX);
-    let port = u16::try_from(FIRST_PORT + n % PORTS).unwrap_or(u16::MAX);
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::from((10 << 24) | host)), port)
-}
-
 fn main() -> io::Result<()> {
     // `cargo bench` passes `--bench`; this binary takes no options.
     let workers = SESSIONS.div_ceil(SLOTS_PER_WORKER);
@@ -185,7 +175,7 @@ fn main() -> io::Result<()> {
             let msg = Down::Install {
                 session_id,
                 far_session_id: u32::try_from(n + 1).unwrap_or(u32::MAX),
-                address: client(n),
+                address: benches::client_address(n),
                 peer_id: [7; 32],
                 secrets: SessionSecrets {
                     keys: keys(),

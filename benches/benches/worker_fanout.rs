@@ -85,12 +85,6 @@ fn client_keys(n: usize) -> SessionKeys {
     }
 }
 
-/// A distinct client address per session.
-fn client_address(n: usize) -> SocketAddr {
-    let port = u16::try_from(10_000 + n).unwrap();
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
-}
-
 /// One client: its session with the server and its NetStream flow.
 struct Client {
     session: Session,
@@ -154,7 +148,7 @@ impl Bench {
             bench.down(&Down::Install {
                 session_id: server_id,
                 far_session_id: near,
-                address: client_address(n),
+                address: benches::client_address(n),
                 peer_id: [7; 32],
                 secrets: SessionSecrets {
                     keys: server_keys(n),
@@ -188,7 +182,7 @@ impl Bench {
             let stream_flow = session
                 .open_flow(&metadata, None)
                 .map_err(io::Error::other)?;
-            bench.by_address.insert(client_address(n), n);
+            bench.by_address.insert(benches::client_address(n), n);
             bench.clients.push(Client {
                 session,
                 server_id,
@@ -305,7 +299,7 @@ impl Bench {
         let mut buf = [0u8; DATAGRAM];
         for (n, c) in self.clients.iter_mut().enumerate() {
             while let Some(t) = c.session.poll_transmit(now, &mut buf) {
-                self.peer.deliver(client_address(n), &buf[..t.len]);
+                self.peer.deliver(benches::client_address(n), &buf[..t.len]);
             }
         }
     }

@@ -3,12 +3,14 @@
 # end of a veth pair (one worker, pinned to core 0), updraft-loadgen in another on the other end
 # (pinned to core 1), running SCENARIO:
 #   ingest   PUBLISHERS streams in, no viewers: the server mostly receives (media in, acks out)
-#   fanout   one stream to SUBSCRIBERS: the server mostly sends For each message size, the same offered load runs against the
-# server in --mode socket and in --mode xdp, alternating, REPEAT times each. Prints one Markdown
-# row per run: what the loadgen received, the server's packets per second (received + sent, from
-# its /stats), the share that went through the AF_XDP rings, the server process's CPU, how busy
-# each core was, and packets per core-0 CPU-second: the server's whole cost, its receive path
-# included (see below). The loadgen polls without sleeping, so core 1 reads busy throughout.
+#   fanout   one stream to SUBSCRIBERS: the server mostly sends
+# For each message size, the same offered load runs against the server in --mode socket and in
+# --mode xdp, alternating, REPEAT times each. Prints one Markdown row per run: what the loadgen
+# received and its end-to-end latency percentiles, the server's packets per second (received +
+# sent, from its /stats), the share that went through the AF_XDP rings, the server process's
+# CPU, how busy each core was, and packets per core-0 CPU-second: the server's whole cost, its
+# receive path included (see below). The loadgen polls without sleeping, so core 1 reads busy
+# throughout.
 #
 # Left alone, veth runs the receive-side kernel work of a frame (XDP, the AF_XDP copy, or the
 # UDP stack up to the socket queue) in softirq on the sending CPU (shared/docs/xdp-notes.md):
@@ -145,7 +147,7 @@ run() {
         sleep 0.1
         waited=$((waited + 1))
         if ! kill -0 "$SERVER" 2>/dev/null || [ $waited -gt 100 ]; then
-            echo "| $mode | $size | server did not start: $(tail -1 "$WORK/server.log") |"
+            echo "| $mode | $size | server did not start: $(tail -1 "$WORK/server.log") | | |"
             return
         fi
     done
@@ -214,12 +216,13 @@ EOF
     kill -KILL "$SERVER" 2>/dev/null || true
     wait "$SERVER" 2>/dev/null || true
     SERVER=
-    local got="failed: $(tail -1 "$WORK/loadgen.err")"
+    local got="failed: $(tail -1 "$WORK/loadgen.err") | |"
     if [ -s "$WORK/report.json" ]; then
         got=$(python3 - "$WORK/report.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"{r['delivered']:,} of {r['expected']:,}")
+lat = r.get("latency_ms", {})
+print(f"{r['delivered']:,} of {r['expected']:,} | {lat.get('p50', 0):.1f} | {lat.get('p99', 0):.1f}")
 EOF
 )
     fi
@@ -233,8 +236,8 @@ what="$PUBLISHERS streams in"
 [ "$SCENARIO" = fanout ] && what="one stream to $SUBSCRIBERS subscribers"
 [ "$LOADGEN_XDP" = 1 ] && what="$what, loadgen on AF_XDP"
 echo "xdp vs socket: $SCENARIO, $what, $RATE messages/s per stream, $DURATION s runs, $(uname -r), $(date -u +%FT%TZ)"
-echo "| mode | size B | loadgen delivered | server packets/s | via rings | server process CPUs | core 0 busy | core 1 busy | packets per core-0 CPU-s |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| mode | size B | loadgen delivered | p50 ms | p99 ms | server packets/s | via rings | server process CPUs | core 0 busy | core 1 busy | packets per core-0 CPU-s |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for size in "${SIZES[@]}"; do
     for _ in $(seq "$REPEAT"); do
         for mode in $MODES; do

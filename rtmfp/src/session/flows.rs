@@ -3,9 +3,8 @@
 //! under the session's congestion controller. Per-flow state machines live in [`crate::flow`];
 //! this module converts between them and wire chunks.
 
-use core::ops::Bound;
 use core::time::Duration;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::flow::congestion::Congestion;
 use crate::flow::options::{classify_options, FlowOptions};
@@ -22,6 +21,7 @@ use crate::wire::{
     SplitData, UserData, UserDataFlags, WireError, Writer,
 };
 
+use super::flow_map::FlowMap;
 use super::Event;
 
 /// Default receive buffer per flow (rtmfp-cpp and Cumulus use about 128 KiB).
@@ -89,8 +89,8 @@ pub struct UserDataContext {
 /// The flows of a session, with the session-wide RTT and congestion state.
 #[derive(Debug)]
 pub struct FlowSet {
-    send: BTreeMap<FlowId, SendFlow>,
-    recv: BTreeMap<FlowId, RecvFlow>,
+    send: FlowMap<SendFlow>,
+    recv: FlowMap<RecvFlow>,
     next_send_flow: u64,
     receive_buffer: usize,
     rtt: RttEstimator,
@@ -113,8 +113,8 @@ impl FlowSet {
     /// An empty set whose receive flows get `receive_buffer` bytes each.
     pub fn new(receive_buffer: usize) -> Self {
         FlowSet {
-            send: BTreeMap::new(),
-            recv: BTreeMap::new(),
+            send: FlowMap::default(),
+            recv: FlowMap::default(),
             next_send_flow: 1,
             receive_buffer,
             rtt: RttEstimator::default(),
@@ -169,7 +169,7 @@ impl FlowSet {
         data: &[u8],
         opts: SendOptions,
     ) -> Result<(), FlowError> {
-        let f = self.send.get_mut(&flow).ok_or(FlowError::UnknownFlow)?;
+        let f = self.send.get_mut(flow).ok_or(FlowError::UnknownFlow)?;
         f.send_message(now, data, opts.expiry)
             .map_err(FlowError::from)
     }
@@ -182,7 +182,7 @@ impl FlowSet {
         payload: Payload,
         opts: SendOptions,
     ) -> Result<(), FlowError> {
-        let f = self.send.get_mut(&flow).ok_or(FlowError::UnknownFlow)?;
+        let f = self.send.get_mut(flow).ok_or(FlowError::UnknownFlow)?;
         f.send_payload(now, payload, opts.expiry)
             .map_err(FlowError::from)
     }
@@ -190,7 +190,7 @@ impl FlowSet {
     /// Closes a send flow after its queued data.
     pub fn close_send_flow(&mut self, flow: FlowId) -> Result<(), FlowError> {
         self.send
-            .get_mut(&flow)
+            .get_mut(flow)
             .ok_or(FlowError::UnknownFlow)?
             .close();
         Ok(())
@@ -201,7 +201,7 @@ impl FlowSet {
         self.recv_pending = true;
         self.acks_scheduled = true;
         self.recv
-            .get_mut(&flow)
+            .get_mut(flow)
             .ok_or(FlowError::UnknownFlow)?
             .reject(code);
         Ok(())
@@ -209,17 +209,17 @@ impl FlowSet {
 
     /// Bytes not yet acknowledged on a send flow.
     pub fn backlog(&self, flow: FlowId) -> Option<usize> {
-        self.send.get(&flow).map(SendFlow::unacked_bytes)
+        self.send.get(flow).map(SendFlow::unacked_bytes)
     }
 
     /// What the send flow `flow` has sent and lost.
     pub fn send_stats(&self, flow: FlowId) -> Option<SendStats> {
-        self.send.get(&flow).map(SendFlow::stats)
+        self.send.get(flow).map(SendFlow::stats)
     }
 
     /// What the receive flow `flow` has received and lost.
     pub fn recv_stats(&self, flow: FlowId) -> Option<RecvStats> {
-        self.recv.get(&flow).map(RecvFlow::stats)
+        self.recv.get(flow).map(RecvFlow::stats)
     }
 
     /// Aborts every flow (the session left S_OPEN).
@@ -236,7 +236,7 @@ impl FlowSet {
         if !self.recv_pending {
             return None;
         }
-        for (&id, f) in self.recv.iter_mut() {
+        for (id, f) in self.recv.iter_mut() {
             if let Some(data) = f.poll_message() {
                 return Some(Event::Message { flow: id, data });
             }
@@ -297,12 +297,12 @@ impl FlowSet {
         if fsn_offset > seq {
             return Err(FlowError::Invalid("fsnOffset above sequence number"));
         }
-        if !self.recv.contains_key(&flow) {
+        if !self.recv.contains_key(flow) {
             self.open_receive_flow(flow, opts);
         }
         self.recv_pending = true;
         self.acks_scheduled = true;
-        let Some(f) = self.recv.get_mut(&flow) else {
+        let Some(f) = self.recv.get_mut(flow) else {
             return Ok(());
         };
         f.on_fragment(
@@ -345,7 +345,7 @@ impl FlowSet {
         };
         // A return association must name one of our open send flows (RFC 7016 §2.3.11.1.2).
         if let Some(a) = associated {
-            if !self.send.get(&a).is_some_and(SendFlow::is_open) {
+            if !self.send.get(a).is_some_and(SendFlow::is_open) {
                 reject = true;
             }
         }
@@ -377,7 +377,7 @@ impl FlowSet {
         cum_ack: u64,
         ranges: &[(u64, u64)],
     ) {
-        let Some(f) = self.send.get_mut(&flow) else {
+        let Some(f) = self.send.get_mut(flow) else {
             return;
         };
         let outcome = f.on_ack(
@@ -441,14 +441,14 @@ impl FlowSet {
     /// A Buffer Probe: ack that flow at once (RFC 7016 §3.6.3.6).
     pub fn on_buffer_probe(&mut self, flow: FlowId) {
         self.acks_scheduled = true;
-        if let Some(f) = self.recv.get_mut(&flow) {
+        if let Some(f) = self.recv.get_mut(flow) {
             f.on_buffer_probe();
         }
     }
 
     /// A Flow Exception Report for one of our send flows (RFC 7016 §3.6.2.10).
     pub fn on_exception(&mut self, flow: FlowId, code: u64) {
-        if let Some(f) = self.send.get_mut(&flow) {
+        if let Some(f) = self.send.get_mut(flow) {
             if f.on_exception(code) {
                 self.events.push_back(Event::FlowRejected { flow, code });
             }
@@ -510,7 +510,7 @@ impl FlowSet {
             return;
         }
         let mut scheduled = false;
-        for (&id, f) in self.recv.iter_mut() {
+        for (id, f) in self.recv.iter_mut() {
             if !f.ack_due(now) {
                 scheduled |= f.ack_scheduled();
                 continue;
@@ -547,7 +547,7 @@ impl FlowSet {
 
     fn write_probes(&mut self, now: Instant, w: &mut Writer<'_>) {
         let erto = self.rtt.erto();
-        for (&id, f) in self.send.iter_mut() {
+        for (id, f) in self.send.iter_mut() {
             if f.probe_due(now) {
                 if (BufferProbe { flow_id: id }).emit(w).is_err() {
                     return;
@@ -563,28 +563,14 @@ impl FlowSet {
         // Bytes in flight on every flow, summed once per packet and kept up to date as this
         // packet's fragments go out (a flow's poll may abandon some of its own).
         let mut in_flight: usize = self.send.values().map(SendFlow::in_flight_bytes).sum();
-        // Round robin from the cursor: the flows at or after it, then those before it, found
-        // one by one (no list is built per packet).
-        let cursor = self.cursor;
-        let mut next = self.send.range(cursor..).next().map(|(k, _)| *k);
-        let mut wrapped = next.is_none();
-        if wrapped {
-            next = self.send.keys().next().copied();
-        }
-        while let Some(id) = next {
-            next = self
-                .send
-                .range((Bound::Excluded(id), Bound::Unbounded))
-                .next()
-                .map(|(k, _)| *k)
-                .filter(|k| !wrapped || *k < cursor);
-            if next.is_none() && !wrapped {
-                wrapped = true;
-                next = self.send.keys().next().copied().filter(|k| *k < cursor);
-            }
+        // Round robin from the cursor: the flows at or after it, then those before it (no flow
+        // is added or removed while a packet is written, so positions stay put).
+        let flows = self.send.len();
+        let start = self.send.position_from(self.cursor);
+        for i in (start..flows).chain(0..start.min(flows)) {
             loop {
                 let allowance = self.congestion.allowance(in_flight);
-                let Some(f) = self.send.get_mut(&id) else {
+                let Some((id, f)) = self.send.at_mut(i) else {
                     break;
                 };
                 let before = f.in_flight_bytes();
@@ -640,9 +626,6 @@ impl FlowSet {
         }
         if wrote_data {
             self.congestion.on_data_packet_sent();
-            if self.stalled_since.is_none() && self.send.values().any(|f| f.in_flight_bytes() > 0) {
-                self.stalled_since = None;
-            }
         }
     }
 }

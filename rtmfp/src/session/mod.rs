@@ -7,6 +7,7 @@
 //! [`Session::poll_event`] yields what the application must see.
 
 pub mod clock;
+mod flow_map;
 pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;

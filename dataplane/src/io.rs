@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use crate::counters::WorkerCounters;
 use crate::sys::{self, Run, Slot};
@@ -40,12 +41,20 @@ struct RxEntries {
     lens: [usize; MAX_RX_DATAGRAMS],
     from: [SocketAddr; MAX_RX_DATAGRAMS],
     truncated: [bool; MAX_RX_DATAGRAMS],
+    stamps: [Option<Duration>; MAX_RX_DATAGRAMS],
     count: usize,
 }
 
 impl RxEntries {
     /// Lists the datagram at `start..start + len` of the storage; false when the batch is full.
-    fn push(&mut self, start: usize, len: usize, from: SocketAddr, truncated: bool) -> bool {
+    fn push(
+        &mut self,
+        start: usize,
+        len: usize,
+        from: SocketAddr,
+        truncated: bool,
+        stamp: Option<Duration>,
+    ) -> bool {
         let i = self.count;
         if i >= MAX_RX_DATAGRAMS {
             return false;
@@ -54,6 +63,7 @@ impl RxEntries {
         self.lens[i] = len;
         self.from[i] = from;
         self.truncated[i] = truncated;
+        self.stamps[i] = stamp;
         self.count += 1;
         true
     }
@@ -70,6 +80,7 @@ impl Default for RxBatch {
                 lens: [0; MAX_RX_DATAGRAMS],
                 from: [NO_ADDR; MAX_RX_DATAGRAMS],
                 truncated: [false; MAX_RX_DATAGRAMS],
+                stamps: [None; MAX_RX_DATAGRAMS],
                 count: 0,
             },
         }
@@ -102,6 +113,15 @@ impl RxBatch {
         ))
     }
 
+    /// When the kernel received datagram `i` (`CLOCK_REALTIME`, since the Unix epoch), on a
+    /// socket with [`MmsgSocket::enable_timestamps`]; `None` otherwise.
+    pub fn arrived(&self, i: usize) -> Option<Duration> {
+        self.entries.stamps[..self.entries.count]
+            .get(i)
+            .copied()
+            .flatten()
+    }
+
     /// Empties the batch.
     pub fn clear(&mut self) {
         self.entries.count = 0;
@@ -116,7 +136,8 @@ impl RxBatch {
         }
         let n = bytes.len().min(SLOT_SIZE);
         self.storage[i * SLOT_SIZE..i * SLOT_SIZE + n].copy_from_slice(&bytes[..n]);
-        self.entries.push(i * SLOT_SIZE, n, from, n < bytes.len())
+        self.entries
+            .push(i * SLOT_SIZE, n, from, n < bytes.len(), None)
     }
 
     /// Fills the batch from a test or an in-memory source: `(from, bytes)` pairs, at most
@@ -287,6 +308,18 @@ impl MmsgSocket {
         self.gro
     }
 
+    /// Has the kernel stamp each datagram with its arrival time ([`RxBatch::arrived`]): a load
+    /// generator times deliveries by it, without its own queueing. Answers whether it is on.
+    pub fn enable_timestamps(&mut self) -> bool {
+        match sys::enable_timestamps(self.socket.as_raw_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "receive timestamps unavailable");
+                false
+            }
+        }
+    }
+
     /// Receive buffers so far that held a train of datagrams coalesced by UDP GRO.
     pub fn gro_trains(&self) -> u64 {
         self.gro_trains
@@ -354,6 +387,7 @@ impl MmsgSocket {
             addr: NO_ADDR,
             truncated: false,
             segment: None,
+            stamp: None,
         });
         let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
             Ok(n) => n,
@@ -372,14 +406,14 @@ impl MmsgSocket {
                     while at < s.len {
                         let end = (at + size).min(s.len);
                         let last = end == s.len;
-                        if !entries.push(base + at, end - at, from, last && s.truncated) {
+                        if !entries.push(base + at, end - at, from, last && s.truncated, s.stamp) {
                             break;
                         }
                         at = end;
                     }
                 }
                 _ => {
-                    entries.push(base, s.len.min(slot_size), from, s.truncated);
+                    entries.push(base, s.len.min(slot_size), from, s.truncated, s.stamp);
                 }
             }
         }
@@ -691,6 +725,38 @@ mod tests {
         assert_eq!(b.gro_trains(), 6);
         let firsts: Vec<u8> = (0..n).map(|i| rx.get_mut(i).unwrap().2[0]).collect();
         assert_eq!(firsts, (0..18).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn receive_timestamps_say_when_each_datagram_arrived() {
+        let since_epoch = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        };
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let plain = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let stamped = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let mut plain = MmsgSocket::new(plain).unwrap();
+        let mut stamped = MmsgSocket::new(stamped).unwrap();
+        assert!(stamped.enable_timestamps());
+        let before = since_epoch();
+        for to in [plain.local_addr().unwrap(), stamped.local_addr().unwrap()] {
+            sender.send_to(&[7; 100], to).unwrap();
+            sender.send_to(&[8; 100], to).unwrap();
+        }
+        // Read after a pause: the stamps are the arrival times, not the reading time.
+        std::thread::sleep(Duration::from_millis(50));
+        let read_at = since_epoch();
+        let mut rx = RxBatch::default();
+        assert_eq!(stamped.recv(&mut rx).unwrap(), 2);
+        for i in 0..2 {
+            let t = rx.arrived(i).expect("a stamped datagram");
+            assert!(t >= before && t + Duration::from_millis(25) < read_at, "{t:?}");
+        }
+        assert_eq!(rx.arrived(2), None, "past the batch's end");
+        assert_eq!(plain.recv(&mut rx).unwrap(), 2);
+        assert_eq!((rx.arrived(0), rx.arrived(1)), (None, None));
     }
 
     #[test]

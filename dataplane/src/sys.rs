@@ -23,6 +23,9 @@ pub struct Slot<'a> {
     /// Receive: with UDP GRO on, the size of the datagrams the kernel coalesced into this
     /// buffer (all of it but the last one, which may be shorter); `None` for one datagram.
     pub segment: Option<u16>,
+    /// Receive: with timestamps on ([`enable_timestamps`]), when the kernel received the
+    /// datagram (`CLOCK_REALTIME`, since the Unix epoch).
+    pub stamp: Option<Duration>,
 }
 
 /// `SOL_UDP`: the socket option level of UDP (Linux `include/linux/socket.h`).
@@ -31,7 +34,8 @@ const SOL_UDP: libc::c_int = 17;
 /// `include/uapi/linux/udp.h`, kernel 5.0+).
 const UDP_GRO: libc::c_int = 104;
 /// Control buffer per received message, in 8-byte words: room for one `UDP_GRO` message
-/// (`CMSG_SPACE(sizeof(int))` = 24 bytes on 64-bit Linux) and a spare.
+/// (`CMSG_SPACE(sizeof(int))` = 24 bytes on 64-bit Linux) and one `SCM_TIMESTAMPNS`
+/// (`CMSG_SPACE(sizeof(struct timespec))` = 32 bytes).
 const CONTROL_WORDS: usize = 8;
 
 /// Asks the kernel to coalesce received UDP datagrams (`UDP_GRO`); [`recv_batch`] then reports
@@ -44,6 +48,26 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
             fd,
             SOL_UDP,
             UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks the kernel to stamp every datagram it receives on `fd` with its arrival time
+/// (`SO_TIMESTAMPNS`, socket(7)); [`recv_batch`] then reports it in each slot's `stamp`.
+pub fn enable_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length passed is its size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -114,13 +138,15 @@ fn recv_batch_in<const N: usize>(fd: RawFd, slots: &mut [Slot<'_>]) -> io::Resul
         slots[i].len = hdrs[i].msg_len as usize;
         slots[i].truncated = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         slots[i].addr = from_storage(&names[i]).unwrap_or(UNSPECIFIED);
-        slots[i].segment = gro_segment(&hdrs[i].msg_hdr);
+        (slots[i].segment, slots[i].stamp) = control_messages(&hdrs[i].msg_hdr);
     }
     Ok(got)
 }
 
-/// The `UDP_GRO` segment size among the control messages `recvmmsg` wrote into `msg`.
-fn gro_segment(msg: &libc::msghdr) -> Option<u16> {
+/// The `UDP_GRO` segment size and the `SCM_TIMESTAMPNS` arrival time among the control
+/// messages `recvmmsg` wrote into `msg`.
+fn control_messages(msg: &libc::msghdr) -> (Option<u16>, Option<Duration>) {
+    let (mut segment, mut stamp) = (None, None);
     // SAFETY: `msg` was filled by `recvmmsg`: `msg_control` points at a live control buffer of
     // which the kernel wrote `msg_controllen` bytes, and CMSG_FIRSTHDR/CMSG_NXTHDR stay within
     // them (they return null past the end).
@@ -133,12 +159,22 @@ fn gro_segment(msg: &libc::msghdr) -> Option<u16> {
             // `udp_cmsg_recv`); the data may be unaligned, hence `read_unaligned`.
             let size =
                 unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
-            return u16::try_from(size).ok().filter(|&s| s > 0);
+            segment = u16::try_from(size).ok().filter(|&s| s > 0);
+        } else if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_TIMESTAMPNS
+        {
+            // SAFETY: an SCM_TIMESTAMPNS message carries one `struct timespec` after its header
+            // (socket(7)); the data may be unaligned, hence `read_unaligned`.
+            let t =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>()) };
+            stamp = u64::try_from(t.tv_sec)
+                .ok()
+                .zip(u32::try_from(t.tv_nsec).ok())
+                .map(|(s, ns)| Duration::new(s, ns));
         }
         // SAFETY: as for CMSG_FIRSTHDR: the next header or null, within the buffer.
         cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
     }
-    None
+    (segment, stamp)
 }
 
 /// One message of a [`send_runs`] call: `count` datagrams of the list from `first` on, all to
@@ -573,6 +609,7 @@ mod tests {
                     addr: UNSPECIFIED,
                     truncated: false,
                     segment: None,
+                    stamp: None,
                 })
                 .collect();
             match recv_batch(b.as_raw_fd(), &mut slots) {
@@ -616,6 +653,7 @@ mod tests {
             addr: UNSPECIFIED,
             truncated: false,
             segment: None,
+            stamp: None,
         }];
         assert_eq!(recv_batch(b.as_raw_fd(), &mut slots).unwrap(), 1);
         assert!(slots[0].truncated);

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant as WallInstant;
+use std::time::{Instant as WallInstant, SystemTime, UNIX_EPOCH};
 
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -128,6 +128,8 @@ impl Driver {
         let mut socket = MmsgSocket::new(bind_udp(bind, Some(SOCKET_BUFFER))?)?;
         // A subscriber receives trains (a video frame in several datagrams): take them whole.
         socket.enable_gro();
+        // Deliveries are timed by when they arrived, not by when this driver got to them.
+        socket.enable_timestamps();
         Ok(socket)
     }
 
@@ -215,6 +217,13 @@ impl Driver {
             .is_some_and(|s| s.send(now, flow, message, SendOptions { expiry }).is_ok())
     }
 
+    /// Sends at once what the sessions have queued ([`Self::send`] only queues; [`Self::step`]
+    /// sends too).
+    pub fn flush(&mut self) {
+        let now = self.now();
+        self.transmit(now);
+    }
+
     /// Whether a responder answered the IHello of any session that did not open (failed, or
     /// still opening): a failure at the keying stage rather than at the hello stage.
     pub fn any_answered(&self) -> bool {
@@ -237,7 +246,10 @@ impl Driver {
     }
 
     /// One turn: send what is due, take what arrived, run timers; calls `on_message` for every
-    /// message received (`session`, `flow`, bytes, now).
+    /// message received (`session`, `flow`, bytes, and when the datagram that completed it
+    /// arrived: the kernel's receive timestamp where the socket has them, else when its batch
+    /// was read), so that a delivery's latency leaves out the time this driver's own work kept
+    /// the datagram waiting.
     pub fn step(&mut self, mut on_message: impl FnMut(u32, FlowId, &[u8], Instant)) {
         let now = self.now();
         self.transmit(now);
@@ -245,18 +257,28 @@ impl Driver {
         // timers and the caller get their turn under a flood.
         for _ in 0..RX_BATCHES_PER_STEP {
             let n = self.socket.recv(&mut self.rx).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
             let now = self.now();
+            // The kernel stamps arrivals on the realtime clock: each stamp's age on that clock,
+            // taken from `now`, puts it on this driver's clock.
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             for i in 0..n {
+                let arrived = self.rx.arrived(i).map_or(now, |stamp| {
+                    let age = u64::try_from(wall.saturating_sub(stamp).as_micros()).unwrap_or(0);
+                    Instant::from_micros(now.as_micros().saturating_sub(age))
+                });
                 if let Some((from, truncated, bytes)) = self.rx.get_mut(i) {
                     self.packets_in += 1;
                     self.bytes_in += bytes.len() as u64;
                     if !truncated {
                         self.endpoint.handle_datagram(now, from, bytes);
+                        self.take_events(now, arrived, &mut on_message);
                     }
                 }
-            }
-            if n == 0 {
-                break;
             }
             self.transmit(now);
         }
@@ -264,6 +286,17 @@ impl Driver {
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
             self.endpoint.handle_timeout(now);
         }
+        self.take_events(now, now, &mut on_message);
+    }
+
+    /// Takes the endpoint's events as of `now`, calling `on_message` for every message with
+    /// `arrived`, when the datagram that brought it arrived.
+    fn take_events(
+        &mut self,
+        now: Instant,
+        arrived: Instant,
+        on_message: &mut impl FnMut(u32, FlowId, &[u8], Instant),
+    ) {
         while let Some((h, e)) = self.endpoint.poll_event() {
             let state = self.sessions.entry(h).or_default();
             match e {
@@ -279,7 +312,7 @@ impl Driver {
                 }
                 EndpointEvent::Session(Event::Message { flow, data }) => {
                     state.server_flow.get_or_insert(flow);
-                    on_message(h, flow, &data, now);
+                    on_message(h, flow, &data, arrived);
                     if self.keep_messages {
                         state.messages.push((flow, data));
                     }

@@ -680,6 +680,9 @@ impl Part {
                 for &(k, h, f, stream) in &publishers {
                     payload[26..30].copy_from_slice(&stream.to_be_bytes());
                     fleet.drivers[k].send(h, f, &payload, Some(LIFETIME));
+                    // Out now, as stamped: the fleet's step may first wait for datagrams (up
+                    // to the next tick), which would count as the server's latency.
+                    fleet.drivers[k].flush();
                 }
                 seq += 1;
                 next += plan.interval;

@@ -752,7 +752,10 @@ mod tests {
         assert_eq!(stamped.recv(&mut rx).unwrap(), 2);
         for i in 0..2 {
             let t = rx.arrived(i).expect("a stamped datagram");
-            assert!(t >= before && t + Duration::from_millis(25) < read_at, "{t:?}");
+            assert!(
+                t >= before && t + Duration::from_millis(25) < read_at,
+                "{t:?}"
+            );
         }
         assert_eq!(rx.arrived(2), None, "past the batch's end");
         assert_eq!(plain.recv(&mut rx).unwrap(), 2);

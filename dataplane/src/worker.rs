@@ -209,10 +209,17 @@ pub struct WorkerSetup<IO: BatchIo> {
 }
 
 /// One session and the flow bookkeeping the NetConnection layer needs.
+///
+/// Laid out in declaration order (`repr(C)`): what the worker reads for every datagram and
+/// every media message comes first, right before the session's own hot fields (see
+/// [`Session`]), so that a fanout reads adjacent cache lines of each subscriber.
+#[repr(C)]
 struct Entry {
     id: u32,
-    session: Session,
-    peer_id: [u8; 32],
+    dirty: bool,
+    armed: Option<Instant>,
+    /// Close once everything sent has been acknowledged, or at this deadline.
+    close_when_flushed: Option<Instant>,
     /// Our reply flow for each of the client's flows.
     replies: Vec<(FlowId, FlowId)>,
     /// The NetStream ID of each of the client's TC flows (0: the NetConnection).
@@ -222,10 +229,8 @@ struct Entry {
     /// The client's NetGroup (`GC`) flows (digest §1.14), and the group each joined with the
     /// worker's join number (kept for a restarted control plane, which gets them in order).
     groups: Vec<(FlowId, Option<Joined>)>,
-    armed: Option<Instant>,
-    dirty: bool,
-    /// Close once everything sent has been acknowledged, or at this deadline.
-    close_when_flushed: Option<Instant>,
+    session: Session,
+    peer_id: [u8; 32],
     /// NetConnection state kept for a restarted control plane.
     net_state: Option<NetState>,
 }

@@ -202,15 +202,19 @@ pub fn finish_sealing(datagram: &mut [u8]) -> Result<(), CryptoError> {
 
 /// Encrypts packets for one direction of a session: the send key and the send mode. Assigns
 /// session sequence numbers itself, from 0 (rtmfp-cpp `m_txSequenceNumber`).
+///
+/// Laid out in declaration order (`repr(C)`): the fields every packet reads first, the bulky
+/// key schedule, which the multi-buffer path does not read, last.
 #[derive(Clone)]
+#[repr(C)]
 pub struct PacketEncoder {
-    cipher: Aes128Enc,
+    mode: PacketMode,
+    next_sseq: u64,
     /// The same key expanded for the multi-buffer kernel ([`Self::encode_deferred`]); `None`
     /// for the startup encoder, whose packets are always sealed at once.
     multi_key: Option<Arc<Aes128EncKey>>,
     hmac: Option<HmacSha256>,
-    mode: PacketMode,
-    next_sseq: u64,
+    cipher: Aes128Enc,
 }
 
 impl core::fmt::Debug for PacketEncoder {
@@ -507,12 +511,16 @@ pub struct Decoded<'b> {
 
 /// Decrypts packets for one direction of a session: the receive key, the receive mode and the
 /// anti-replay state.
+///
+/// Laid out in declaration order (`repr(C)`): the small fields every packet reads before the
+/// key schedule.
 #[derive(Clone)]
+#[repr(C)]
 pub struct PacketDecoder {
-    cipher: Aes128Dec,
-    hmac: Option<HmacSha256>,
     mode: PacketMode,
     window: ReplayWindow,
+    hmac: Option<HmacSha256>,
+    cipher: Aes128Dec,
 }
 
 impl core::fmt::Debug for PacketDecoder {

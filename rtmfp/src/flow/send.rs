@@ -179,39 +179,47 @@ struct Queued {
 }
 
 /// The send side of one flow.
+///
+/// Laid out in declaration order (`repr(C)`), grouped by who reads what: a server's fanout
+/// passes over each subscriber's stream flow three times per message (queuing it, sending it,
+/// taking the ack), and each pass should read few cache lines.
 #[derive(Debug)]
+#[repr(C)]
 pub struct SendFlow {
-    id: FlowId,
-    options: Vec<u8>,
+    // Queuing a message reads these (and so does sending it).
     queue: VecDeque<Queued>,
     queued_bytes: usize,
+    /// Totals over `frags`.
+    totals: Weight,
+    exception: Option<u64>,
+    /// No queued message expires before this (a lower bound; `None` when none can expire).
+    queue_expiry: Option<Instant>,
+    closing: bool,
+    options_acked: bool,
+    // Sending and acknowledgements read these.
     /// Fragments with a sequence number, oldest first, from the first not yet acknowledged.
     frags: VecDeque<Frag>,
     next_seq: u64,
+    /// No fragment before this sequence number is live (unacknowledged and not abandoned):
+    /// where the search for the forward sequence number resumes.
+    live_from: u64,
     far_window: usize,
-    options_acked: bool,
-    closing: bool,
-    fin_seq: Option<u64>,
     completed_at: Option<Instant>,
-    exception: Option<u64>,
-    probe_next: Option<Instant>,
-    probe_interval: Duration,
-    stats: SendStats,
-    /// Totals over `frags`.
-    totals: Weight,
     /// No fragment expires before this (a lower bound), so expiry checks can be skipped until
     /// then.
     next_expiry: Option<Instant>,
-    /// No queued message expires before this (a lower bound; `None` when none can expire).
-    queue_expiry: Option<Instant>,
     /// No fragment in flight was sent before this (a lower bound; `None` when none is in
     /// flight). The retransmission timer runs from it, so that [`Self::poll_timeout`] costs
     /// O(1) instead of a scan of every fragment for every packet; a stale bound fires the timer
     /// early once, and [`Self::handle_timeout`] sets it exactly.
     oldest_sent: Option<Instant>,
-    /// No fragment before this sequence number is live (unacknowledged and not abandoned):
-    /// where the search for the forward sequence number resumes.
-    live_from: u64,
+    fin_seq: Option<u64>,
+    probe_next: Option<Instant>,
+    stats: SendStats,
+    // Seldom read.
+    id: FlowId,
+    probe_interval: Duration,
+    options: Vec<u8>,
 }
 
 /// What a send flow has sent and lost, for QoS reports.

@@ -11,6 +11,9 @@
 
 use crate::ids::FlowId;
 
+/// Room for flows a map keeps however few it holds: a session's usual handful.
+const KEPT_ROOM: usize = 8;
+
 /// Flows by ID, in ascending ID order.
 #[derive(Debug, Clone)]
 pub(crate) struct FlowMap<V> {
@@ -66,9 +69,14 @@ impl<V> FlowMap<V> {
         }
     }
 
-    /// Keeps the flows for which `keep` answers true, in order.
+    /// Keeps the flows for which `keep` answers true, in order. When most are gone, their room
+    /// is given back, so that a session that once had many flows does not hold it for life.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(FlowId, &mut V) -> bool) {
         self.entries.retain_mut(|(id, v)| keep(*id, v));
+        let (len, room) = (self.entries.len(), self.entries.capacity());
+        if room > KEPT_ROOM && len < room / 4 {
+            self.entries.shrink_to((len * 2).max(KEPT_ROOM));
+        }
     }
 
     /// The flows, in ID order.
@@ -121,6 +129,22 @@ mod tests {
             4 => any::<u8>().prop_map(Op::Get),
             1 => Just(Op::Clear),
         ]
+    }
+
+    #[test]
+    fn gives_back_the_room_of_flows_gone() {
+        let mut m = FlowMap::default();
+        for k in 0..200u64 {
+            m.insert(FlowId(k), [0u8; 64]);
+        }
+        m.retain(|id, _| id.0 % 100 == 0);
+        assert_eq!(m.len(), 2);
+        assert!(
+            m.entries.capacity() <= KEPT_ROOM,
+            "{}",
+            m.entries.capacity()
+        );
+        assert!(m.get(FlowId(100)).is_some());
     }
 
     proptest! {

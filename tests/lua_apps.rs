@@ -234,14 +234,7 @@ fn add_to_blacklist_from_lua_drops_a_source_until_removed() {
         "ban",
         vec![Value::str("127.0.0.2")],
     );
-    let logged = |text: &str| {
-        let deadline = WallInstant::now() + Duration::from_secs(5);
-        while !server.logged(text) && WallInstant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server.logged(text)
-    };
-    assert!(logged("blacklist: added by an application"));
+    assert!(server.wait_logged("blacklist: added by an application"));
     let mut banned = Client::bound(6, vec![GROUP2], "127.0.0.2:0");
     let h2 = banned.start_open(addr, "rtmfp://127.0.0.1/");
     assert!(
@@ -258,7 +251,7 @@ fn add_to_blacklist_from_lua_drops_a_source_until_removed() {
         "unban",
         vec![Value::str("127.0.0.2")],
     );
-    assert!(logged("blacklist: removed by an application"));
+    assert!(server.wait_logged("blacklist: removed by an application"));
     let mut welcome = Client::bound(7, vec![GROUP2], "127.0.0.2:0");
     assert!(welcome.open(addr, "rtmfp://127.0.0.1/").is_some());
 }
@@ -297,7 +290,7 @@ fn a_changed_main_lua_serves_the_next_connection() {
             .and_then(Value::as_f64),
         Some(2.0)
     );
-    assert!(server.logged("reload=true"));
+    assert!(server.wait_logged("reload=true"));
 }
 
 #[test]

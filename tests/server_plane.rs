@@ -220,7 +220,7 @@ fn killing_the_control_process_keeps_sessions_streaming_and_new_connects_work_wi
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(n.connected(h2), "a new session within 2 s of the kill");
-    assert!(server.logged("control process restarted"));
+    assert!(server.wait_logged("control process restarted"));
     // The surviving session still gets NetConnection answers from the new control plane.
     c.send(h, nc, &command("createStream", 2.0, vec![]));
     wait(&mut c, Duration::from_secs(5), |c| {

@@ -27,6 +27,9 @@ pub mod live;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Longest [`ServerProcess::wait_logged`] waits for a log line.
+pub const LOG_WAIT: Duration = Duration::from_secs(5);
+
 /// A fresh directory under the system temporary directory, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
@@ -93,6 +96,16 @@ impl ServerProcess {
     /// Whether some log line contains `text`.
     pub fn logged(&self, text: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// Whether a log line containing `text` arrives within [`LOG_WAIT`]: log lines reach the
+    /// test through pipes and a reader thread, a little after what they tell of has happened.
+    pub fn wait_logged(&self, text: &str) -> bool {
+        let deadline = WallInstant::now() + LOG_WAIT;
+        while !self.logged(text) && WallInstant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.logged(text)
     }
 
     /// Sends `signal` (a `kill` name such as `TERM` or `KILL`) to `pid` with the shell's own

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end fanout benchmark: one publisher at BITRATE kbit/s to N subscribers, server pinned to
 # core 0 (one worker), updraft-loadgen pinned to core 1, on loopback. Prints one Markdown table
-# row per run: delivery, loss, end-to-end latency percentiles and the server's and the loadgen's
-# CPU use while the stream runs (from /proc/PID/stat, all threads), and how busy core 0 was (from
-# /proc/stat: the server's whole cost, softirq work included, and whatever else ran there). The
-# loadgen sleeps when it has nothing to do, so a loadgen near 1.00 is the bottleneck, not the
-# server.
+# row per run: delivery, loss, end-to-end latency percentiles (from the publisher's send to the
+# kernel's receive timestamp of the subscriber's datagram, so the loadgen's own queueing is left
+# out) and the server's and the loadgen's CPU use while the stream runs (from /proc/PID/stat, all
+# threads), and how busy core 0 was (from /proc/stat: the server's whole cost, softirq work
+# included, and whatever else ran there). The loadgen sleeps when it has nothing to do, so a
+# loadgen near 1.00 is the bottleneck, not the server.
 #
 # usage: benches/e2e/fanout.sh [N...]            (default N: 500 1000 2000)
 # environment:

@@ -4,8 +4,8 @@
 //! Scenarios: `connect` (a handshake storm), `rpc` (calls in flight), `fanout` (one publisher,
 //! many subscribers, latency measured from send times carried in the payload to each
 //! datagram's kernel receive timestamp), `publish` (many publishers and their viewers), `churn`
-//! (sessions coming and going), `rendezvous` (P2P introductions) and `garbage` (malformed
-//! datagrams beside real sessions). Each returns a [`Report`].
+//! (sessions coming and going), `rendezvous` (P2P introductions) and `garbage` (malformed,
+//! replayed and truncated datagrams while a session keeps calling). Each returns a [`Report`].
 
 pub mod driver;
 pub mod report;

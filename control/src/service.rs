@@ -810,40 +810,26 @@ mod tests {
         // With nothing reported, always its public address.
         let bare = location("203.0.113.5:3000", &[]);
         assert_eq!(reply_address(from, Some(&bare), &peer, 1), (from, true));
-        // Loopback reported addresses only for a loopback client (local tests).
-        assert!(local_network(
-            "127.0.0.2".parse().unwrap(),
-            "127.0.0.1".parse().unwrap()
-        ));
-        assert!(!local_network(
-            "127.0.0.2".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        assert!(local_network(
-            "100.64.1.1".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        // The ends of the shared space (100.64.0.0/10) and IPv6 link-local.
-        assert!(local_network(
-            "100.127.255.254".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        assert!(!local_network(
-            "100.128.0.1".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        assert!(local_network(
-            "fe80::1".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        assert!(local_network(
-            "fd00::1".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
-        assert!(!local_network(
-            "2001:db8::1".parse().unwrap(),
-            "203.0.113.5".parse().unwrap()
-        ));
+        // (reported, public, whether the reported address counts as the client's local network)
+        let cases = [
+            // Loopback reported addresses only for a loopback client (local tests).
+            ("127.0.0.2", "127.0.0.1", true),
+            ("127.0.0.2", "203.0.113.5", false),
+            ("100.64.1.1", "203.0.113.5", true),
+            // The ends of the shared space (100.64.0.0/10) and IPv6 link-local.
+            ("100.127.255.254", "203.0.113.5", true),
+            ("100.128.0.1", "203.0.113.5", false),
+            ("fe80::1", "203.0.113.5", true),
+            ("fd00::1", "203.0.113.5", true),
+            ("2001:db8::1", "203.0.113.5", false),
+        ];
+        for (reported, public, local) in cases {
+            assert_eq!(
+                local_network(reported.parse().unwrap(), public.parse().unwrap()),
+                local,
+                "{reported} reported by {public}"
+            );
+        }
     }
 
     #[test]

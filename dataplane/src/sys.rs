@@ -41,35 +41,33 @@ const CONTROL_WORDS: usize = 8;
 /// Asks the kernel to coalesce received UDP datagrams (`UDP_GRO`); [`recv_batch`] then reports
 /// each buffer's segment size. Fails on kernels without it.
 pub fn enable_gro(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a live c_int and the length passed is its size; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            SOL_UDP,
-            UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    setsockopt_at(fd, SOL_UDP, UDP_GRO, &ON)
 }
 
 /// Asks the kernel to stamp every datagram it receives on `fd` with its arrival time
 /// (`SO_TIMESTAMPNS`, socket(7)); [`recv_batch`] then reports it in each slot's `stamp`.
 pub fn enable_timestamps(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a live c_int and the length passed is its size; the kernel only reads it.
+    setsockopt_at(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &ON)
+}
+
+/// The value that turns a boolean socket option on.
+const ON: libc::c_int = 1;
+
+/// Sets socket option `name` at `level` of `fd` to `value` (setsockopt(2)).
+pub(crate) fn setsockopt_at<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the length given; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc < 0 {
@@ -285,21 +283,10 @@ pub fn force_buffer_sizes(fd: RawFd, bytes: usize) -> io::Result<()> {
         (SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
         for opt in [forced, plain] {
-            // SAFETY: passes a pointer to a live c_int and its size.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&value as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-            if opt == plain {
-                return Err(io::Error::last_os_error());
+            match setsockopt_at(fd, libc::SOL_SOCKET, opt, &value) {
+                Ok(()) => break,
+                Err(e) if opt == plain => return Err(e),
+                Err(_) => {}
             }
         }
     }

@@ -18,6 +18,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sys::setsockopt_at;
+
 /// Bytes per UMEM frame (a chunk: one packet). 2048 is the smallest the kernel accepts and
 /// holds an Ethernet MTU frame with room to spare.
 pub const FRAME_SIZE: u32 = 2048;
@@ -333,23 +335,6 @@ impl std::fmt::Debug for Xsk {
 
 fn setsockopt<T>(fd: RawFd, name: libc::c_int, value: &T) -> io::Result<()> {
     setsockopt_at(fd, libc::SOL_XDP, name, value)
-}
-
-fn setsockopt_at<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points to a live `T` of the length given; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn getsockopt<T>(fd: RawFd, name: libc::c_int) -> io::Result<T> {

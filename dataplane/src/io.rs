@@ -742,6 +742,7 @@ mod tests {
         let mut plain = MmsgSocket::new(plain).unwrap();
         let mut stamped = MmsgSocket::new(stamped).unwrap();
         assert!(stamped.enable_timestamps());
+        let to = stamped.local_addr().unwrap();
         let mut rx = RxBatch::default();
         // The kernel turns arrival stamping on a little after the first socket asks (a deferred
         // static-key switch); until then it stamps datagrams as they are read. So a few rounds
@@ -749,12 +750,8 @@ mod tests {
         let mut at_arrival = false;
         for round in 0..STAMP_ROUNDS {
             let before = since_epoch();
-            sender
-                .send_to(&[7; 100], stamped.local_addr().unwrap())
-                .unwrap();
-            sender
-                .send_to(&[8; 100], stamped.local_addr().unwrap())
-                .unwrap();
+            sender.send_to(&[7; 100], to).unwrap();
+            sender.send_to(&[8; 100], to).unwrap();
             // Read after a pause: arrival stamps are then well before the reading time.
             std::thread::sleep(STAMP_PAUSE);
             let reading = since_epoch();

@@ -270,6 +270,15 @@ impl Entry {
     }
 }
 
+/// When the datagrams of a message queued for a subscriber are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// At once, while the subscriber's state is still in cache: nothing else for it follows.
+    Now,
+    /// At the session's next service: more messages follow, which may share its datagrams.
+    Later,
+}
+
 /// A subscriber of a stream on this worker.
 #[derive(Debug)]
 struct Subscriber {
@@ -570,13 +579,18 @@ impl<IO: BatchIo> Worker<IO> {
             let now = self.now();
             self.on_datagram(now, h.from, false, &mut data[..h.len]);
         }
-        for _ in 0..MEDIA_ITEMS_PER_TURN {
+        for i in 1..=MEDIA_ITEMS_PER_TURN {
             let Ok(item) = self.media_in.try_recv() else {
                 break;
             };
             self.counters.media_in += 1;
             let now = self.now();
-            self.on_media(now, item.stream, item.message, false);
+            let flush = if i < MEDIA_ITEMS_PER_TURN && !self.media_in.is_empty() {
+                Flush::Later
+            } else {
+                Flush::Now
+            };
+            self.on_media(now, item.stream, item.message, false, flush);
         }
         for _ in 0..RX_BATCHES_PER_TURN {
             // Moved out while its datagrams are handled (a pointer move: building a new batch
@@ -1191,7 +1205,14 @@ impl<IO: BatchIo> Worker<IO> {
     /// A message of stream `stream`, published here or received from the publisher's worker:
     /// cached for late joiners, sent to this worker's subscribers, and (when published here)
     /// handed to the workers on the stream's routes.
-    fn on_media(&mut self, now: Instant, stream: u32, message: Arc<[u8]>, published_here: bool) {
+    fn on_media(
+        &mut self,
+        now: Instant,
+        stream: u32,
+        message: Arc<[u8]>,
+        published_here: bool,
+        flush: Flush,
+    ) {
         // Items from the publisher's worker may arrive before this worker's Play: keep them.
         let state = self.streams.entry(stream).or_default();
         if message[..] == GAP_MARK[..] {
@@ -1247,7 +1268,7 @@ impl<IO: BatchIo> Worker<IO> {
         let kind = classify(&message);
         let mut subscribers = std::mem::take(&mut state.subscribers);
         for sub in subscribers.iter_mut() {
-            self.deliver(now, sub, &message, kind);
+            self.deliver(now, sub, &message, kind, flush);
         }
         if let Some(state) = self.streams.get_mut(&stream) {
             state.subscribers = subscribers;
@@ -1262,6 +1283,7 @@ impl<IO: BatchIo> Worker<IO> {
         sub: &mut Subscriber,
         message: &Arc<[u8]>,
         kind: Option<MediaKind>,
+        flush: Flush,
     ) {
         let Some(kind) = kind else { return };
         let Some(slot) = self.slot_of(sub.session_id) else {
@@ -1354,7 +1376,10 @@ impl<IO: BatchIo> Worker<IO> {
                 }
             }
         }
-        self.mark_dirty(slot);
+        match flush {
+            Flush::Now => self.transmit_now(now, slot),
+            Flush::Later => self.mark_dirty(slot),
+        }
     }
 
     /// Whatever the client's NetStream `flow` of `session_id` played stops.
@@ -1411,7 +1436,7 @@ impl<IO: BatchIo> Worker<IO> {
         }
         for m in &replay {
             let kind = classify(m);
-            self.deliver(now, &mut sub, m, kind);
+            self.deliver(now, &mut sub, m, kind, Flush::Later);
         }
         if let Some(state) = self.streams.get_mut(&stream) {
             state.subscribers.push(sub);
@@ -1707,12 +1732,21 @@ impl<IO: BatchIo> Worker<IO> {
             events.push(ev);
         }
         let mut closed = false;
-        for ev in events.drain(..) {
+        let mut pending = events.drain(..).peekable();
+        while let Some(ev) = pending.next() {
             match ev {
                 Event::FlowOpened { flow, metadata, .. } => {
                     self.on_flow_opened(slot, flow, &metadata)
                 }
-                Event::Message { flow, data } => self.on_message(slot, flow, data),
+                Event::Message { flow, data } => {
+                    // A message followed by more waits for them: they may share datagrams.
+                    let flush = if matches!(pending.peek(), Some(Event::Message { .. })) {
+                        Flush::Later
+                    } else {
+                        Flush::Now
+                    };
+                    self.on_message(slot, flow, data, flush)
+                }
                 Event::Packet { outgoing, plain } => {
                     if let (Some(dump), Some(e)) = (self.dump, self.entry_mut(slot)) {
                         dump(id, e.session.far_address(), outgoing, &plain);
@@ -1726,8 +1760,52 @@ impl<IO: BatchIo> Worker<IO> {
                 _ => {}
             }
         }
+        drop(pending);
         self.events = events;
         // Transmit what the session has, even when closing (its Close Acknowledgement).
+        self.transmit(now, slot);
+        if closed {
+            self.table[usize::from(slot)] = None;
+            self.counters.sessions_closed += 1;
+            self.counters.sessions_open = self.counters.sessions_open.saturating_sub(1);
+            self.send_up(&Up::Closed { session_id: id });
+            self.forget_session(id);
+            return;
+        }
+        let Some(e) = self.entry_mut(slot) else {
+            return;
+        };
+        if let Some(deadline) = e.close_when_flushed {
+            let flushed = e
+                .replies
+                .iter()
+                .all(|r| e.session.flow_backlog(r.1).unwrap_or(0) == 0);
+            if flushed || now >= deadline {
+                e.close_when_flushed = None;
+                e.session.close(now);
+                self.mark_dirty(slot);
+                return;
+            }
+        }
+        self.arm(slot);
+    }
+
+    /// Writes a session's datagrams at once, while its state is still in cache from the message
+    /// just queued on it, instead of marking it for [`Self::service`] to visit again. A session
+    /// already marked, or closing once flushed, is left to that visit.
+    fn transmit_now(&mut self, now: Instant, slot: u16) {
+        match self.entry_mut(slot) {
+            Some(e) if !e.dirty && e.close_when_flushed.is_none() => {
+                self.transmit(now, slot);
+                self.arm(slot);
+            }
+            _ => self.mark_dirty(slot),
+        }
+    }
+
+    /// Writes every datagram the session has into the transmit batch, flushing the batch
+    /// whenever it fills.
+    fn transmit(&mut self, now: Instant, slot: u16) {
         loop {
             if self.tx.is_full() {
                 self.flush();
@@ -1752,29 +1830,14 @@ impl<IO: BatchIo> Worker<IO> {
                 Some(None) => {}
             }
         }
-        if closed {
-            self.table[usize::from(slot)] = None;
-            self.counters.sessions_closed += 1;
-            self.counters.sessions_open = self.counters.sessions_open.saturating_sub(1);
-            self.send_up(&Up::Closed { session_id: id });
-            self.forget_session(id);
-            return;
-        }
+    }
+
+    /// Puts the session's next deadline on the timer wheel, when it changed.
+    fn arm(&mut self, slot: u16) {
         let Some(e) = self.entry_mut(slot) else {
             return;
         };
-        if let Some(deadline) = e.close_when_flushed {
-            let flushed = e
-                .replies
-                .iter()
-                .all(|r| e.session.flow_backlog(r.1).unwrap_or(0) == 0);
-            if flushed || now >= deadline {
-                e.close_when_flushed = None;
-                e.session.close(now);
-                self.mark_dirty(slot);
-                return;
-            }
-        }
+        let id = e.id;
         let next = e.session.poll_timeout();
         if next != e.armed {
             e.armed = next;
@@ -1831,7 +1894,7 @@ impl<IO: BatchIo> Worker<IO> {
         }
     }
 
-    fn on_message(&mut self, slot: u16, flow: FlowId, data: Vec<u8>) {
+    fn on_message(&mut self, slot: u16, flow: FlowId, data: Vec<u8>, flush: Flush) {
         let n = self.group_joins;
         let Some(e) = self.entry_mut(slot) else {
             return;
@@ -1868,7 +1931,7 @@ impl<IO: BatchIo> Worker<IO> {
             if let Some(message) = prepare(data) {
                 self.counters.media_published += 1;
                 let now = self.now();
-                self.on_media(now, stream, message, true);
+                self.on_media(now, stream, message, true, flush);
             }
         }
     }
@@ -1988,13 +2051,13 @@ mod tests {
         state.routes.push(1);
         let now = Instant::ZERO;
         for ts in [0, 33, 66] {
-            publisher.on_media(now, STREAM, video(ts, ts == 0), true);
+            publisher.on_media(now, STREAM, video(ts, ts == 0), true, Flush::Now);
         }
         // The third did not fit: it is counted, and a gap is owed.
         assert_eq!(publisher.counters.drop_media_queue_full, 1);
         let first: Vec<MediaItem> = from_0.try_iter().collect();
         assert_eq!(first.len(), 2);
-        publisher.on_media(now, STREAM, video(99, false), true);
+        publisher.on_media(now, STREAM, video(99, false), true, Flush::Now);
         let next: Vec<MediaItem> = from_0.try_iter().collect();
         assert_eq!(next.len(), 2);
         assert_eq!(&next[0].message[..], &GAP_MARK[..], "the gap comes first");
@@ -2020,7 +2083,7 @@ mod tests {
                 audio: true,
                 video: true,
             });
-        viewers.on_media(now, STREAM, Arc::clone(&next[0].message), false);
+        viewers.on_media(now, STREAM, Arc::clone(&next[0].message), false, Flush::Now);
         let sub = &viewers.streams[&STREAM].subscribers[0];
         assert!(sub.waiting_keyframe);
         assert_eq!(

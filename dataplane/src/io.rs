@@ -32,6 +32,8 @@ pub const MAX_RX_DATAGRAMS: usize = GRO_SLOTS * 64;
 pub struct RxBatch {
     storage: Vec<u8>,
     entries: RxEntries,
+    /// The receive that filled the batch found its source empty before the batch was full.
+    drained: bool,
 }
 
 /// Where each datagram of an [`RxBatch`] lies in its storage (apart from the storage, so that
@@ -83,6 +85,7 @@ impl Default for RxBatch {
                 stamps: [None; MAX_RX_DATAGRAMS],
                 count: 0,
             },
+            drained: false,
         }
     }
 }
@@ -96,6 +99,18 @@ impl RxBatch {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.entries.count == 0
+    }
+
+    /// Whether the receive that filled the batch left its source empty: it returned fewer
+    /// datagrams than it had room for, so another receive now would most likely find nothing
+    /// and cost a system call for it. False when the backend cannot tell.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Records whether the receive that filled the batch left its source empty.
+    pub fn set_drained(&mut self, drained: bool) {
+        self.drained = drained;
     }
 
     /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
@@ -243,8 +258,9 @@ impl TxBatch {
 
 /// What a worker needs from its packet backend.
 pub trait BatchIo: Send {
-    /// Receives what is waiting, without blocking, into `batch` (replacing its contents).
-    /// Returns how many datagrams arrived; 0 when none was waiting.
+    /// Receives what is waiting, without blocking, into `batch` (replacing its contents), and
+    /// records in it whether that emptied the source ([`RxBatch::drained`]). Returns how many
+    /// datagrams arrived; 0 when none was waiting.
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize>;
     /// Sends every datagram in `batch` and empties it. Returns how many the backend dropped
     /// (a full queue or an unreachable destination); RTMFP retransmits what matters.
@@ -391,12 +407,13 @@ impl MmsgSocket {
             segment: None,
             stamp: None,
         });
-        let n = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        let (n, drained) = match sys::recv_batch(self.socket.as_raw_fd(), &mut slots) {
+            Ok(n) => (n, n < N),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, false),
             Err(e) => return Err(e),
         };
+        batch.drained = drained;
         for (i, s) in slots[..n].iter().enumerate() {
             let base = i * slot_size;
             let from = canonical(s.addr);
@@ -596,6 +613,44 @@ mod tests {
             }
         }
         assert_eq!(got, (0..40).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_receive_says_whether_it_emptied_the_socket() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), Some(1 << 20)).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut a = MmsgSocket::new(a).unwrap();
+        let mut b = MmsgSocket::new(b).unwrap();
+        // A batch and three more datagrams wait (no GRO: one buffer each).
+        const EXTRA: usize = 3;
+        let mut tx = TxBatch::default();
+        for round in [BATCH, EXTRA] {
+            for i in 0..round {
+                assert!(tx.push(to, &[i as u8; 100]));
+            }
+            assert_eq!(a.send(&mut tx), 0);
+        }
+        let mut rx = RxBatch::default();
+        let mut ready = [false];
+        sys::poll_readable(&[b.readiness_fd()], Duration::from_secs(5), &mut ready).unwrap();
+        // Loopback queues a datagram before its send returns; the bounded wait is for a slow
+        // host only.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut got, mut total) = (Vec::new(), 0);
+        while total < BATCH + EXTRA && Instant::now() < deadline {
+            let n = b.recv(&mut rx).unwrap();
+            total += n;
+            got.push((n, rx.drained()));
+        }
+        assert_eq!(
+            got.first(),
+            Some(&(BATCH, false)),
+            "a full batch may have left more"
+        );
+        assert_eq!(got.get(1), Some(&(EXTRA, true)), "a short one emptied it");
+        assert_eq!(b.recv(&mut rx).unwrap(), 0);
+        assert!(rx.drained(), "an empty receive found nothing");
     }
 
     #[test]

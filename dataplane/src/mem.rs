@@ -86,6 +86,7 @@ impl BatchIo for MemIo {
         let n = inbox.len().min(BATCH);
         batch.fill_from(inbox.range(..n).map(|(from, bytes)| (*from, &bytes[..])));
         inbox.drain(..n);
+        batch.set_drained(inbox.is_empty());
         if inbox.is_empty() {
             self.queues.ready.clear();
         }

@@ -143,19 +143,20 @@ impl XskIo {
 impl BatchIo for XskIo {
     fn recv(&mut self, batch: &mut RxBatch) -> io::Result<usize> {
         self.socket_first = !self.socket_first;
-        if self.socket_first {
-            let n = self.socket.recv(batch)?;
-            if n > 0 {
-                return Ok(n);
+        let n = if self.socket_first {
+            match self.socket.recv(batch)? {
+                0 => self.recv_xsk(batch),
+                n => n,
             }
-            Ok(self.recv_xsk(batch))
         } else {
-            let n = self.recv_xsk(batch);
-            if n > 0 {
-                return Ok(n);
+            match self.recv_xsk(batch) {
+                0 => self.socket.recv(batch)?,
+                n => n,
             }
-            self.socket.recv(batch)
-        }
+        };
+        // Datagrams from one source say nothing of the other: drained only when both were.
+        batch.set_drained(n == 0);
+        Ok(n)
     }
 
     fn send(&mut self, batch: &mut TxBatch) -> usize {

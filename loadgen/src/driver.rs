@@ -281,6 +281,11 @@ impl Driver {
                 }
             }
             self.transmit(now);
+            // A short batch emptied the socket: asking again would most likely cost a system
+            // call for nothing (with a socket per session, one per socket per sweep).
+            if self.rx.drained() {
+                break;
+            }
         }
         let now = self.now();
         if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use criterion::Criterion;
 
+pub mod fanout;
+
 /// The measurement settings every criterion benchmark here starts from: a short warm-up and
 /// measurement, so that a whole run takes a few minutes on a shared 2-core machine. The command
 /// line may override them.

@@ -761,6 +761,25 @@ impl SendFlow {
         any
     }
 
+    /// Whether [`Self::probe_due`] or [`Self::poll_fragment`] might give something at `now`:
+    /// true whenever either would (a superset, read without changing anything), so that a
+    /// session with nothing to send learns it without writing a packet.
+    pub fn may_write(&self, now: Instant) -> bool {
+        let probe = self.suspended()
+            && !(self.queue.is_empty() && self.frags.is_empty())
+            && self.probe_next.is_none_or(|t| now >= t);
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        // poll_fragment's early answer, after the abandonment it runs first.
+        let data = self.exception.is_none()
+            && self.completed_at.is_none()
+            && (self.totals.resend > 0
+                || !self.queue.is_empty()
+                || (self.closing && self.fin_seq.is_none())
+                || due(self.next_expiry)
+                || due(self.queue_expiry));
+        probe || data
+    }
+
     /// Whether a Buffer Probe is due (RFC 7016 §3.6.2.9.1): the window is zero and there is data.
     /// The first probe MAY go at once when the window drops to zero.
     pub fn probe_due(&mut self, now: Instant) -> bool {

@@ -495,6 +495,12 @@ impl FlowSet {
         }
     }
 
+    /// Whether [`Self::write_chunks`] might write anything at `now`: true whenever it would
+    /// (a superset, read without changing anything).
+    pub fn may_write(&self, now: Instant) -> bool {
+        self.acks_scheduled || self.send.values().any(|f| f.may_write(now))
+    }
+
     /// Writes acks (each preceded by its flow's exception report), buffer probes, then data, as
     /// room and the congestion window allow.
     pub fn write_chunks(&mut self, now: Instant, w: &mut Writer<'_>) {

@@ -6,27 +6,31 @@
 ///
 /// The bytes `01 02 03 04 05` give `0xF6F9`.
 pub fn checksum(data: &[u8]) -> u16 {
-    // RFC 1071 §2 (B), (C): the sum is independent of byte order and may be taken over wider
-    // words in parallel, then folded. Little-endian 64-bit words are split into their 32-bit
-    // halves, summed into u64 lanes (no carry is lost for any slice shorter than 16 GiB), and the
-    // folded 16-bit sum, in little-endian order, is swapped back at the end: no byte swap per
-    // word, so the loop vectorises.
-    let mut sums = [0u64; LANES];
-    let mut blocks = data.chunks_exact(LANES * WORD);
-    for block in &mut blocks {
-        for (sum, word) in sums.iter_mut().zip(block.chunks_exact(WORD)) {
-            let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
-            *sum += (w & u64::from(u32::MAX)) + (w >> 32);
+    // RFC 1071 §2 (B), (C): the sum is independent of byte order and may be taken in parallel
+    // lanes, then folded. Little-endian 16-bit words are summed into 32-bit lanes (which the
+    // compiler turns into vector adds of zero-extended words), each span of blocks short enough
+    // that no lane can overflow, and the folded 16-bit sum, in little-endian order, is swapped
+    // back at the end: no byte swap per word.
+    let mut sum: u64 = 0;
+    let mut spans = data.chunks(SPAN_BLOCKS * BLOCK);
+    for span in &mut spans {
+        let mut lanes = [0u32; LANES];
+        let mut blocks = span.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(2)) {
+                *lane += u32::from(u16::from_le_bytes([word[0], word[1]]));
+            }
         }
-    }
-    let mut sum: u64 = sums.iter().sum();
-    let mut pairs = blocks.remainder().chunks_exact(2);
-    for pair in &mut pairs {
-        sum += u64::from(u16::from_le_bytes([pair[0], pair[1]]));
-    }
-    if let Some(&last) = pairs.remainder().first() {
-        // The odd trailing byte is the high byte of a big-endian word padded with zero.
-        sum += u64::from(last);
+        sum += lanes.iter().map(|&l| u64::from(l)).sum::<u64>();
+        let mut pairs = blocks.remainder().chunks_exact(2);
+        for pair in &mut pairs {
+            sum += u64::from(u16::from_le_bytes([pair[0], pair[1]]));
+        }
+        if let Some(&last) = pairs.remainder().first() {
+            // Only the last span can be odd: the odd trailing byte is the high byte of a
+            // big-endian word padded with zero.
+            sum += u64::from(last);
+        }
     }
     while sum > u64::from(u16::MAX) {
         sum = (sum & u64::from(u16::MAX)) + (sum >> 16);
@@ -34,10 +38,13 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16).swap_bytes()
 }
 
-/// Bytes per word of the wide sum.
-const WORD: usize = 8;
-/// Words summed side by side.
-const LANES: usize = 4;
+/// 16-bit words summed side by side, one per 32-bit lane.
+const LANES: usize = 16;
+/// Bytes of one block: a word for each lane.
+const BLOCK: usize = LANES * 2;
+/// Blocks summed before the lanes are folded: each adds at most `u16::MAX` to a lane, so a
+/// span cannot overflow one.
+const SPAN_BLOCKS: usize = (u32::MAX / u16::MAX as u32) as usize;
 
 #[cfg(test)]
 mod tests {
@@ -71,10 +78,23 @@ mod tests {
         assert_eq!(checksum(&[]), 0xffff);
     }
 
+    #[test]
+    fn lanes_do_not_overflow_on_long_inputs() {
+        // All-ones words fill every lane to its limit in the first span; a second span and an
+        // odd tail follow.
+        let data = vec![0xff; SPAN_BLOCKS * BLOCK + BLOCK + 3];
+        assert_eq!(checksum(&data), reference(&data));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn matches_reference(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(checksum(&data), reference(&data));
+        }
+
+        #[test]
+        fn matches_reference_for_datagram_sizes(data in proptest::collection::vec(any::<u8>(), 1100..1600)) {
             prop_assert_eq!(checksum(&data), reference(&data));
         }
     }

@@ -3,6 +3,7 @@
 //! under the session's congestion controller. Per-flow state machines live in [`crate::flow`];
 //! this module converts between them and wire chunks.
 
+use core::cell::Cell;
 use core::time::Duration;
 use std::collections::VecDeque;
 
@@ -107,6 +108,10 @@ pub struct FlowSet {
     /// everything that changes a receive flow, cleared when [`Self::write_chunks`] finds none
     /// with one, so that a packet does not look through idle receive flows.
     acks_scheduled: bool,
+    /// The earliest receive-flow timer, kept by [`Self::poll_timeout`] until a receive flow
+    /// changes (`None`: to be found again), so that a session's timer does not read every
+    /// receive flow after each datagram it sends or acknowledgement it takes.
+    recv_deadline: Cell<Option<Option<Instant>>>,
 }
 
 impl FlowSet {
@@ -124,6 +129,7 @@ impl FlowSet {
             stalled_since: None,
             recv_pending: false,
             acks_scheduled: false,
+            recv_deadline: Cell::new(None),
         }
     }
 
@@ -200,6 +206,7 @@ impl FlowSet {
     pub fn reject_receive_flow(&mut self, flow: FlowId, code: u64) -> Result<(), FlowError> {
         self.recv_pending = true;
         self.acks_scheduled = true;
+        self.recv_deadline.set(None);
         self.recv
             .get_mut(flow)
             .ok_or(FlowError::UnknownFlow)?
@@ -226,6 +233,7 @@ impl FlowSet {
     pub fn abort_all(&mut self) {
         self.send.clear();
         self.recv.clear();
+        self.recv_deadline.set(None);
     }
 
     /// The next flow event.
@@ -236,6 +244,7 @@ impl FlowSet {
         if !self.recv_pending {
             return None;
         }
+        self.recv_deadline.set(None);
         for (id, f) in self.recv.iter_mut() {
             if let Some(data) = f.poll_message() {
                 return Some(Event::Message { flow: id, data });
@@ -302,6 +311,7 @@ impl FlowSet {
         }
         self.recv_pending = true;
         self.acks_scheduled = true;
+        self.recv_deadline.set(None);
         let Some(f) = self.recv.get_mut(flow) else {
             return Ok(());
         };
@@ -359,11 +369,13 @@ impl FlowSet {
             });
         }
         self.recv.insert(flow, f);
+        self.recv_deadline.set(None);
     }
 
     /// Marks that a packet with user data arrived (delayed-ack counting, RFC 7016 §3.6.3.4.4).
     pub fn on_packet_with_user_data(&mut self, now: Instant) {
         self.acks_scheduled = true;
+        self.recv_deadline.set(None);
         for f in self.recv.values_mut() {
             f.on_packet_with_user_data(now);
         }
@@ -441,6 +453,7 @@ impl FlowSet {
     /// A Buffer Probe: ack that flow at once (RFC 7016 §3.6.3.6).
     pub fn on_buffer_probe(&mut self, flow: FlowId) {
         self.acks_scheduled = true;
+        self.recv_deadline.set(None);
         if let Some(f) = self.recv.get_mut(flow) {
             f.on_buffer_probe();
         }
@@ -463,9 +476,24 @@ impl FlowSet {
             .values()
             .filter_map(|f| f.poll_timeout(erto))
             .min();
-        let recv = self.recv.values().filter_map(RecvFlow::poll_timeout).min();
+        let recv = match self.recv_deadline.get() {
+            Some(kept) => {
+                debug_assert_eq!(kept, self.recv_timeout(), "a receive flow changed unseen");
+                kept
+            }
+            None => {
+                let found = self.recv_timeout();
+                self.recv_deadline.set(Some(found));
+                found
+            }
+        };
         let stall = self.stalled_since.map(|s| s + SESSION_RETRANSMIT_LIMIT);
         [send, recv, stall].into_iter().flatten().min()
+    }
+
+    /// The earliest timer of the receive flows.
+    fn recv_timeout(&self) -> Option<Instant> {
+        self.recv.values().filter_map(RecvFlow::poll_timeout).min()
     }
 
     /// Runs flow timers; `Err` when data went unacknowledged for the retransmission limit.
@@ -482,6 +510,7 @@ impl FlowSet {
         }
         self.recv_pending = true;
         self.acks_scheduled = true;
+        self.recv_deadline.set(None);
         for f in self.recv.values_mut() {
             f.handle_timeout(now);
         }
@@ -515,6 +544,8 @@ impl FlowSet {
         if !self.acks_scheduled {
             return;
         }
+        // Sending an ack moves its flow's delayed-ack deadline.
+        self.recv_deadline.set(None);
         let mut scheduled = false;
         for (id, f) in self.recv.iter_mut() {
             if !f.ack_due(now) {

@@ -357,7 +357,7 @@ const ROUTES_V6: &str = "/proc/net/ipv6_route";
 const RTF_UP: u32 = 0x0001;
 
 /// The interface of the default route with the lowest metric, IPv4 first, from the text of
-/// [`ROUTES_V4`] and [`ROUTES_V6`]; the loopback device never counts.
+/// `/proc/net/route` and `/proc/net/ipv6_route`; the loopback device never counts.
 pub fn default_route(v4: &str, v6: &str) -> Option<String> {
     let hex = |s: &str| u32::from_str_radix(s, 16).ok();
     let ipv4 = v4.lines().skip(1).filter_map(|line| {

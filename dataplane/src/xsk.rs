@@ -600,7 +600,7 @@ impl Xsk {
     /// Publishes the frames queued by [`Xsk::send_with`] and wakes the kernel to send them.
     /// Zero-copy needs a wakeup only when the ring asks. Copy mode always needs one, and the
     /// kernel sends at most [`COPY_MODE_TX_BUDGET`] frames per wakeup, so it is woken until
-    /// the ring is drained (or [`MAX_TX_WAKEUPS`] times, the rest going at the next flush).
+    /// the ring is drained (at most a ring's worth of wakeups; the rest go at the next flush).
     pub fn flush(&mut self) {
         if self.tx_pending > 0 {
             self.tx.publish();

@@ -488,16 +488,13 @@ impl SendFlow {
         room: usize,
         allowance: usize,
     ) -> Option<FragmentOut<'_>> {
-        if self.exception.is_some() || self.completed_at.is_some() {
+        if self.ended() {
             return None;
         }
         self.abandon_expired(now);
         // Nothing to retransmit, queued or to finish: answered before the fragments are looked
         // at, so that a session's idle flows cost little on every packet it sends.
-        if self.totals.resend == 0
-            && self.queue.is_empty()
-            && !(self.closing && self.fin_seq.is_none())
-        {
+        if !self.has_data_to_send() {
             return None;
         }
         let fsn = self.fsn();
@@ -765,25 +762,34 @@ impl SendFlow {
     /// true whenever either would (a superset, read without changing anything), so that a
     /// session with nothing to send learns it without writing a packet.
     pub fn may_write(&self, now: Instant) -> bool {
-        let probe = self.suspended()
-            && !(self.queue.is_empty() && self.frags.is_empty())
-            && self.probe_next.is_none_or(|t| now >= t);
+        let probe = self.probe_wanted() && self.probe_next.is_none_or(|t| now >= t);
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        // poll_fragment's early answer, after the abandonment it runs first.
-        let data = self.exception.is_none()
-            && self.completed_at.is_none()
-            && (self.totals.resend > 0
-                || !self.queue.is_empty()
-                || (self.closing && self.fin_seq.is_none())
-                || due(self.next_expiry)
-                || due(self.queue_expiry));
+        // poll_fragment's early answers, before and after the abandonment it runs first (which
+        // may turn expired fragments into abandonment notices to send).
+        let data = !self.ended()
+            && (self.has_data_to_send() || due(self.next_expiry) || due(self.queue_expiry));
         probe || data
+    }
+
+    /// The flow was rejected or has completed: it sends nothing more.
+    fn ended(&self) -> bool {
+        self.exception.is_some() || self.completed_at.is_some()
+    }
+
+    /// Something to retransmit (or to announce as abandoned), queued, or a FIN to send.
+    fn has_data_to_send(&self) -> bool {
+        self.totals.resend > 0 || !self.queue.is_empty() || (self.closing && self.fin_seq.is_none())
+    }
+
+    /// The window is zero and there is data: Buffer Probes go out on their timer.
+    fn probe_wanted(&self) -> bool {
+        self.suspended() && !(self.queue.is_empty() && self.frags.is_empty())
     }
 
     /// Whether a Buffer Probe is due (RFC 7016 §3.6.2.9.1): the window is zero and there is data.
     /// The first probe MAY go at once when the window drops to zero.
     pub fn probe_due(&mut self, now: Instant) -> bool {
-        if !self.suspended() || (self.queue.is_empty() && self.frags.is_empty()) {
+        if !self.probe_wanted() {
             return false;
         }
         now >= *self.probe_next.get_or_insert(now)

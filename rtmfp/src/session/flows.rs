@@ -206,8 +206,7 @@ impl FlowSet {
     pub fn reject_receive_flow(&mut self, flow: FlowId, code: u64) -> Result<(), FlowError> {
         self.recv_pending = true;
         self.acks_scheduled = true;
-        self.recv_deadline.set(None);
-        self.recv
+        self.recv_mut()
             .get_mut(flow)
             .ok_or(FlowError::UnknownFlow)?
             .reject(code);
@@ -232,8 +231,7 @@ impl FlowSet {
     /// Aborts every flow (the session left S_OPEN).
     pub fn abort_all(&mut self) {
         self.send.clear();
-        self.recv.clear();
-        self.recv_deadline.set(None);
+        self.recv_mut().clear();
     }
 
     /// The next flow event.
@@ -244,8 +242,7 @@ impl FlowSet {
         if !self.recv_pending {
             return None;
         }
-        self.recv_deadline.set(None);
-        for (id, f) in self.recv.iter_mut() {
+        for (id, f) in self.recv_mut().iter_mut() {
             if let Some(data) = f.poll_message() {
                 return Some(Event::Message { flow: id, data });
             }
@@ -311,8 +308,7 @@ impl FlowSet {
         }
         self.recv_pending = true;
         self.acks_scheduled = true;
-        self.recv_deadline.set(None);
-        let Some(f) = self.recv.get_mut(flow) else {
+        let Some(f) = self.recv_mut().get_mut(flow) else {
             return Ok(());
         };
         f.on_fragment(
@@ -368,15 +364,13 @@ impl FlowSet {
                 associated,
             });
         }
-        self.recv.insert(flow, f);
-        self.recv_deadline.set(None);
+        self.recv_mut().insert(flow, f);
     }
 
     /// Marks that a packet with user data arrived (delayed-ack counting, RFC 7016 §3.6.3.4.4).
     pub fn on_packet_with_user_data(&mut self, now: Instant) {
         self.acks_scheduled = true;
-        self.recv_deadline.set(None);
-        for f in self.recv.values_mut() {
+        for f in self.recv_mut().values_mut() {
             f.on_packet_with_user_data(now);
         }
     }
@@ -453,8 +447,7 @@ impl FlowSet {
     /// A Buffer Probe: ack that flow at once (RFC 7016 §3.6.3.6).
     pub fn on_buffer_probe(&mut self, flow: FlowId) {
         self.acks_scheduled = true;
-        self.recv_deadline.set(None);
-        if let Some(f) = self.recv.get_mut(flow) {
+        if let Some(f) = self.recv_mut().get_mut(flow) {
             f.on_buffer_probe();
         }
     }
@@ -491,6 +484,14 @@ impl FlowSet {
         [send, recv, stall].into_iter().flatten().min()
     }
 
+    /// The receive flows, for a change: forgets their kept earliest timer (see
+    /// [`Self::recv_deadline`]), so that no change can leave it stale. Every change to a
+    /// receive flow goes through here.
+    fn recv_mut(&mut self) -> &mut FlowMap<RecvFlow> {
+        self.recv_deadline.set(None);
+        &mut self.recv
+    }
+
     /// The earliest timer of the receive flows.
     fn recv_timeout(&self) -> Option<Instant> {
         self.recv.values().filter_map(RecvFlow::poll_timeout).min()
@@ -510,12 +511,11 @@ impl FlowSet {
         }
         self.recv_pending = true;
         self.acks_scheduled = true;
-        self.recv_deadline.set(None);
-        for f in self.recv.values_mut() {
+        for f in self.recv_mut().values_mut() {
             f.handle_timeout(now);
         }
         self.send.retain(|_, f| !f.is_finished(now));
-        self.recv.retain(|_, f| !f.is_finished(now));
+        self.recv_mut().retain(|_, f| !f.is_finished(now));
         match self.stalled_since {
             Some(s) if now.saturating_duration_since(s) >= SESSION_RETRANSMIT_LIMIT => {
                 Err(RetransmitLimit)
@@ -544,10 +544,8 @@ impl FlowSet {
         if !self.acks_scheduled {
             return;
         }
-        // Sending an ack moves its flow's delayed-ack deadline.
-        self.recv_deadline.set(None);
         let mut scheduled = false;
-        for (id, f) in self.recv.iter_mut() {
+        for (id, f) in self.recv_mut().iter_mut() {
             if !f.ack_due(now) {
                 scheduled |= f.ack_scheduled();
                 continue;

@@ -4,12 +4,13 @@
 //! from the timer. (The session keeps the receive flows' earliest deadline between changes;
 //! debug builds also check it against the flows on every poll.)
 
+mod common;
+
 use std::net::SocketAddr;
 
-use rtmfp::crypto::{PacketDecoder, PacketEncoder, PacketMode};
 use rtmfp::params::DELAYED_ACK;
 use rtmfp::session::flows::SendOptions;
-use rtmfp::session::{Role, Session, SessionConfig, SessionParams};
+use rtmfp::session::{Role, Session, SessionConfig};
 use rtmfp::time::Instant;
 
 /// Both directions' key.
@@ -24,19 +25,7 @@ const DATAGRAM: usize = 2048;
 const METADATA: &[u8] = b"TC\x04\x00";
 
 fn session(role: Role, near: u32, far: u32) -> Session {
-    Session::new(
-        Instant::ZERO,
-        SessionParams {
-            role,
-            near_session_id: near,
-            far_session_id: far,
-            far_address: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            encoder: PacketEncoder::new(&KEY, PacketMode::STARTUP),
-            decoder: PacketDecoder::new(&KEY, PacketMode::STARTUP),
-            mobility_secret: [2; 32],
-        },
-        SessionConfig::default(),
-    )
+    common::keyed_session(&KEY, role, near, far, SessionConfig::default())
 }
 
 #[test]

@@ -5,16 +5,17 @@
 //! NAK losses and zero windows), timeouts, expiries and a FIN, and must write the same datagrams
 //! byte for byte and report the same backlog after every step.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use rtmfp::crypto::{PacketDecoder, PacketEncoder, PacketMode};
+use rtmfp::crypto::{PacketEncoder, PacketMode};
 use rtmfp::flow::payload::{Payload, MAX_PAYLOAD_HEAD};
 use rtmfp::ids::FlowId;
 use rtmfp::session::flows::SendOptions;
-use rtmfp::session::{Role, Session, SessionConfig, SessionParams};
+use rtmfp::session::{Role, Session, SessionConfig};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Mode, PacketHeader, RangeAck, Writer};
 
@@ -29,22 +30,12 @@ const DATAGRAM: usize = 2048;
 /// Per-flow metadata of the flow under test.
 const METADATA: &[u8] = b"TC\x04\x00";
 
-fn far() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 40000))
-}
-
 fn session(max_packet: usize) -> Session {
-    Session::new(
-        Instant::ZERO,
-        SessionParams {
-            role: Role::Responder,
-            near_session_id: NEAR_SESSION_ID,
-            far_session_id: FAR_SESSION_ID,
-            far_address: far(),
-            encoder: PacketEncoder::new(&KEY, PacketMode::STARTUP),
-            decoder: PacketDecoder::new(&KEY, PacketMode::STARTUP),
-            mobility_secret: [2; 32],
-        },
+    common::keyed_session(
+        &KEY,
+        Role::Responder,
+        NEAR_SESSION_ID,
+        FAR_SESSION_ID,
         SessionConfig {
             max_packet,
             ..SessionConfig::default()
@@ -188,8 +179,8 @@ proptest! {
                 }
                 Op::Ack { blocks, cum, ranges } => {
                     let d = ack_datagram(now, flow, blocks, cum, &ranges);
-                    let a = copied.handle_datagram(now, far(), &mut d.clone());
-                    let b = shared.handle_datagram(now, far(), &mut d.clone());
+                    let a = copied.handle_datagram(now, common::keyed_far(), &mut d.clone());
+                    let b = shared.handle_datagram(now, common::keyed_far(), &mut d.clone());
                     prop_assert_eq!(a, b);
                 }
                 Op::Wait(ms) => {

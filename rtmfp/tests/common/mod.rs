@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use rtmfp::crypto::{DhGroup, NegotiationPolicy};
+use rtmfp::crypto::{DhGroup, NegotiationPolicy, PacketDecoder, PacketEncoder, PacketMode};
 use rtmfp::endpoint::{Endpoint, EndpointEvent};
-use rtmfp::session::SessionConfig;
+use rtmfp::session::{Role, Session, SessionConfig, SessionParams};
 use rtmfp::startup::components::build_url_epd;
 use rtmfp::startup::initiator::InitiatorConfig;
 use rtmfp::startup::responder::{Responder, ResponderConfig};
@@ -277,4 +277,34 @@ impl Pair {
 /// A URL EPD for tests.
 pub fn url_epd() -> Vec<u8> {
     build_url_epd(b"rtmfp://127.0.0.1/app")
+}
+
+/// The far address of a [`keyed_session`].
+pub fn keyed_far() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 40000))
+}
+
+/// A session opened at time zero without a handshake, with `key` as its startup-mode key in
+/// both directions (so two sessions with their IDs swapped read each other's datagrams), its
+/// far end at [`keyed_far`].
+pub fn keyed_session(
+    key: &[u8; 16],
+    role: Role,
+    near_session_id: u32,
+    far_session_id: u32,
+    config: SessionConfig,
+) -> Session {
+    Session::new(
+        Instant::ZERO,
+        SessionParams {
+            role,
+            near_session_id,
+            far_session_id,
+            far_address: keyed_far(),
+            encoder: PacketEncoder::new(key, PacketMode::STARTUP),
+            decoder: PacketDecoder::new(key, PacketMode::STARTUP),
+            mobility_secret: [2; 32],
+        },
+        config,
+    )
 }

@@ -113,6 +113,16 @@ impl RxBatch {
         self.drained = drained;
     }
 
+    /// The bytes of datagram `i`.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let e = &self.entries;
+        if i >= e.count {
+            return None;
+        }
+        let start = e.starts[i];
+        self.storage.get(start..start + e.lens[i])
+    }
+
     /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
     /// decrypt in place).
     pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, bool, &mut [u8])> {

@@ -10,6 +10,7 @@ pub mod io;
 pub mod media;
 pub mod mem;
 pub mod plane;
+pub mod prefetch;
 pub mod sys;
 pub mod wheel;
 pub mod worker;

@@ -29,6 +29,7 @@ use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::{SendOptions, AUTOMATIC_REJECTION};
+use rtmfp::session::lookahead::{span_of, Lookahead};
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
@@ -46,6 +47,7 @@ use crate::media::{
     classify, prepare, timestamp, MediaItem, MediaKind, Qos, StreamCache, StreamReport,
     SubscriberReport,
 };
+use crate::prefetch::prefetch;
 use crate::sys::{poll_readable, EventFd};
 use crate::wheel::TimerWheel;
 use updraft_bpf::Prefix;
@@ -270,6 +272,17 @@ impl Entry {
     }
 }
 
+/// A lookahead stage ([`Lookahead`]), naming the worker's part of it too.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// The entry's and session's fields.
+    Fields,
+    /// What they point to: the reply flows, the send flow table, the key.
+    Heap,
+    /// The send flow slots: the subscriber's reply flow, or every send flow.
+    Flows,
+}
+
 /// When the datagrams of a message queued for a subscriber are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flush {
@@ -421,6 +434,10 @@ const OUTBOX_RETRY: Duration = Duration::from_millis(1);
 pub const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// Media items taken from other workers per loop turn.
 const MEDIA_ITEMS_PER_TURN: usize = 4096;
+/// The lookahead stages run ahead of a visit to one session after another, each this many
+/// sessions ahead (rtmfp's `session::lookahead`): each stage reads what the one before asked
+/// for, a visit earlier, and one visit (a subscriber's message, a datagram) outlasts a miss.
+const LOOKAHEAD: [(usize, Stage); 3] = [(3, Stage::Fields), (2, Stage::Heap), (1, Stage::Flows)];
 /// Capacity of each worker's queue of media from other workers.
 pub const MEDIA_QUEUE: usize = 8192;
 
@@ -609,6 +626,11 @@ impl<IO: BatchIo> Worker<IO> {
             };
             let now = self.now();
             for i in 0..n {
+                self.look_ahead(i, |j| {
+                    let id = read_session_id(rx.get(j)?).ok()?;
+                    let parts = SessionIdParts::of(id);
+                    (id != 0 && parts.worker == self.index).then_some((parts.slot, None))
+                });
                 if let Some((from, truncated, bytes)) = rx.get_mut(i) {
                     self.counters.rx_packets += 1;
                     self.counters.rx_bytes += bytes.len() as u64;
@@ -1267,11 +1289,55 @@ impl<IO: BatchIo> Worker<IO> {
         }
         let kind = classify(&message);
         let mut subscribers = std::mem::take(&mut state.subscribers);
-        for sub in subscribers.iter_mut() {
-            self.deliver(now, sub, &message, kind, flush);
+        for i in 0..subscribers.len() {
+            self.look_ahead(i, |j| {
+                let s = subscribers.get(j)?;
+                Some((SessionIdParts::of(s.session_id).slot, Some(s.flow)))
+            });
+            if let Some(sub) = subscribers.get_mut(i) {
+                self.deliver(now, sub, &message, kind, flush);
+            }
         }
         if let Some(state) = self.streams.get_mut(&stream) {
             state.subscribers = subscribers;
+        }
+    }
+
+    /// Asks for the memory of the sessions visited after the `i`th of a sequence, one
+    /// [`LOOKAHEAD`] stage each: `target(j)` is the `j`th visit's session slot and, for a
+    /// subscriber, the client's flow that it plays on (our reply flow then carries the media).
+    fn look_ahead(&self, i: usize, target: impl Fn(usize) -> Option<(u16, Option<FlowId>)>) {
+        for (ahead, stage) in LOOKAHEAD {
+            if let Some((slot, flow)) = target(i + ahead) {
+                self.prefetch_session(slot, stage, flow);
+            }
+        }
+    }
+
+    /// Asks for what lookahead stage `stage` of the session in `slot` names, and the worker's
+    /// own fields of it. Reads only the table and what earlier stages asked for.
+    fn prefetch_session(&self, slot: u16, stage: Stage, client_flow: Option<FlowId>) {
+        let Some(Some(e)) = self.table.get(usize::from(slot)) else {
+            return;
+        };
+        let span = &mut |start, len| prefetch(start, len);
+        match stage {
+            Stage::Fields => {
+                span_of(&e.id, span);
+                span_of(&e.dirty, span);
+                span_of(&e.armed, span);
+                span_of(&e.replies, span);
+                e.session.lookahead(Lookahead::Fields, span);
+            }
+            Stage::Heap => {
+                span(e.replies.as_ptr().cast(), size_of_val(&e.replies[..]));
+                e.session.lookahead(Lookahead::Heap, span);
+            }
+            Stage::Flows => {
+                let ours = client_flow.and_then(|f| e.replies.iter().find(|r| r.0 == f));
+                e.session
+                    .lookahead(Lookahead::Flows(ours.map(|r| r.1)), span);
+            }
         }
     }
 
@@ -1710,7 +1776,8 @@ impl<IO: BatchIo> Worker<IO> {
     /// timer.
     fn service_dirty(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        for &slot in &dirty {
+        for (i, &slot) in dirty.iter().enumerate() {
+            self.look_ahead(i, |j| dirty.get(j).map(|&s| (s, None)));
             self.service(now, slot);
         }
         dirty.clear();

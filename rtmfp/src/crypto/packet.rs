@@ -19,6 +19,7 @@ use super::checksum::checksum;
 use super::multibuf::Aes128EncKey;
 use super::vlu::{read_vlu, vlu_len, write_vlu};
 use super::CryptoError;
+use crate::session::lookahead::span_of;
 
 /// The default ("startup") session key, the ASCII bytes "Adobe Systems 02" (RFC 7425 §4.1),
 /// used for every startup packet (RFC 7016 §2.2.3).
@@ -46,6 +47,8 @@ pub const MIN_DATAGRAM_LEN: usize = SSID_LEN + CIPHER_BLOCK_LEN;
 const SCRAMBLE_LEN: usize = 8;
 /// The CBC initialisation vector: all zero for every packet (RFC 7425 §4.6.4).
 const ZERO_IV: [u8; CIPHER_BLOCK_LEN] = [0; CIPHER_BLOCK_LEN];
+/// Bytes of AES-128's eleven round keys (FIPS 197 §5.2), as AES-NI keeps them.
+const AES_NI_ROUND_KEYS_LEN: usize = 11 * CIPHER_BLOCK_LEN;
 
 type HmacSha256 = Hmac<Sha256>;
 /// CBC over a borrowed key schedule: a packet borrows its session's, never clones it.
@@ -227,6 +230,27 @@ impl core::fmt::Debug for PacketEncoder {
 }
 
 impl PacketEncoder {
+    /// Gives `span` the fields every packet reads: the mode, the sequence number and the
+    /// shared key's pointer ([`crate::session::lookahead`]).
+    pub(crate) fn lookahead_fields(&self, span: &mut impl FnMut(*const u8, usize)) {
+        span_of(&self.mode, span);
+        span_of(&self.next_sseq, span);
+        span_of(&self.multi_key, span);
+    }
+
+    /// The expanded key the multi-buffer kernel encrypts with (for tests).
+    #[cfg(test)]
+    pub(crate) fn multi_key(&self) -> Option<&Aes128EncKey> {
+        self.multi_key.as_deref()
+    }
+
+    /// Gives `span` the expanded key the multi-buffer kernel encrypts with.
+    pub(crate) fn lookahead_heap(&self, span: &mut impl FnMut(*const u8, usize)) {
+        if let Some(key) = &self.multi_key {
+            span_of(&**key, span);
+        }
+    }
+
     /// An encoder for the AES-128 send key `key` and the send mode `mode`. The key is expanded
     /// once, here.
     pub fn new(key: &[u8; 16], mode: PacketMode) -> Self {
@@ -533,6 +557,20 @@ impl core::fmt::Debug for PacketDecoder {
 }
 
 impl PacketDecoder {
+    /// Gives `span` the fields every received packet reads: the mode, the replay window and
+    /// the decryption round keys ([`crate::session::lookahead`]).
+    pub(crate) fn lookahead_fields(&self, span: &mut impl FnMut(*const u8, usize)) {
+        span_of(&self.mode, span);
+        span_of(&self.window, span);
+        // The `aes` crate's key schedule holds the AES-NI round keys first and its software
+        // fallback's larger schedule after them: only the first are read here.
+        let cipher = (&self.cipher as *const Aes128Dec).cast::<u8>();
+        span(
+            cipher,
+            AES_NI_ROUND_KEYS_LEN.min(core::mem::size_of::<Aes128Dec>()),
+        );
+    }
+
     /// A decoder for the AES-128 receive key `key` and the receive mode `mode`. The key is
     /// expanded once, here.
     pub fn new(key: &[u8; 16], mode: PacketMode) -> Self {

@@ -48,6 +48,11 @@ impl<V> FlowMap<V> {
         self.search(id).is_ok()
     }
 
+    /// Every flow, in ID order.
+    pub(crate) fn as_slice(&self) -> &[(FlowId, V)] {
+        &self.entries
+    }
+
     /// Flow `id`.
     pub(crate) fn get(&self, id: FlowId) -> Option<&V> {
         self.search(id).ok().map(|i| &self.entries[i].1)

@@ -218,6 +218,39 @@ impl FlowSet {
         self.send.get(flow).map(SendFlow::unacked_bytes)
     }
 
+    /// Gives `span` the used part of the send flows' table ([`Lookahead::Heap`]).
+    ///
+    /// [`Lookahead::Heap`]: super::lookahead::Lookahead::Heap
+    pub(crate) fn lookahead_table(&self, span: &mut impl FnMut(*const u8, usize)) {
+        let table = self.send.as_slice();
+        span(table.as_ptr().cast(), core::mem::size_of_val(table));
+    }
+
+    /// Gives `span` the queue slots of send flow `flow`, or of every send flow
+    /// ([`Lookahead::Flows`]).
+    ///
+    /// [`Lookahead::Flows`]: super::lookahead::Lookahead::Flows
+    pub(crate) fn lookahead_flows(
+        &self,
+        flow: Option<FlowId>,
+        span: &mut impl FnMut(*const u8, usize),
+    ) {
+        match flow {
+            Some(flow) => {
+                if let Some(f) = self.send.get(flow) {
+                    f.lookahead(span);
+                }
+            }
+            None => self.send.values().for_each(|f| f.lookahead(span)),
+        }
+    }
+
+    /// Send flow `flow` (for tests that look inside it).
+    #[cfg(test)]
+    pub(crate) fn send_flow(&self, flow: FlowId) -> Option<&SendFlow> {
+        self.send.get(flow)
+    }
+
     /// What the send flow `flow` has sent and lost.
     pub fn send_stats(&self, flow: FlowId) -> Option<SendStats> {
         self.send.get(flow).map(SendFlow::stats)

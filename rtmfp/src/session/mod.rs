@@ -11,6 +11,7 @@ mod flow_map;
 pub mod flows;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lookahead;
 pub mod mobility;
 
 use core::time::Duration;
@@ -35,6 +36,7 @@ use crate::wire::{
 
 use self::clock::{timestamp, TimestampState};
 use self::flows::{FlowError, FlowSet, SendOptions};
+use self::lookahead::{span_of, Lookahead};
 use self::mobility::{Mobility, CHALLENGE_LEN};
 
 /// Keepalive pings a silent far end may leave unanswered before the session is closed
@@ -424,6 +426,32 @@ impl Session {
     /// Rejects a receive flow with an exception code (RFC 7016 §3.6.3.7).
     pub fn reject_flow(&mut self, flow: FlowId, code: u64) -> Result<(), SessionError> {
         Ok(self.flows.reject_receive_flow(flow, code)?)
+    }
+
+    /// Gives `span` the memory that stage `stage` of this session's next send or received
+    /// datagram reads (see [`lookahead`]): a caller about to visit many sessions asks for it
+    /// ahead of each visit.
+    pub fn lookahead(&self, stage: Lookahead, span: &mut impl FnMut(*const u8, usize)) {
+        match stage {
+            Lookahead::Fields => {
+                span_of(&self.state, span);
+                span_of(&self.last_received, span);
+                span_of(&self.near_session_id, span);
+                span_of(&self.far_address, span);
+                span_of(&self.config, span);
+                span_of(&self.timestamps, span);
+                span_of(&self.events, span);
+                span_of(&self.forwards, span);
+                span_of(&self.flows, span);
+                self.encoder.lookahead_fields(span);
+                self.decoder.lookahead_fields(span);
+            }
+            Lookahead::Heap => {
+                self.flows.lookahead_table(span);
+                self.encoder.lookahead_heap(span);
+            }
+            Lookahead::Flows(flow) => self.flows.lookahead_flows(flow, span),
+        }
     }
 
     /// Bytes queued but not yet acknowledged on a send flow (for back-pressure).

@@ -16,6 +16,7 @@ const MAX_SPAN: usize = 4096;
 /// Asks for every cache line overlapping the `len` bytes at `start` (at most [`MAX_SPAN`]) to
 /// be loaded into every cache level. Reads nothing and cannot fail: a prefetch of memory that
 /// is not mapped is dropped by the processor. A no-op off x86-64.
+#[inline]
 pub fn prefetch(start: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {

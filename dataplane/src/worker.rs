@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
+use std::mem::offset_of;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +30,7 @@ use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::{SendOptions, AUTOMATIC_REJECTION};
-use rtmfp::session::lookahead::{span_of, Lookahead};
+use rtmfp::session::lookahead::Lookahead;
 use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
@@ -214,7 +215,8 @@ pub struct WorkerSetup<IO: BatchIo> {
 ///
 /// Laid out in declaration order (`repr(C)`): what the worker reads for every datagram and
 /// every media message comes first, right before the session's own hot fields (see
-/// [`Session`]), so that a fanout reads adjacent cache lines of each subscriber.
+/// [`Session`]), so that a fanout reads adjacent cache lines of each subscriber, and
+/// [`Worker::prefetch_session`] names them as one span.
 #[repr(C)]
 struct Entry {
     id: u32,
@@ -1323,10 +1325,7 @@ impl<IO: BatchIo> Worker<IO> {
         let span = &mut |start, len| prefetch(start, len);
         match stage {
             Stage::Fields => {
-                span_of(&e.id, span);
-                span_of(&e.dirty, span);
-                span_of(&e.armed, span);
-                span_of(&e.replies, span);
+                span((&**e as *const Entry).cast(), offset_of!(Entry, session));
                 e.session.lookahead(Lookahead::Fields, span);
             }
             Stage::Heap => {

@@ -6,6 +6,7 @@
 //! `[SSEQ VLU] [checksum u16] packet 0xFF-padding`. Encoding and decoding work on caller buffers
 //! and do not allocate.
 
+use std::mem::{offset_of, size_of};
 use std::sync::{Arc, OnceLock};
 
 use aes::cipher::{
@@ -230,12 +231,11 @@ impl core::fmt::Debug for PacketEncoder {
 }
 
 impl PacketEncoder {
-    /// Gives `span` the fields every packet reads: the mode, the sequence number and the
-    /// shared key's pointer ([`crate::session::lookahead`]).
+    /// Gives `span` the fields every packet reads, which lead the struct: the mode, the
+    /// sequence number and the shared key's pointer ([`crate::session::lookahead`]).
     pub(crate) fn lookahead_fields(&self, span: &mut impl FnMut(*const u8, usize)) {
-        span_of(&self.mode, span);
-        span_of(&self.next_sseq, span);
-        span_of(&self.multi_key, span);
+        let hot = offset_of!(PacketEncoder, multi_key) + size_of::<Option<Arc<Aes128EncKey>>>();
+        span((self as *const PacketEncoder).cast(), hot);
     }
 
     /// The expanded key the multi-buffer kernel encrypts with (for tests).
@@ -557,18 +557,14 @@ impl core::fmt::Debug for PacketDecoder {
 }
 
 impl PacketDecoder {
-    /// Gives `span` the fields every received packet reads: the mode, the replay window and
-    /// the decryption round keys ([`crate::session::lookahead`]).
+    /// Gives `span` the fields every received packet reads, which lead the struct: the mode,
+    /// the replay window and the decryption round keys ([`crate::session::lookahead`]).
     pub(crate) fn lookahead_fields(&self, span: &mut impl FnMut(*const u8, usize)) {
-        span_of(&self.mode, span);
-        span_of(&self.window, span);
         // The `aes` crate's key schedule holds the AES-NI round keys first and its software
         // fallback's larger schedule after them: only the first are read here.
-        let cipher = (&self.cipher as *const Aes128Dec).cast::<u8>();
-        span(
-            cipher,
-            AES_NI_ROUND_KEYS_LEN.min(core::mem::size_of::<Aes128Dec>()),
-        );
+        let hot =
+            offset_of!(PacketDecoder, cipher) + AES_NI_ROUND_KEYS_LEN.min(size_of::<Aes128Dec>());
+        span((self as *const PacketDecoder).cast(), hot);
     }
 
     /// A decoder for the AES-128 receive key `key` and the receive mode `mode`. The key is

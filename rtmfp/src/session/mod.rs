@@ -36,7 +36,7 @@ use crate::wire::{
 
 use self::clock::{timestamp, TimestampState};
 use self::flows::{FlowError, FlowSet, SendOptions};
-use self::lookahead::{span_of, Lookahead};
+use self::lookahead::Lookahead;
 use self::mobility::{Mobility, CHALLENGE_LEN};
 
 /// Keepalive pings a silent far end may leave unanswered before the session is closed
@@ -278,16 +278,17 @@ pub struct Session {
     /// The length of the ping body to echo ([`Self::ping_body`]), when a Ping awaits its reply.
     ping_reply: Option<usize>,
     far_address: SocketAddr,
-    /// A validated-pending new address and the challenge to send it.
-    mobility_probe: Option<(SocketAddr, [u8; CHALLENGE_LEN])>,
     config: SessionConfig,
     timestamps: TimestampState,
     events: VecDeque<Event>,
     /// Forwarded IHellos to send (RFC 7016 §3.5.1.5), oldest first, bounded.
     forwards: VecDeque<PendingForward>,
+    /// The last of the fields every packet reads ([`Lookahead::Fields`]).
     flows: FlowSet,
     encoder: PacketEncoder,
     decoder: PacketDecoder,
+    /// A validated-pending new address and the challenge to send it.
+    mobility_probe: Option<(SocketAddr, [u8; CHALLENGE_LEN])>,
     /// The body of the last Ping, echoed by the Ping Reply ([`Self::ping_reply`]).
     ping_body: [u8; MAX_PING_BODY],
     mobility: Mobility,
@@ -434,15 +435,9 @@ impl Session {
     pub fn lookahead(&self, stage: Lookahead, span: &mut impl FnMut(*const u8, usize)) {
         match stage {
             Lookahead::Fields => {
-                span_of(&self.state, span);
-                span_of(&self.last_received, span);
-                span_of(&self.near_session_id, span);
-                span_of(&self.far_address, span);
-                span_of(&self.config, span);
-                span_of(&self.timestamps, span);
-                span_of(&self.events, span);
-                span_of(&self.forwards, span);
-                span_of(&self.flows, span);
+                // The fields every packet reads lead the struct, up to the flow set.
+                let hot = core::mem::offset_of!(Session, flows) + core::mem::size_of::<FlowSet>();
+                span((self as *const Session).cast(), hot);
                 self.encoder.lookahead_fields(span);
                 self.decoder.lookahead_fields(span);
             }

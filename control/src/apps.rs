@@ -123,6 +123,9 @@ pub trait Applications: Send {
     fn call(&mut self, client: &ClientInfo<'_>, method: &str, args: &[Value<'_>]) -> CallOutcome;
     /// A connected client went away.
     fn disconnect(&mut self, client: &ClientInfo<'_>);
+    /// A connected client's session failed (timed out) instead of closing, with the error
+    /// text (Cumulus's `onFailed`); [`Self::disconnect`] follows.
+    fn fail(&mut self, _client: &ClientInfo<'_>, _error: &str) {}
     /// A client that connected before the control plane restarted, known again (its
     /// `connect` is not replayed).
     fn restore(&mut self, _client: &ClientInfo<'_>) {}

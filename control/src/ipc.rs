@@ -114,6 +114,11 @@ const IPV6_LEN: usize = 16;
 const FALSE: u8 = 0;
 const TRUE: u8 = 1;
 
+// The bytes of an [`Up::Closed`]'s failure.
+const ENDED_IN_ORDER: u8 = 0;
+const FAILED_IDLE: u8 = 1;
+const FAILED_UNACKNOWLEDGED: u8 = 2;
+
 /// Length of a `u32` length or count prefix.
 const PREFIX_LEN: usize = 4;
 /// Shortest encoded socket address: family, IPv4 address, port.
@@ -233,6 +238,26 @@ pub struct NetState {
     pub next_stream: u32,
 }
 
+/// Why a session failed instead of ending by a close (Cumulus's `onFailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing was heard from the far end for the idle limit, or it left our keepalives
+    /// unanswered (RFC 7016 §3.5.4).
+    Idle,
+    /// What we sent went unacknowledged for the retransmission limit (RFC 7016 §3.5.3).
+    Unacknowledged,
+}
+
+impl Failure {
+    /// The error text applications get.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Failure::Idle => "Timeout: nothing heard from the client",
+            Failure::Unacknowledged => "Timeout: the client acknowledged nothing we sent",
+        }
+    }
+}
+
 /// A message from a worker to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Up {
@@ -275,6 +300,8 @@ pub enum Up {
     Closed {
         /// The ended session.
         session_id: u32,
+        /// Why it failed, when it did not end by a close of either side.
+        failure: Option<Failure>,
     },
     /// A client joined a NetGroup on one of its `GC` flows (digest §1.14).
     GroupJoin {
@@ -554,6 +581,12 @@ impl Up {
             },
             TAG_UP_CLOSED => Up::Closed {
                 session_id: r.u32()?,
+                failure: match r.u8()? {
+                    ENDED_IN_ORDER => None,
+                    FAILED_IDLE => Some(Failure::Idle),
+                    FAILED_UNACKNOWLEDGED => Some(Failure::Unacknowledged),
+                    _ => return Err(IpcError::BadValue("session failure")),
+                },
             },
             TAG_UP_GROUP_JOIN => Up::GroupJoin {
                 session_id: r.u32()?,
@@ -612,9 +645,17 @@ impl Up {
                 w.u64(*stream_id)?;
                 w.bytes("flash message", data, MAX_FLASH_MESSAGE)
             }
-            Up::Closed { session_id } => {
+            Up::Closed {
+                session_id,
+                failure,
+            } => {
                 w.u8(TAG_UP_CLOSED)?;
-                w.u32(*session_id)
+                w.u32(*session_id)?;
+                w.u8(match failure {
+                    None => ENDED_IN_ORDER,
+                    Some(Failure::Idle) => FAILED_IDLE,
+                    Some(Failure::Unacknowledged) => FAILED_UNACKNOWLEDGED,
+                })
             }
             Up::GroupJoin {
                 session_id,
@@ -1565,12 +1606,28 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_refused() {
-        let mut bytes = encode_up(&Up::Closed { session_id: 3 });
+        let mut bytes = encode_up(&Up::Closed {
+            session_id: 3,
+            failure: None,
+        });
         bytes.extend_from_slice(&[0, 0]);
         assert_eq!(Up::decode(&bytes), Err(IpcError::TrailingBytes(2)));
         let mut bytes = encode_down(&Down::Welcome { version: 1 });
         bytes.push(0);
         assert_eq!(Down::decode(&bytes), Err(IpcError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn an_unknown_failure_is_refused() {
+        let mut bytes = encode_up(&Up::Closed {
+            session_id: 3,
+            failure: Some(Failure::Unacknowledged),
+        });
+        *bytes.last_mut().unwrap() = FAILED_UNACKNOWLEDGED + 1;
+        assert_eq!(
+            Up::decode(&bytes),
+            Err(IpcError::BadValue("session failure"))
+        );
     }
 
     #[test]
@@ -1589,7 +1646,10 @@ mod tests {
             Up::decode(&close),
             Err(IpcError::UnknownTag(TAG_DOWN_CLOSE))
         );
-        let closed = encode_up(&Up::Closed { session_id: 1 });
+        let closed = encode_up(&Up::Closed {
+            session_id: 1,
+            failure: Some(Failure::Idle),
+        });
         assert_eq!(
             Down::decode(&closed),
             Err(IpcError::UnknownTag(TAG_UP_CLOSED))
@@ -1734,7 +1794,18 @@ mod tests {
                     data,
                 }
             ),
-            any::<u32>().prop_map(|session_id| Up::Closed { session_id }),
+            (
+                any::<u32>(),
+                prop_oneof![
+                    Just(None),
+                    Just(Some(Failure::Idle)),
+                    Just(Some(Failure::Unacknowledged))
+                ]
+            )
+                .prop_map(|(session_id, failure)| Up::Closed {
+                    session_id,
+                    failure
+                }),
             (
                 any::<u32>(),
                 any::<u64>(),

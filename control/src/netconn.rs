@@ -16,7 +16,7 @@ use crate::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
 };
 use crate::ids::SessionIdParts;
-use crate::ipc::{Down, NetState, QosEntry, StreamEntry};
+use crate::ipc::{Down, Failure, NetState, QosEntry, StreamEntry};
 use crate::streams::{sample_access, Ended, Routed, Streams};
 
 /// A client's NetConnection state.
@@ -197,6 +197,19 @@ impl NetConnections {
                 .filter_map(|a| a.parse::<SocketAddr>().ok())
                 .collect(),
         })
+    }
+
+    /// Tells the applications that `session` failed (see [`Applications::fail`]), if it is
+    /// connected to one; answers what they asked for meanwhile. [`Self::closed`] follows.
+    pub fn failed(&mut self, session: u32, failure: Failure) -> Vec<Routed> {
+        let Some(c) = self.clients.get(&session) else {
+            return Vec::new();
+        };
+        let Some(app) = &c.app else {
+            return Vec::new();
+        };
+        self.apps.fail(&c.info(session, app), failure.describe());
+        self.take_actions()
     }
 
     /// Tells the applications that `session` joined (or left) the NetGroup `group`, if it is
@@ -818,6 +831,9 @@ mod tests {
         fn disconnect(&mut self, c: &ClientInfo<'_>) {
             self.note(format!("disconnect {}", c.session));
         }
+        fn fail(&mut self, c: &ClientInfo<'_>, error: &str) {
+            self.note(format!("fail {} {error}", c.session));
+        }
         fn restore(&mut self, c: &ClientInfo<'_>) {
             self.note(format!("restore {} {}", c.session, c.app));
         }
@@ -1288,6 +1304,25 @@ mod tests {
         assert!(!out.iter().any(|d| matches!(d, Down::Close { .. })));
         n.closed(7);
         assert_eq!(*log.lock().unwrap(), ["disconnect 7"]);
+    }
+
+    #[test]
+    fn a_failed_session_is_told_before_its_disconnection() {
+        let (mut n, log) = logged(vec![]);
+        n.on(7, 2, 0, &connect(""));
+        n.failed(7, Failure::Idle);
+        n.closed(7);
+        // A session that never connected fails unheard.
+        n.open(9, [2; 32], "127.0.0.1:5001".parse().unwrap());
+        n.failed(9, Failure::Unacknowledged);
+        n.closed(9);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                format!("fail 7 {}", Failure::Idle.describe()),
+                "disconnect 7".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -551,9 +551,17 @@ impl Service {
                 let told = self.groups.leave(session_id, flow);
                 self.introduce_members(told);
             }
-            Up::Closed { session_id } => {
-                // Its groups first (`onUnjoinGroup` while the client is still known), then
-                // the NetConnection (`onDisconnection`).
+            Up::Closed {
+                session_id,
+                failure,
+            } => {
+                // Why it failed first (`onFailed`, as Cumulus tells it when the session fails,
+                // before it ends), then its groups (`onUnjoinGroup` while the client is still
+                // known), then the NetConnection (`onDisconnection`).
+                if let Some(failure) = failure {
+                    let out = self.netconn.failed(session_id, failure);
+                    self.send_routed(out);
+                }
                 for group in self.groups.groups_of(session_id) {
                     self.group_event(session_id, &group, false, false);
                 }

@@ -31,14 +31,14 @@ use rtmfp::flow::send::SendStats;
 use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::{SendOptions, AUTOMATIC_REJECTION};
 use rtmfp::session::lookahead::Lookahead;
-use rtmfp::session::{Event, Role, Session, SessionConfig, SessionParams};
+use rtmfp::session::{CloseReason, Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE, MAX_QOS_ENTRIES,
-    MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
+    Down, Failure, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE,
+    MAX_QOS_ENTRIES, MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
@@ -283,6 +283,19 @@ enum Stage {
     Heap,
     /// The send flow slots: the subscriber's reply flow, or every send flow.
     Flows,
+}
+
+/// Why a session that closed for `reason` failed: a timeout is a failure (Cumulus's
+/// `onFailed`), a close by either side is not.
+fn failure_of(reason: CloseReason) -> Option<Failure> {
+    match reason {
+        CloseReason::Idle => Some(Failure::Idle),
+        CloseReason::RetransmitLimit => Some(Failure::Unacknowledged),
+        CloseReason::Local
+        | CloseReason::Remote
+        | CloseReason::Aborted
+        | CloseReason::LocalAbort => None,
+    }
 }
 
 /// When the datagrams of a message queued for a subscriber are written.
@@ -1797,7 +1810,7 @@ impl<IO: BatchIo> Worker<IO> {
         while let Some(ev) = e.session.poll_event() {
             events.push(ev);
         }
-        let mut closed = false;
+        let mut closed = None;
         let mut pending = events.drain(..).peekable();
         while let Some(ev) = pending.next() {
             match ev {
@@ -1821,7 +1834,7 @@ impl<IO: BatchIo> Worker<IO> {
                 Event::FlowFinished { flow } => self.on_flow_finished(slot, flow),
                 Event::Closed { reason } => {
                     tracing::info!(worker = self.index, session = id, ?reason, "session closed");
-                    closed = true;
+                    closed = Some(reason);
                 }
                 _ => {}
             }
@@ -1830,11 +1843,14 @@ impl<IO: BatchIo> Worker<IO> {
         self.events = events;
         // Transmit what the session has, even when closing (its Close Acknowledgement).
         self.transmit(now, slot);
-        if closed {
+        if let Some(reason) = closed {
             self.table[usize::from(slot)] = None;
             self.counters.sessions_closed += 1;
             self.counters.sessions_open = self.counters.sessions_open.saturating_sub(1);
-            self.send_up(&Up::Closed { session_id: id });
+            self.send_up(&Up::Closed {
+                session_id: id,
+                failure: failure_of(reason),
+            });
             self.forget_session(id);
             return;
         }
@@ -2103,6 +2119,23 @@ mod tests {
         m.extend_from_slice(&ts.to_be_bytes());
         m.extend_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
         Arc::from(m)
+    }
+
+    #[test]
+    fn timeouts_are_failures_and_closes_are_not() {
+        assert_eq!(failure_of(CloseReason::Idle), Some(Failure::Idle));
+        assert_eq!(
+            failure_of(CloseReason::RetransmitLimit),
+            Some(Failure::Unacknowledged)
+        );
+        for closed in [
+            CloseReason::Local,
+            CloseReason::Remote,
+            CloseReason::Aborted,
+            CloseReason::LocalAbort,
+        ] {
+            assert_eq!(failure_of(closed), None, "{closed:?}");
+        }
     }
 
     #[test]

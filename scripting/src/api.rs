@@ -3,7 +3,7 @@
 //! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
 //! serialisers and the hashes are native.
 //!
-//! Not provided (Updraft has no such subsystem yet): `cumulus.groups`, `cumulus.servers`,
+//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
 //! `cumulus:publish` (server-side publications), the TCP/UDP socket factories, `sendMail`,
 //! and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
 //! data plane, never crossing into the control process).

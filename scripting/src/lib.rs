@@ -15,7 +15,8 @@
 //! connections to it are rejected with that error until the file is fixed.
 //!
 //! **Events.** `onConnection(client, ...)` (return a table of members for the
-//! `Connect.Success` info object; `error(...)` rejects), `onDisconnection(client)`,
+//! `Connect.Success` info object; `error(...)` rejects), `onFailed(client, error)` (the
+//! session timed out; `onDisconnection` follows), `onDisconnection(client)`,
 //! `onPublish(client, publication)` and `onSubscribe(client, listener)` (`false` or
 //! `error(...)` refuses: `NetStream.Publish.BadName`, `NetStream.Play.Failed`),
 //! `onUnpublish`, `onUnsubscribe`, `onManage()` (every two seconds, in the applications that
@@ -594,6 +595,16 @@ impl Applications for LuaApps {
             self.event(&env, "onDisconnection", &c.app, (c.table.clone(),));
         }
         let _ = self.api.remove_client(&c.table);
+    }
+
+    fn fail(&mut self, client: &ClientInfo<'_>, error: &str) {
+        let Some(c) = self.clients.get(&client.session) else {
+            return;
+        };
+        let (table, app) = (c.table.clone(), c.app.clone());
+        if let Some(env) = self.env_of(&app) {
+            self.event(&env, "onFailed", &app, (table, error));
+        }
     }
 
     fn restore(&mut self, client: &ClientInfo<'_>) {

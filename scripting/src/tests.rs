@@ -348,6 +348,35 @@ fn the_manage_tick_reloads_and_runs_on_manage() {
 }
 
 #[test]
+fn a_failed_session_is_told_to_its_application_before_its_disconnection() {
+    let www = Www::new();
+    www.write("", "");
+    www.write(
+        "app",
+        "log = {} \
+         function onFailed(client, error) log[#log + 1] = 'failed ' .. client.id:sub(-2) .. ': ' .. error end \
+         function onDisconnection(client) log[#log + 1] = 'gone ' .. client.id:sub(-2) end",
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "app", &[]);
+    connect(&mut apps, 2, "app", &[]);
+    apps.fail(&client(1, "app"), "Timeout: nothing heard from the client");
+    apps.disconnect(&client(1, "app"));
+    // A client that closed does not fail; one the applications do not know is nothing.
+    apps.disconnect(&client(2, "app"));
+    apps.fail(&client(3, "app"), "never connected");
+    let log: Vec<String> = eval(&mut apps, "app", "log");
+    assert_eq!(
+        log,
+        [
+            "failed 01: Timeout: nothing heard from the client",
+            "gone 01",
+            "gone 02"
+        ]
+    );
+}
+
+#[test]
 fn group_members_are_in_cumulus_groups_and_the_application_hears_joins_and_leaves() {
     let www = Www::new();
     www.write(

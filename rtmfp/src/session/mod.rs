@@ -278,6 +278,8 @@ pub struct Session {
     /// The length of the ping body to echo ([`Self::ping_body`]), when a Ping awaits its reply.
     ping_reply: Option<usize>,
     far_address: SocketAddr,
+    /// A validated-pending new address and the challenge to send it (read by every transmit).
+    mobility_probe: Option<(SocketAddr, [u8; CHALLENGE_LEN])>,
     config: SessionConfig,
     timestamps: TimestampState,
     events: VecDeque<Event>,
@@ -287,8 +289,6 @@ pub struct Session {
     flows: FlowSet,
     encoder: PacketEncoder,
     decoder: PacketDecoder,
-    /// A validated-pending new address and the challenge to send it.
-    mobility_probe: Option<(SocketAddr, [u8; CHALLENGE_LEN])>,
     /// The body of the last Ping, echoed by the Ping Reply ([`Self::ping_reply`]).
     ping_body: [u8; MAX_PING_BODY],
     mobility: Mobility,

@@ -226,8 +226,8 @@ impl FlowSet {
         span(table.as_ptr().cast(), core::mem::size_of_val(table));
     }
 
-    /// Gives `span` the queue slots of send flow `flow`, or of every send flow
-    /// ([`Lookahead::Flows`]).
+    /// Gives `span` the queue slots of send flow `flow`, or of every send flow with something
+    /// queued or in flight ([`Lookahead::Flows`]).
     ///
     /// [`Lookahead::Flows`]: super::lookahead::Lookahead::Flows
     pub(crate) fn lookahead_flows(
@@ -241,7 +241,13 @@ impl FlowSet {
                     f.lookahead(span);
                 }
             }
-            None => self.send.values().for_each(|f| f.lookahead(span)),
+            // An acknowledgement or a transmit touches only the flows with something queued
+            // or in flight: an idle flow's buffers would cost a miss for nothing.
+            None => self
+                .send
+                .values()
+                .filter(|f| f.unacked_bytes() > 0)
+                .for_each(|f| f.lookahead(span)),
         }
     }
 

@@ -31,7 +31,8 @@ pub enum Lookahead {
     /// the fields.
     Heap,
     /// The queue slots a send on our send flow `Some(flow)` (or, with `None`, an
-    /// acknowledgement for any send flow) reads and writes. Reads the send flows' table.
+    /// acknowledgement for any send flow with something queued or in flight) reads and
+    /// writes. Reads the send flows' table.
     Flows(Option<FlowId>),
 }
 
@@ -138,6 +139,7 @@ mod tests {
         );
         let flow = session.open_flow(b"meta", None).unwrap();
         let other = session.open_flow(b"other", None).unwrap();
+        let idle = session.open_flow(b"idle", None).unwrap();
         for f in [flow, other] {
             session
                 .send(Instant::ZERO, f, &[1; 100], SendOptions::default())
@@ -155,15 +157,18 @@ mod tests {
         assert!(covers(&fields, &session.flows));
         assert!(covers(&fields, &session.last_received));
         assert!(covers(&fields, &session.far_address));
+        // Every transmit poll reads the mobility probe first.
+        assert!(covers(&fields, &session.mobility_probe));
 
         // Heap: the send flow table (every flow's struct) and the shared key.
         let heap = spans(|s| session.lookahead(Lookahead::Heap, &mut |p, l| s(p, l)));
-        for f in [flow, other] {
+        for f in [flow, other, idle] {
             assert!(covers(&heap, session.flows.send_flow(f).unwrap()));
         }
         assert!(covers(&heap, session.encoder.multi_key().unwrap()));
 
-        // Flows: the queue slots (SendFlow's own test) of one flow, or of every flow.
+        // Flows: the queue slots (SendFlow's own test) of one flow, or of every flow with
+        // something to send or acknowledge (not the idle one).
         let one = spans(|s| session.lookahead(Lookahead::Flows(Some(flow)), &mut |p, l| s(p, l)));
         let all = spans(|s| session.lookahead(Lookahead::Flows(None), &mut |p, l| s(p, l)));
         let of = |f| {

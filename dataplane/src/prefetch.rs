@@ -14,13 +14,17 @@ const CACHE_LINE: usize = 64;
 const MAX_SPAN: usize = 4096;
 
 /// Asks for every cache line overlapping the `len` bytes at `start` (at most [`MAX_SPAN`]) to
-/// be loaded into every cache level. Reads nothing and cannot fail: a prefetch of memory that
-/// is not mapped is dropped by the processor. A no-op off x86-64.
+/// be loaded into every cache level; nothing for no bytes (an empty vector's dangling
+/// pointer). Reads nothing and cannot fail: a prefetch of memory that is not mapped is
+/// dropped by the processor. A no-op off x86-64.
 #[inline]
 pub fn prefetch(start: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        if len == 0 {
+            return;
+        }
         let end = start.wrapping_add(len.min(MAX_SPAN));
         let mut line = start.wrapping_sub(start as usize % CACHE_LINE);
         while line < end {

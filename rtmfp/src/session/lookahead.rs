@@ -42,8 +42,12 @@ pub fn span_of<T>(value: &T, span: &mut impl FnMut(*const u8, usize)) {
 }
 
 /// Gives `span` the slot at the front of `queue` (what is acknowledged or sent next) and the
-/// slot just past its back (where the next item goes): reads the queue's header only.
+/// slot just past its back (where the next item goes): reads the queue's header only. A queue
+/// with no buffer yet names nothing.
 pub(crate) fn queue_ends<T>(queue: &VecDeque<T>, span: &mut impl FnMut(*const u8, usize)) {
+    if queue.capacity() == 0 {
+        return;
+    }
     let (front, back) = queue.as_slices();
     span(front.as_ptr().cast(), size_of::<T>());
     // Past the back: the end of the second slice when the ring wrapped, of the first when not.
@@ -119,6 +123,9 @@ mod tests {
             checked >= 2 * cap - 2,
             "the ring wrapped at its back too often: {checked}"
         );
+        // No buffer: nothing to ask for.
+        let empty: VecDeque<u64> = VecDeque::new();
+        assert!(spans(|s| queue_ends(&empty, &mut |p, l| s(p, l))).is_empty());
     }
 
     #[test]

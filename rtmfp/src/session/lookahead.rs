@@ -37,7 +37,7 @@ pub enum Lookahead {
 }
 
 /// Gives `span` the bytes of `value`: where it starts and how long it is.
-pub fn span_of<T>(value: &T, span: &mut impl FnMut(*const u8, usize)) {
+pub(crate) fn span_of<T>(value: &T, span: &mut impl FnMut(*const u8, usize)) {
     span((value as *const T).cast(), size_of::<T>());
 }
 

@@ -243,12 +243,17 @@ struct Entry {
 type Joined = ([u8; 32], u64);
 
 impl Entry {
+    /// Our reply flow for the client's `flow`, if one was opened.
+    fn reply_of(&self, flow: FlowId) -> Option<FlowId> {
+        self.replies.iter().find(|r| r.0 == flow).map(|r| r.1)
+    }
+
     /// Our reply flow for the client's `flow`, opened on first use: same metadata (RFC 7425
     /// §5.1), associated with the client's NetConnection flow (RFC 7016 §2.3.11.1.2), since
     /// rtmfp-cpp clients accept only flows associated with their control flow.
     fn reply_flow(&mut self, flow: FlowId) -> Option<FlowId> {
-        if let Some(r) = self.replies.iter().find(|r| r.0 == flow) {
-            return Some(r.1);
+        if let Some(r) = self.reply_of(flow) {
+            return Some(r);
         }
         let stream_id = self.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
         // A NetGroup flow's answers go on a `GC` flow associated with it (as Cumulus does).
@@ -1346,9 +1351,8 @@ impl<IO: BatchIo> Worker<IO> {
                 e.session.lookahead(Lookahead::Heap, span);
             }
             Stage::Flows => {
-                let ours = client_flow.and_then(|f| e.replies.iter().find(|r| r.0 == f));
-                e.session
-                    .lookahead(Lookahead::Flows(ours.map(|r| r.1)), span);
+                let ours = client_flow.and_then(|f| e.reply_of(f));
+                e.session.lookahead(Lookahead::Flows(ours), span);
             }
         }
     }
@@ -1368,10 +1372,8 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         };
         let behind = self.entry_mut(slot).is_some_and(|e| {
-            e.replies
-                .iter()
-                .find(|r| r.0 == sub.flow)
-                .and_then(|r| e.session.flow_backlog(r.1))
+            e.reply_of(sub.flow)
+                .and_then(|r| e.session.flow_backlog(r))
                 .is_some_and(|b| b > MAX_SUBSCRIBER_BACKLOG)
         });
         match kind {
@@ -1590,14 +1592,14 @@ impl<IO: BatchIo> Worker<IO> {
                         .get(usize::from(p.slot))
                         .and_then(|e| e.as_deref())
                         .filter(|e| e.id == sub.session_id);
-                    let reply = e.and_then(|e| e.replies.iter().find(|r| r.0 == sub.flow));
+                    let reply = e.and_then(|e| e.reply_of(sub.flow));
                     let backlog = e
                         .zip(reply)
-                        .and_then(|(e, r)| e.session.flow_backlog(r.1))
+                        .and_then(|(e, r)| e.session.flow_backlog(r))
                         .unwrap_or(0);
                     let send = e
                         .zip(reply)
-                        .and_then(|(e, r)| e.session.send_flow_stats(r.1))
+                        .and_then(|(e, r)| e.session.send_flow_stats(r))
                         .unwrap_or(sub.reported.send);
                     let srtt = e.and_then(|e| e.session.srtt());
                     let last = sub.reported;

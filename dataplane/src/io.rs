@@ -113,28 +113,25 @@ impl RxBatch {
         self.drained = drained;
     }
 
+    /// Where datagram `i` lies in the storage.
+    fn range(&self, i: usize) -> Option<core::ops::Range<usize>> {
+        let e = &self.entries;
+        (i < e.count).then(|| e.starts[i]..e.starts[i] + e.lens[i])
+    }
+
     /// The bytes of datagram `i`.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let e = &self.entries;
-        if i >= e.count {
-            return None;
-        }
-        let start = e.starts[i];
-        self.storage.get(start..start + e.lens[i])
+        self.storage.get(self.range(i)?)
     }
 
     /// Datagram `i`: its source, whether it was cut short, and its bytes (mutable: sessions
     /// decrypt in place).
     pub fn get_mut(&mut self, i: usize) -> Option<(SocketAddr, bool, &mut [u8])> {
-        let e = &self.entries;
-        if i >= e.count {
-            return None;
-        }
-        let start = e.starts[i];
+        let range = self.range(i)?;
         Some((
-            e.from[i],
-            e.truncated[i],
-            self.storage.get_mut(start..start + e.lens[i])?,
+            self.entries.from[i],
+            self.entries.truncated[i],
+            self.storage.get_mut(range)?,
         ))
     }
 

@@ -30,7 +30,7 @@ use rtmfp::flow::recv::RecvStats;
 use rtmfp::flow::send::SendStats;
 use rtmfp::ids::{FlowId, PeerId};
 use rtmfp::session::flows::{SendOptions, AUTOMATIC_REJECTION};
-use rtmfp::session::lookahead::Lookahead;
+use rtmfp::session::lookahead::{Lookahead, Visit};
 use rtmfp::session::{CloseReason, Event, Role, Session, SessionConfig, SessionParams};
 use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
@@ -646,7 +646,7 @@ impl<IO: BatchIo> Worker<IO> {
             };
             let now = self.now();
             for i in 0..n {
-                self.look_ahead(i, |j| {
+                self.look_ahead(i, Visit::Receive, |j| {
                     let id = read_session_id(rx.get(j)?).ok()?;
                     let parts = SessionIdParts::of(id);
                     (id != 0 && parts.worker == self.index).then_some((parts.slot, None))
@@ -1310,7 +1310,7 @@ impl<IO: BatchIo> Worker<IO> {
         let kind = classify(&message);
         let mut subscribers = std::mem::take(&mut state.subscribers);
         for i in 0..subscribers.len() {
-            self.look_ahead(i, |j| {
+            self.look_ahead(i, Visit::Send, |j| {
                 let s = subscribers.get(j)?;
                 Some((SessionIdParts::of(s.session_id).slot, Some(s.flow)))
             });
@@ -1326,17 +1326,23 @@ impl<IO: BatchIo> Worker<IO> {
     /// Asks for the memory of the sessions visited after the `i`th of a sequence, one
     /// [`LOOKAHEAD`] stage each: `target(j)` is the `j`th visit's session slot and, for a
     /// subscriber, the client's flow that it plays on (our reply flow then carries the media).
-    fn look_ahead(&self, i: usize, target: impl Fn(usize) -> Option<(u16, Option<FlowId>)>) {
+    /// The visits all send or all receive (`visit`).
+    fn look_ahead(
+        &self,
+        i: usize,
+        visit: Visit,
+        target: impl Fn(usize) -> Option<(u16, Option<FlowId>)>,
+    ) {
         for (ahead, stage) in LOOKAHEAD {
             if let Some((slot, flow)) = target(i + ahead) {
-                self.prefetch_session(slot, stage, flow);
+                self.prefetch_session(slot, stage, visit, flow);
             }
         }
     }
 
     /// Asks for what lookahead stage `stage` of the session in `slot` names, and the worker's
     /// own fields of it. Reads only the table and what earlier stages asked for.
-    fn prefetch_session(&self, slot: u16, stage: Stage, client_flow: Option<FlowId>) {
+    fn prefetch_session(&self, slot: u16, stage: Stage, visit: Visit, client_flow: Option<FlowId>) {
         let Some(Some(e)) = self.table.get(usize::from(slot)) else {
             return;
         };
@@ -1344,11 +1350,11 @@ impl<IO: BatchIo> Worker<IO> {
         match stage {
             Stage::Fields => {
                 span((&**e as *const Entry).cast(), offset_of!(Entry, session));
-                e.session.lookahead(Lookahead::Fields, span);
+                e.session.lookahead(Lookahead::Fields(visit), span);
             }
             Stage::Heap => {
                 span(e.replies.as_ptr().cast(), size_of_val(&e.replies[..]));
-                e.session.lookahead(Lookahead::Heap, span);
+                e.session.lookahead(Lookahead::Heap(visit), span);
             }
             Stage::Flows => {
                 let ours = client_flow.and_then(|f| e.reply_of(f));
@@ -1791,7 +1797,7 @@ impl<IO: BatchIo> Worker<IO> {
     fn service_dirty(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for (i, &slot) in dirty.iter().enumerate() {
-            self.look_ahead(i, |j| dirty.get(j).map(|&s| (s, None)));
+            self.look_ahead(i, Visit::Send, |j| dirty.get(j).map(|&s| (s, None)));
             self.service(now, slot);
         }
         dirty.clear();

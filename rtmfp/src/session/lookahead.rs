@@ -20,16 +20,25 @@ use std::collections::VecDeque;
 
 use crate::ids::FlowId;
 
+/// What a visit does: each needs only its own half of the session's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Sends datagrams (a media message, a transmit poll): the packet encoder's key.
+    Send,
+    /// Takes received datagrams: the packet decoder's key.
+    Receive,
+}
+
 /// One stage of the chain of reads a session's next piece of work makes (see the module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookahead {
-    /// The session's own hot fields (state, addresses, timers, the flow set, the packet
-    /// encoder's and decoder's keys). Reads nothing: the addresses are computed from the
-    /// session's own.
-    Fields,
-    /// What those fields point to: the send flows' table and the shared expanded key. Reads
-    /// the fields.
-    Heap,
+    /// The session's own hot fields (state, addresses, timers, the flow set) and the hot
+    /// fields of the packet encoder (to send) or decoder (to receive, with its round keys).
+    /// Reads nothing: the addresses are computed from the session's own.
+    Fields(Visit),
+    /// What those fields point to: the send flows' table and, to send, the encoder's shared
+    /// expanded key. Reads the fields.
+    Heap(Visit),
     /// The queue slots a send on our send flow `Some(flow)` (or, with `None`, an
     /// acknowledgement for any send flow with something queued or in flight) reads and
     /// writes. Reads the send flows' table.
@@ -154,25 +163,45 @@ mod tests {
         }
 
         // Fields: within the session's own bytes, and a small part of them (not the cold bulk:
-        // the ping body, the keys' software schedules), its flow set among them.
-        let fields = spans(|s| session.lookahead(Lookahead::Fields, &mut |p, l| s(p, l)));
+        // the ping body, the keys' software schedules), its flow set among them; the encoder's
+        // fields to send, the decoder's to receive, never both.
         let base = &session as *const Session as usize;
         let end = base + size_of::<Session>();
-        assert!(fields.iter().all(|&(s, l)| s >= base && s + l <= end));
-        let named: usize = fields.iter().map(|&(_, l)| l).sum();
-        assert!(named < size_of::<Session>() / 3, "{named} bytes named");
-        assert!(covers(&fields, &session.flows));
-        assert!(covers(&fields, &session.last_received));
-        assert!(covers(&fields, &session.far_address));
-        // Every transmit poll reads the mobility probe first.
-        assert!(covers(&fields, &session.mobility_probe));
-
-        // Heap: the send flow table (every flow's struct) and the shared key.
-        let heap = spans(|s| session.lookahead(Lookahead::Heap, &mut |p, l| s(p, l)));
-        for f in [flow, other, idle] {
-            assert!(covers(&heap, session.flows.send_flow(f).unwrap()));
+        let named = |stage| spans(|s| session.lookahead(stage, &mut |p, l| s(p, l)));
+        for visit in [Visit::Send, Visit::Receive] {
+            let fields = named(Lookahead::Fields(visit));
+            assert!(fields.iter().all(|&(s, l)| s >= base && s + l <= end));
+            let bytes: usize = fields.iter().map(|&(_, l)| l).sum();
+            assert!(
+                bytes < size_of::<Session>() / 3,
+                "{visit:?}: {bytes} bytes named"
+            );
+            assert!(covers(&fields, &session.flows));
+            assert!(covers(&fields, &session.last_received));
+            assert!(covers(&fields, &session.far_address));
+            // Every transmit poll reads the mobility probe first.
+            assert!(covers(&fields, &session.mobility_probe));
+            let keys = [
+                spans(|s| session.encoder.lookahead_fields(&mut |p, l| s(p, l))),
+                spans(|s| session.decoder.lookahead_fields(&mut |p, l| s(p, l))),
+            ];
+            let (used, unused) = match visit {
+                Visit::Send => (&keys[0], &keys[1]),
+                Visit::Receive => (&keys[1], &keys[0]),
+            };
+            assert!(used.iter().all(|s| fields.contains(s)), "{visit:?}");
+            assert!(!unused.iter().any(|s| fields.contains(s)), "{visit:?}");
         }
-        assert!(covers(&heap, session.encoder.multi_key().unwrap()));
+
+        // Heap: the send flow table (every flow's struct), and the shared key to send only.
+        let key = session.encoder.multi_key().unwrap();
+        for visit in [Visit::Send, Visit::Receive] {
+            let heap = named(Lookahead::Heap(visit));
+            for f in [flow, other, idle] {
+                assert!(covers(&heap, session.flows.send_flow(f).unwrap()));
+            }
+            assert_eq!(covers(&heap, key), visit == Visit::Send, "{visit:?}");
+        }
 
         // Flows: the queue slots (SendFlow's own test) of one flow, or of every flow with
         // something to send or acknowledge (not the idle one).

@@ -36,7 +36,7 @@ use crate::wire::{
 
 use self::clock::{timestamp, TimestampState};
 use self::flows::{FlowError, FlowSet, SendOptions};
-use self::lookahead::Lookahead;
+use self::lookahead::{Lookahead, Visit};
 use self::mobility::{Mobility, CHALLENGE_LEN};
 
 /// Keepalive pings a silent far end may leave unanswered before the session is closed
@@ -434,16 +434,20 @@ impl Session {
     /// ahead of each visit.
     pub fn lookahead(&self, stage: Lookahead, span: &mut impl FnMut(*const u8, usize)) {
         match stage {
-            Lookahead::Fields => {
+            Lookahead::Fields(visit) => {
                 // The fields every packet reads lead the struct, up to the flow set.
                 let hot = core::mem::offset_of!(Session, flows) + core::mem::size_of::<FlowSet>();
                 span((self as *const Session).cast(), hot);
-                self.encoder.lookahead_fields(span);
-                self.decoder.lookahead_fields(span);
+                match visit {
+                    Visit::Send => self.encoder.lookahead_fields(span),
+                    Visit::Receive => self.decoder.lookahead_fields(span),
+                }
             }
-            Lookahead::Heap => {
+            Lookahead::Heap(visit) => {
                 self.flows.lookahead_table(span);
-                self.encoder.lookahead_heap(span);
+                if visit == Visit::Send {
+                    self.encoder.lookahead_heap(span);
+                }
             }
             Lookahead::Flows(flow) => self.flows.lookahead_flows(flow, span),
         }

@@ -447,3 +447,107 @@ fn on_handshake_sends_a_client_to_another_server() {
     let (b, hb, _) = connected(server.addr, 72, vec![]);
     assert!(b.connected(hb));
 }
+
+#[test]
+fn an_application_publishes_a_stream_of_its_own_that_clients_play() {
+    let app = r#"
+    function onStart() tv = cumulus:publish("tv") end
+    function onConnection(client)
+        function client:feed()
+            tv:pushVideoPacket(0, "\023\000\000\000\000\001")
+            tv:pushAudioPacket(0, "\175\000\018\016")
+            tv:pushVideoPacket(40, "\023\001\000\000\000key")
+            tv:pushAudioPacket(60, "\175\001aac")
+            tv:pushDataPacket("onCue", cumulus:toAMF0("go"))
+            return tv.listeners.count
+        end
+        function client:stop() tv:close() end
+    end
+    "#;
+    let www = sample_www("lua-server-publication");
+    std::fs::write(www.0.join("live/main.lua"), app).unwrap();
+    let server = start_server_on(www, &["--workers", "2"]);
+    let addr = server.addr;
+    let mut players = Vec::new();
+    for seed in [60, 61] {
+        let (mut p, h, nc, flow) = support::live::netstream_client(addr, seed);
+        p.send(h, flow, &command("play", 0.0, vec![Value::str("tv")]));
+        players.push((p, h, nc));
+    }
+    let started = |c: &Client| codes(c).contains(&"NetStream.Play.Start".to_string());
+    {
+        let mut clients: Vec<&mut Client> = players.iter_mut().map(|p| &mut p.0).collect();
+        assert!(run_until(&mut clients, Duration::from_secs(5), |c| c
+            .iter()
+            .all(|c| started(c))));
+    }
+    // A client may not publish the application's name.
+    let (mut rival, rh, _, rflow) = support::live::netstream_client(addr, 62);
+    rival.send(rh, rflow, &command("publish", 0.0, vec![Value::str("tv")]));
+    assert!(run_until(&mut [&mut rival], Duration::from_secs(5), |c| {
+        codes(c[0]).contains(&"NetStream.Publish.BadName".to_string())
+    }));
+    // One call pushes a stream's start: both players get it all, in order.
+    let (feeder, fh, fnc) = &mut players[0];
+    let feed = Command::new("feed", 5.0, Value::Null, vec![])
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    feeder.send(*fh, *fnc, &feed);
+    let kinds = |c: &Client| {
+        c.messages()
+            .iter()
+            .filter_map(|m| TcMessage::parse(m).ok())
+            .filter(|t| matches!(t.kind.0, 0x08 | 0x09 | 0x12))
+            .filter(|t| !t.payload.starts_with(b"\x02\x00\x11|RtmpSampleAccess"))
+            .map(|t| (t.kind.0, t.timestamp, t.payload.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let mut cue = vec![0x02, 0, 5];
+    cue.extend_from_slice(b"onCue");
+    cue.extend_from_slice(&[0x02, 0, 2, b'g', b'o']);
+    let expected = vec![
+        (0x09, 0, vec![0x17, 0, 0, 0, 0, 1]),
+        (0x08, 0, vec![0xAF, 0, 0x12, 0x10]),
+        (0x09, 0, b"\x17\x01\x00\x00\x00key".to_vec()),
+        (0x08, 20, b"\xAF\x01aac".to_vec()),
+        (0x12, 0, cue),
+    ];
+    {
+        let mut clients: Vec<&mut Client> = players.iter_mut().map(|p| &mut p.0).collect();
+        assert!(run_until(&mut clients, Duration::from_secs(5), |c| c
+            .iter()
+            .all(|c| kinds(c).len() >= expected.len())));
+    }
+    for (p, h, _) in &players {
+        assert_eq!(kinds(p), expected, "player {h}");
+    }
+    let answer = players[0]
+        .0
+        .messages()
+        .iter()
+        .filter_map(|m| command_reply(m))
+        .find(|r| r.1 == 5.0);
+    assert_eq!(
+        answer.map(|r| (r.0, r.2)),
+        Some(("_result".to_string(), Value::Number(2.0))),
+        "feed answers the listeners' count"
+    );
+    // Closing it tells the players; the name is then free for a client.
+    let (closer, ch, cnc) = &mut players[1];
+    let stop = Command::new("stop", 6.0, Value::Null, vec![])
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    closer.send(*ch, *cnc, &stop);
+    {
+        let mut clients: Vec<&mut Client> = players.iter_mut().map(|p| &mut p.0).collect();
+        assert!(run_until(&mut clients, Duration::from_secs(5), |c| c
+            .iter()
+            .all(
+                |c| codes(c).contains(&"NetStream.Play.UnpublishNotify".to_string())
+            )));
+    }
+    rival.send(rh, rflow, &command("publish", 0.0, vec![Value::str("tv")]));
+    assert!(run_until(&mut [&mut rival], Duration::from_secs(5), |c| {
+        codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
+    }));
+}

@@ -94,6 +94,33 @@ pub enum AppAction {
         /// Whether to send it.
         enabled: bool,
     },
+    /// The server publishes the stream `name` of application `app` itself
+    /// (`cumulus:publish`); the applications checked that nobody publishes it.
+    Publish {
+        /// The application path.
+        app: String,
+        /// The stream name.
+        name: String,
+    },
+    /// End the server's own publication of `name` in `app` (`publication:close()`).
+    Unpublish {
+        /// The application path.
+        app: String,
+        /// The stream name.
+        name: String,
+    },
+    /// Feed a media message to the subscribers of stream `name` in `app`, published by the
+    /// server or by a client (`publication:pushAudioPacket`, `pushVideoPacket`,
+    /// `pushDataPacket`).
+    Push {
+        /// The application path.
+        app: String,
+        /// The stream name.
+        name: String,
+        /// A whole TC message (type, timestamp, body; RFC 7425 §5.1.1), at most
+        /// [`crate::ipc::MAX_FLASH_MESSAGE`] bytes.
+        message: Vec<u8>,
+    },
     /// Tell a client that plays a stream whether it may read the stream's samples
     /// (`listener.audioSampleAccess`, `listener.videoSampleAccess`: a `|RtmpSampleAccess` data
     /// message).

@@ -96,6 +96,8 @@ const TAG_DOWN_NET_STATE: u8 = 0x8F;
 const TAG_DOWN_BLACKLIST: u8 = 0x90;
 const TAG_DOWN_FORWARD_IHELLO: u8 = 0x91;
 const TAG_DOWN_GROUP_MEMBERS: u8 = 0x92;
+const TAG_DOWN_SERVER_PUBLISH: u8 = 0x93;
+const TAG_DOWN_MEDIA: u8 = 0x94;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -411,6 +413,24 @@ pub enum Down {
         stream: u32,
         /// The stream's key (application path and name), reported back after a control restart.
         key: String,
+    },
+    /// The server itself now publishes stream `stream` here: an application's publication
+    /// (`cumulus:publish`), fed by [`Down::Media`], with no session behind it.
+    ServerPublish {
+        /// The stream.
+        stream: u32,
+        /// The stream's key (application path and name).
+        key: String,
+    },
+    /// A media message an application pushes into stream `stream`, published here
+    /// (`publication:pushAudioPacket`, `pushVideoPacket`, `pushDataPacket`): a whole TC
+    /// message (type, timestamp, body; RFC 7425 §5.1.1), fed to the stream's subscribers as
+    /// its publisher's would be.
+    Media {
+        /// The stream.
+        stream: u32,
+        /// The message, at most [`MAX_FLASH_MESSAGE`] bytes.
+        message: Vec<u8>,
     },
     /// Stream `stream` is no longer published here.
     Unpublish {
@@ -754,6 +774,14 @@ impl Down {
                 key: r.string("stream key", MAX_STREAM_KEY)?,
             },
             TAG_DOWN_UNPUBLISH => Down::Unpublish { stream: r.u32()? },
+            TAG_DOWN_SERVER_PUBLISH => Down::ServerPublish {
+                stream: r.u32()?,
+                key: r.string("stream key", MAX_STREAM_KEY)?,
+            },
+            TAG_DOWN_MEDIA => Down::Media {
+                stream: r.u32()?,
+                message: r.bytes("media message", MAX_FLASH_MESSAGE)?.to_vec(),
+            },
             TAG_DOWN_BLACKLIST => Down::Blacklist {
                 add: r.bool("blacklist add")?,
                 prefix: r.string("blacklist entry", MAX_BLACKLIST_ENTRY)?,
@@ -882,6 +910,16 @@ impl Down {
             Down::Unpublish { stream } => {
                 w.u8(TAG_DOWN_UNPUBLISH)?;
                 w.u32(*stream)
+            }
+            Down::ServerPublish { stream, key } => {
+                w.u8(TAG_DOWN_SERVER_PUBLISH)?;
+                w.u32(*stream)?;
+                w.bytes("stream key", key.as_bytes(), MAX_STREAM_KEY)
+            }
+            Down::Media { stream, message } => {
+                w.u8(TAG_DOWN_MEDIA)?;
+                w.u32(*stream)?;
+                w.bytes("media message", message, MAX_FLASH_MESSAGE)
             }
             Down::Blacklist { add, prefix } => {
                 w.u8(TAG_DOWN_BLACKLIST)?;
@@ -1935,6 +1973,10 @@ mod tests {
                 }
             ),
             any::<u32>().prop_map(|stream| Down::Unpublish { stream }),
+            (any::<u32>(), "[a-z/]{0,40}")
+                .prop_map(|(stream, key)| Down::ServerPublish { stream, key }),
+            (any::<u32>(), arb_bytes(2048))
+                .prop_map(|(stream, message)| Down::Media { stream, message }),
             (any::<bool>(), "\\PC{0,16}").prop_map(|(add, prefix)| Down::Blacklist { add, prefix }),
             (
                 any::<u32>(),
@@ -2039,7 +2081,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_GROUP_LEAVE, TAG_DOWN_WELCOME..=TAG_DOWN_GROUP_MEMBERS],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_GROUP_LEAVE, TAG_DOWN_WELCOME..=TAG_DOWN_MEDIA],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

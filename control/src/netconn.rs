@@ -17,7 +17,7 @@ use crate::apps::{
 };
 use crate::ids::SessionIdParts;
 use crate::ipc::{Down, Failure, NetState, QosEntry, StreamEntry};
-use crate::streams::{sample_access, Ended, Routed, Streams};
+use crate::streams::{sample_access, stream_key, Ended, Routed, Streams};
 
 /// A client's NetConnection state.
 #[derive(Debug, Clone)]
@@ -401,6 +401,20 @@ impl NetConnections {
                         out.push((owner(session), d));
                     }
                 }
+                AppAction::Publish { app, name } => {
+                    match self.streams.publish_server(&stream_key(&app, &name), &name) {
+                        Ok(routed) => out.extend(routed),
+                        // The applications check names first; a publication from before a
+                        // control-process restart, which they do not know, can still hold it.
+                        Err(e) => tracing::warn!(app, name, error = %e, "server publication"),
+                    }
+                }
+                AppAction::Unpublish { app, name } => {
+                    out.extend(self.streams.unpublish_server(&stream_key(&app, &name)));
+                }
+                AppAction::Push { app, name, message } => {
+                    out.extend(self.streams.push(&stream_key(&app, &name), message));
+                }
                 AppAction::SampleAccess {
                     session,
                     name,
@@ -527,10 +541,7 @@ impl NetConnections {
         if stream_id != 0 && stream_room {
             client.stream_flows.insert(stream_id, flow);
         }
-        let key = |name: &str| {
-            let app = client.app.as_deref().unwrap_or("");
-            format!("{app}/{name}")
-        };
+        let key = |name: &str| stream_key(client.app.as_deref().unwrap_or(""), name);
         let encode = |c: Command<'_>| c.to_message(ObjectEncoding::Amf0, 0).into_iter().collect();
         match command {
             // One NetConnection per session: a second `connect` is refused, the first stands.
@@ -1293,6 +1304,53 @@ mod tests {
             ]
         );
         assert_eq!(actions.len(), 5);
+    }
+
+    #[test]
+    fn an_applications_own_publication_is_published_fed_and_ended() {
+        let action = |a: AppAction| {
+            let (mut n, _) = logged(vec![a]);
+            n.take_actions()
+        };
+        let (app, name) = (String::from("live"), String::from("tv"));
+        let (mut n, _) = logged(vec![
+            AppAction::Publish {
+                app: app.clone(),
+                name: name.clone(),
+            },
+            AppAction::Push {
+                app: app.clone(),
+                name: name.clone(),
+                message: vec![8, 0, 0, 0, 1, 0xAF],
+            },
+            AppAction::Push {
+                app: app.clone(),
+                name: "other".into(),
+                message: vec![8, 0, 0, 0, 1, 0xAF],
+            },
+            AppAction::Unpublish {
+                app: app.clone(),
+                name: name.clone(),
+            },
+        ]);
+        let out = n.take_actions();
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    (0, Down::ServerPublish { stream, key }),
+                    (0, Down::Media { stream: fed, message }),
+                    (0, Down::Unpublish { stream: ended }),
+                ] if key == "live/tv" && fed == stream && ended == stream && message[0] == 8
+            ),
+            "{out:?}"
+        );
+        // Nothing to end, nothing to feed: nothing sent.
+        assert!(action(AppAction::Unpublish {
+            app: app.clone(),
+            name: name.clone()
+        })
+        .is_empty());
     }
 
     #[test]

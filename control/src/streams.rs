@@ -32,6 +32,16 @@ pub fn sample_access(audio: bool, video: bool) -> Vec<u8> {
 /// A NetStream of a client: its session and the client's flow for it.
 type StreamFlow = (u32, u64);
 
+/// A stream's key: its application path and name (names are per application).
+pub fn stream_key(app: &str, name: &str) -> String {
+    format!("{app}/{name}")
+}
+
+/// The session of a publication the server itself makes (`cumulus:publish`): 0 is no
+/// session's ID (it marks startup packets, RFC 7016 §2.2.2), and names worker 0, where such
+/// publications live. Its flow is the stream's number.
+const SERVER_SESSION: u32 = 0;
+
 #[derive(Debug)]
 struct Stream {
     id: u32,
@@ -186,10 +196,7 @@ impl Streams {
                 previous.push((worker_of(from.0), Down::Unpublish { stream: s.id }));
             }
         }
-        let s = self.stream(key, name);
-        s.publisher = Some(from);
-        let id = s.id;
-        let publisher_worker = worker_of(from.0);
+        let id = self.stream(key, name).id;
         let mut out = previous;
         out.extend([
             reply(
@@ -201,7 +208,7 @@ impl Streams {
                 )],
             ),
             (
-                publisher_worker,
+                worker_of(from.0),
                 Down::Publish {
                     session_id: from.0,
                     flow: from.1,
@@ -210,6 +217,61 @@ impl Streams {
                 },
             ),
         ]);
+        out.extend(self.announce(key, from));
+        Ok(out)
+    }
+
+    /// `cumulus:publish(name)`: the server publishes the stream `key` (application and name)
+    /// itself, on worker 0, fed by [`Streams::push`]. `Err` when the name is already
+    /// published.
+    pub fn publish_server(&mut self, key: &str, name: &str) -> Result<Vec<Routed>, PublishError> {
+        if self.by_key.get(key).is_some_and(|s| s.publisher.is_some()) {
+            return Err(PublishError::NameTaken);
+        }
+        let id = self.stream(key, name).id;
+        let mut out = vec![(
+            worker_of(SERVER_SESSION),
+            Down::ServerPublish {
+                stream: id,
+                key: key.to_string(),
+            },
+        )];
+        out.extend(self.announce(key, (SERVER_SESSION, u64::from(id))));
+        Ok(out)
+    }
+
+    /// Ends the server's own publication of the stream `key`, if it has one.
+    pub fn unpublish_server(&mut self, key: &str) -> Vec<Routed> {
+        match self.by_key.get(key).and_then(|s| s.publisher) {
+            Some(p) if p.0 == SERVER_SESSION => self.stop(p),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A media message an application pushes into the stream `key`, for the worker where it
+    /// is published; `None` when nobody publishes it.
+    pub fn push(&self, key: &str, message: Vec<u8>) -> Option<Routed> {
+        let s = self.by_key.get(key)?;
+        let p = s.publisher?;
+        Some((
+            worker_of(p.0),
+            Down::Media {
+                stream: s.id,
+                message,
+            },
+        ))
+    }
+
+    /// Makes `from` the publisher of the (existing) stream `key`: routes to the workers of its
+    /// subscribers and tells those it is published.
+    fn announce(&mut self, key: &str, from: StreamFlow) -> Vec<Routed> {
+        let Some(s) = self.by_key.get_mut(key) else {
+            return Vec::new();
+        };
+        s.publisher = Some(from);
+        let (id, name) = (s.id, &s.name);
+        let publisher_worker = worker_of(from.0);
+        let mut out = Vec::new();
         let mut workers: Vec<usize> = s.subscribers.iter().map(|f| worker_of(f.0)).collect();
         workers.sort_unstable();
         workers.dedup();
@@ -231,7 +293,7 @@ impl Streams {
         for &sub in &s.subscribers {
             out.push(reply(sub, vec![notify.clone()]));
         }
-        Ok(out)
+        out
     }
 
     /// `play(name)` from `to` for the stream `key`; `unbuffered` starts at the next key frame.
@@ -302,14 +364,16 @@ impl Streams {
                     publisher: true,
                 });
                 out.push((worker_of(flow.0), Down::Unpublish { stream: s.id }));
-                out.push(reply(
-                    flow,
-                    vec![status_message(
-                        status::LEVEL_STATUS,
-                        status::UNPUBLISH_SUCCESS,
-                        &format!("{} is now unpublished", s.name),
-                    )],
-                ));
+                if flow.0 != SERVER_SESSION {
+                    out.push(reply(
+                        flow,
+                        vec![status_message(
+                            status::LEVEL_STATUS,
+                            status::UNPUBLISH_SUCCESS,
+                            &format!("{} is now unpublished", s.name),
+                        )],
+                    ));
+                }
                 let notify = status_message(
                     status::LEVEL_STATUS,
                     status::PLAY_UNPUBLISH_NOTIFY,
@@ -480,6 +544,66 @@ mod tests {
         // A second subscriber on the publisher's own worker needs no route.
         let out = s.play("live/cam", "cam", SUB0, false);
         assert!(!out.iter().any(|(_, d)| matches!(d, Down::Route { .. })));
+    }
+
+    #[test]
+    fn the_server_publishes_on_worker_0_and_its_pushes_reach_it() {
+        let mut s = Streams::new();
+        s.play("live/tv", "tv", SUB1, false);
+        assert_eq!(s.push("live/tv", vec![1]), None, "nobody publishes it yet");
+        let out = s.publish_server("live/tv", "tv").unwrap();
+        assert!(matches!(
+            &out[0],
+            (0, Down::ServerPublish { stream: 1, key }) if key == "live/tv"
+        ));
+        assert_eq!(codes(&out, SUB1), [status::PLAY_PUBLISH_NOTIFY]);
+        assert!(out.iter().any(|(w, d)| *w == 0
+            && matches!(
+                d,
+                Down::Route {
+                    stream: 1,
+                    worker: 1,
+                    add: true
+                }
+            )));
+        // Neither the server nor a client may take the name again.
+        assert_eq!(
+            s.publish_server("live/tv", "tv"),
+            Err(PublishError::NameTaken)
+        );
+        assert!(s.publish("live/tv", "tv", PUB).is_err());
+        assert_eq!(
+            s.push("live/tv", vec![8, 0, 0, 0, 0]),
+            Some((
+                0,
+                Down::Media {
+                    stream: 1,
+                    message: vec![8, 0, 0, 0, 0]
+                }
+            ))
+        );
+        // A player arriving later is routed from worker 0 too.
+        let out = s.play("live/tv", "tv", (0x0101_0002, 3), false);
+        assert!(!out.iter().any(|(_, d)| matches!(d, Down::Route { .. })));
+        // The end: the players are told, nothing is sent to the server's "session", and the
+        // name is free again.
+        assert!(s.unpublish_server("live/cam").is_empty());
+        let out = s.unpublish_server("live/tv");
+        assert_eq!(codes(&out, SUB1), [status::PLAY_UNPUBLISH_NOTIFY]);
+        assert!(out
+            .iter()
+            .any(|(w, d)| *w == 0 && matches!(d, Down::Unpublish { stream: 1 })));
+        assert!(!out
+            .iter()
+            .any(|(_, d)| matches!(d, Down::Reply { session_id: 0, .. })));
+        assert_eq!(s.push("live/tv", vec![1]), None);
+        assert!(s.publish("live/tv", "tv", PUB).is_ok());
+        // A client's publication is not the server's to end, but takes pushes.
+        assert!(s.unpublish_server("live/tv").is_empty());
+        assert!(matches!(
+            s.push("live/tv", vec![9]),
+            Some((0, Down::Media { stream: 1, .. }))
+        ));
     }
 
     #[test]

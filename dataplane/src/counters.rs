@@ -93,6 +93,11 @@ counters! {
         control_links,
         /// Media messages received from publishers on this worker.
         media_published,
+        /// Media messages applications pushed into streams published on this worker.
+        media_pushed,
+        /// Pushed media messages dropped: the stream is not published here (any more), or the
+        /// message is not media.
+        drop_media_pushed,
         /// Media messages handed to other workers.
         media_out,
         /// Media messages received from other workers.

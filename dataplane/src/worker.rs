@@ -345,6 +345,8 @@ struct StreamState {
     /// Routes that lost messages to a full queue and owe their worker a gap mark.
     gapped: Vec<u8>,
     published: bool,
+    /// Published by the server itself (an application's `cumulus:publish`), not a session.
+    by_server: bool,
     /// Application path and name, reported to a restarted control plane.
     key: String,
     messages: u64,
@@ -700,6 +702,7 @@ impl<IO: BatchIo> Worker<IO> {
         // What waited for the old control plane is moot: the new one gets a resync.
         self.outbox.clear();
         self.outbox_bytes = 0;
+        self.end_server_streams();
         self.counters.control_links += 1;
         let workers = u8::try_from(self.shared.wakers.len()).unwrap_or(u8::MAX);
         self.send_up(&Up::Hello {
@@ -951,9 +954,28 @@ impl<IO: BatchIo> Worker<IO> {
                     }
                     let state = self.streams.entry(stream).or_default();
                     state.published = true;
+                    state.by_server = false;
                     state.key = key;
                     state.cache.clear();
                     state.restart_clock();
+                }
+            }
+            Down::ServerPublish { stream, key } => {
+                let state = self.streams.entry(stream).or_default();
+                state.published = true;
+                state.by_server = true;
+                state.key = key;
+                state.cache.clear();
+                state.restart_clock();
+            }
+            Down::Media { stream, message } => {
+                let published = self.streams.get(&stream).is_some_and(|s| s.published);
+                match prepare(message).filter(|_| published) {
+                    Some(message) => {
+                        self.counters.media_pushed += 1;
+                        self.on_media(now, stream, message, true, Flush::Now);
+                    }
+                    None => self.counters.drop_media_pushed += 1,
                 }
             }
             Down::Unpublish { stream } => self.unpublish(stream),
@@ -1691,11 +1713,26 @@ impl<IO: BatchIo> Worker<IO> {
             .retain(|_, s| !s.subscribers.is_empty() || !s.routes.is_empty() || s.published);
     }
 
+    /// Unpublishes the server's own publications: they ended with the applications that made
+    /// them (a new control process, met at a new link, starts its scripts afresh).
+    fn end_server_streams(&mut self) {
+        let ended: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.by_server)
+            .map(|(&id, _)| id)
+            .collect();
+        for stream in ended {
+            self.unpublish(stream);
+        }
+    }
+
     fn unpublish(&mut self, stream: u32) {
         self.publishing.retain(|_, s| *s != stream);
         self.publishing_ns.retain(|_, s| *s != stream);
         if let Some(state) = self.streams.get_mut(&stream) {
             state.published = false;
+            state.by_server = false;
             state.cache.clear();
             state.restart_clock();
             for &w in &state.routes {
@@ -2127,6 +2164,50 @@ mod tests {
         m.extend_from_slice(&ts.to_be_bytes());
         m.extend_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
         Arc::from(m)
+    }
+
+    #[test]
+    fn pushed_media_feeds_a_stream_published_here_until_the_server_publication_ends() {
+        const STREAM: u32 = 5;
+        let (own_tx, _own_rx) = crossbeam_channel::bounded(8);
+        let (to_1, from_0) = crossbeam_channel::bounded(8);
+        let mut w = worker(0, vec![own_tx, to_1], 2);
+        let media = |stream| Down::Media {
+            stream,
+            message: video(40, true).to_vec(),
+        };
+        // Not published here yet: dropped.
+        w.on_down(media(STREAM));
+        assert_eq!(w.counters.drop_media_pushed, 1);
+        w.on_down(Down::ServerPublish {
+            stream: STREAM,
+            key: "live/tv".into(),
+        });
+        w.on_down(Down::Route {
+            stream: STREAM,
+            worker: 1,
+            add: true,
+        });
+        w.on_down(media(STREAM));
+        assert_eq!(w.counters.media_pushed, 1);
+        let items: Vec<MediaItem> = from_0.try_iter().collect();
+        assert_eq!(items.len(), 1);
+        assert_eq!(&items[0].message[..], &video(40, true)[..]);
+        // What is not media is not pushed.
+        w.on_down(Down::Media {
+            stream: STREAM,
+            message: vec![0x14, 0, 0, 0, 0, 0x05],
+        });
+        assert_eq!(w.counters.drop_media_pushed, 2);
+        // A new control process: the server's publications are over, and the other worker hears
+        // that the publisher left.
+        w.end_server_streams();
+        assert!(!w.streams[&STREAM].published);
+        let items: Vec<MediaItem> = from_0.try_iter().collect();
+        assert_eq!(items.len(), 1);
+        assert!(items[0].message.is_empty());
+        w.on_down(media(STREAM));
+        assert_eq!(w.counters.drop_media_pushed, 3);
     }
 
     #[test]

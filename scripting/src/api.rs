@@ -4,20 +4,21 @@
 //! serialisers and the hashes are native.
 //!
 //! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
-//! `cumulus:publish` (server-side publications), the TCP/UDP socket factories, `sendMail`,
-//! and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
+//! the TCP/UDP socket factories, `sendMail`, and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
 //! data plane, never crossing into the control process).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use md5::Md5;
 use mlua::{FromLuaMulti, Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
 use rtmfp::amf::{amf0, EncodeError, Value};
+use rtmfp::flash::message::{MessageType, TcMessage};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
-use updraft_control::ipc::QosEntry;
+use updraft_control::ipc::{QosEntry, MAX_FLASH_MESSAGE};
+use updraft_control::streams::stream_key;
 
 use crate::convert::{to_lua, FromLua};
 
@@ -31,13 +32,27 @@ pub const MAX_PENDING_ACTIONS: usize = 65_536;
 /// Most bytes of strings the queued calls may carry between two drains.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// What scripts asked for since the control plane last took it.
+/// What scripts asked for since the control plane last took it, and what the native
+/// functions need to know of the host.
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// The actions, in order.
     pub actions: Vec<AppAction>,
     /// Bytes of strings they carry.
     pub bytes: usize,
+    /// The application whose script runs (set by the host before each call into Lua).
+    pub app: String,
+    /// The keys ([`stream_key`]) of the streams published through the applications: by the
+    /// clients they accepted, and by the applications themselves (`cumulus:publish`).
+    pub published: HashSet<String>,
+}
+
+impl Outbox {
+    /// Takes the queued actions.
+    pub fn take_actions(&mut self) -> Vec<AppAction> {
+        self.bytes = 0;
+        std::mem::take(&mut self.actions)
+    }
 }
 
 /// The host's handles on the API's Lua objects.
@@ -136,6 +151,30 @@ fn queue<A: FromLuaMulti>(
         }
         Ok(())
     })
+}
+
+/// The bytes of `data` from `offset` on (Cumulus's optional start of a pushed packet).
+fn from_offset(data: &[u8], offset: Option<usize>) -> mlua::Result<&[u8]> {
+    data.get(offset.unwrap_or(0)..)
+        .ok_or_else(|| mlua::Error::RuntimeError("offset past the end of the packet".into()))
+}
+
+/// Queues `message` (a whole TC message) for the stream `name` of `app`; an error if it is
+/// larger than a media message may be.
+fn push_media(
+    outbox: &Mutex<Outbox>,
+    app: String,
+    name: String,
+    message: Vec<u8>,
+) -> mlua::Result<()> {
+    if message.len() > MAX_FLASH_MESSAGE {
+        return Err(mlua::Error::RuntimeError(format!(
+            "a pushed packet is at most {MAX_FLASH_MESSAGE} bytes"
+        )));
+    }
+    let bytes = message.len();
+    push(outbox, AppAction::Push { app, name, message }, bytes);
+    Ok(())
 }
 
 /// A Lua function answering the digest `D` of its arguments, one after the other (binary).
@@ -257,6 +296,93 @@ fn natives(
             },
         )?,
     )?;
+    // `cumulus:publish(name)`: answers the running application's path, or nil when the name
+    // is published already (by a client, or by an application).
+    let o = Arc::clone(outbox);
+    n.set(
+        "publish",
+        lua.create_function(move |_, name: String| {
+            let Ok(mut ob) = o.lock() else {
+                return Ok(None);
+            };
+            let app = ob.app.clone();
+            if !ob.published.insert(stream_key(&app, &name)) {
+                tracing::debug!(app, name, "cumulus:publish: the name is published already");
+                return Ok(None);
+            }
+            drop(ob);
+            push(
+                &o,
+                AppAction::Publish {
+                    app: app.clone(),
+                    name,
+                },
+                0,
+            );
+            Ok(Some(app))
+        })?,
+    )?;
+    n.set(
+        "unpublish",
+        queue(lua, outbox, |(app, name): (String, String)| {
+            vec![AppAction::Unpublish { app, name }]
+        })?,
+    )?;
+    // Audio and video: `pushAudioPacket(time, data[, offset])`, as the message type `kind`.
+    let o = Arc::clone(outbox);
+    n.set(
+        "push",
+        lua.create_function(
+            move |_,
+                  (app, name, kind, time, data, offset): (
+                String,
+                String,
+                u8,
+                u32,
+                mlua::String,
+                Option<usize>,
+            )| {
+                let data = data.as_bytes();
+                let message = TcMessage {
+                    kind: MessageType(kind),
+                    timestamp: time,
+                    payload: from_offset(&data, offset)?,
+                }
+                .to_vec();
+                push_media(&o, app, name, message)
+            },
+        )?,
+    )?;
+    // `pushDataPacket(handler, data[, offset])`: an AMF0 data message, the handler's name then
+    // the packet's AMF values as they are.
+    let o = Arc::clone(outbox);
+    n.set(
+        "pushData",
+        lua.create_function(
+            move |_,
+                  (app, name, handler, data, offset): (
+                String,
+                String,
+                String,
+                mlua::String,
+                Option<usize>,
+            )| {
+                let data = data.as_bytes();
+                let mut payload = Vec::new();
+                amf0::Writer::new(&mut payload)
+                    .write_value(&Value::str(&handler))
+                    .map_err(|e| mlua::Error::RuntimeError(e.to_string()))?;
+                payload.extend_from_slice(from_offset(&data, offset)?);
+                let message = TcMessage {
+                    kind: MessageType::AMF0_DATA,
+                    timestamp: 0,
+                    payload: &payload,
+                }
+                .to_vec();
+                push_media(&o, app, name, message)
+            },
+        )?,
+    )?;
     n.set(
         "addToBlacklist",
         queue(lua, outbox, |args: Variadic<LuaValue>| {
@@ -371,10 +497,24 @@ impl Api {
         self.host_fn("remove_client")?.call(client.clone())
     }
 
-    /// A publication object for `name`, published by `client` (not yet in
-    /// `cumulus.publications`), and the editor of its `listeners`.
-    pub fn new_publication(&self, name: &str, client: &Table) -> mlua::Result<(Table, Table)> {
-        self.host_fn("publication")?.call((name, client.clone()))
+    /// A publication object for the stream `name` of application `app`, published by
+    /// `client` (not yet in `cumulus.publications`), and the editor of its `listeners`.
+    pub fn new_publication(
+        &self,
+        name: &str,
+        client: Option<&Table>,
+        app: &str,
+    ) -> mlua::Result<(Table, Table)> {
+        self.host_fn("publication")?
+            .call((name, client.cloned(), app))
+    }
+
+    /// The publication `cumulus:publish` made for the stream `key` (and the editor of its
+    /// `listeners`), taken from the prelude; `None` if it made none.
+    pub fn take_made(&self, key: &str) -> mlua::Result<Option<(Table, Table)>> {
+        let (table, admin): (Option<Table>, Option<Table>) =
+            self.host_fn("take_made")?.call(key)?;
+        Ok(table.zip(admin))
     }
 
     /// Adds an accepted publication to `cumulus.publications`.

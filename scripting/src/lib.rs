@@ -25,9 +25,11 @@
 //!
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
-//! `addToBlacklist`, `removeFromBlacklist`), the client (`id`, `rawId`, `path`, `address`,
+//! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
+//! application's own), the client (`id`, `rawId`, `path`, `address`,
 //! `pageUrl`, `swfUrl`, `flashVersion`, the connect URL's query parameters, `writer`), the
-//! writer (`writeAMFMessage`, `writeStatusResponse`, `close`), publications and listeners
+//! writer (`writeAMFMessage`, `writeStatusResponse`, `close`), publications (with the push
+//! API: `pushAudioPacket`, `pushVideoPacket`, `pushDataPacket`, `flush`) and listeners
 //! (with their QOS objects and the listener's `receiveAudio`, `receiveVideo` and sample access
 //! switches), and the logging functions `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
 //!
@@ -51,6 +53,8 @@ use updraft_control::apps::{
     APP_SCRIPT,
 };
 use updraft_control::ipc::QosEntry;
+
+use updraft_control::streams::stream_key;
 
 use crate::api::{Api, Outbox};
 use crate::convert::{from_lua, to_lua};
@@ -80,20 +84,22 @@ struct App {
     error: Option<String>,
 }
 
-/// A publication the applications accepted.
+/// A publication the applications accepted, or made.
 struct Publication {
+    /// Its application's path.
+    app: String,
+    /// The stream name.
+    name: String,
     table: Table,
     /// The editor of its `listeners` collection.
     listeners: Table,
-    /// The publisher's session.
+    /// The publisher's session; [`SERVER`] for the applications' own (`cumulus:publish`).
     session: u32,
 }
 
-/// A stream's key in the applications: its application and name (names are per application,
-/// as the stream directory has them).
-fn stream_key(app: &str, name: &str) -> String {
-    format!("{app}/{name}")
-}
+/// The "session" of the applications' own publications: 0 is no session's ID (RFC 7016
+/// §2.2.2).
+const SERVER: u32 = 0;
 
 /// A connected client.
 struct Client {
@@ -248,10 +254,15 @@ impl LuaApps {
         self.time_limit = limit;
     }
 
-    /// Runs `f` under the time limit.
-    fn timed<R>(&self, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
+    /// Runs `f`, a script of application `app`, under the time limit.
+    fn timed<R>(&self, app: &str, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
         if let Ok(mut d) = self.deadline.lock() {
             *d = Some(std::time::Instant::now() + self.time_limit);
+        }
+        if let Ok(mut o) = self.outbox.lock() {
+            if o.app != app {
+                o.app = app.to_string();
+            }
         }
         let r = f();
         if let Ok(mut d) = self.deadline.lock() {
@@ -281,8 +292,8 @@ impl LuaApps {
             .collect()
     }
 
-    fn invoke(&self, f: &Function, args: impl IntoLuaMulti) -> mlua::Result<MultiValue> {
-        self.timed(|| f.call::<MultiValue>(args))
+    fn invoke(&self, app: &str, f: &Function, args: impl IntoLuaMulti) -> mlua::Result<MultiValue> {
+        self.timed(app, || f.call::<MultiValue>(args))
     }
 
     /// The application `path`, loaded or reloaded as its `main.lua` requires.
@@ -339,7 +350,7 @@ impl LuaApps {
             let loaded = std::fs::read(file)
                 .map_err(|e| mlua::Error::RuntimeError(format!("cannot read {APP_SCRIPT}: {e}")))
                 .and_then(|code| {
-                    self.timed(|| {
+                    self.timed(path, || {
                         self.lua
                             .load(code)
                             .set_name(format!("@{}", file.display()))
@@ -396,6 +407,23 @@ impl LuaApps {
                 self.event(&env, "onStop", path, (path,));
             }
         }
+        // Its own publications end with it: at once in its books (so that a reloaded script
+        // may publish the names again), and in the stream directory with the next actions.
+        let own: Vec<String> = self
+            .publications
+            .values()
+            .filter(|p| p.session == SERVER && p.app == path)
+            .map(|p| p.name.clone())
+            .collect();
+        for name in own {
+            self.end_server_publication(&stream_key(path, &name));
+            if let Ok(mut o) = self.outbox.lock() {
+                o.actions.push(AppAction::Unpublish {
+                    app: path.to_string(),
+                    name,
+                });
+            }
+        }
     }
 
     /// Unloads `path` (its `main.lua` is gone) and the applications under it: `onStop` runs
@@ -435,7 +463,7 @@ impl LuaApps {
         app: &str,
         args: impl IntoLuaMulti,
     ) -> Option<MultiValue> {
-        self.event_result(env, name, args).unwrap_or_else(|e| {
+        self.event_result(env, app, name, args).unwrap_or_else(|e| {
             tracing::error!(app, event = name, error = %e, "script error");
             None
         })
@@ -446,11 +474,12 @@ impl LuaApps {
     fn event_result(
         &self,
         env: &Table,
+        app: &str,
         name: &str,
         args: impl IntoLuaMulti,
     ) -> mlua::Result<Option<MultiValue>> {
         match env.get::<LuaValue>(name) {
-            Ok(LuaValue::Function(f)) => self.invoke(&f, args).map(Some),
+            Ok(LuaValue::Function(f)) => self.invoke(app, &f, args).map(Some),
             _ => Ok(None),
         }
     }
@@ -491,6 +520,67 @@ impl LuaApps {
             .env_of(&c.app)
             .ok_or_else(|| format!("application '{}' is not running", c.app))?;
         Ok((c.table.clone(), env))
+    }
+
+    /// Makes `publication` (with `admin`, its listeners' editor) the publication of `name` in
+    /// `app`, by `session`: the listeners waiting for the name join it, and it is in
+    /// `cumulus.publications`.
+    fn accept_publication(
+        &mut self,
+        app: &str,
+        name: &str,
+        publication: Table,
+        admin: Table,
+        session: u32,
+    ) -> mlua::Result<()> {
+        for (&s, c) in &self.clients {
+            if c.app != app {
+                continue;
+            }
+            if let Some(listener) = c.listeners.get(name) {
+                let _ = listener.set("publication", publication.clone());
+                let _ = api::add_listener(&admin, s, listener);
+            }
+        }
+        self.api.add_publication(name, &publication)?;
+        let key = stream_key(app, name);
+        if let Ok(mut o) = self.outbox.lock() {
+            o.published.insert(key.clone());
+        }
+        self.publications.insert(
+            key,
+            Publication {
+                app: app.to_string(),
+                name: name.to_string(),
+                table: publication,
+                listeners: admin,
+                session,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes the publication of the stream `key` out of the applications' books (not out of
+    /// `cumulus.publications`: the caller does that, after any event about it).
+    fn forget(&mut self, key: &str) -> Option<Publication> {
+        let p = self.publications.remove(key)?;
+        if let Ok(mut o) = self.outbox.lock() {
+            o.published.remove(key);
+        }
+        Some(p)
+    }
+
+    /// Ends the applications' own publication of the stream `key`, if it is theirs.
+    fn end_server_publication(&mut self, key: &str) {
+        if self
+            .publications
+            .get(key)
+            .is_some_and(|p| p.session == SERVER)
+        {
+            if let Some(p) = self.forget(key) {
+                let _ = self.api.remove_publication(&p.name, &p.table);
+            }
+        }
     }
 
     /// The environment of a connected client's application, if it is still loaded.
@@ -546,7 +636,7 @@ impl Applications for LuaApps {
             Err(e) => return ConnectVerdict::Reject(describe(&e)),
         };
         let call_args = self.arguments(&table, args);
-        let extra = match self.event_result(&env, "onConnection", call_args) {
+        let extra = match self.event_result(&env, client.app, "onConnection", call_args) {
             // An error rejects (an empty message: Cumulus's "client rejected"); any result but
             // a table is ignored, `false` included, as Cumulus does.
             Err(e) => {
@@ -578,7 +668,7 @@ impl Applications for LuaApps {
             Ok(LuaValue::Function(f)) => f,
             _ => return CallOutcome::NotFound,
         };
-        match self.invoke(&f, self.arguments(&c.table, args)) {
+        match self.invoke(&c.app, &f, self.arguments(&c.table, args)) {
             Ok(v) => CallOutcome::Result(v.iter().next().map_or(Value::Null, from_lua)),
             Err(e) => {
                 tracing::debug!(app = %c.app, method, error = %e, "client call failed");
@@ -638,41 +728,20 @@ impl Applications for LuaApps {
         }
         let (publication, admin) = self
             .api
-            .new_publication(name, &table)
+            .new_publication(name, Some(&table), client.app)
             .map_err(|e| describe(&e))?;
-        let answer = self.event_result(&env, "onPublish", (table, publication.clone()));
+        let answer = self.event_result(&env, client.app, "onPublish", (table, publication.clone()));
         match answer.map_err(|e| describe(&e))? {
             Some(v) if refused(&v) => Err(format!("Not allowed to publish {name}")),
-            _ => {
-                // Listeners waiting for the name join it.
-                for (&session, c) in &self.clients {
-                    if c.app != client.app {
-                        continue;
-                    }
-                    if let Some(listener) = c.listeners.get(name) {
-                        let _ = listener.set("publication", publication.clone());
-                        let _ = api::add_listener(&admin, session, listener);
-                    }
-                }
-                self.api
-                    .add_publication(name, &publication)
-                    .map_err(|e| describe(&e))?;
-                self.publications.insert(
-                    key,
-                    Publication {
-                        table: publication,
-                        listeners: admin,
-                        session: client.session,
-                    },
-                );
-                Ok(())
-            }
+            _ => self
+                .accept_publication(client.app, name, publication, admin, client.session)
+                .map_err(|e| describe(&e)),
         }
     }
 
     fn unpublish(&mut self, client: &ClientInfo<'_>, name: &str) {
         let key = stream_key(client.app, name);
-        let Some(p) = self.publications.remove(&key) else {
+        let Some(p) = self.forget(&key) else {
             return;
         };
         if let Some(c) = self.clients.get(&client.session) {
@@ -692,7 +761,7 @@ impl Applications for LuaApps {
             .api
             .new_listener(client.session, name, &table, publication.map(|p| &p.table))
             .map_err(|e| describe(&e))?;
-        let answer = self.event_result(&env, "onSubscribe", (table, listener.clone()));
+        let answer = self.event_result(&env, client.app, "onSubscribe", (table, listener.clone()));
         match answer.map_err(|e| describe(&e))? {
             Some(v) if refused(&v) => Err(format!("Not authorized to play {name}")),
             _ => {
@@ -748,7 +817,7 @@ impl Applications for LuaApps {
         for (path, env) in self.working_apps() {
             // Only the applications that define it (not inherited).
             if let Ok(LuaValue::Function(f)) = env.raw_get::<LuaValue>("onManage") {
-                if let Err(e) = self.invoke(&f, ()) {
+                if let Err(e) = self.invoke(&path, &f, ()) {
                     tracing::error!(app = %path, event = "onManage", error = %e, "script error");
                 }
             }
@@ -760,7 +829,7 @@ impl Applications for LuaApps {
             .collect();
         for (table, app) in clients {
             if let Ok(LuaValue::Function(f)) = table.raw_get::<LuaValue>("onManage") {
-                if let Err(e) = self.invoke(&f, (table.clone(),)) {
+                if let Err(e) = self.invoke(&app, &f, (table.clone(),)) {
                     tracing::error!(app = %app, event = "client:onManage", error = %e, "script error");
                 }
             }
@@ -853,7 +922,7 @@ impl Applications for LuaApps {
             let returned = self
                 .lua
                 .create_string(peer_id)
-                .and_then(|id| self.invoke(&f, (id,)));
+                .and_then(|id| self.invoke(&path, &f, (id,)));
             match returned {
                 Ok(values) => {
                     for v in &values {
@@ -869,10 +938,33 @@ impl Applications for LuaApps {
     }
 
     fn take_actions(&mut self) -> Vec<AppAction> {
-        self.outbox
+        let actions = self
+            .outbox
             .lock()
-            .map(|mut o| std::mem::take(&mut *o).actions)
-            .unwrap_or_default()
+            .map(|mut o| o.take_actions())
+            .unwrap_or_default();
+        // The applications' own publications enter and leave their books in order.
+        for action in &actions {
+            match action {
+                AppAction::Publish { app, name } => {
+                    let made = self.api.take_made(&stream_key(app, name));
+                    let accepted = made.and_then(|made| match made {
+                        Some((table, admin)) => {
+                            self.accept_publication(app, name, table, admin, SERVER)
+                        }
+                        None => Ok(()),
+                    });
+                    if let Err(e) = accepted {
+                        tracing::error!(app, name, error = %e, "server publication");
+                    }
+                }
+                AppAction::Unpublish { app, name } => {
+                    self.end_server_publication(&stream_key(app, name));
+                }
+                _ => {}
+            }
+        }
+        actions
     }
 }
 

@@ -190,16 +190,78 @@ local function qos()
 	return { lostRate = 0, byteRate = 0, congestionRate = 0, latency = 0, droppedFrames = 0 }
 end
 
-function host.publication(name, client)
+-- Cumulus's push API on publication `p` of stream `name` in application `app`: the messages
+-- reach its listeners as its publisher's would, while `live()` holds. `flush` has nothing to
+-- do (the workers send at the end of every turn).
+local function pushes(p, app, name, live)
+	function p:pushAudioPacket(time, data, offset)
+		if live() then
+			native.push(app, name, 0x08, time, data, offset)
+		end
+	end
+	function p:pushVideoPacket(time, data, offset)
+		if live() then
+			native.push(app, name, 0x09, time, data, offset)
+		end
+	end
+	function p:pushDataPacket(handler, data, offset)
+		if live() then
+			native.pushData(app, name, handler, data or "", offset)
+		end
+	end
+	function p:flush() end
+end
+
+local function always()
+	return true
+end
+
+-- A publication of stream `name` in application `app` by `client` (nil: by the server).
+function host.publication(name, client, app, live)
 	local listeners, admin = collection()
 	local q = qos()
-	return {
+	local p = {
 		name = name,
-		publisherId = client.id,
+		publisherId = client and client.id,
 		listeners = listeners,
 		audioQOS = q,
 		videoQOS = q,
-	}, admin
+	}
+	pushes(p, app, name, live or always)
+	return p, admin
+end
+
+-- The server's own publications made since the host last took them, by stream key.
+local made = {}
+
+-- `cumulus:publish(name)`: a publication of the running application, or nil when the name is
+-- published already. `close()` ends it (so does the application's unload or reload).
+function cumulus.publish(_, name)
+	local app = native.publish(tostring(name))
+	if app == nil then
+		return nil
+	end
+	local closed = false
+	local p, admin = host.publication(name, nil, app, function()
+		return not closed
+	end)
+	function p:close()
+		if not closed then
+			closed = true
+			native.unpublish(app, name)
+		end
+	end
+	made[app .. "/" .. name] = { p, admin }
+	return p
+end
+
+-- Takes the publication `cumulus:publish` made for the stream `key`, and its listeners' editor.
+function host.take_made(key)
+	local m = made[key]
+	made[key] = nil
+	if m then
+		return m[1], m[2]
+	end
 end
 
 -- NetGroups (digest §1.14): a group has `id` (hex), `rawId`, `size` and `:ipairs()` over its

@@ -948,3 +948,141 @@ fn listener_switches_and_status_responses_become_actions() {
     apps.call(&c, "mute", &[]);
     assert!(apps.take_actions().is_empty());
 }
+
+#[test]
+fn applications_publish_push_into_and_close_their_own_streams() {
+    let www = Www::new();
+    let code = r#"
+        function onStart() tv = cumulus:publish("tv") end
+        function onSubscribe(client, l) listener = l end
+        function onConnection(client)
+            function client:again() return cumulus:publish("tv") ~= nil end
+            function client:push()
+                tv:pushAudioPacket(40, "\175\001ab")
+                tv:pushVideoPacket(80, "xx\023\001cd", 2)
+                tv:pushDataPacket("onCue", cumulus:toAMF0("go"))
+                tv:flush()
+            end
+            function client:close() tv:close() tv:close() tv:pushAudioPacket(1, "z") end
+            function client:big() tv:pushVideoPacket(0, string.rep("x", 200000)) end
+            function client:past() tv:pushVideoPacket(0, "ab", 3) end
+        end
+    "#;
+    www.write("live", code);
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "live", &[]);
+    let publish = AppAction::Publish {
+        app: "live".into(),
+        name: "tv".into(),
+    };
+    assert_eq!(apps.take_actions(), std::slice::from_ref(&publish));
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        "cumulus.publications('tv') == tv and tv.publisherId == nil and tv.name == 'tv'"
+    ));
+    // The name is taken, by the server itself too.
+    let c = client(1, "live");
+    assert_eq!(
+        apps.call(&c, "again", &[]),
+        CallOutcome::Result(Value::Boolean(false))
+    );
+    // A player of the name finds the publication.
+    connect(&mut apps, 2, "live", &[]);
+    apps.subscribe(&client(2, "live"), "tv").unwrap();
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        "listener.publication == tv and tv.listeners.count == 1"
+    ));
+    // Pushed packets become whole TC messages: type, timestamp, body (from the offset on).
+    apps.call(&c, "push", &[]);
+    let push = |message: &[u8]| AppAction::Push {
+        app: "live".into(),
+        name: "tv".into(),
+        message: message.to_vec(),
+    };
+    let mut data = vec![0x12, 0, 0, 0, 0, 0x02, 0, 5];
+    data.extend_from_slice(b"onCue");
+    data.extend_from_slice(&[0x02, 0, 2, b'g', b'o']);
+    assert_eq!(
+        apps.take_actions(),
+        [
+            push(&[0x08, 0, 0, 0, 40, 0xAF, 0x01, b'a', b'b']),
+            push(&[0x09, 0, 0, 0, 80, 0x17, 0x01, b'c', b'd']),
+            push(&data),
+        ]
+    );
+    // Too large, or an offset past the end: an error for the script, nothing queued.
+    for method in ["big", "past"] {
+        assert!(
+            matches!(apps.call(&c, method, &[]), CallOutcome::Error(_)),
+            "{method}"
+        );
+    }
+    assert!(apps.take_actions().is_empty());
+    // Closing (twice) ends it once; a closed publication pushes nothing; the name is free.
+    apps.call(&c, "close", &[]);
+    let unpublish = AppAction::Unpublish {
+        app: "live".into(),
+        name: "tv".into(),
+    };
+    assert_eq!(apps.take_actions(), std::slice::from_ref(&unpublish));
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        "cumulus.publications('tv') == nil"
+    ));
+    assert_eq!(
+        apps.call(&c, "again", &[]),
+        CallOutcome::Result(Value::Boolean(true))
+    );
+    assert_eq!(apps.take_actions(), std::slice::from_ref(&publish));
+    // A reload ends the application's publications before its new script makes its own.
+    www.write("live", code);
+    connect(&mut apps, 3, "live", &[]);
+    assert_eq!(apps.take_actions(), [unpublish, publish]);
+    assert!(eval::<bool>(
+        &mut apps,
+        "live",
+        "cumulus.publications('tv') == tv"
+    ));
+}
+
+#[test]
+fn a_clients_publication_takes_pushes_and_holds_its_name() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onPublish(client, p) cam = p end
+        function onConnection(client)
+            function client:push() cam:pushAudioPacket(7, "\175\001") end
+            function client:take() return cumulus:publish("cam") == nil end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    apps.publish(&client(1, ""), "cam").unwrap();
+    let c = client(1, "");
+    apps.call(&c, "push", &[]);
+    assert_eq!(
+        apps.take_actions(),
+        [AppAction::Push {
+            app: String::new(),
+            name: "cam".into(),
+            message: vec![0x08, 0, 0, 0, 7, 0xAF, 0x01],
+        }]
+    );
+    assert_eq!(
+        apps.call(&c, "take", &[]),
+        CallOutcome::Result(Value::Boolean(true))
+    );
+    // Once the client stops publishing, the name is free for the application.
+    apps.unpublish(&c, "cam");
+    assert_eq!(
+        apps.call(&c, "take", &[]),
+        CallOutcome::Result(Value::Boolean(false))
+    );
+}

@@ -551,3 +551,89 @@ fn an_application_publishes_a_stream_of_its_own_that_clients_play() {
         codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
     }));
 }
+
+#[test]
+fn a_script_hears_what_a_client_publishes() {
+    let app = r#"
+    audio, cues = 0, {}
+    function onAudioPacket(client, publication, time, packet) audio = audio + 1 end
+    function onDataPacket(client, publication, name, packet)
+        cues[#cues + 1] = publication.name .. ":" .. name .. ":" .. tostring(cumulus:fromAMF(packet))
+    end
+    function onConnection(client)
+        function client:report() return { audio = audio, cues = table.concat(cues, ",") } end
+    end
+    "#;
+    let www = sample_www("lua-media-events");
+    std::fs::write(www.0.join("live/main.lua"), app).unwrap();
+    let metrics = free_tcp_addr();
+    let server = start_server_on(www, &["--metrics", &metrics.to_string()]);
+    let addr = server.addr;
+    // The publisher sends metadata, two headers (publishing), then a second's stream and a cue.
+    let (mut publisher, ph, pflow) = support::live::publishing(addr, 70);
+    let stream = support::live::media(0, 1000);
+    let audio = 1 + stream.iter().filter(|(_, m)| m[0] == 0x08).count();
+    for (_, m) in &stream {
+        publisher.send(ph, pflow, m);
+    }
+    let cue = rtmfp::flash::command::DataMessage {
+        handler: "onCue".into(),
+        values: vec![Value::str("go")],
+    }
+    .to_message(ObjectEncoding::Amf0, 1000)
+    .unwrap();
+    publisher.send(ph, pflow, &cue);
+    let (mut asker, h, nc, _) = support::live::netstream_client(addr, 71);
+    let ask = |txn: f64| {
+        Command::new("report", txn, Value::Null, vec![])
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap()
+    };
+    let report = |c: &Client, txn: f64| {
+        c.messages_of(Some(h))
+            .iter()
+            .filter_map(|m| command_reply(m))
+            .find(|r| r.1 == txn)
+            .map(|r| r.2)
+    };
+    // Ask until the last audio message and the cue were heard (bounded).
+    let mut got = None;
+    for txn in 1..=50 {
+        let txn = f64::from(txn);
+        asker.send(h, nc, &ask(txn));
+        assert!(run_until(
+            &mut [&mut publisher, &mut asker],
+            Duration::from_secs(5),
+            |c| report(c[1], txn).is_some()
+        ));
+        let r = report(&asker, txn).unwrap();
+        let done = r.get("audio").and_then(Value::as_f64) == Some(audio as f64)
+            && r.get("cues")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains("onCue"));
+        got = Some(r);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = got.unwrap();
+    assert_eq!(
+        r.get("audio").and_then(Value::as_f64),
+        Some(audio as f64),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.get("cues").and_then(Value::as_str),
+        Some("cam:@setDataFrame:onMetaData,cam:onCue:go"),
+        "{r:?}"
+    );
+    // Only what the application watches went up: no video (no onVideoPacket).
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(metrics, "/stats")).expect("JSON stats");
+    assert_eq!(
+        worker_sum(&stats, "media_events"),
+        audio as u64 + 2,
+        "{stats}"
+    );
+}

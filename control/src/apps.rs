@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rtmfp::amf::{Member, Value};
 
-use crate::ipc::QosEntry;
+use crate::ipc::{MediaEvents, QosEntry};
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,32 @@ pub enum ConnectVerdict {
     InvalidApp,
     /// Refused, with a description (`NetConnection.Connect.Rejected`).
     Reject(String),
+}
+
+/// A message a client published, for the applications that watch its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPacket<'a> {
+    /// An audio message: its timestamp (ms) and body.
+    Audio {
+        /// Timestamp in milliseconds.
+        time: u32,
+        /// The body (an FLV audio tag's data).
+        data: &'a [u8],
+    },
+    /// A video message: its timestamp (ms) and body.
+    Video {
+        /// Timestamp in milliseconds.
+        time: u32,
+        /// The body (an FLV video tag's data).
+        data: &'a [u8],
+    },
+    /// A data message: its handler's name and the AMF values after it, as they came.
+    Data {
+        /// The handler (`onCuePoint`, `@setDataFrame`…).
+        handler: &'a str,
+        /// The AMF0 values after it.
+        data: &'a [u8],
+    },
 }
 
 /// The answer to a client-to-server call.
@@ -169,6 +195,13 @@ pub trait Applications: Send {
     }
     /// A client stopped playing `name`.
     fn unsubscribe(&mut self, _client: &ClientInfo<'_>, _name: &str) {}
+    /// Which of its publications' messages the application `app` watches (Cumulus's
+    /// `onAudioPacket`, `onVideoPacket`, `onDataPacket`), asked when a publication starts.
+    fn media_events(&self, _app: &str) -> MediaEvents {
+        MediaEvents::NONE
+    }
+    /// A message `client` published on `name`, of a kind its application watches.
+    fn media_packet(&mut self, _client: &ClientInfo<'_>, _name: &str, _packet: MediaPacket<'_>) {}
     /// How a client's publication or play of `name` did over the last second (its
     /// `publisher` field says which).
     fn qos(&mut self, _client: &ClientInfo<'_>, _name: &str, _qos: &QosEntry) {}

@@ -27,6 +27,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use rtmfp::crypto::{DirectionOptions, SessionKeys, DERIVED_LEN, MAX_HMAC_LEN, MIN_HMAC_LEN};
+use rtmfp::flash::message::MessageType;
 
 /// Version byte that starts every message.
 pub const IPC_VERSION: u8 = 1;
@@ -56,6 +57,7 @@ const TAG_UP_NET_STATES: u8 = 0x07;
 const TAG_UP_QOS: u8 = 0x08;
 const TAG_UP_GROUP_JOIN: u8 = 0x09;
 const TAG_UP_GROUP_LEAVE: u8 = 0x0A;
+const TAG_UP_MEDIA: u8 = 0x0B;
 /// Most entries in one [`Up::NetStates`] (each carries an application path of up to
 /// [`MAX_APP_PATH`] bytes, so a message stays under [`MAX_MESSAGE`]).
 pub const MAX_RESYNC_NET_STATES: usize = 128;
@@ -98,6 +100,7 @@ const TAG_DOWN_FORWARD_IHELLO: u8 = 0x91;
 const TAG_DOWN_GROUP_MEMBERS: u8 = 0x92;
 const TAG_DOWN_SERVER_PUBLISH: u8 = 0x93;
 const TAG_DOWN_MEDIA: u8 = 0x94;
+const TAG_DOWN_WATCH: u8 = 0x95;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -260,6 +263,60 @@ impl Failure {
     }
 }
 
+/// Which of a publication's messages the applications watch: `onAudioPacket`,
+/// `onVideoPacket`, `onDataPacket` (a set of kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MediaEvents(u8);
+
+impl MediaEvents {
+    /// None.
+    pub const NONE: MediaEvents = MediaEvents(0);
+    /// Audio messages (RFC 7425 §5.1.1 type 8).
+    pub const AUDIO: MediaEvents = MediaEvents(1);
+    /// Video messages (type 9).
+    pub const VIDEO: MediaEvents = MediaEvents(2);
+    /// Data messages (types 15 and 18).
+    pub const DATA: MediaEvents = MediaEvents(4);
+    /// Every kind.
+    pub const ALL: MediaEvents = MediaEvents(7);
+
+    /// The set with these bits; `None` for bits that name no kind.
+    pub fn from_bits(bits: u8) -> Option<MediaEvents> {
+        (bits & !Self::ALL.0 == 0).then_some(MediaEvents(bits))
+    }
+
+    /// The bits.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The kind of a TC message of type `kind` (none for what is not media).
+    pub fn of(kind: MessageType) -> MediaEvents {
+        match kind {
+            MessageType::AUDIO => Self::AUDIO,
+            MessageType::VIDEO => Self::VIDEO,
+            MessageType::AMF0_DATA | MessageType::AMF3_DATA => Self::DATA,
+            _ => Self::NONE,
+        }
+    }
+
+    /// Whether this set holds any of `other`'s kinds.
+    pub fn intersects(self, other: MediaEvents) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Both sets' kinds.
+    #[must_use]
+    pub fn with(self, other: MediaEvents) -> MediaEvents {
+        MediaEvents(self.0 | other.0)
+    }
+}
+
 /// A message from a worker to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Up {
@@ -297,6 +354,16 @@ pub enum Up {
         stream_id: u64,
         /// The message, at most [`MAX_FLASH_MESSAGE`] bytes.
         data: Vec<u8>,
+    },
+    /// A message a publisher sent on a publication whose [`MediaEvents`] the applications
+    /// watch (see [`Down::Watch`]), as it came (before any change for the audience).
+    Media {
+        /// The publisher's session.
+        session_id: u32,
+        /// The stream.
+        stream: u32,
+        /// The TC message, at most [`MAX_FLASH_MESSAGE`] bytes.
+        message: Vec<u8>,
     },
     /// A session has ended (closed by either side, or timed out).
     Closed {
@@ -431,6 +498,14 @@ pub enum Down {
         stream: u32,
         /// The message, at most [`MAX_FLASH_MESSAGE`] bytes.
         message: Vec<u8>,
+    },
+    /// Report the publisher's messages of these kinds on stream `stream`, published here, as
+    /// [`Up::Media`] (the applications' `onAudioPacket`, `onVideoPacket`, `onDataPacket`).
+    Watch {
+        /// The stream.
+        stream: u32,
+        /// The kinds; none stops the reports.
+        events: MediaEvents,
     },
     /// Stream `stream` is no longer published here.
     Unpublish {
@@ -599,6 +674,11 @@ impl Up {
                 stream_id: r.u64()?,
                 data: r.bytes("flash message", MAX_FLASH_MESSAGE)?.to_vec(),
             },
+            TAG_UP_MEDIA => Up::Media {
+                session_id: r.u32()?,
+                stream: r.u32()?,
+                message: r.bytes("media message", MAX_FLASH_MESSAGE)?.to_vec(),
+            },
             TAG_UP_CLOSED => Up::Closed {
                 session_id: r.u32()?,
                 failure: match r.u8()? {
@@ -664,6 +744,16 @@ impl Up {
                 w.u64(*flow)?;
                 w.u64(*stream_id)?;
                 w.bytes("flash message", data, MAX_FLASH_MESSAGE)
+            }
+            Up::Media {
+                session_id,
+                stream,
+                message,
+            } => {
+                w.u8(TAG_UP_MEDIA)?;
+                w.u32(*session_id)?;
+                w.u32(*stream)?;
+                w.bytes("media message", message, MAX_FLASH_MESSAGE)
             }
             Up::Closed {
                 session_id,
@@ -777,6 +867,11 @@ impl Down {
             TAG_DOWN_SERVER_PUBLISH => Down::ServerPublish {
                 stream: r.u32()?,
                 key: r.string("stream key", MAX_STREAM_KEY)?,
+            },
+            TAG_DOWN_WATCH => Down::Watch {
+                stream: r.u32()?,
+                events: MediaEvents::from_bits(r.u8()?)
+                    .ok_or(IpcError::BadValue("media events"))?,
             },
             TAG_DOWN_MEDIA => Down::Media {
                 stream: r.u32()?,
@@ -915,6 +1010,11 @@ impl Down {
                 w.u8(TAG_DOWN_SERVER_PUBLISH)?;
                 w.u32(*stream)?;
                 w.bytes("stream key", key.as_bytes(), MAX_STREAM_KEY)
+            }
+            Down::Watch { stream, events } => {
+                w.u8(TAG_DOWN_WATCH)?;
+                w.u32(*stream)?;
+                w.u8(events.bits())
             }
             Down::Media { stream, message } => {
                 w.u8(TAG_DOWN_MEDIA)?;
@@ -1858,6 +1958,13 @@ mod tests {
                 }),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(session_id, flow)| Up::GroupLeave { session_id, flow }),
+            (any::<u32>(), any::<u32>(), arb_bytes(2048)).prop_map(
+                |(session_id, stream, message)| Up::Media {
+                    session_id,
+                    stream,
+                    message
+                }
+            ),
             vec(
                 (
                     any::<u32>(),
@@ -1977,6 +2084,10 @@ mod tests {
                 .prop_map(|(stream, key)| Down::ServerPublish { stream, key }),
             (any::<u32>(), arb_bytes(2048))
                 .prop_map(|(stream, message)| Down::Media { stream, message }),
+            (any::<u32>(), 0..=MediaEvents::ALL.bits()).prop_map(|(stream, bits)| Down::Watch {
+                stream,
+                events: MediaEvents::from_bits(bits).unwrap()
+            }),
             (any::<bool>(), "\\PC{0,16}").prop_map(|(add, prefix)| Down::Blacklist { add, prefix }),
             (
                 any::<u32>(),
@@ -2081,7 +2192,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_GROUP_LEAVE, TAG_DOWN_WELCOME..=TAG_DOWN_MEDIA],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_MEDIA, TAG_DOWN_WELCOME..=TAG_DOWN_WATCH],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

@@ -2,22 +2,41 @@
 //! `createStream`, `deleteStream`, and every other client call, dispatched to the
 //! [`Applications`] seam. Answers are `Down` messages for the worker that owns the session.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use rtmfp::amf::amf0;
 use rtmfp::amf::Value;
 use rtmfp::flash::command::{
-    status, status_object, Command, NetCommand, ObjectEncoding, PLAY_START_UNBUFFERED,
+    status, status_object, Command, NetCommand, ObjectEncoding, AMF3_FORMAT_SELECTOR,
+    PLAY_START_UNBUFFERED,
 };
-use rtmfp::flash::message::{TcMessage, UserControl};
+use rtmfp::flash::message::{MessageType, TcMessage, UserControl};
 use rtmfp::flash::FlashError;
 
 use crate::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+    MediaPacket,
 };
 use crate::ids::SessionIdParts;
 use crate::ipc::{Down, Failure, NetState, QosEntry, StreamEntry};
 use crate::streams::{sample_access, stream_key, Ended, Routed, Streams};
+
+/// A data message's handler name and the bytes of the values after it (RFC 7425 §5.1.1: an
+/// AMF3 data message's body is an AMF0 body behind a format byte of 0).
+fn data_handler(kind: MessageType, payload: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
+    let body = if kind == MessageType::AMF3_DATA {
+        payload.strip_prefix(&[AMF3_FORMAT_SELECTOR])?
+    } else {
+        payload
+    };
+    let mut r = amf0::Reader::new(body);
+    let Value::String(handler) = r.read_value().ok()? else {
+        return None;
+    };
+    Some((handler, body.get(body.len() - r.remaining()..)?))
+}
 
 /// A client's NetConnection state.
 #[derive(Debug, Clone)]
@@ -337,6 +356,44 @@ impl NetConnections {
                 self.apps.unsubscribe(&info, &name);
             }
         }
+    }
+
+    /// A message `session` published on stream `stream`, of a kind its application watches
+    /// (see [`Applications::media_events`]); answers what the applications asked for meanwhile.
+    pub fn media_event(&mut self, session: u32, stream: u32, message: &[u8]) -> Vec<Routed> {
+        let Some(name) = self.streams.published_by_session(stream, session) else {
+            return Vec::new();
+        };
+        let Some(c) = self.clients.get(&session) else {
+            return Vec::new();
+        };
+        let (Some(app), Ok(tc)) = (&c.app, TcMessage::parse(message)) else {
+            return Vec::new();
+        };
+        let handler;
+        let packet = match tc.kind {
+            MessageType::AUDIO => MediaPacket::Audio {
+                time: tc.timestamp,
+                data: tc.payload,
+            },
+            MessageType::VIDEO => MediaPacket::Video {
+                time: tc.timestamp,
+                data: tc.payload,
+            },
+            MessageType::AMF0_DATA | MessageType::AMF3_DATA => {
+                let Some((name, data)) = data_handler(tc.kind, tc.payload) else {
+                    return Vec::new();
+                };
+                handler = name;
+                MediaPacket::Data {
+                    handler: &handler,
+                    data,
+                }
+            }
+            _ => return Vec::new(),
+        };
+        self.apps.media_packet(&c.info(session, app), name, packet);
+        self.take_actions()
     }
 
     /// The workers' QoS report of the last second, for the applications.
@@ -682,7 +739,17 @@ impl NetConnections {
                     return vec![reply(refuse_stream(status::PUBLISH_BAD_NAME, &description))];
                 }
                 match self.streams.publish(&key, name, (session, flow)) {
-                    Ok(out) => routed(out),
+                    Ok(mut out) => {
+                        // The kinds of message the application watches come up as they come.
+                        let events = self.apps.media_events(&app);
+                        if let Some(stream) =
+                            self.streams.id_of(&key).filter(|_| !events.is_empty())
+                        {
+                            let owner = usize::from(SessionIdParts::of(session).worker);
+                            out.push((owner, Down::Watch { stream, events }));
+                        }
+                        routed(out)
+                    }
                     Err(_) => vec![reply(refuse_stream(
                         status::PUBLISH_BAD_NAME,
                         &format!("{name} is already published"),
@@ -786,6 +853,7 @@ enum Dispatched {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::MediaEvents;
     use rtmfp::flash::command::names;
 
     /// `on_message` without the worker of each message (one worker in these tests).
@@ -827,6 +895,7 @@ mod tests {
                     ConnectVerdict::Accept(vec![("motd".into(), Value::str("hi").into_owned())])
                 }
                 "banned" => ConnectVerdict::Reject("go away".into()),
+                "watch" => ConnectVerdict::Accept(vec![]),
                 _ => ConnectVerdict::InvalidApp,
             }
         }
@@ -867,6 +936,15 @@ mod tests {
         }
         fn unsubscribe(&mut self, c: &ClientInfo<'_>, name: &str) {
             self.note(format!("unsubscribe {} {name}", c.session));
+        }
+        fn media_events(&self, app: &str) -> MediaEvents {
+            match app {
+                "watch" => MediaEvents::AUDIO.with(MediaEvents::DATA),
+                _ => MediaEvents::NONE,
+            }
+        }
+        fn media_packet(&mut self, c: &ClientInfo<'_>, name: &str, packet: MediaPacket<'_>) {
+            self.note(format!("media {} {name} {packet:?}", c.session));
         }
         fn take_actions(&mut self) -> Vec<AppAction> {
             std::mem::take(&mut *self.actions.lock().unwrap())
@@ -1304,6 +1382,60 @@ mod tests {
             ]
         );
         assert_eq!(actions.len(), 5);
+    }
+
+    #[test]
+    fn the_kinds_an_application_watches_are_asked_of_the_worker_and_reach_it() {
+        let (mut n, log) = logged(vec![]);
+        n.on(7, 2, 0, &connect("watch"));
+        n.on(8, 2, 0, &connect(""));
+        let publish = |name: &str| stream_command(names::PUBLISH, vec![Value::str(name)]);
+        let out = n.on(7, 3, 1, &publish("cam"));
+        let watch = out
+            .iter()
+            .position(|d| matches!(d, Down::Watch { .. }))
+            .expect("a watch");
+        assert!(
+            out.iter().position(|d| matches!(d, Down::Publish { .. })) < Some(watch),
+            "after the publish"
+        );
+        let Down::Watch { stream, events } = out[watch] else {
+            unreachable!()
+        };
+        assert_eq!(events, MediaEvents::AUDIO.with(MediaEvents::DATA));
+        // An application that watches nothing asks nothing.
+        let out = n.on(8, 3, 1, &publish("other"));
+        assert!(!out.iter().any(|d| matches!(d, Down::Watch { .. })));
+
+        let audio = [0x08, 0, 0, 0, 9, 0xAF, 0x01, 7];
+        let mut data = vec![0x0F, 0, 0, 0, 0, AMF3_FORMAT_SELECTOR, 0x02, 0, 3];
+        data.extend_from_slice(b"cue");
+        data.extend_from_slice(&[0x00, 0x3F, 0xF0, 0, 0, 0, 0, 0, 0]);
+        n.media_event(7, stream, &audio);
+        n.media_event(7, stream, &data);
+        // Not its publisher, no such stream, or not a data message a handler names: nothing.
+        n.media_event(8, stream, &audio);
+        n.media_event(7, stream + 100, &audio);
+        n.media_event(
+            7,
+            stream,
+            &[0x12, 0, 0, 0, 0, 0x00, 0x3F, 0xF0, 0, 0, 0, 0, 0, 0],
+        );
+        n.media_event(7, stream, &[0x12, 0, 0]);
+        let media: Vec<String> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("media"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            media,
+            [
+                "media 7 cam Audio { time: 9, data: [175, 1, 7] }",
+                "media 7 cam Data { handler: \"cue\", data: [0, 63, 240, 0, 0, 0, 0, 0, 0] }",
+            ]
+        );
     }
 
     #[test]

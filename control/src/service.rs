@@ -513,6 +513,14 @@ impl Service {
                 self.send_routed(out);
             }
             Up::Qos { entries } => self.netconn.qos(&entries),
+            Up::Media {
+                session_id,
+                stream,
+                message,
+            } => {
+                let out = self.netconn.media_event(session_id, stream, &message);
+                self.send_routed(out);
+            }
             Up::GroupJoin {
                 session_id,
                 flow,

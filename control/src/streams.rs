@@ -126,6 +126,20 @@ impl Streams {
             .collect()
     }
 
+    /// The number of the stream `key`, if known.
+    pub fn id_of(&self, key: &str) -> Option<u32> {
+        self.by_key.get(key).map(|s| s.id)
+    }
+
+    /// The name of stream number `stream` when a NetStream of `session` publishes it (a scan of
+    /// the streams: for the applications' media events, which are far costlier).
+    pub fn published_by_session(&self, stream: u32, session: u32) -> Option<&str> {
+        self.by_key
+            .values()
+            .find(|s| s.id == stream && s.publisher.is_some_and(|p| p.0 == session))
+            .map(|s| s.name.as_str())
+    }
+
     /// Streams known (published or played).
     pub fn len(&self) -> usize {
         self.by_key.len()

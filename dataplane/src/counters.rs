@@ -93,6 +93,8 @@ counters! {
         control_links,
         /// Media messages received from publishers on this worker.
         media_published,
+        /// Publishers' messages sent to the control plane for the applications' media events.
+        media_events,
         /// Media messages applications pushed into streams published on this worker.
         media_pushed,
         /// Pushed media messages dropped: the stream is not published here (any more), or the

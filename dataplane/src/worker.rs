@@ -22,7 +22,7 @@ use rand_chacha::ChaCha20Rng;
 use rtmfp::crypto::{
     encrypt_cbc_zero_iv_many, finish_sealing, read_session_id, Aes128EncKey, CbcJob, SSID_LEN,
 };
-use rtmfp::flash::message::{TcMessage, UserControl, TC_HEADER_LEN};
+use rtmfp::flash::message::{MessageType, TcMessage, UserControl, TC_HEADER_LEN};
 use rtmfp::flash::metadata::{FlowMetadata, ReceiveIntent};
 use rtmfp::flash::netgroup::{emit_member, GroupJoin};
 use rtmfp::flow::payload::Payload;
@@ -37,7 +37,7 @@ use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, Failure, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE,
+    Down, Failure, MediaEvents, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE,
     MAX_QOS_ENTRIES, MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
 };
 
@@ -347,6 +347,8 @@ struct StreamState {
     published: bool,
     /// Published by the server itself (an application's `cumulus:publish`), not a session.
     by_server: bool,
+    /// The kinds of the publisher's messages its application watches (sent up as they come).
+    events: MediaEvents,
     /// Application path and name, reported to a restarted control plane.
     key: String,
     messages: u64,
@@ -703,6 +705,10 @@ impl<IO: BatchIo> Worker<IO> {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.end_server_streams();
+        // The new control process's applications say what they watch on new publications.
+        for state in self.streams.values_mut() {
+            state.events = MediaEvents::NONE;
+        }
         self.counters.control_links += 1;
         let workers = u8::try_from(self.shared.wakers.len()).unwrap_or(u8::MAX);
         self.send_up(&Up::Hello {
@@ -967,6 +973,9 @@ impl<IO: BatchIo> Worker<IO> {
                 state.key = key;
                 state.cache.clear();
                 state.restart_clock();
+            }
+            Down::Watch { stream, events } => {
+                self.streams.entry(stream).or_default().events = events;
             }
             Down::Media { stream, message } => {
                 let published = self.streams.get(&stream).is_some_and(|s| s.published);
@@ -1733,6 +1742,7 @@ impl<IO: BatchIo> Worker<IO> {
         if let Some(state) = self.streams.get_mut(&stream) {
             state.published = false;
             state.by_server = false;
+            state.events = MediaEvents::NONE;
             state.cache.clear();
             state.restart_clock();
             for &w in &state.routes {
@@ -2042,8 +2052,8 @@ impl<IO: BatchIo> Worker<IO> {
             return;
         }
         let stream_id = e.streams.iter().find(|s| s.0 == flow).map_or(0, |s| s.1);
-        let is_command = TcMessage::parse(&data).is_ok_and(|tc| tc.kind.is_command());
-        if is_command {
+        let kind = TcMessage::parse(&data).ok().map(|tc| tc.kind);
+        if kind.is_some_and(MessageType::is_command) {
             self.send_up(&Up::Message {
                 session_id: id,
                 flow: flow.0,
@@ -2055,6 +2065,19 @@ impl<IO: BatchIo> Worker<IO> {
             .get(&(id, stream_id))
             .filter(|_| stream_id != 0)
         {
+            let watched = kind.map(MediaEvents::of).is_some_and(|k| {
+                self.streams
+                    .get(&stream)
+                    .is_some_and(|s| s.events.intersects(k))
+            });
+            if watched {
+                self.counters.media_events += 1;
+                self.send_up(&Up::Media {
+                    session_id: id,
+                    stream,
+                    message: data.clone(),
+                });
+            }
             if let Some(message) = prepare(data) {
                 self.counters.media_published += 1;
                 let now = self.now();

@@ -4,8 +4,8 @@
 //! serialisers and the hashes are native.
 //!
 //! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
-//! the TCP/UDP socket factories, `sendMail`, and the media events (`onAudioPacket`, `onVideoPacket`, `onDataPacket`: media stays in the
-//! data plane, never crossing into the control process).
+//! the TCP/UDP socket factories, `sendMail`, `writeAMFResult`, `newFlowWriter`,
+//! `client.ping`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;

@@ -20,7 +20,8 @@
 //! `onPublish(client, publication)` and `onSubscribe(client, listener)` (`false` or
 //! `error(...)` refuses: `NetStream.Publish.BadName`, `NetStream.Play.Failed`),
 //! `onUnpublish`, `onUnsubscribe`, `onManage()` (every two seconds, in the applications that
-//! define it) and `client:onManage()`. A client's `NetConnection.call("name", ...)` calls
+//! define it), `client:onManage()`, and the media events `onAudioPacket`, `onVideoPacket` and
+//! `onDataPacket` (only the kinds an application defines leave the data plane). A client's `NetConnection.call("name", ...)` calls
 //! `client:name(...)`; its first result is the `_result`, an error the `_error`.
 //!
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
@@ -50,9 +51,9 @@ use mlua::{Function, HookTriggers, IntoLuaMulti, Lua, MultiValue, Table, Value a
 use rtmfp::amf::{Member, Value};
 use updraft_control::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
-    APP_SCRIPT,
+    MediaPacket, APP_SCRIPT,
 };
-use updraft_control::ipc::QosEntry;
+use updraft_control::ipc::{MediaEvents, QosEntry};
 
 use updraft_control::streams::stream_key;
 
@@ -791,6 +792,55 @@ impl Applications for LuaApps {
             let _ = api::remove_listener(&p.listeners, client.session, &listener);
         }
         let _ = self.api.end_listener(&listener);
+    }
+
+    fn media_events(&self, app: &str) -> MediaEvents {
+        let Some(env) = self.env_of(app) else {
+            return MediaEvents::NONE;
+        };
+        // Inherited events count, as for every other event.
+        [
+            ("onAudioPacket", MediaEvents::AUDIO),
+            ("onVideoPacket", MediaEvents::VIDEO),
+            ("onDataPacket", MediaEvents::DATA),
+        ]
+        .into_iter()
+        .filter(|(event, _)| matches!(env.get::<LuaValue>(*event), Ok(LuaValue::Function(_))))
+        .fold(MediaEvents::NONE, |set, (_, kind)| set.with(kind))
+    }
+
+    fn media_packet(&mut self, client: &ClientInfo<'_>, name: &str, packet: MediaPacket<'_>) {
+        let Some(publication) = self
+            .publications
+            .get(&stream_key(client.app, name))
+            .filter(|p| p.session == client.session)
+            .map(|p| p.table.clone())
+        else {
+            return;
+        };
+        let Some(c) = self.clients.get(&client.session) else {
+            return;
+        };
+        let Some(env) = self.env_of(&c.app) else {
+            return;
+        };
+        let (table, app) = (c.table.clone(), c.app.clone());
+        let (event, key, data) = match packet {
+            MediaPacket::Audio { time, data } => {
+                ("onAudioPacket", LuaValue::Number(f64::from(time)), data)
+            }
+            MediaPacket::Video { time, data } => {
+                ("onVideoPacket", LuaValue::Number(f64::from(time)), data)
+            }
+            MediaPacket::Data { handler, data } => match self.lua.create_string(handler) {
+                Ok(h) => ("onDataPacket", LuaValue::String(h), data),
+                Err(_) => return,
+            },
+        };
+        let Ok(data) = self.lua.create_string(data) else {
+            return;
+        };
+        self.event(&env, event, &app, (table, publication, key, data));
     }
 
     fn qos(&mut self, client: &ClientInfo<'_>, name: &str, qos: &QosEntry) {

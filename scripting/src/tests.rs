@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use rtmfp::amf::Value;
 use updraft_control::apps::{
-    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
+    AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict, MediaPacket,
 };
-use updraft_control::ipc::QosEntry;
+use updraft_control::ipc::{MediaEvents, QosEntry};
 
 use super::*;
 
@@ -1084,5 +1084,70 @@ fn a_clients_publication_takes_pushes_and_holds_its_name() {
     assert_eq!(
         apps.call(&c, "take", &[]),
         CallOutcome::Result(Value::Boolean(false))
+    );
+}
+
+#[test]
+fn media_events_reach_the_applications_that_define_them() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        seen = {}
+        function onDataPacket(client, publication, name, packet)
+            seen[#seen + 1] = publication.name .. " " .. name .. " " .. cumulus:fromAMF(packet)
+        end
+        "#,
+    );
+    www.write(
+        "live",
+        r#"
+        function onAudioPacket(client, publication, time, packet)
+            seen[#seen + 1] = client.id:sub(1, 2) .. " audio " .. time .. " " .. #packet
+        end
+        "#,
+    );
+    www.write("quiet", "");
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "live", &[]);
+    connect(&mut apps, 2, "quiet", &[]);
+    // Inherited events count: a child that defines none watches what its parent does.
+    assert_eq!(
+        apps.media_events("live"),
+        MediaEvents::AUDIO.with(MediaEvents::DATA)
+    );
+    assert_eq!(apps.media_events("quiet"), MediaEvents::DATA);
+    apps.publish(&client(1, "live"), "cam").unwrap();
+    let c = client(1, "live");
+    apps.media_packet(
+        &c,
+        "cam",
+        MediaPacket::Audio {
+            time: 40,
+            data: &[0xAF, 1, 2],
+        },
+    );
+    let mut amf = Vec::new();
+    rtmfp::amf::amf0::Writer::new(&mut amf)
+        .write_value(&Value::str("go"))
+        .unwrap();
+    apps.media_packet(
+        &c,
+        "cam",
+        MediaPacket::Data {
+            handler: "onCue",
+            data: &amf,
+        },
+    );
+    // Not this client's publication: nothing.
+    apps.media_packet(
+        &client(2, "live"),
+        "cam",
+        MediaPacket::Audio { time: 1, data: &[] },
+    );
+    apps.media_packet(&c, "other", MediaPacket::Audio { time: 1, data: &[] });
+    assert_eq!(
+        eval::<Vec<String>>(&mut apps, "", "seen"),
+        ["ab audio 40 3", "cam onCue go"]
     );
 }

@@ -4,8 +4,7 @@
 //! serialisers and the hashes are native.
 //!
 //! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
-//! the TCP/UDP socket factories, `sendMail`, `writeAMFResult`, `newFlowWriter`,
-//! `client.ping`.
+//! the TCP/UDP socket factories, `sendMail`, `newFlowWriter`, `client.ping`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -45,6 +44,9 @@ pub struct Outbox {
     /// The keys ([`stream_key`]) of the streams published through the applications: by the
     /// clients they accepted, and by the applications themselves (`cumulus:publish`).
     pub published: HashSet<String>,
+    /// The session whose call a script is answering, and what it wrote with
+    /// `writer:writeAMFResult` (the first write; `None` until one).
+    pub answering: Option<(u32, Option<Value<'static>>)>,
 }
 
 impl Outbox {
@@ -259,6 +261,31 @@ fn natives(
                 Ok(())
             },
         )?,
+    )?;
+    // `writer:writeAMFResult(...)`: the answer to the call being handled, when it is this
+    // client's (its first value; Cumulus's explicit `_result`).
+    let o = Arc::clone(outbox);
+    n.set(
+        "result",
+        lua.create_function(move |_, (session, args): (u32, MultiValue)| {
+            let Ok(mut ob) = o.lock() else {
+                return Ok(());
+            };
+            match &mut ob.answering {
+                Some((s, answer @ None)) if *s == session => {
+                    let first = args
+                        .iter()
+                        .next()
+                        .map_or(Value::Null, |v| FromLua::new().value(v));
+                    *answer = Some(first);
+                }
+                Some((s, Some(_))) if *s == session => {
+                    tracing::debug!(session, "writeAMFResult: the call is answered already");
+                }
+                _ => tracing::debug!(session, "writeAMFResult outside this client's call"),
+            }
+            Ok(())
+        })?,
     )?;
     n.set(
         "close",

@@ -29,7 +29,7 @@
 //! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
 //! application's own), the client (`id`, `rawId`, `path`, `address`,
 //! `pageUrl`, `swfUrl`, `flashVersion`, the connect URL's query parameters, `writer`), the
-//! writer (`writeAMFMessage`, `writeStatusResponse`, `close`), publications (with the push
+//! writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`, `close`), publications (with the push
 //! API: `pushAudioPacket`, `pushVideoPacket`, `pushDataPacket`, `flush`) and listeners
 //! (with their QOS objects and the listener's `receiveAudio`, `receiveVideo` and sample access
 //! switches), and the logging functions `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
@@ -669,8 +669,20 @@ impl Applications for LuaApps {
             Ok(LuaValue::Function(f)) => f,
             _ => return CallOutcome::NotFound,
         };
-        match self.invoke(&c.app, &f, self.arguments(&c.table, args)) {
-            Ok(v) => CallOutcome::Result(v.iter().next().map_or(Value::Null, from_lua)),
+        let answering = |to| {
+            self.outbox
+                .lock()
+                .ok()
+                .and_then(|mut o| std::mem::replace(&mut o.answering, to))
+        };
+        answering(Some((client.session, None)));
+        let outcome = self.invoke(&c.app, &f, self.arguments(&c.table, args));
+        let written = answering(None).and_then(|(_, v)| v);
+        match outcome {
+            // An explicit `writeAMFResult` answers; else the first value returned.
+            Ok(v) => CallOutcome::Result(
+                written.unwrap_or_else(|| v.iter().next().map_or(Value::Null, from_lua)),
+            ),
             Err(e) => {
                 tracing::debug!(app = %c.app, method, error = %e, "client call failed");
                 CallOutcome::Error(describe(&e))

@@ -132,6 +132,13 @@ local function writer(session)
 			native.call(session, name, ...)
 		end
 	end
+	-- The `_result` of the call being handled (inside the client's method; the first write
+	-- answers, and a value the method returns then is not sent).
+	function w:writeAMFResult(...)
+		if alive then
+			native.result(session, ...)
+		end
+	end
 	-- onStatus on the NetConnection: level "status", code "NetConnection.<code>", the
 	-- description, then any further name/value pairs (as Cumulus's FlowWriter).
 	function w:writeStatusResponse(code, description, ...)

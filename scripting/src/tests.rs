@@ -1151,3 +1151,54 @@ fn media_events_reach_the_applications_that_define_them() {
         ["ab audio 40 3", "cam onCue go"]
     );
 }
+
+#[test]
+fn write_amf_result_answers_the_call_being_handled() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:explicit()
+                client.writer:writeAMFResult("early", "ignored")
+                client.writer:writeAMFResult("second")
+                return "returned"
+            end
+            function client:quiet() client.writer:writeAMFResult() end
+            function client:other(id)
+                cumulus.clients(id).writer:writeAMFResult("not theirs")
+                return 1
+            end
+            keep = client
+        end
+        function onManage() keep.writer:writeAMFResult("outside a call") end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    connect(&mut apps, 2, "", &[]);
+    let c = client(1, "");
+    assert_eq!(
+        apps.call(&c, "explicit", &[]),
+        CallOutcome::Result(Value::String("early".into()))
+    );
+    assert_eq!(
+        apps.call(&c, "quiet", &[]),
+        CallOutcome::Result(Value::Null)
+    );
+    assert_eq!(
+        apps.call(&c, "other", &[Value::String(peer_hex(2).into())]),
+        CallOutcome::Result(Value::Number(1.0))
+    );
+    apps.manage();
+    // Nothing was queued, and the next call answers as usual.
+    assert!(apps.take_actions().is_empty());
+    assert_eq!(
+        apps.call(
+            &client(2, ""),
+            "other",
+            &[Value::String(peer_hex(1).into())]
+        ),
+        CallOutcome::Result(Value::Number(1.0))
+    );
+}

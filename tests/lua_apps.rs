@@ -100,6 +100,7 @@ const APP: &str = r#"
 function onConnection(client, name)
     if name == "mallory" then error("go away " .. name) end
     function client:add(a, b) return a + b end
+    function client:sum(a, b) client.writer:writeAMFResult(a + b) return "not sent" end
     function client:whoami() return { room = client.room, path = client.path, name = name } end
     function client:broadcast(text)
         for _, c in cumulus.clients:pairs() do
@@ -138,6 +139,18 @@ fn lua_applications_answer_connect_and_calls_and_call_clients() {
             vec![Value::Number(2.0), Value::Number(3.0)]
         ),
         ("_result".to_string(), Value::Number(5.0))
+    );
+    // writeAMFResult answers the call, whatever the method returns afterwards.
+    assert_eq!(
+        call(
+            &mut ann,
+            ah,
+            aflow,
+            2.5,
+            "sum",
+            vec![Value::Number(4.0), Value::Number(3.0)]
+        ),
+        ("_result".to_string(), Value::Number(7.0))
     );
     let (_, me) = call(&mut ann, ah, aflow, 3.0, "whoami", vec![]);
     assert_eq!(me.get("room").and_then(Value::as_str), Some("lobby"));

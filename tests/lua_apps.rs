@@ -650,3 +650,30 @@ fn a_script_hears_what_a_client_publishes() {
         "{stats}"
     );
 }
+
+#[test]
+fn a_script_reads_a_clients_ping_and_time_since_its_last_packet() {
+    let app = r#"
+    function onConnection(client)
+        function client:link()
+            return { ping = client.ping, elapsed = client.elapsedFromReception }
+        end
+    end
+    "#;
+    let server = start_server_on(www_with(app), &[]);
+    let (mut c, h, flow) = connected(server.addr, 80, vec![]);
+    // Keep the session stepping past a report period (once a second; before any, both read 0).
+    assert!(!run_until(
+        &mut [&mut c],
+        Duration::from_millis(1500),
+        |_| false
+    ));
+    let (_, after) = call(&mut c, h, flow, 3.0, "link", vec![]);
+    let read = |v: &Value<'_>, k: &str| v.get(k).and_then(Value::as_f64).unwrap();
+    // A report came while the client was silent: about 1.5 s since its last packet (the
+    // connect's acknowledgement; the call itself came after the last report), and the
+    // round-trip time on loopback is a few milliseconds at most.
+    let elapsed = read(&after, "elapsed");
+    assert!((0.5..3.0).contains(&elapsed), "{after:?}");
+    assert!((0.0..100.0).contains(&read(&after, "ping")), "{after:?}");
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rtmfp::amf::{Member, Value};
 
-use crate::ipc::{MediaEvents, QosEntry};
+use crate::ipc::{MediaEvents, QosEntry, SessionTiming};
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +205,9 @@ pub trait Applications: Send {
     /// How a client's publication or play of `name` did over the last second (its
     /// `publisher` field says which).
     fn qos(&mut self, _client: &ClientInfo<'_>, _name: &str, _qos: &QosEntry) {}
+    /// How the sessions' links are doing (the workers' report, once a second): Cumulus's
+    /// `client.ping` and `client.elapsedFromReception`.
+    fn timings(&mut self, _entries: &[SessionTiming]) {}
     /// The periodic manage tick (every [`MANAGE_PERIOD`]).
     fn manage(&mut self) {}
     /// A connected client joined the NetGroup `group` (Cumulus's `onJoinGroup`), or was in it

@@ -58,6 +58,11 @@ const TAG_UP_QOS: u8 = 0x08;
 const TAG_UP_GROUP_JOIN: u8 = 0x09;
 const TAG_UP_GROUP_LEAVE: u8 = 0x0A;
 const TAG_UP_MEDIA: u8 = 0x0B;
+const TAG_UP_TIMINGS: u8 = 0x0C;
+/// Most entries in one [`Up::Timings`]; a worker sends several when it has more.
+pub const MAX_TIMING_ENTRIES: usize = 4096;
+/// Bytes of a [`SessionTiming`]: session, RTT, idle time.
+const TIMING_ENTRY_LEN: usize = 4 + 4 + 4;
 /// Most entries in one [`Up::NetStates`] (each carries an application path of up to
 /// [`MAX_APP_PATH`] bytes, so a message stays under [`MAX_MESSAGE`]).
 pub const MAX_RESYNC_NET_STATES: usize = 128;
@@ -214,6 +219,18 @@ pub struct QosEntry {
     pub dropped_frames: u64,
 }
 
+/// How a session's link is doing, for the applications (Cumulus's `client.ping` and
+/// `client.elapsedFromReception`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTiming {
+    /// The session.
+    pub session_id: u32,
+    /// The smoothed round-trip time, in milliseconds (0 until measured).
+    pub rtt_ms: u32,
+    /// Milliseconds since the session last received a packet, at the report.
+    pub idle_ms: u32,
+}
+
 /// A stream this worker serves: reported after a control restart so that the new control
 /// plane knows who publishes and who plays what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +371,12 @@ pub enum Up {
         stream_id: u64,
         /// The message, at most [`MAX_FLASH_MESSAGE`] bytes.
         data: Vec<u8>,
+    },
+    /// Every session's [`SessionTiming`], once a second; at most [`MAX_TIMING_ENTRIES`] per
+    /// message.
+    Timings {
+        /// The entries.
+        entries: Vec<SessionTiming>,
     },
     /// A message a publisher sent on a publication whose [`MediaEvents`] the applications
     /// watch (see [`Down::Watch`]), as it came (before any change for the audience).
@@ -664,6 +687,18 @@ impl Up {
                 }
                 Up::Qos { entries }
             }
+            TAG_UP_TIMINGS => {
+                let n = r.count("timings", MAX_TIMING_ENTRIES, TIMING_ENTRY_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(SessionTiming {
+                        session_id: r.u32()?,
+                        rtt_ms: r.u32()?,
+                        idle_ms: r.u32()?,
+                    });
+                }
+                Up::Timings { entries }
+            }
             TAG_UP_STARTUP => Up::Startup {
                 from: r.address()?,
                 datagram: r.bytes("datagram", MAX_DATAGRAM)?.to_vec(),
@@ -801,6 +836,16 @@ impl Up {
                     w.u32(e.congestion_ppm)?;
                     w.u32(e.latency_ms.unwrap_or(NO_LATENCY))?;
                     w.u64(e.dropped_frames)?;
+                }
+                Ok(())
+            }
+            Up::Timings { entries } => {
+                w.u8(TAG_UP_TIMINGS)?;
+                w.count("timings", entries.len(), MAX_TIMING_ENTRIES)?;
+                for e in entries {
+                    w.u32(e.session_id)?;
+                    w.u32(e.rtt_ms)?;
+                    w.u32(e.idle_ms)?;
                 }
                 Ok(())
             }
@@ -2011,6 +2056,15 @@ mod tests {
             )
             .prop_map(|entries| Up::Qos { entries }),
             vec(
+                any::<(u32, u32, u32)>().prop_map(|(session_id, rtt_ms, idle_ms)| SessionTiming {
+                    session_id,
+                    rtt_ms,
+                    idle_ms
+                }),
+                0..8
+            )
+            .prop_map(|entries| Up::Timings { entries }),
+            vec(
                 (any::<u32>(), "\\PC{0,30}", any::<u32>()).prop_map(
                     |(session_id, app, next_stream)| {
                         NetState {
@@ -2192,7 +2246,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_MEDIA, TAG_DOWN_WELCOME..=TAG_DOWN_WATCH],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_TIMINGS, TAG_DOWN_WELCOME..=TAG_DOWN_WATCH],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

@@ -20,7 +20,7 @@ use crate::apps::{
     MediaPacket,
 };
 use crate::ids::SessionIdParts;
-use crate::ipc::{Down, Failure, NetState, QosEntry, StreamEntry};
+use crate::ipc::{Down, Failure, NetState, QosEntry, SessionTiming, StreamEntry};
 use crate::streams::{sample_access, stream_key, Ended, Routed, Streams};
 
 /// A data message's handler name and the bytes of the values after it (RFC 7425 §5.1.1: an
@@ -394,6 +394,11 @@ impl NetConnections {
         };
         self.apps.media_packet(&c.info(session, app), name, packet);
         self.take_actions()
+    }
+
+    /// The workers' report of their sessions' links, for the applications.
+    pub fn timings(&mut self, entries: &[SessionTiming]) {
+        self.apps.timings(entries);
     }
 
     /// The workers' QoS report of the last second, for the applications.

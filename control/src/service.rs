@@ -513,6 +513,7 @@ impl Service {
                 self.send_routed(out);
             }
             Up::Qos { entries } => self.netconn.qos(&entries),
+            Up::Timings { entries } => self.netconn.timings(&entries),
             Up::Media {
                 session_id,
                 stream,

@@ -37,8 +37,9 @@ use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 use updraft_control::ids::SessionIdParts;
 use updraft_control::ipc::{
-    Down, Failure, MediaEvents, NetState, SessionInfo, StreamEntry, Up, IPC_VERSION, MAX_MESSAGE,
-    MAX_QOS_ENTRIES, MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS, MAX_STATS,
+    Down, Failure, MediaEvents, NetState, SessionInfo, SessionTiming, StreamEntry, Up, IPC_VERSION,
+    MAX_MESSAGE, MAX_QOS_ENTRIES, MAX_RESYNC_NET_STATES, MAX_RESYNC_SESSIONS, MAX_RESYNC_STREAMS,
+    MAX_STATS, MAX_TIMING_ENTRIES,
 };
 
 use crate::counters::{SharedCounters, WorkerCounters};
@@ -678,6 +679,7 @@ impl<IO: BatchIo> Worker<IO> {
         self.flush();
         if self.last_report.elapsed() >= REPORT_PERIOD {
             self.report_streams();
+            self.report_timings(now);
         }
         self.counters.publications = self.streams.values().filter(|s| s.published).count() as u64;
         self.counters.subscribers = self
@@ -1697,6 +1699,30 @@ impl<IO: BatchIo> Worker<IO> {
         }
         for chunk in qos_up.chunks(MAX_QOS_ENTRIES) {
             self.send_up(&Up::Qos {
+                entries: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// Tells the applications how every session's link is doing (with the stream reports;
+    /// not while the link to them is down or backed up, as for QoS).
+    fn report_timings(&mut self, now: Instant) {
+        if self.link.is_none() || !self.outbox.is_empty() {
+            return;
+        }
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let entries: Vec<SessionTiming> = self
+            .table
+            .iter()
+            .flatten()
+            .map(|e| SessionTiming {
+                session_id: e.id,
+                rtt_ms: e.session.srtt().map_or(0, ms),
+                idle_ms: ms(now.saturating_duration_since(e.session.last_received())),
+            })
+            .collect();
+        for chunk in entries.chunks(MAX_TIMING_ENTRIES) {
+            self.send_up(&Up::Timings {
                 entries: chunk.to_vec(),
             });
         }

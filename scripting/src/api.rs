@@ -4,9 +4,9 @@
 //! serialisers and the hashes are native.
 //!
 //! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
-//! the TCP/UDP socket factories, `sendMail`, `newFlowWriter`, `client.ping`.
+//! the TCP/UDP socket factories, `sendMail`, `newFlowWriter`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use rtmfp::amf::{amf0, EncodeError, Value};
 use rtmfp::flash::message::{MessageType, TcMessage};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
-use updraft_control::ipc::{QosEntry, MAX_FLASH_MESSAGE};
+use updraft_control::ipc::{QosEntry, SessionTiming, MAX_FLASH_MESSAGE};
 use updraft_control::streams::stream_key;
 
 use crate::convert::{to_lua, FromLua};
@@ -47,6 +47,8 @@ pub struct Outbox {
     /// The session whose call a script is answering, and what it wrote with
     /// `writer:writeAMFResult` (the first write; `None` until one).
     pub answering: Option<(u32, Option<Value<'static>>)>,
+    /// The last report of each connected client's link, and when it came.
+    pub timings: HashMap<u32, (SessionTiming, std::time::Instant)>,
 }
 
 impl Outbox {
@@ -285,6 +287,33 @@ fn natives(
                 _ => tracing::debug!(session, "writeAMFResult outside this client's call"),
             }
             Ok(())
+        })?,
+    )?;
+    // `client.ping`: the smoothed round-trip time in milliseconds (0 until measured).
+    let o = Arc::clone(outbox);
+    n.set(
+        "ping",
+        lua.create_function(move |_, session: u32| {
+            Ok(o.lock()
+                .ok()
+                .and_then(|ob| ob.timings.get(&session).map(|(t, _)| t.rtt_ms))
+                .unwrap_or(0))
+        })?,
+    )?;
+    // `client.elapsedFromReception`: seconds since the client's last packet (the report's
+    // figure, aged by the time since the report).
+    let o = Arc::clone(outbox);
+    n.set(
+        "elapsedFromReception",
+        lua.create_function(move |_, session: u32| {
+            Ok(o.lock()
+                .ok()
+                .and_then(|ob| {
+                    ob.timings
+                        .get(&session)
+                        .map(|(t, at)| f64::from(t.idle_ms) / 1000.0 + at.elapsed().as_secs_f64())
+                })
+                .unwrap_or(0.0))
         })?,
     )?;
     n.set(

@@ -27,10 +27,11 @@
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
 //! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
-//! application's own), the client (`id`, `rawId`, `path`, `address`,
-//! `pageUrl`, `swfUrl`, `flashVersion`, the connect URL's query parameters, `writer`), the
-//! writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`, `close`), publications (with the push
-//! API: `pushAudioPacket`, `pushVideoPacket`, `pushDataPacket`, `flush`) and listeners
+//! application's own), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
+//! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
+//! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
+//! `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
+//! `pushDataPacket`, `flush`) and listeners
 //! (with their QOS objects and the listener's `receiveAudio`, `receiveVideo` and sample access
 //! switches), and the logging functions `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
 //!
@@ -53,7 +54,7 @@ use updraft_control::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
     MediaPacket, APP_SCRIPT,
 };
-use updraft_control::ipc::{MediaEvents, QosEntry};
+use updraft_control::ipc::{MediaEvents, QosEntry, SessionTiming};
 
 use updraft_control::streams::stream_key;
 
@@ -698,6 +699,9 @@ impl Applications for LuaApps {
             self.event(&env, "onDisconnection", &c.app, (c.table.clone(),));
         }
         let _ = self.api.remove_client(&c.table);
+        if let Ok(mut o) = self.outbox.lock() {
+            o.timings.remove(&client.session);
+        }
     }
 
     fn fail(&mut self, client: &ClientInfo<'_>, error: &str) {
@@ -853,6 +857,18 @@ impl Applications for LuaApps {
             return;
         };
         self.event(&env, event, &app, (table, publication, key, data));
+    }
+
+    fn timings(&mut self, entries: &[SessionTiming]) {
+        let at = std::time::Instant::now();
+        if let Ok(mut o) = self.outbox.lock() {
+            for e in entries
+                .iter()
+                .filter(|e| self.clients.contains_key(&e.session_id))
+            {
+                o.timings.insert(e.session_id, (*e, at));
+            }
+        }
     }
 
     fn qos(&mut self, client: &ClientInfo<'_>, name: &str, qos: &QosEntry) {

@@ -172,11 +172,24 @@ end
 
 local detach = setmetatable({}, { __mode = "k" })
 
+-- The fields the server keeps current, read when a script reads them.
+local live_fields = {
+	ping = native.ping,
+	elapsedFromReception = native.elapsedFromReception,
+}
+
 function host.client(session, fields)
 	local w, kill = writer(session)
 	fields.writer = w
 	detach[fields] = kill
-	return fields
+	return setmetatable(fields, {
+		__index = function(_, k)
+			local f = live_fields[k]
+			if f then
+				return f(session)
+			end
+		end,
+	})
 end
 
 function host.add_client(client)

@@ -1202,3 +1202,48 @@ fn write_amf_result_answers_the_call_being_handled() {
         CallOutcome::Result(Value::Number(1.0))
     );
 }
+
+#[test]
+fn ping_and_elapsed_from_reception_follow_the_workers_report() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:link()
+                return { ping = client.ping, elapsed = client.elapsedFromReception }
+            end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    let link = |apps: &mut LuaApps| match apps.call(&c, "link", &[]) {
+        CallOutcome::Result(v) => {
+            ["ping", "elapsed"].map(|k| v.get(k).and_then(Value::as_f64).unwrap())
+        }
+        other => panic!("{other:?}"),
+    };
+    // Nothing reported yet: 0 and 0.
+    assert_eq!(link(&mut apps), [0.0, 0.0]);
+    apps.timings(&[
+        SessionTiming {
+            session_id: 1,
+            rtt_ms: 42,
+            idle_ms: 1500,
+        },
+        // A session the applications do not know is not kept.
+        SessionTiming {
+            session_id: 9,
+            rtt_ms: 1,
+            idle_ms: 1,
+        },
+    ]);
+    let [ping, elapsed] = link(&mut apps);
+    assert_eq!(ping, 42.0);
+    assert!((1.5..2.5).contains(&elapsed), "{elapsed}");
+    assert!(!apps.outbox.lock().unwrap().timings.contains_key(&9));
+    apps.disconnect(&c);
+    assert!(apps.outbox.lock().unwrap().timings.is_empty());
+}

@@ -366,6 +366,11 @@ impl Session {
         self.far_address
     }
 
+    /// When the last packet arrived (the session's start before any).
+    pub fn last_received(&self) -> Instant {
+        self.last_received
+    }
+
     /// The smoothed RTT, once measured.
     pub fn srtt(&self) -> Option<Duration> {
         self.flows.srtt()

@@ -383,6 +383,16 @@ struct PublicationMarks {
 }
 
 impl StreamState {
+    /// A publication of `key` starts here, by a session or (`by_server`) by the server itself:
+    /// nothing of an earlier one is kept.
+    fn start(&mut self, key: String, by_server: bool) {
+        self.published = true;
+        self.by_server = by_server;
+        self.key = key;
+        self.cache.clear();
+        self.restart_clock();
+    }
+
     /// A new publisher (or none): its clock has nothing to do with the last one, so every
     /// subscriber restarts at 0 from its next key frame.
     fn restart_clock(&mut self) {
@@ -960,21 +970,11 @@ impl<IO: BatchIo> Worker<IO> {
                             self.unpublish(old);
                         }
                     }
-                    let state = self.streams.entry(stream).or_default();
-                    state.published = true;
-                    state.by_server = false;
-                    state.key = key;
-                    state.cache.clear();
-                    state.restart_clock();
+                    self.streams.entry(stream).or_default().start(key, false);
                 }
             }
             Down::ServerPublish { stream, key } => {
-                let state = self.streams.entry(stream).or_default();
-                state.published = true;
-                state.by_server = true;
-                state.key = key;
-                state.cache.clear();
-                state.restart_clock();
+                self.streams.entry(stream).or_default().start(key, true);
             }
             Down::Watch { stream, events } => {
                 self.streams.entry(stream).or_default().events = events;

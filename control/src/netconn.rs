@@ -1445,10 +1445,6 @@ mod tests {
 
     #[test]
     fn an_applications_own_publication_is_published_fed_and_ended() {
-        let action = |a: AppAction| {
-            let (mut n, _) = logged(vec![a]);
-            n.take_actions()
-        };
         let (app, name) = (String::from("live"), String::from("tv"));
         let (mut n, _) = logged(vec![
             AppAction::Publish {
@@ -1482,12 +1478,9 @@ mod tests {
             ),
             "{out:?}"
         );
-        // Nothing to end, nothing to feed: nothing sent.
-        assert!(action(AppAction::Unpublish {
-            app: app.clone(),
-            name: name.clone()
-        })
-        .is_empty());
+        // Nothing to end (it ended above): nothing sent.
+        let (mut n, _) = logged(vec![AppAction::Unpublish { app, name }]);
+        assert!(n.take_actions().is_empty());
     }
 
     #[test]

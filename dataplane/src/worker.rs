@@ -976,8 +976,11 @@ impl<IO: BatchIo> Worker<IO> {
             Down::ServerPublish { stream, key } => {
                 self.streams.entry(stream).or_default().start(key, true);
             }
+            // It follows its stream's Publish; a stream gone meanwhile is not made again.
             Down::Watch { stream, events } => {
-                self.streams.entry(stream).or_default().events = events;
+                if let Some(state) = self.streams.get_mut(&stream) {
+                    state.events = events;
+                }
             }
             Down::Media { stream, message } => {
                 let published = self.streams.get(&stream).is_some_and(|s| s.published);

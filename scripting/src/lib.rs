@@ -21,8 +21,9 @@
 //! `error(...)` refuses: `NetStream.Publish.BadName`, `NetStream.Play.Failed`),
 //! `onUnpublish`, `onUnsubscribe`, `onManage()` (every two seconds, in the applications that
 //! define it), `client:onManage()`, and the media events `onAudioPacket`, `onVideoPacket` and
-//! `onDataPacket` (only the kinds an application defines leave the data plane). A client's `NetConnection.call("name", ...)` calls
-//! `client:name(...)`; its first result is the `_result`, an error the `_error`.
+//! `onDataPacket` (only the kinds an application defines leave the data plane). A client's
+//! `NetConnection.call("name", ...)` calls `client:name(...)`; its first result is the
+//! `_result` (unless `writer:writeAMFResult` answered first), an error the `_error`.
 //!
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
@@ -31,9 +32,9 @@
 //! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
 //! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
 //! `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
-//! `pushDataPacket`, `flush`) and listeners
-//! (with their QOS objects and the listener's `receiveAudio`, `receiveVideo` and sample access
-//! switches), and the logging functions `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
+//! `pushDataPacket`, `flush`) and listeners (with their QOS objects and the listener's
+//! `receiveAudio`, `receiveVideo` and sample access switches), and the logging functions
+//! `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
 //!
 //! **Bounds.** A script that runs longer than [`SCRIPT_TIME_LIMIT`] in one event is stopped
 //! with an error, and the Lua heap is capped at [`MEMORY_LIMIT`]: a faulty script cannot stall
@@ -55,7 +56,6 @@ use updraft_control::apps::{
     MediaPacket, APP_SCRIPT,
 };
 use updraft_control::ipc::{MediaEvents, QosEntry, SessionTiming};
-
 use updraft_control::streams::stream_key;
 
 use crate::api::{Api, Outbox};

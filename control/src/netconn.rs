@@ -1443,6 +1443,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// A data message's handler and the bytes after it come back as encoded, in either
+        /// encoding; any body is answered or refused without a panic.
+        #[test]
+        fn data_handlers_round_trip_and_never_panic(
+            handler in "\\PC{0,40}",
+            values in proptest::collection::vec(-1e9f64..1e9, 0..4),
+            amf3 in proptest::bool::ANY,
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let enc = if amf3 { ObjectEncoding::Amf3 } else { ObjectEncoding::Amf0 };
+            let message = rtmfp::flash::command::DataMessage {
+                handler: handler.as_str().into(),
+                values: values.iter().map(|&v| Value::Number(v)).collect(),
+            };
+            let (kind, body) = message.encode(enc).unwrap();
+            let (_, bare) = rtmfp::flash::command::DataMessage {
+                handler: "".into(),
+                values: message.values.clone(),
+            }
+            .encode(enc)
+            .unwrap();
+            let (got, rest) = data_handler(kind, &body).unwrap();
+            proptest::prop_assert_eq!(got.as_ref(), handler.as_str());
+            // The values after the handler as they came: what the same message with an empty
+            // handler has after its format byte (AMF3) and that empty string (3 bytes).
+            let skip = if amf3 { 1 + 3 } else { 3 };
+            proptest::prop_assert_eq!(rest, &bare[skip..]);
+            let _ = data_handler(MessageType::AMF0_DATA, &noise);
+            let _ = data_handler(MessageType::AMF3_DATA, &noise);
+        }
+    }
+
     #[test]
     fn an_applications_own_publication_is_published_fed_and_ended() {
         let (app, name) = (String::from("live"), String::from("tv"));

@@ -154,3 +154,62 @@ fn group_memberships_survive_a_control_plane_restart() {
         "nothing told again to the old member"
     );
 }
+
+#[test]
+fn a_member_an_application_adds_is_heard_of_until_released() {
+    let app = r#"
+    function onConnection(client)
+        function client:add(peer, group) added = cumulus.groups:join(peer, group) return added.id end
+        function client:release() added:release() end
+    end
+    "#;
+    let www = sample_www("netgroup-lua-member");
+    std::fs::write(www.0.join("main.lua"), app).unwrap();
+    let server = start_server_on(www, &[]);
+    let group = GroupId([0x6B; 32]);
+    let elsewhere = PeerId([0x77; 32]);
+    let mut admin = Client::peer(300);
+    let ah = admin.open(server.addr, "rtmfp://127.0.0.1/").expect("open");
+    let nc = admin.connect_app(ah, "");
+    assert!(admin.wait_messages(ah, 1), "connected");
+    let call = |c: &mut Client, txn: f64, method: &str, args: Vec<Value<'_>>| {
+        let m = Command::new(method, txn, Value::Null, args)
+            .to_message(ObjectEncoding::Amf0, 0)
+            .unwrap();
+        c.send(ah, nc, &m);
+        assert!(
+            run_until(&mut [&mut *c], Duration::from_secs(5), |c| c[0]
+                .messages_of(Some(ah))
+                .iter()
+                .filter_map(|m| command_reply(m))
+                .any(|r| r.1 == txn)),
+            "{method} answered"
+        );
+    };
+    let hex = |b: &[u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    call(
+        &mut admin,
+        5.0,
+        "add",
+        vec![Value::str(&hex(&elsewhere.0)), Value::str(&hex(&group.0))],
+    );
+    // A newcomer hears of the application's member as of any.
+    let (mut a, h, _) = member(server.addr, 301);
+    join(&mut a, h, group);
+    assert!(run_until(&mut [&mut a], Duration::from_secs(5), |c| heard(
+        c[0], h
+    ) == [
+        elsewhere
+    ]));
+    // Released, later newcomers hear of the first client only.
+    call(&mut admin, 6.0, "release", vec![]);
+    let (mut b, bh, _) = member(server.addr, 302);
+    join(&mut b, bh, group);
+    let a_id = a.endpoint.responder().unwrap().fingerprint();
+    assert!(run_until(&mut [&mut b], Duration::from_secs(5), |c| {
+        !heard(c[0], bh).is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    b.step();
+    assert_eq!(heard(&b, bh), [a_id]);
+}

@@ -147,6 +147,21 @@ pub enum AppAction {
         /// [`crate::ipc::MAX_FLASH_MESSAGE`] bytes.
         message: Vec<u8>,
     },
+    /// Add a member the applications know of, with no session here, to the NetGroup `group`
+    /// (`cumulus.groups:join(peerId, groupId)`): newcomers hear of it as of any member.
+    GroupJoin {
+        /// The applications' number for this membership (for [`AppAction::GroupRelease`]).
+        member: u64,
+        /// The member's peer ID.
+        peer_id: [u8; 32],
+        /// The group.
+        group: [u8; 32],
+    },
+    /// End the membership `member` (`member:release()`).
+    GroupRelease {
+        /// The applications' number for the membership.
+        member: u64,
+    },
     /// Tell a client that plays a stream whether it may read the stream's samples
     /// (`listener.audioSampleAccess`, `listener.videoSampleAccess`: a `|RtmpSampleAccess` data
     /// message).

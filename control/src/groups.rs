@@ -25,6 +25,14 @@ pub const STITCH_DISTANCE: usize = 5;
 /// Most groups one session may be in at once (one per `GC` flow); more joins are ignored.
 pub const MAX_GROUPS_PER_SESSION: usize = 16;
 
+/// The session of the applications' own members (`cumulus.groups:join`, a peer the server
+/// knows of, on another server say): 0 is no session's ID (RFC 7016 §2.2.2). Each has a flow
+/// number of its own, is told nothing (there is no one to tell), and counts against
+/// [`MAX_SERVER_MEMBERS`] rather than [`MAX_GROUPS_PER_SESSION`].
+pub const SERVER_SESSION: u32 = 0;
+/// Most members the applications may add at once, over all groups; more joins are ignored.
+pub const MAX_SERVER_MEMBERS: usize = 65_536;
+
 /// A member of a group: a session's `GC` flow, and the session's peer ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
@@ -124,7 +132,12 @@ impl Groups {
     pub fn join(&mut self, member: Member, group: [u8; ID_LEN]) -> Vec<Introduction> {
         let mut out = self.leave(member.session, member.flow);
         let flows = self.flows.get(&member.session).map_or(0, Vec::len);
-        if flows >= MAX_GROUPS_PER_SESSION || self.groups_of(member.session).contains(&group) {
+        let refused = if member.session == SERVER_SESSION {
+            flows >= MAX_SERVER_MEMBERS
+        } else {
+            flows >= MAX_GROUPS_PER_SESSION || self.groups_of(member.session).contains(&group)
+        };
+        if refused {
             return out;
         }
         let mut peers: Vec<[u8; ID_LEN]> = Vec::with_capacity(NEWEST + 1);
@@ -163,7 +176,7 @@ impl Groups {
             .entry(member.session)
             .or_default()
             .push(member.flow);
-        if !peers.is_empty() {
+        if !peers.is_empty() && member.session != SERVER_SESSION {
             out.push(Introduction {
                 session: member.session,
                 flow: member.flow,
@@ -203,11 +216,13 @@ impl Groups {
             .nth(STITCH_DISTANCE - 1)
             .map(|(_, m)| *m);
         match earlier {
-            Some(m) if m.peer_id != follower.peer_id => vec![Introduction {
-                session: follower.session,
-                flow: follower.flow,
-                peers: vec![m.peer_id],
-            }],
+            Some(m) if m.peer_id != follower.peer_id && follower.session != SERVER_SESSION => {
+                vec![Introduction {
+                    session: follower.session,
+                    flow: follower.flow,
+                    peers: vec![m.peer_id],
+                }]
+            }
             _ => Vec::new(),
         }
     }
@@ -235,6 +250,45 @@ mod tests {
     }
 
     const G: [u8; ID_LEN] = [0xEE; ID_LEN];
+
+    #[test]
+    fn the_servers_members_are_heard_of_and_told_nothing() {
+        let mut g = Groups::new(7);
+        let server = |handle: u64, id: u8| Member {
+            session: SERVER_SESSION,
+            flow: handle,
+            peer_id: [id; ID_LEN],
+        };
+        assert!(g.join(member(1), G).is_empty());
+        // Several of the server's members in one group (a session is in a group once), told
+        // nothing themselves.
+        assert!(g.join(server(1, 0xA1), G).is_empty());
+        assert!(g.join(server(2, 0xA2), G).is_empty());
+        assert_eq!(g.members(&G).len(), 3);
+        // A newcomer hears of them as of any member.
+        assert_eq!(
+            g.join(member(2), G)[0].peers,
+            [[0xA2; ID_LEN], [0xA1; ID_LEN], [1; ID_LEN]]
+        );
+        // Stitching after a departure never tells one of the server's: with eight members
+        // before it, the one the server's member follows leaves.
+        for i in 3..=8 {
+            g.join(member(i), G);
+        }
+        assert!(g.join(server(3, 0xA3), G).is_empty());
+        assert!(g.leave(8, 3).is_empty(), "the follower is the server's");
+        // A client following a departed member of the server's is stitched as usual.
+        g.join(member(9), G);
+        let out = g.leave(SERVER_SESSION, 3);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].session, 9);
+        // The server's members leave like any (release).
+        assert!(g
+            .leave(SERVER_SESSION, 1)
+            .iter()
+            .all(|t| t.session != SERVER_SESSION));
+        assert!(g.group_of(SERVER_SESSION, 1).is_none());
+    }
 
     #[test]
     fn a_newcomer_hears_of_the_five_newest_and_one_older_member() {

@@ -93,6 +93,9 @@ pub struct NetConnections {
     by_address: HashMap<SocketAddr, u32>,
     streams: Streams,
     apps: Box<dyn Applications>,
+    /// The applications' NetGroup memberships to make or end, for the group directory (see
+    /// [`NetConnections::take_group_actions`]).
+    group_actions: Vec<AppAction>,
     /// Keepalive periods sent after `setPeerInfo`, in milliseconds (server, peer)
     /// (RFC 7425 §5.3.4; `keepAliveServer`, `keepAlivePeer`).
     keepalive_ms: (u32, u32),
@@ -114,6 +117,7 @@ impl NetConnections {
             by_peer: HashMap::new(),
             by_address: HashMap::new(),
             streams: Streams::new(),
+            group_actions: Vec::new(),
             apps,
             keepalive_ms,
         }
@@ -463,6 +467,9 @@ impl NetConnections {
                         out.push((owner(session), d));
                     }
                 }
+                AppAction::GroupJoin { .. } | AppAction::GroupRelease { .. } => {
+                    self.group_actions.push(action);
+                }
                 AppAction::Publish { app, name } => {
                     match self.streams.publish_server(&stream_key(&app, &name), &name) {
                         Ok(routed) => out.extend(routed),
@@ -495,6 +502,13 @@ impl NetConnections {
             }
         }
         out
+    }
+
+    /// The applications' NetGroup actions ([`AppAction::GroupJoin`], [`AppAction::GroupRelease`])
+    /// that [`NetConnections::take_actions`] set aside: the group directory is not this
+    /// layer's.
+    pub fn take_group_actions(&mut self) -> Vec<AppAction> {
+        std::mem::take(&mut self.group_actions)
     }
 
     /// The NetStream flows of `session` that play `name`.

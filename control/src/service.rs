@@ -22,9 +22,9 @@ use rtmfp::time::Instant;
 use rtmfp::wire::{Address, AddressOrigin};
 use socket2::Socket;
 
-use crate::apps::{Applications, MANAGE_PERIOD};
+use crate::apps::{AppAction, Applications, MANAGE_PERIOD};
 use crate::dh::{DhPool, Done, Job};
-use crate::groups::{Groups, Introduction, Member};
+use crate::groups::{Groups, Introduction, Member, SERVER_SESSION};
 use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes, Rendezvous};
 use crate::ids::{IdAllocator, SessionIdParts};
 use crate::ipc::{Down, Up, IPC_VERSION, MAX_GROUP_MEMBERS, MAX_MESSAGE};
@@ -359,9 +359,30 @@ impl Service {
     }
 
     /// Sends each message to its worker, in order.
+    /// Sends what the NetConnection layer answered, then applies the NetGroup memberships the
+    /// applications asked for meanwhile (`cumulus.groups:join`, `member:release()`).
     fn send_routed(&mut self, routed: Vec<Routed>) {
         for (worker, d) in &routed {
             self.send(*worker, d);
+        }
+        for action in self.netconn.take_group_actions() {
+            let told = match action {
+                AppAction::GroupJoin {
+                    member,
+                    peer_id,
+                    group,
+                } => self.groups.join(
+                    Member {
+                        session: SERVER_SESSION,
+                        flow: member,
+                        peer_id,
+                    },
+                    group,
+                ),
+                AppAction::GroupRelease { member } => self.groups.leave(SERVER_SESSION, member),
+                _ => Vec::new(),
+            };
+            self.introduce_members(told);
         }
     }
 

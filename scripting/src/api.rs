@@ -3,8 +3,8 @@
 //! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
 //! serialisers and the hashes are native.
 //!
-//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `cumulus.groups:join`,
-//! the TCP/UDP socket factories, `sendMail`, `newFlowWriter`.
+//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, the TCP/UDP socket
+//! factories, `sendMail`, `newFlowWriter`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -16,6 +16,7 @@ use rtmfp::amf::{amf0, EncodeError, Value};
 use rtmfp::flash::message::{MessageType, TcMessage};
 use sha2::{Digest, Sha256};
 use updraft_control::apps::{AppAction, ClientInfo, ConnectDetails};
+use updraft_control::groups::MAX_SERVER_MEMBERS;
 use updraft_control::ipc::{QosEntry, SessionTiming, MAX_FLASH_MESSAGE};
 use updraft_control::streams::stream_key;
 
@@ -49,6 +50,11 @@ pub struct Outbox {
     pub answering: Option<(u32, Option<Value<'static>>)>,
     /// The last report of each connected client's link, and when it came.
     pub timings: HashMap<u32, (SessionTiming, std::time::Instant)>,
+    /// The NetGroup memberships the applications made (`cumulus.groups:join`), by number:
+    /// the application that made each.
+    pub members: HashMap<u64, String>,
+    /// The number of the last membership made.
+    pub last_member: u64,
 }
 
 impl Outbox {
@@ -376,6 +382,55 @@ fn natives(
                 0,
             );
             Ok(Some(app))
+        })?,
+    )?;
+    // `cumulus.groups:join(peerId, groupId)` (both raw, 32 bytes): answers the membership's
+    // number, or nil when the applications have MAX_SERVER_MEMBERS already.
+    let o = Arc::clone(outbox);
+    n.set(
+        "groupJoin",
+        lua.create_function(move |_, (peer, group): (mlua::String, mlua::String)| {
+            let id = |s: &mlua::String| <[u8; 32]>::try_from(&s.as_bytes()[..]).ok();
+            let (Some(peer_id), Some(group)) = (id(&peer), id(&group)) else {
+                return Err(mlua::Error::RuntimeError(
+                    "groups:join takes a peer ID and a group ID (32 bytes or 64 hex digits)".into(),
+                ));
+            };
+            let Ok(mut ob) = o.lock() else {
+                return Ok(None);
+            };
+            if ob.members.len() >= MAX_SERVER_MEMBERS {
+                tracing::warn!("groups:join: {MAX_SERVER_MEMBERS} memberships made already");
+                return Ok(None);
+            }
+            ob.last_member += 1;
+            let member = ob.last_member;
+            let app = ob.app.clone();
+            ob.members.insert(member, app);
+            drop(ob);
+            push(
+                &o,
+                AppAction::GroupJoin {
+                    member,
+                    peer_id,
+                    group,
+                },
+                0,
+            );
+            Ok(Some(member))
+        })?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "groupRelease",
+        lua.create_function(move |_, member: u64| {
+            let made = o
+                .lock()
+                .is_ok_and(|mut ob| ob.members.remove(&member).is_some());
+            if made {
+                push(&o, AppAction::GroupRelease { member }, 0);
+            }
+            Ok(())
         })?,
     )?;
     n.set(

@@ -409,6 +409,20 @@ impl LuaApps {
                 self.event(&env, "onStop", path, (path,));
             }
         }
+        // Its group memberships end with it.
+        if let Ok(mut o) = self.outbox.lock() {
+            let mut own: Vec<u64> = o
+                .members
+                .iter()
+                .filter(|(_, app)| app.as_str() == path)
+                .map(|(&m, _)| m)
+                .collect();
+            own.sort_unstable();
+            for member in own {
+                o.members.remove(&member);
+                o.actions.push(AppAction::GroupRelease { member });
+            }
+        }
         // Its own publications end with it: at once in its books (so that a reloaded script
         // may publish the names again), and in the stream directory with the next actions.
         let own: Vec<String> = self

@@ -15,11 +15,14 @@ end
 ERROR, WARN, NOTE, INFO, DEBUG, TRACE =
 	logger(1), logger(2), logger(3), logger(4), logger(5), logger(6)
 
--- A read-only collection: `count`, `:pairs()`, `:ipairs()`, and a call to look an item up.
--- The host edits it through the returned `admin` functions.
-local function collection(normalize)
+-- A read-only collection: `count`, `:pairs()`, `:ipairs()`, any `extra` methods, and a call
+-- to look an item up. The host edits it through the returned `admin` functions.
+local function collection(normalize, extra)
 	local items, count = {}, 0
 	local methods = {}
+	for k, f in pairs(extra or {}) do
+		methods[k] = f
+	end
 	function methods:pairs()
 		return next, items, nil
 	end
@@ -81,10 +84,47 @@ local function client_key(id)
 	return id:lower()
 end
 
+-- An ID as its raw 32 bytes (from 64 hex digits, any case, or the raw bytes); nil otherwise.
+local function raw_id(id)
+	if type(id) ~= "string" then
+		return nil
+	end
+	if #id == 32 then
+		return id
+	end
+	if #id == 64 and not id:find("%X") then
+		return (id:gsub("..", function(h)
+			return string.char(tonumber(h, 16))
+		end))
+	end
+end
+
 local clients, clients_admin = collection(client_key)
 local publications, publications_admin = collection()
--- Groups by ID, looked up like clients (64 hex digits or the raw 32 bytes).
-local groups, groups_admin = collection(client_key)
+-- Groups by ID, looked up like clients (64 hex digits or the raw 32 bytes), and
+-- `groups:join(peerId, groupId)`: a member the server knows of (on another server, say) that
+-- newcomers to the group hear of, until `member:release()` (or its application's reload).
+local groups, groups_admin = collection(client_key, {
+	join = function(_, peer, group)
+		local peer_raw, group_raw = raw_id(peer), raw_id(group)
+		if peer_raw == nil or group_raw == nil then
+			error("groups:join takes a peer ID and a group ID (32 bytes or 64 hex digits)", 2)
+		end
+		local n = native.groupJoin(peer_raw, group_raw)
+		if n == nil then
+			return nil
+		end
+		local released = false
+		local member = { id = client_key(peer_raw), rawId = peer_raw }
+		function member:release()
+			if not released then
+				released = true
+				native.groupRelease(n)
+			end
+		end
+		return member
+	end,
+})
 
 -- Methods of the `cumulus` object accept both `cumulus:f(...)` and `cumulus.f(...)`.
 local function method(f)

@@ -1247,3 +1247,52 @@ fn ping_and_elapsed_from_reception_follow_the_workers_report() {
     apps.disconnect(&c);
     assert!(apps.outbox.lock().unwrap().timings.is_empty());
 }
+
+#[test]
+fn an_application_adds_members_to_groups_until_it_releases_them_or_reloads() {
+    let www = Www::new();
+    let code = r#"
+        local group = string.rep("EE", 32)
+        function onConnection(client)
+            function client:join(peer)
+                local m = cumulus.groups:join(peer, group)
+                members[#members + 1] = m
+                return m.id
+            end
+            function client:bad() return cumulus.groups:join("short", group) end
+            function client:release() members[1]:release() members[1]:release() end
+        end
+        members = {}
+    "#;
+    www.write("live", code);
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "live", &[]);
+    let c = client(1, "live");
+    // By 64 hex digits or by the raw 32 bytes; the member's ID is in hex.
+    assert_eq!(
+        apps.call(&c, "join", &[Value::String(peer_hex(7).into())]),
+        CallOutcome::Result(Value::String(peer_hex(7).into()))
+    );
+    let raw = String::from_utf8_lossy(&[0x41; 32]).into_owned();
+    assert_eq!(
+        apps.call(&c, "join", &[Value::String(raw.into())]),
+        CallOutcome::Result(Value::String("41".repeat(32).into()))
+    );
+    assert!(matches!(apps.call(&c, "bad", &[]), CallOutcome::Error(_)));
+    let join = |member, peer_id| AppAction::GroupJoin {
+        member,
+        peer_id,
+        group: [0xEE; 32],
+    };
+    assert_eq!(
+        apps.take_actions(),
+        [join(1, *peer(7)), join(2, [0x41; 32])]
+    );
+    // Released once, however often asked.
+    apps.call(&c, "release", &[]);
+    assert_eq!(apps.take_actions(), [AppAction::GroupRelease { member: 1 }]);
+    // A reload releases what is left.
+    www.write("live", code);
+    connect(&mut apps, 2, "live", &[]);
+    assert_eq!(apps.take_actions(), [AppAction::GroupRelease { member: 2 }]);
+}

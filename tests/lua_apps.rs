@@ -677,3 +677,46 @@ fn a_script_reads_a_clients_ping_and_time_since_its_last_packet() {
     assert!((0.5..3.0).contains(&elapsed), "{after:?}");
     assert!((0.0..100.0).contains(&read(&after, "ping")), "{after:?}");
 }
+
+#[test]
+fn a_script_talks_to_a_tcp_service_and_passes_its_answer_to_a_client() {
+    use std::io::{Read, Write};
+    let app = r#"
+    function onConnection(client)
+        function client:fetch(port)
+            local tcp = cumulus:createTCPClient()
+            function tcp:onReception(data)
+                client.writer:writeAMFMessage("onFetched", data)
+                tcp:disconnect()
+            end
+            local err = tcp:connect("127.0.0.1", port)
+            if err then return err end
+            tcp:send("GET")
+            return "sent"
+        end
+    end
+    "#;
+    let server = start_server_on(www_with(app), &[]);
+    let (mut c, h, flow) = connected(server.addr, 90, vec![]);
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = backend.local_addr().unwrap().port();
+    assert_eq!(
+        call(
+            &mut c,
+            h,
+            flow,
+            2.0,
+            "fetch",
+            vec![Value::Number(f64::from(port))]
+        ),
+        ("_result".to_string(), Value::str("sent"))
+    );
+    let (mut peer, _) = backend.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = [0; 3];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"GET");
+    peer.write_all(b"reply").unwrap();
+    let (_, args) = wait_command(&mut c, h, |name, _| name == "onFetched");
+    assert_eq!(args, [Value::str("reply")]);
+}

@@ -11,6 +11,9 @@ use rtmfp::amf::{Member, Value};
 
 use crate::ipc::{MediaEvents, QosEntry, SessionTiming};
 
+/// Wakes the control loop (from any thread; never blocks).
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo<'a> {
@@ -225,6 +228,13 @@ pub trait Applications: Send {
     fn timings(&mut self, _entries: &[SessionTiming]) {}
     /// The periodic manage tick (every [`MANAGE_PERIOD`]).
     fn manage(&mut self) {}
+    /// How the applications wake the control loop when something of theirs is ready (a
+    /// socket's reception): the loop then calls [`Applications::poll`]. Given once, before
+    /// any event.
+    fn set_waker(&mut self, _waker: Waker) {}
+    /// Runs what became ready since the last call (the scripts' socket events); the control
+    /// loop calls it at every turn, so it must be cheap when nothing is.
+    fn poll(&mut self) {}
     /// A connected client joined the NetGroup `group` (Cumulus's `onJoinGroup`), or was in it
     /// before a control-process restart (`restored`: the membership is known again, without
     /// the event).

@@ -421,6 +421,13 @@ impl NetConnections {
         }
     }
 
+    /// Runs what the applications have ready (see [`Applications::poll`]); answers what they
+    /// asked for meanwhile.
+    pub fn poll_apps(&mut self) -> Vec<Routed> {
+        self.apps.poll();
+        self.take_actions()
+    }
+
     /// The applications' manage tick (every [`crate::apps::MANAGE_PERIOD`]); answers what
     /// they asked for.
     pub fn manage(&mut self) -> Vec<Routed> {

@@ -184,7 +184,7 @@ pub fn run(
         &DhGroup::ALL,
         config.dh_seed,
         done_tx,
-        forward,
+        Arc::clone(&forward),
     )?;
     let mut state = Vec::new();
     for (i, socket) in links.into_iter().enumerate() {
@@ -203,6 +203,9 @@ pub fn run(
         });
     }
     drop(tx);
+    let mut apps = apps;
+    // The scripts' sockets wake the loop the same way.
+    apps.set_waker(forward);
     let mut netconn = NetConnections::new(apps, config.keepalive_ms);
     netconn.number_streams_from(config.first_stream);
     let mut service = Service {
@@ -246,6 +249,8 @@ pub fn run(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
+        let routed = service.netconn.poll_apps();
+        service.send_routed(routed);
         if service.links.iter().all(|l| !l.up) {
             break;
         }

@@ -3,8 +3,8 @@
 //! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
 //! serialisers and the hashes are native.
 //!
-//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, the TCP/UDP socket
-//! factories, `sendMail`, `newFlowWriter`.
+//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `sendMail`,
+//! `newFlowWriter`. The sockets are in [`crate::sockets`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -21,6 +21,7 @@ use updraft_control::ipc::{QosEntry, SessionTiming, MAX_FLASH_MESSAGE};
 use updraft_control::streams::stream_key;
 
 use crate::convert::{to_lua, FromLua};
+use crate::sockets::Sockets;
 
 /// The prelude: the Lua half of the API.
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -220,8 +221,10 @@ fn natives(
     root: &Path,
     sections: &BTreeMap<String, BTreeMap<String, String>>,
     outbox: &Arc<Mutex<Outbox>>,
+    sockets: &Arc<Mutex<Sockets>>,
 ) -> mlua::Result<Table> {
     let n = lua.create_table()?;
+    crate::sockets::natives(lua, &n, sockets, outbox)?;
     n.set(
         "log",
         lua.create_function(|_, (level, message): (u8, mlua::String)| {
@@ -565,8 +568,9 @@ impl Api {
         root: &Path,
         sections: &BTreeMap<String, BTreeMap<String, String>>,
         outbox: Arc<Mutex<Outbox>>,
+        sockets: &Arc<Mutex<Sockets>>,
     ) -> mlua::Result<Api> {
-        let native = natives(lua, root, sections, &outbox)?;
+        let native = natives(lua, root, sections, &outbox, sockets)?;
         let host: Table = lua.load(PRELUDE).set_name("=prelude").call(native)?;
         Ok(Api { host })
     }
@@ -652,6 +656,21 @@ impl Api {
     pub fn group_leave(&self, id: &[u8; 32], client: &Table) -> mlua::Result<Option<Table>> {
         self.host_fn("group_leave")?
             .call((hex::encode(id), client.clone()))
+    }
+
+    /// The script's object of open socket `id`.
+    pub fn socket(&self, id: u32) -> mlua::Result<Option<Table>> {
+        self.host_fn("socket")?.call(id)
+    }
+
+    /// Forgets socket `id`'s object: it is closed.
+    pub fn forget_socket(&self, id: u32) -> mlua::Result<()> {
+        self.host_fn("forget_socket")?.call(id)
+    }
+
+    /// A connected TCP client object for the accepted connection `id`.
+    pub fn accepted(&self, id: u32) -> mlua::Result<Table> {
+        self.host_fn("accepted")?.call(id)
     }
 
     /// Marks a listener's play ended: its switches send nothing any more.

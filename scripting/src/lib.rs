@@ -28,7 +28,7 @@
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
 //! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
-//! application's own), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
+//! application's own, and the socket factories of [`sockets`]), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
 //! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
 //! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
 //! `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
@@ -42,6 +42,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod sockets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -53,13 +54,14 @@ use mlua::{Function, HookTriggers, IntoLuaMulti, Lua, MultiValue, Table, Value a
 use rtmfp::amf::{Member, Value};
 use updraft_control::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
-    MediaPacket, APP_SCRIPT,
+    MediaPacket, Waker, APP_SCRIPT,
 };
 use updraft_control::ipc::{MediaEvents, QosEntry, SessionTiming};
 use updraft_control::streams::stream_key;
 
 use crate::api::{Api, Outbox};
 use crate::convert::{from_lua, to_lua};
+use crate::sockets::{Event, Sockets};
 
 /// Longest one event may run a script before it is stopped with an error.
 pub const SCRIPT_TIME_LIMIT: Duration = Duration::from_secs(5);
@@ -121,6 +123,10 @@ pub struct LuaApps {
     publications: HashMap<String, Publication>,
     api: Api,
     outbox: Arc<Mutex<Outbox>>,
+    /// The scripts' sockets.
+    sockets: Arc<Mutex<Sockets>>,
+    /// Wakes the control loop (to poll again when receptions are left over).
+    waker: Option<Waker>,
     /// When the running event must end, read by the Lua hook.
     deadline: Arc<Mutex<Option<std::time::Instant>>>,
     /// How long one event may run ([`SCRIPT_TIME_LIMIT`] unless changed).
@@ -214,7 +220,8 @@ impl LuaApps {
             .exec()?;
         lua.set_memory_limit(MEMORY_LIMIT)?;
         let outbox = Arc::new(Mutex::new(Outbox::default()));
-        let api = Api::install(&lua, &root, sections, Arc::clone(&outbox))?;
+        let sockets = Arc::new(Mutex::new(Sockets::default()));
+        let api = Api::install(&lua, &root, sections, Arc::clone(&outbox), &sockets)?;
         let deadline: Arc<Mutex<Option<std::time::Instant>>> = Arc::new(Mutex::new(None));
         let hook_deadline = Arc::clone(&deadline);
         lua.set_hook(
@@ -241,6 +248,8 @@ impl LuaApps {
             publications: HashMap::new(),
             api,
             outbox,
+            sockets,
+            waker: None,
             deadline,
             time_limit: SCRIPT_TIME_LIMIT,
             handshake_hook: false,
@@ -408,6 +417,15 @@ impl LuaApps {
                 let env = app.env.clone();
                 self.event(&env, "onStop", path, (path,));
             }
+        }
+        // Its sockets close with it.
+        let closed = self
+            .sockets
+            .lock()
+            .map(|mut s| s.close_app(path))
+            .unwrap_or_default();
+        for id in closed {
+            let _ = self.api.forget_socket(id);
         }
         // Its group memberships end with it.
         if let Ok(mut o) = self.outbox.lock() {
@@ -595,6 +613,91 @@ impl LuaApps {
         {
             if let Some(p) = self.forget(key) {
                 let _ = self.api.remove_publication(&p.name, &p.table);
+            }
+        }
+    }
+
+    /// Calls the method `name` of the script's object `object` (`object:name(args…)`) as
+    /// application `app`; logs an error. Answers its results, `None` when it has no such
+    /// method or it failed.
+    fn method(
+        &self,
+        app: &str,
+        object: &Table,
+        name: &str,
+        args: impl IntoLuaMulti,
+    ) -> Option<MultiValue> {
+        let Ok(LuaValue::Function(f)) = object.get::<LuaValue>(name) else {
+            return None;
+        };
+        let mut all = args.into_lua_multi(&self.lua).ok()?;
+        all.push_front(LuaValue::Table(object.clone()));
+        self.invoke(app, &f, all)
+            .map_err(|e| tracing::error!(app, method = name, error = %e, "script error"))
+            .ok()
+    }
+
+    /// Hands socket `id` (of application `app`) what its thread got.
+    fn socket_event(&mut self, id: u32, app: &str, event: Event) {
+        let Ok(Some(object)) = self.api.socket(id) else {
+            return;
+        };
+        let string = |b: &[u8]| self.lua.create_string(b);
+        match event {
+            Event::Data(bytes) => {
+                let data = self
+                    .sockets
+                    .lock()
+                    .map(|mut s| s.with_pending(id, bytes))
+                    .unwrap_or_default();
+                let Ok(text) = string(&data) else { return };
+                // Cumulus's answer: how many bytes (at the end) were not consumed.
+                let rest = self
+                    .method(app, &object, "onReception", (text,))
+                    .and_then(|v| v.into_iter().next())
+                    .and_then(|v| match v {
+                        LuaValue::Number(n) if n >= 1.0 => Some(n as usize),
+                        LuaValue::Integer(n) => usize::try_from(n).ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let kept = self.sockets.lock().map(|mut s| s.keep(id, &data, rest));
+                if let Ok(Err(e)) = kept {
+                    tracing::warn!(app, socket = id, error = %e, "script's TCP client dropped");
+                    let _ = object.raw_set("error", e);
+                    let _ = self.api.forget_socket(id);
+                    self.method(app, &object, "onDisconnection", ());
+                }
+            }
+            Event::Datagram(bytes, from) => {
+                if let Ok(text) = string(&bytes) {
+                    self.method(app, &object, "onReception", (text, from.to_string()));
+                }
+            }
+            Event::Closed(error) => {
+                if let Ok(mut s) = self.sockets.lock() {
+                    s.close(id);
+                }
+                let _ = object.raw_set("error", error);
+                let _ = self.api.forget_socket(id);
+                self.method(app, &object, "onDisconnection", ());
+            }
+            Event::Accepted(stream) => {
+                let adopted = self.sockets.lock().map(|mut s| {
+                    let client = s.new_id();
+                    s.adopt(client, app, stream).map(|()| client)
+                });
+                match adopted {
+                    Ok(Ok(client)) => {
+                        if let Ok(c) = self.api.accepted(client) {
+                            self.method(app, &object, "clientHandler", (c,));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(app, socket = id, error = %e, "connection refused");
+                    }
+                    Err(_) => {}
+                }
             }
         }
     }
@@ -1027,6 +1130,38 @@ impl Applications for LuaApps {
             }
         }
         out
+    }
+
+    fn set_waker(&mut self, waker: Waker) {
+        if let Ok(mut s) = self.sockets.lock() {
+            s.set_waker(Arc::clone(&waker));
+        }
+        self.waker = Some(waker);
+    }
+
+    fn poll(&mut self) {
+        let events = self
+            .sockets
+            .lock()
+            .map(|mut s| s.take_events())
+            .unwrap_or_default();
+        for (id, opening, event) in events {
+            // Each in turn: an earlier one's script may have closed or reopened the socket.
+            let app = self
+                .sockets
+                .lock()
+                .ok()
+                .and_then(|s| s.current(id, opening));
+            if let Some(app) = app {
+                self.socket_event(id, &app, event);
+            }
+        }
+        // More than one poll takes: come back at once.
+        if self.sockets.lock().is_ok_and(|s| s.has_events()) {
+            if let Some(w) = &self.waker {
+                w();
+            }
+        }
     }
 
     fn take_actions(&mut self) -> Vec<AppAction> {

@@ -315,6 +315,127 @@ function cumulus.publish(_, name)
 	return p
 end
 
+-- The scripts' sockets (Cumulus's TCPClient, TCPServer and UDPSocket), by number, while open:
+-- the host hands them their receptions, so an open socket lives on even when the script drops
+-- it (close it, or its application's reload or unload does).
+local open_sockets = {}
+
+-- A socket object of number `id`: its `methods`, then its properties (`connected`, `address`,
+-- `peerAddress`, `port`, `running`) as the server has them; any field a script sets (its
+-- `onReception`, say) is its own.
+local function socket_object(id, methods)
+	return setmetatable({}, {
+		__index = function(_, k)
+			local m = methods[k]
+			if m ~= nil then
+				return m
+			end
+			return native.socketInfo(id, k)
+		end,
+	})
+end
+
+-- A TCP client: `connect(host, port)` (nil, or the error), `send(data)`, `disconnect()`.
+local function tcp_client(id, connected)
+	local o
+	local m = {}
+	function m:connect(host, port)
+		local err = native.tcpConnect(id, tostring(host), tonumber(port) or 0)
+		rawset(o, "error", err)
+		if err == nil then
+			open_sockets[id] = o
+		end
+		return err
+	end
+	function m:send(data)
+		local err = native.tcpSend(id, tostring(data))
+		if err ~= nil then
+			rawset(o, "error", err)
+		end
+		return err
+	end
+	function m:disconnect()
+		native.socketClose(id)
+		open_sockets[id] = nil
+	end
+	o = socket_object(id, m)
+	if connected then
+		open_sockets[id] = o
+	end
+	return o
+end
+
+-- A TCP server: `start(port)` (whether it listens; `clientHandler(client)` then gets each
+-- connection), `stop()`.
+local function tcp_server(id)
+	local o
+	local m = {}
+	function m:start(port)
+		local ok = native.tcpListen(id, tonumber(port) or 0)
+		if ok then
+			open_sockets[id] = o
+		end
+		return ok
+	end
+	function m:stop()
+		native.socketClose(id)
+		open_sockets[id] = nil
+	end
+	o = socket_object(id, m)
+	return o
+end
+
+-- A UDP socket: `bind(address)` (nil, or the error), `connect(address)`, `send(data[,
+-- address])`, `close()`; `onReception(data, address)`.
+local function udp_socket(id, broadcast)
+	local o
+	local m = {}
+	function m:bind(address)
+		local err = native.udpBind(id, tostring(address), broadcast)
+		if err == nil then
+			open_sockets[id] = o
+		end
+		return err
+	end
+	function m:connect(address)
+		native.udpConnect(id, tostring(address), broadcast)
+		open_sockets[id] = o
+	end
+	function m:send(data, address)
+		native.udpSend(id, tostring(data), address and tostring(address), broadcast)
+		open_sockets[id] = o
+	end
+	function m:close()
+		native.socketClose(id)
+		open_sockets[id] = nil
+	end
+	o = socket_object(id, m)
+	return o
+end
+
+cumulus.createTCPClient = method(function()
+	return tcp_client(native.socketNew(), false)
+end)
+cumulus.createTCPServer = method(function()
+	return tcp_server(native.socketNew())
+end)
+cumulus.createUDPSocket = method(function(allowBroadcast)
+	return udp_socket(native.socketNew(), not not allowBroadcast)
+end)
+
+function host.socket(id)
+	return open_sockets[id]
+end
+
+function host.forget_socket(id)
+	open_sockets[id] = nil
+end
+
+-- A connection a server accepted, as a connected TCP client of number `id`.
+function host.accepted(id)
+	return tcp_client(id, true)
+end
+
 -- Takes the publication `cumulus:publish` made for the stream `key`, and its listeners' editor.
 function host.take_made(key)
 	local m = made[key]

@@ -1296,3 +1296,189 @@ fn an_application_adds_members_to_groups_until_it_releases_them_or_reloads() {
     connect(&mut apps, 2, "live", &[]);
     assert_eq!(apps.take_actions(), [AppAction::GroupRelease { member: 2 }]);
 }
+
+/// Polls the applications' sockets until `done` holds (at most five seconds).
+fn poll_until(apps: &mut LuaApps, mut done: impl FnMut(&mut LuaApps) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        apps.poll();
+        if done(apps) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn a_tcp_client_connects_sends_and_gets_what_it_left_unconsumed_again() {
+    use std::io::{Read, Write};
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        got, closed = "", nil
+        function onConnection(client)
+            function client:open(port)
+                tcp = cumulus:createTCPClient()
+                -- Consumes all but the last byte, which comes again with the next reception.
+                function tcp:onReception(data)
+                    got = got .. data:sub(1, #data - 1)
+                    return 1
+                end
+                function tcp:onDisconnection() closed = tcp.error or "by the peer" end
+                local err = tcp:connect("127.0.0.1", port)
+                if err then return err end
+                tcp:send("hello")
+                return tcp.connected
+            end
+            function client:unconnected()
+                local t = cumulus:createTCPClient()
+                local ok, err = pcall(t.send, t, "x")
+                return { ok = ok, err = tostring(err), connected = t.connected }
+            end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert_eq!(
+        apps.call(&c, "open", &[Value::Number(f64::from(port))]),
+        CallOutcome::Result(Value::Boolean(true))
+    );
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = [0; 5];
+    peer.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    peer.write_all(b"abc").unwrap();
+    assert!(poll_until(&mut apps, |a| eval::<String>(a, "", "got") == "ab"));
+    peer.write_all(b"def").unwrap();
+    drop(peer);
+    assert!(poll_until(&mut apps, |a| eval::<Option<String>>(
+        a, "", "closed"
+    )
+    .is_some()));
+    assert_eq!(eval::<String>(&mut apps, "", "got"), "abcde");
+    assert_eq!(eval::<String>(&mut apps, "", "closed"), "by the peer");
+    assert!(!eval::<bool>(&mut apps, "", "tcp.connected"));
+    // Nobody listens now: connect answers the error.
+    drop(listener);
+    assert!(matches!(
+        apps.call(&c, "open", &[Value::Number(f64::from(port))]),
+        CallOutcome::Result(Value::String(e)) if !e.is_empty()
+    ));
+    // Sending unconnected is an error, as in Cumulus.
+    let CallOutcome::Result(r) = apps.call(&c, "unconnected", &[]) else {
+        panic!()
+    };
+    assert_eq!(r.get("ok"), Some(&Value::Boolean(false)));
+    assert!(r
+        .get("err")
+        .and_then(Value::as_str)
+        .unwrap()
+        .contains("not connected"));
+    assert_eq!(r.get("connected"), Some(&Value::Boolean(false)));
+}
+
+#[test]
+fn a_tcp_server_hands_each_connection_to_its_client_handler_until_stopped_or_reloaded() {
+    use std::io::{Read, Write};
+    let www = Www::new();
+    let code = r#"
+        function onConnection(client)
+            function client:start()
+                server = cumulus:createTCPServer()
+                function server:clientHandler(c)
+                    function c:onReception(data) c:send(data:upper()) end
+                end
+                return server:start(0) and server.port
+            end
+            function client:stop() server:stop() return server.running end
+        end
+    "#;
+    www.write("", code);
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    let CallOutcome::Result(Value::Number(port)) = apps.call(&c, "start", &[]) else {
+        panic!("no port")
+    };
+    let port = port as u16;
+    assert!(eval::<bool>(&mut apps, "", "server.running"));
+    let echo = |apps: &mut LuaApps| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut got = Vec::new();
+        poll_until(apps, |_| {
+            let mut b = [0; 16];
+            if let Ok(n) = s.read(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+            got.len() >= 4
+        });
+        Some(got)
+    };
+    assert_eq!(echo(&mut apps), Some(b"PING".to_vec()));
+    assert_eq!(
+        apps.call(&c, "stop", &[]),
+        CallOutcome::Result(Value::Boolean(false))
+    );
+    // Stopped: its thread closes the listener within a check period.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(echo(&mut apps), None);
+    // A reload closes what the application opened.
+    apps.call(&c, "start", &[]);
+    let port2 = eval::<f64>(&mut apps, "", "server.port") as u16;
+    www.write("", code);
+    connect(&mut apps, 2, "", &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port2)).is_err());
+}
+
+#[test]
+fn a_udp_socket_receives_and_answers_datagrams() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:bind()
+                udp = cumulus:createUDPSocket()
+                function udp:onReception(data, address) self:send(data:upper(), address) end
+                local err = udp:bind("127.0.0.1:0")
+                return err or udp.address
+            end
+            function client:bad() return cumulus:createUDPSocket():bind("nowhere") end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    let CallOutcome::Result(Value::String(address)) = apps.call(&c, "bind", &[]) else {
+        panic!()
+    };
+    let address: SocketAddr = address.parse().unwrap();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    peer.send_to(b"hi", address).unwrap();
+    let mut buf = [0; 16];
+    let mut answer = None;
+    assert!(poll_until(&mut apps, |_| {
+        if let Ok((n, from)) = peer.recv_from(&mut buf) {
+            answer = Some((buf[..n].to_vec(), from));
+        }
+        answer.is_some()
+    }));
+    assert_eq!(answer, Some((b"HI".to_vec(), address)));
+    assert!(matches!(
+        apps.call(&c, "bad", &[]),
+        CallOutcome::Result(Value::String(e)) if e.contains("host:port")
+    ));
+}

@@ -1,0 +1,701 @@
+//! The scripts' own sockets: Cumulus's `createTCPClient`, `createTCPServer` and
+//! `createUDPSocket`. They are blocking std sockets, each open one with a thread of its own
+//! that reads it (or accepts on it) and queues what it got for the control loop, which it
+//! wakes through the applications' waker; the loop then hands the receptions to the scripts
+//! ([`crate::LuaApps`]'s `poll`). Writes and connects happen on the control loop itself, bounded
+//! by [`SEND_TIMEOUT`] and [`CONNECT_TIMEOUT`] (Cumulus connected synchronously too).
+//!
+//! Only open sockets are kept here (a connected TCP client, a started server, a bound UDP
+//! socket); a script's socket object keeps its number across reconnections.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+    UdpSocket,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mlua::{Lua, Table, Value as LuaValue};
+use updraft_control::apps::Waker;
+
+use crate::api::Outbox;
+
+/// Most sockets the scripts may have open at once (each has a thread).
+pub const MAX_SOCKETS: usize = 256;
+/// Longest a TCP connect may take (name resolution aside): the control loop waits for it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a TCP send may wait for room in the kernel's buffer before it fails.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most bytes a TCP client's `onReception` may leave unconsumed; beyond, it is disconnected.
+pub const MAX_PENDING: usize = 1 << 20;
+/// Bytes read at once (a UDP datagram's largest size, too).
+const READ_CHUNK: usize = 64 * 1024;
+/// Receptions queued for the scripts at most; the reading threads wait beyond (back-pressure).
+const EVENT_QUEUE: usize = 1024;
+/// Most receptions handed to the scripts in one poll, so that a busy socket cannot hold the
+/// control loop (the rest wait for the next turn).
+const EVENTS_PER_POLL: usize = 256;
+/// How often a server's or UDP socket's thread checks whether its socket was closed.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// What a socket's thread got.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes a TCP client received.
+    Data(Vec<u8>),
+    /// A datagram a UDP socket received, and where from.
+    Datagram(Vec<u8>, SocketAddr),
+    /// A TCP client's connection ended: by the peer (`None`), or with an error.
+    Closed(Option<String>),
+    /// A server accepted a connection.
+    Accepted(TcpStream),
+}
+
+/// One open socket.
+enum Open {
+    Tcp {
+        stream: TcpStream,
+        /// What `onReception` left unconsumed, to come first in the next reception.
+        pending: Vec<u8>,
+    },
+    Server {
+        port: u16,
+        stop: Arc<AtomicBool>,
+    },
+    Udp {
+        socket: UdpSocket,
+        stop: Arc<AtomicBool>,
+        peer: Option<SocketAddr>,
+    },
+}
+
+struct Entry {
+    /// The application whose script opened it (its events run there; its unload closes it).
+    app: String,
+    /// This opening's number: what a thread of an earlier one still reports is dropped.
+    opening: u64,
+    open: Open,
+}
+
+/// A reception: the socket's number, its opening's, and what it got.
+pub type Queued = (u32, u64, Event);
+
+/// A property of a socket, for the scripts (`connected`, `address`, `peerAddress`, `port`,
+/// `running`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Info {
+    /// A flag.
+    Bool(bool),
+    /// An address or a port, as text or a number.
+    Text(String),
+    /// A port.
+    Port(u16),
+    /// No such property, or not now.
+    None,
+}
+
+/// The scripts' open sockets.
+pub struct Sockets {
+    open: HashMap<u32, Entry>,
+    last_id: u32,
+    last_opening: u64,
+    events_tx: Sender<Queued>,
+    events_rx: Receiver<Queued>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sockets")
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Sockets {
+    fn default() -> Sockets {
+        let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
+        Sockets {
+            open: HashMap::new(),
+            last_id: 0,
+            last_opening: 0,
+            events_tx,
+            events_rx,
+            waker: None,
+        }
+    }
+}
+
+/// The first address `host:port` resolves to.
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))
+}
+
+/// `"host:port"` (or `"[v6]:port"`) as an address.
+fn address_of(address: &str) -> Result<SocketAddr, String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address} is not host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{address}: bad port"))?;
+    resolve(host.trim_start_matches('[').trim_end_matches(']'), port)
+}
+
+/// The unspecified address of `peer`'s family, port 0 (what an unbound UDP socket binds to).
+fn any_for(peer: SocketAddr) -> SocketAddr {
+    let ip = match peer.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+impl Sockets {
+    /// Wakes the control loop when a reception is queued.
+    pub fn set_waker(&mut self, waker: Waker) {
+        self.waker = Some(waker);
+    }
+
+    /// A number for a new socket object (no socket yet).
+    pub fn new_id(&mut self) -> u32 {
+        self.last_id = self.last_id.wrapping_add(1).max(1);
+        self.last_id
+    }
+
+    fn room(&self, id: u32) -> Result<(), String> {
+        if self.open.contains_key(&id) {
+            return Err("already open".into());
+        }
+        if self.open.len() >= MAX_SOCKETS {
+            return Err(format!(
+                "the scripts have {MAX_SOCKETS} sockets open already"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Connects TCP client `id` to `host:port` for application `app` and starts reading.
+    pub fn connect(&mut self, id: u32, app: &str, host: &str, port: u16) -> Result<(), String> {
+        self.room(id)?;
+        let to = resolve(host, port)?;
+        let stream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).map_err(|e| e.to_string())?;
+        self.adopt(id, app, stream)
+    }
+
+    /// Makes `stream` (connected) TCP client `id` of application `app` and starts reading it.
+    pub fn adopt(&mut self, id: u32, app: &str, stream: TcpStream) -> Result<(), String> {
+        self.room(id)?;
+        stream
+            .set_write_timeout(Some(SEND_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        let opening = self.spawn(id, "tcp", move |r| read_stream(reader, &r))?;
+        self.open.insert(
+            id,
+            Entry {
+                app: app.to_string(),
+                opening,
+                open: Open::Tcp {
+                    stream,
+                    pending: Vec::new(),
+                },
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends `data` on TCP client `id`: `Err` when it is not connected, else the write's error.
+    pub fn send(&mut self, id: u32, data: &[u8]) -> Result<Option<String>, String> {
+        match self.open.get_mut(&id) {
+            Some(Entry {
+                open: Open::Tcp { stream, .. },
+                ..
+            }) => Ok(stream.write_all(data).err().map(|e| e.to_string())),
+            _ => Err("TCPClient not connected".into()),
+        }
+    }
+
+    /// Starts TCP server `id` of application `app` on `port` (0: any free port), on every
+    /// interface as Cumulus did, accepting connections.
+    pub fn listen(&mut self, id: u32, app: &str, port: u16) -> Result<(), String> {
+        self.room(id)?;
+        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+            .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let opening = self.spawn(id, "server", move |r| accept(&listener, &stopped, &r))?;
+        self.open.insert(
+            id,
+            Entry {
+                app: app.to_string(),
+                opening,
+                open: Open::Server { port, stop },
+            },
+        );
+        Ok(())
+    }
+
+    /// Binds UDP socket `id` of application `app` to `address` (`"host:port"`) and starts
+    /// reading it.
+    pub fn bind(
+        &mut self,
+        id: u32,
+        app: &str,
+        address: SocketAddr,
+        broadcast: bool,
+    ) -> Result<(), String> {
+        self.room(id)?;
+        let socket = UdpSocket::bind(address).map_err(|e| e.to_string())?;
+        socket.set_broadcast(broadcast).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(STOP_CHECK))
+            .map_err(|e| e.to_string())?;
+        let reader = socket.try_clone().map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let opening = self.spawn(id, "udp", move |r| read_datagrams(&reader, &stopped, &r))?;
+        self.open.insert(
+            id,
+            Entry {
+                app: app.to_string(),
+                opening,
+                open: Open::Udp {
+                    socket,
+                    stop,
+                    peer: None,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether UDP socket `id` is bound.
+    pub fn is_bound(&self, id: u32) -> bool {
+        matches!(
+            self.open.get(&id),
+            Some(Entry {
+                open: Open::Udp { .. },
+                ..
+            })
+        )
+    }
+
+    /// Sends datagrams of UDP socket `id` to `peer` by default (binding it first if needed).
+    pub fn udp_connect(
+        &mut self,
+        id: u32,
+        app: &str,
+        peer: SocketAddr,
+        broadcast: bool,
+    ) -> Result<(), String> {
+        if !self.is_bound(id) {
+            self.bind(id, app, any_for(peer), broadcast)?;
+        }
+        if let Some(Entry {
+            open: Open::Udp { peer: p, .. },
+            ..
+        }) = self.open.get_mut(&id)
+        {
+            *p = Some(peer);
+        }
+        Ok(())
+    }
+
+    /// Sends `data` from UDP socket `id` to `to`, or to its default peer (binding it first if
+    /// needed).
+    pub fn send_to(
+        &mut self,
+        id: u32,
+        app: &str,
+        data: &[u8],
+        to: Option<SocketAddr>,
+        broadcast: bool,
+    ) -> Result<(), String> {
+        let default = match self.open.get(&id) {
+            Some(Entry {
+                open: Open::Udp { peer, .. },
+                ..
+            }) => *peer,
+            _ => None,
+        };
+        let to = to
+            .or(default)
+            .ok_or("no address to send to: give one, or connect first")?;
+        if !self.is_bound(id) {
+            self.bind(id, app, any_for(to), broadcast)?;
+        }
+        match self.open.get(&id) {
+            Some(Entry {
+                open: Open::Udp { socket, .. },
+                ..
+            }) => socket
+                .send_to(data, to)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            _ => Err("not a UDP socket".into()),
+        }
+    }
+
+    /// Closes socket `id` (a TCP client's thread then reports its end).
+    pub fn close(&mut self, id: u32) {
+        let Some(e) = self.open.remove(&id) else {
+            return;
+        };
+        match e.open {
+            Open::Tcp { stream, .. } => {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            Open::Server { stop, .. } | Open::Udp { stop, .. } => {
+                stop.store(true, Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Closes every socket of application `app` (it unloads or reloads); answers their
+    /// numbers.
+    pub fn close_app(&mut self, app: &str) -> Vec<u32> {
+        let ids: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, e)| e.app == app)
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.close(id);
+        }
+        ids
+    }
+
+    /// What TCP client `id` left unconsumed, followed by `data`; taken.
+    pub fn with_pending(&mut self, id: u32, data: Vec<u8>) -> Vec<u8> {
+        match self.open.get_mut(&id) {
+            Some(Entry {
+                open: Open::Tcp { pending, .. },
+                ..
+            }) if !pending.is_empty() => {
+                let mut all = std::mem::take(pending);
+                all.extend_from_slice(&data);
+                all
+            }
+            _ => data,
+        }
+    }
+
+    /// Keeps the last `rest` bytes of `data` for TCP client `id`'s next reception (Cumulus's
+    /// `onReception` answer); `Err` (and the client disconnected) past [`MAX_PENDING`].
+    pub fn keep(&mut self, id: u32, data: &[u8], rest: usize) -> Result<(), String> {
+        if rest > MAX_PENDING {
+            self.close(id);
+            return Err(format!(
+                "onReception left {rest} bytes unconsumed (at most {MAX_PENDING})"
+            ));
+        }
+        if let Some(Entry {
+            open: Open::Tcp { pending, .. },
+            ..
+        }) = self.open.get_mut(&id)
+        {
+            let rest = rest.min(data.len());
+            *pending = data[data.len() - rest..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// A property of socket `id`.
+    pub fn info(&self, id: u32, name: &str) -> Info {
+        let open = self.open.get(&id).map(|e| &e.open);
+        match (name, open) {
+            ("connected", open) => Info::Bool(matches!(open, Some(Open::Tcp { .. }))),
+            ("running", open) => Info::Bool(matches!(open, Some(Open::Server { .. }))),
+            ("port", Some(Open::Server { port, .. })) => Info::Port(*port),
+            ("address", Some(Open::Tcp { stream, .. })) => stream
+                .local_addr()
+                .map_or(Info::None, |a| Info::Text(a.to_string())),
+            // An unbound host (the wildcard) reads nil, as in Cumulus.
+            ("address", Some(Open::Udp { socket, .. })) => socket
+                .local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified())
+                .map_or(Info::None, |a| Info::Text(a.to_string())),
+            ("peerAddress", Some(Open::Tcp { stream, .. })) => stream
+                .peer_addr()
+                .map_or(Info::None, |a| Info::Text(a.to_string())),
+            ("peerAddress", Some(Open::Udp { peer: Some(p), .. })) => Info::Text(p.to_string()),
+            _ => Info::None,
+        }
+    }
+
+    /// Receptions queued since the last call, in order (at most 256 at once, so that a busy
+    /// socket cannot hold the control loop).
+    pub fn take_events(&mut self) -> Vec<Queued> {
+        self.events_rx.try_iter().take(EVENTS_PER_POLL).collect()
+    }
+
+    /// The application of socket `id` when `opening` is its current one: a reception of an
+    /// earlier opening (the script closed it since) is for no one.
+    pub fn current(&self, id: u32, opening: u64) -> Option<String> {
+        self.open
+            .get(&id)
+            .filter(|e| e.opening == opening)
+            .map(|e| e.app.clone())
+    }
+
+    /// Whether receptions wait (more than one poll took).
+    pub fn has_events(&self) -> bool {
+        !self.events_rx.is_empty()
+    }
+
+    /// Starts the thread of socket `id`'s new opening, running `body` with what reports its
+    /// receptions; answers the opening's number.
+    fn spawn(
+        &mut self,
+        id: u32,
+        kind: &str,
+        body: impl FnOnce(Report) + Send + 'static,
+    ) -> Result<u64, String> {
+        self.last_opening += 1;
+        let report = Report {
+            id,
+            opening: self.last_opening,
+            tx: self.events_tx.clone(),
+            wake: self.waker.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("lua-{kind}-{id}"))
+            .spawn(move || body(report))
+            .map_err(|e| e.to_string())?;
+        Ok(self.last_opening)
+    }
+}
+
+/// How a socket's thread reports what it got.
+struct Report {
+    id: u32,
+    opening: u64,
+    tx: Sender<Queued>,
+    wake: Option<Waker>,
+}
+
+impl Report {
+    /// Queues `event`, waiting while the queue is full (back-pressure on the socket), and
+    /// wakes the control loop; `false` once the scripts' host is gone.
+    fn deliver(&self, event: Event) -> bool {
+        let wake = || {
+            if let Some(w) = &self.wake {
+                w();
+            }
+        };
+        let sent = match self.tx.try_send((self.id, self.opening, event)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(item)) => {
+                // Wake the loop to make room, then wait for it.
+                wake();
+                self.tx.send(item).is_ok()
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+        wake();
+        sent
+    }
+}
+
+fn read_stream(mut stream: TcpStream, report: &Report) {
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        let event = match stream.read(&mut buf) {
+            Ok(0) => Event::Closed(None),
+            Ok(n) => Event::Data(buf[..n].to_vec()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => Event::Closed(Some(e.to_string())),
+        };
+        let end = matches!(event, Event::Closed(_));
+        if !report.deliver(event) || end {
+            return;
+        }
+    }
+}
+
+fn accept(listener: &TcpListener, stop: &AtomicBool, report: &Report) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(false).is_ok() && !report.deliver(Event::Accepted(stream))
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(STOP_CHECK),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(socket = report.id, error = %e, "script's TCP server stops accepting");
+                return;
+            }
+        }
+    }
+}
+
+fn read_datagrams(socket: &UdpSocket, stop: &AtomicBool, report: &Report) {
+    let mut buf = vec![0; READ_CHUNK];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if !report.deliver(Event::Datagram(buf[..n].to_vec(), from)) {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // ICMP errors of earlier sends surface here; the socket stays usable.
+            Err(e) => tracing::debug!(socket = report.id, error = %e, "script's UDP socket"),
+        }
+    }
+}
+
+/// A property's value for Lua.
+fn info_value(lua: &Lua, info: Info) -> mlua::Result<LuaValue> {
+    Ok(match info {
+        Info::Bool(b) => LuaValue::Boolean(b),
+        Info::Text(t) => LuaValue::String(lua.create_string(&t)?),
+        Info::Port(p) => LuaValue::Number(f64::from(p)),
+        Info::None => LuaValue::Nil,
+    })
+}
+
+/// Adds the socket functions to the prelude's `native` table `n`: each socket object of the
+/// prelude calls them with its number. The application a socket belongs to is the one whose
+/// script runs (`outbox.app`).
+pub(crate) fn natives(
+    lua: &Lua,
+    n: &Table,
+    sockets: &Arc<Mutex<Sockets>>,
+    outbox: &Arc<Mutex<Outbox>>,
+) -> mlua::Result<()> {
+    let app = {
+        let o = Arc::clone(outbox);
+        move || o.lock().map(|o| o.app.clone()).unwrap_or_default()
+    };
+    let s = Arc::clone(sockets);
+    n.set(
+        "socketNew",
+        lua.create_function(move |_, ()| Ok(s.lock().map(|mut s| s.new_id()).unwrap_or(0)))?,
+    )?;
+    // TCPClient:connect(host, port): nil, or the error.
+    let (s, a) = (Arc::clone(sockets), app.clone());
+    n.set(
+        "tcpConnect",
+        lua.create_function(move |_, (id, host, port): (u32, String, u16)| {
+            let app = a();
+            Ok(s.lock()
+                .map_err(|_| "sockets unavailable".to_string())
+                .and_then(|mut s| s.connect(id, &app, &host, port))
+                .err())
+        })?,
+    )?;
+    // TCPClient:send(data): an error when not connected; nil, or the write's error.
+    let s = Arc::clone(sockets);
+    n.set(
+        "tcpSend",
+        lua.create_function(move |_, (id, data): (u32, mlua::String)| {
+            let mut s = s
+                .lock()
+                .map_err(|_| mlua::Error::RuntimeError("sockets unavailable".into()))?;
+            s.send(id, &data.as_bytes())
+                .map_err(mlua::Error::RuntimeError)
+        })?,
+    )?;
+    // TCPServer:start(port): whether it listens.
+    let (s, a) = (Arc::clone(sockets), app.clone());
+    n.set(
+        "tcpListen",
+        lua.create_function(move |_, (id, port): (u32, u16)| {
+            let app = a();
+            let started = s
+                .lock()
+                .map_err(|_| "sockets unavailable".to_string())
+                .and_then(|mut s| s.listen(id, &app, port));
+            if let Err(e) = &started {
+                tracing::warn!(app, port, error = %e, "TCPServer:start");
+            }
+            Ok(started.is_ok())
+        })?,
+    )?;
+    // UDPSocket:bind(address): nil, or the error.
+    let (s, a) = (Arc::clone(sockets), app.clone());
+    n.set(
+        "udpBind",
+        lua.create_function(move |_, (id, address, broadcast): (u32, String, bool)| {
+            let app = a();
+            Ok(address_of(&address)
+                .and_then(|to| {
+                    s.lock()
+                        .map_err(|_| "sockets unavailable".to_string())
+                        .and_then(|mut s| s.bind(id, &app, to, broadcast))
+                })
+                .err())
+        })?,
+    )?;
+    // UDPSocket:connect(address): an error on failure.
+    let (s, a) = (Arc::clone(sockets), app.clone());
+    n.set(
+        "udpConnect",
+        lua.create_function(move |_, (id, address, broadcast): (u32, String, bool)| {
+            let app = a();
+            address_of(&address)
+                .and_then(|to| {
+                    s.lock()
+                        .map_err(|_| "sockets unavailable".to_string())
+                        .and_then(|mut s| s.udp_connect(id, &app, to, broadcast))
+                })
+                .map_err(mlua::Error::RuntimeError)
+        })?,
+    )?;
+    // UDPSocket:send(data[, address]): an error on failure.
+    let (s, a) = (Arc::clone(sockets), app);
+    n.set(
+        "udpSend",
+        lua.create_function(
+            move |_, (id, data, address, broadcast): (u32, mlua::String, Option<String>, bool)| {
+                let app = a();
+                let to = address.as_deref().map(address_of).transpose();
+                to.and_then(|to| {
+                    s.lock()
+                        .map_err(|_| "sockets unavailable".to_string())
+                        .and_then(|mut s| s.send_to(id, &app, &data.as_bytes(), to, broadcast))
+                })
+                .map_err(mlua::Error::RuntimeError)
+            },
+        )?,
+    )?;
+    // disconnect(), stop(), close().
+    let s = Arc::clone(sockets);
+    n.set(
+        "socketClose",
+        lua.create_function(move |_, id: u32| {
+            if let Ok(mut s) = s.lock() {
+                s.close(id);
+            }
+            Ok(())
+        })?,
+    )?;
+    let s = Arc::clone(sockets);
+    n.set(
+        "socketInfo",
+        lua.create_function(move |lua, (id, name): (u32, String)| {
+            let info = s.lock().map_or(Info::None, |s| s.info(id, &name));
+            info_value(lua, info)
+        })?,
+    )?;
+    Ok(())
+}

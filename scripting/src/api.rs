@@ -3,8 +3,8 @@
 //! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
 //! serialisers and the hashes are native.
 //!
-//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `sendMail`,
-//! `newFlowWriter`. The sockets are in [`crate::sockets`].
+//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `newFlowWriter`. The
+//! sockets and `sendMail` are in [`crate::sockets`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -21,7 +21,7 @@ use updraft_control::ipc::{QosEntry, SessionTiming, MAX_FLASH_MESSAGE};
 use updraft_control::streams::stream_key;
 
 use crate::convert::{to_lua, FromLua};
-use crate::sockets::Sockets;
+use crate::sockets::{SmtpSettings, Sockets};
 
 /// The prelude: the Lua half of the API.
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -224,7 +224,8 @@ fn natives(
     sockets: &Arc<Mutex<Sockets>>,
 ) -> mlua::Result<Table> {
     let n = lua.create_table()?;
-    crate::sockets::natives(lua, &n, sockets, outbox)?;
+    let smtp = SmtpSettings::from_section(sections.get("smtp"));
+    crate::sockets::natives(lua, &n, sockets, outbox, smtp)?;
     n.set(
         "log",
         lua.create_function(|_, (level, message): (u8, mlua::String)| {

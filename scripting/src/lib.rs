@@ -28,7 +28,7 @@
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
 //! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
-//! application's own, and the socket factories of [`sockets`]), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
+//! application's own, the socket factories and `sendMail` of [`sockets`]), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
 //! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
 //! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
 //! `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
@@ -681,6 +681,13 @@ impl LuaApps {
                 let _ = object.raw_set("error", error);
                 let _ = self.api.forget_socket(id);
                 self.method(app, &object, "onDisconnection", ());
+            }
+            Event::MailSent(error) => {
+                if let Ok(mut s) = self.sockets.lock() {
+                    s.close(id);
+                }
+                let _ = self.api.forget_socket(id);
+                self.method(app, &object, "onSent", (error,));
             }
             Event::Accepted(stream) => {
                 let adopted = self.sockets.lock().map(|mut s| {

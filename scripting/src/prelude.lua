@@ -423,6 +423,20 @@ cumulus.createUDPSocket = method(function(allowBroadcast)
 	return udp_socket(native.socketNew(), not not allowBroadcast)
 end)
 
+-- `cumulus:sendMail(sender, subject, content, recipient...)`: a mail object whose
+-- `onSent(error)` (nil when the SMTP server took it) the script may define.
+cumulus.sendMail = method(function(sender, subject, content, ...)
+	local recipients = {}
+	for i = 1, select("#", ...) do
+		recipients[i] = tostring((select(i, ...)))
+	end
+	local id = native.socketNew()
+	local mail = {}
+	native.sendMail(id, tostring(sender), tostring(subject or ""), tostring(content or ""), recipients)
+	open_sockets[id] = mail
+	return mail
+end)
+
 function host.socket(id)
 	return open_sockets[id]
 end

@@ -1,12 +1,14 @@
-//! The scripts' own sockets: Cumulus's `createTCPClient`, `createTCPServer` and
-//! `createUDPSocket`. They are blocking std sockets, each open one with a thread of its own
-//! that reads it (or accepts on it) and queues what it got for the control loop, which it
-//! wakes through the applications' waker; the loop then hands the receptions to the scripts
-//! ([`crate::LuaApps`]'s `poll`). Writes and connects happen on the control loop itself, bounded
-//! by [`SEND_TIMEOUT`] and [`CONNECT_TIMEOUT`] (Cumulus connected synchronously too).
+//! The scripts' own sockets and mails: Cumulus's `createTCPClient`, `createTCPServer`,
+//! `createUDPSocket` and `sendMail`. They are blocking std sockets, each open one (and each
+//! mail being sent, an SMTP conversation, RFC 5321) with a thread of its own that reads it (or
+//! accepts on it) and queues what it got for the control loop, which it wakes through the
+//! applications' waker; the loop then hands the receptions to the scripts ([`crate::LuaApps`]'s
+//! `poll`). Writes and connects happen on the control loop itself, bounded by
+//! [`SEND_TIMEOUT`] and [`CONNECT_TIMEOUT`] (Cumulus connected synchronously too).
 //!
 //! Only open sockets are kept here (a connected TCP client, a started server, a bound UDP
-//! socket); a script's socket object keeps its number across reconnections.
+//! socket, a mail on its way); a script's socket object keeps its number across
+//! reconnections.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -53,6 +55,8 @@ pub enum Event {
     Closed(Option<String>),
     /// A server accepted a connection.
     Accepted(TcpStream),
+    /// A mail went out (`None`), or could not.
+    MailSent(Option<String>),
 }
 
 /// One open socket.
@@ -71,6 +75,8 @@ enum Open {
         stop: Arc<AtomicBool>,
         peer: Option<SocketAddr>,
     },
+    /// A mail being sent (its thread ends with the [`Event::MailSent`]).
+    Mail,
 }
 
 struct Entry {
@@ -208,6 +214,32 @@ impl Sockets {
                     stream,
                     pending: Vec::new(),
                 },
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends `mail` (mail object `id` of application `app`) through the SMTP server of
+    /// `settings`, on a thread of its own; [`Event::MailSent`] tells how it went.
+    pub fn send_mail(
+        &mut self,
+        id: u32,
+        app: &str,
+        settings: &SmtpSettings,
+        mail: Mail,
+    ) -> Result<(), String> {
+        self.room(id)?;
+        mail.check()?;
+        let settings = settings.clone();
+        let opening = self.spawn(id, "mail", move |r| {
+            r.deliver(Event::MailSent(smtp(&settings, &mail).err()));
+        })?;
+        self.open.insert(
+            id,
+            Entry {
+                app: app.to_string(),
+                opening,
+                open: Open::Mail,
             },
         );
         Ok(())
@@ -358,8 +390,10 @@ impl Sockets {
                 let _ = stream.shutdown(Shutdown::Both);
             }
             Open::Server { stop, .. } | Open::Udp { stop, .. } => {
-                stop.store(true, Ordering::Relaxed)
+                stop.store(true, Ordering::Relaxed);
             }
+            // Its thread finishes the conversation; what it reports then is for no one.
+            Open::Mail => {}
         }
     }
 
@@ -581,6 +615,7 @@ pub(crate) fn natives(
     n: &Table,
     sockets: &Arc<Mutex<Sockets>>,
     outbox: &Arc<Mutex<Outbox>>,
+    smtp: SmtpSettings,
 ) -> mlua::Result<()> {
     let app = {
         let o = Arc::clone(outbox);
@@ -662,7 +697,7 @@ pub(crate) fn natives(
         })?,
     )?;
     // UDPSocket:send(data[, address]): an error on failure.
-    let (s, a) = (Arc::clone(sockets), app);
+    let (s, a) = (Arc::clone(sockets), app.clone());
     n.set(
         "udpSend",
         lua.create_function(
@@ -675,6 +710,33 @@ pub(crate) fn natives(
                         .and_then(|mut s| s.send_to(id, &app, &data.as_bytes(), to, broadcast))
                 })
                 .map_err(mlua::Error::RuntimeError)
+            },
+        )?,
+    )?;
+    // cumulus:sendMail(sender, subject, content, recipient...): an error when it cannot start.
+    let (s, a) = (Arc::clone(sockets), app.clone());
+    n.set(
+        "sendMail",
+        lua.create_function(
+            move |_,
+                  (id, sender, subject, content, recipients): (
+                u32,
+                String,
+                String,
+                String,
+                Vec<String>,
+            )| {
+                let app = a();
+                let mail = Mail {
+                    sender,
+                    subject,
+                    content,
+                    recipients,
+                };
+                s.lock()
+                    .map_err(|_| "sockets unavailable".to_string())
+                    .and_then(|mut s| s.send_mail(id, &app, &smtp, mail))
+                    .map_err(mlua::Error::RuntimeError)
             },
         )?,
     )?;
@@ -697,5 +759,151 @@ pub(crate) fn natives(
             info_value(lua, info)
         })?,
     )?;
+    Ok(())
+}
+
+/// Where mails go (the configuration's `smtp` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    /// `smtp.host` (default `localhost`).
+    pub host: String,
+    /// `smtp.port` (default 25).
+    pub port: u16,
+    /// `smtp.timeout`: how long each step of the conversation may take (default 60 s).
+    pub timeout: Duration,
+}
+
+impl SmtpSettings {
+    /// The settings of the configuration's `smtp` section (`host`, `port`, `timeout` in
+    /// seconds); what is missing or unreadable takes Cumulus's default.
+    pub fn from_section(section: Option<&std::collections::BTreeMap<String, String>>) -> Self {
+        let get = |k: &str| section.and_then(|s| s.get(k)).map(|v| v.trim());
+        SmtpSettings {
+            host: get("host")
+                .filter(|h| !h.is_empty())
+                .unwrap_or("localhost")
+                .to_string(),
+            port: get("port").and_then(|p| p.parse().ok()).unwrap_or(25),
+            timeout: Duration::from_secs(get("timeout").and_then(|t| t.parse().ok()).unwrap_or(60)),
+        }
+    }
+}
+
+/// A mail a script sends (`cumulus:sendMail(sender, subject, content, recipient...)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// The sender's address.
+    pub sender: String,
+    /// The subject.
+    pub subject: String,
+    /// The text.
+    pub content: String,
+    /// The recipients' addresses.
+    pub recipients: Vec<String>,
+}
+
+impl Mail {
+    /// Refuses what would break the SMTP conversation or the headers (a line break in an
+    /// address or the subject would let a script's caller write commands or headers).
+    fn check(&self) -> Result<(), String> {
+        if self.recipients.is_empty() {
+            return Err("sendMail: no recipient".into());
+        }
+        let line = |s: &str| !s.contains(['\r', '\n']);
+        if !(line(&self.sender) && line(&self.subject) && self.recipients.iter().all(|r| line(r))) {
+            return Err("sendMail: a line break in an address or the subject".into());
+        }
+        Ok(())
+    }
+
+    /// The message: headers, a blank line, the text with CRLF line ends and every line that
+    /// starts with a dot doubled (RFC 5321 §4.5.2), then the end of data.
+    fn data(&self) -> String {
+        let mut out = format!(
+            "From: {}\r\nTo: {}\r\nSubject: {}\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n",
+            self.sender,
+            self.recipients.join(", "),
+            self.subject
+        );
+        for line in self.content.replace("\r\n", "\n").split('\n') {
+            if line.starts_with('.') {
+                out.push('.');
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str(".\r\n");
+        out
+    }
+}
+
+/// One SMTP reply (RFC 5321 §4.2): its code, after any continuation lines.
+fn smtp_reply(r: &mut impl std::io::BufRead) -> Result<u16, String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("the SMTP server closed the connection".into());
+        }
+        let code = line
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("not an SMTP reply: {}", line.trim_end()))?;
+        // "250-..." continues; "250 ..." (or a bare code) ends the reply.
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(code);
+        }
+    }
+}
+
+/// Sends `command` (unless empty) and checks that the reply's code is one of `expected`.
+fn smtp_step(
+    w: &mut TcpStream,
+    r: &mut impl std::io::BufRead,
+    command: &str,
+    expected: &[u16],
+) -> Result<(), String> {
+    if !command.is_empty() {
+        w.write_all(command.as_bytes())
+            .and_then(|()| w.write_all(b"\r\n"))
+            .map_err(|e| e.to_string())?;
+    }
+    let code = smtp_reply(r)?;
+    if expected.contains(&code) {
+        Ok(())
+    } else {
+        let what = command.split(':').next().filter(|c| !c.is_empty());
+        Err(format!(
+            "SMTP server answered {code} to {}",
+            what.unwrap_or("the mail")
+        ))
+    }
+}
+
+/// One SMTP conversation (RFC 5321 §3.3) delivering `mail`.
+fn smtp(settings: &SmtpSettings, mail: &Mail) -> Result<(), String> {
+    let to = resolve(&settings.host, settings.port)?;
+    let mut w = TcpStream::connect_timeout(&to, settings.timeout).map_err(|e| e.to_string())?;
+    w.set_read_timeout(Some(settings.timeout))
+        .and_then(|()| w.set_write_timeout(Some(settings.timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut r = std::io::BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
+    smtp_step(&mut w, &mut r, "", &[220])?;
+    smtp_step(&mut w, &mut r, "HELO updraft", &[250])?;
+    smtp_step(
+        &mut w,
+        &mut r,
+        &format!("MAIL FROM:<{}>", mail.sender),
+        &[250],
+    )?;
+    for rcpt in &mail.recipients {
+        smtp_step(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>"), &[250, 251])?;
+    }
+    smtp_step(&mut w, &mut r, "DATA", &[354])?;
+    w.write_all(mail.data().as_bytes())
+        .map_err(|e| e.to_string())?;
+    smtp_step(&mut w, &mut r, "", &[250])?;
+    // The mail is accepted; how the goodbye goes does not matter.
+    let _ = smtp_step(&mut w, &mut r, "QUIT", &[221]);
     Ok(())
 }

@@ -1482,3 +1482,111 @@ fn a_udp_socket_receives_and_answers_datagrams() {
         CallOutcome::Result(Value::String(e)) if e.contains("host:port")
     ));
 }
+
+/// A one-mail SMTP server on loopback answering RCPT with `rcpt_code`: its port, and the
+/// conversation it saw (the client's lines) once done.
+fn smtp_server(rcpt_code: u16) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let done = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut seen = Vec::new();
+        w.write_all(b"220 test ESMTP\r\n").unwrap();
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            seen.push(line.clone());
+            let answer: &[u8] = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                b"250 queued\r\n"
+            } else if line.starts_with("RCPT") {
+                if rcpt_code == 250 {
+                    b"250 ok\r\n"
+                } else {
+                    b"550 no such user\r\n"
+                }
+            } else if line == "DATA" {
+                in_data = true;
+                b"354 go on\r\n"
+            } else if line == "QUIT" {
+                w.write_all(b"221 bye\r\n").unwrap();
+                break;
+            } else {
+                b"250-fine\r\n250 ok\r\n"
+            };
+            w.write_all(answer).unwrap();
+        }
+        seen
+    });
+    (port, done)
+}
+
+#[test]
+fn send_mail_talks_smtp_and_tells_on_sent() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        function onConnection(client)
+            function client:mail(to)
+                local m = cumulus:sendMail("server@example.org", "Hello", "line 1\n.dot", to, "b@example.org")
+                function m:onSent(err) sent = err or "sent" end
+            end
+            function client:nobody() return (pcall(cumulus.sendMail, cumulus, "a@b", "s", "c")) end
+            function client:inject() return (pcall(cumulus.sendMail, cumulus, "a@b\r\nRCPT TO:<x>", "s", "c", "d@e")) end
+        end
+        "#,
+    );
+    for (code, outcome) in [(250, "sent"), (550, "SMTP server answered 550 to RCPT TO")] {
+        let (port, server) = smtp_server(code);
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            "smtp".to_string(),
+            BTreeMap::from([
+                ("host".to_string(), "127.0.0.1".to_string()),
+                ("port".to_string(), port.to_string()),
+                ("timeout".to_string(), "5".to_string()),
+            ]),
+        );
+        let mut apps = LuaApps::new(&www.0, &sections).unwrap();
+        connect(&mut apps, 1, "", &[]);
+        let c = client(1, "");
+        apps.call(&c, "mail", &[Value::String("a@example.org".into())]);
+        assert!(poll_until(&mut apps, |a| eval::<Option<String>>(
+            a, "", "sent"
+        )
+        .is_some()));
+        assert_eq!(eval::<String>(&mut apps, "", "sent"), outcome);
+        let seen = server.join().unwrap();
+        assert_eq!(seen[1], "MAIL FROM:<server@example.org>", "{seen:?}");
+        assert_eq!(seen[2], "RCPT TO:<a@example.org>", "{seen:?}");
+        if code == 250 {
+            assert_eq!(seen[3], "RCPT TO:<b@example.org>");
+            assert!(seen.contains(&"Subject: Hello".to_string()), "{seen:?}");
+            assert!(seen.contains(&"To: a@example.org, b@example.org".to_string()));
+            // A line starting with a dot is doubled; the data ends with a lone dot.
+            let body = seen.iter().position(|l| l == "line 1").unwrap();
+            assert_eq!(seen[body + 1..body + 3], ["..dot", "."]);
+            assert_eq!(seen.last().unwrap(), "QUIT");
+        }
+        // No recipient, or a line break in an address: an error for the script.
+        for method in ["nobody", "inject"] {
+            assert_eq!(
+                apps.call(&c, method, &[]),
+                CallOutcome::Result(Value::Boolean(false)),
+                "{method}"
+            );
+        }
+    }
+}

@@ -907,3 +907,54 @@ fn smtp(settings: &SmtpSettings, mail: &Mail) -> Result<(), String> {
     let _ = smtp_step(&mut w, &mut r, "QUIT", &[221]);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_replies_with_continuations_end_at_the_last_line() {
+        let mut r =
+            std::io::Cursor::new(b"250-first\r\n250-second\r\n250 last\r\n354 go\r\n".to_vec());
+        assert_eq!(smtp_reply(&mut r), Ok(250));
+        assert_eq!(smtp_reply(&mut r), Ok(354));
+        assert!(smtp_reply(&mut r).is_err(), "the end");
+        let mut bad = std::io::Cursor::new(b"2x0 what\r\n".to_vec());
+        assert!(smtp_reply(&mut bad).is_err());
+    }
+
+    #[test]
+    fn settings_take_cumulus_defaults() {
+        assert_eq!(
+            SmtpSettings::from_section(None),
+            SmtpSettings {
+                host: "localhost".into(),
+                port: 25,
+                timeout: Duration::from_secs(60)
+            }
+        );
+        let section = std::collections::BTreeMap::from([
+            ("host".to_string(), " mail.example ".to_string()),
+            ("port".to_string(), "2525".to_string()),
+            ("timeout".to_string(), "soon".to_string()),
+        ]);
+        let s = SmtpSettings::from_section(Some(&section));
+        assert_eq!(
+            (s.host.as_str(), s.port, s.timeout),
+            ("mail.example", 2525, Duration::from_secs(60))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a server answers, reading it never panics.
+        #[test]
+        fn any_reply_is_read_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let mut r = std::io::Cursor::new(bytes);
+            for _ in 0..8 {
+                if smtp_reply(&mut r).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -720,3 +720,57 @@ fn a_script_talks_to_a_tcp_service_and_passes_its_answer_to_a_client() {
     let (_, args) = wait_command(&mut c, h, |name, _| name == "onFetched");
     assert_eq!(args, [Value::str("reply")]);
 }
+
+#[test]
+fn a_flow_writer_reaches_the_client_on_a_netconnection_flow_of_its_own() {
+    let app = r#"
+    function onConnection(client)
+        function client:subscribe()
+            news = client.writer:newFlowWriter()
+            news:writeAMFMessage("onNews", "first")
+            return "ok"
+        end
+        function client:done() news:close() end
+    end
+    "#;
+    let server = start_server_on(www_with(app), &[]);
+    let (mut c, h, flow) = connected(server.addr, 95, vec![]);
+    assert_eq!(
+        call(&mut c, h, flow, 2.0, "subscribe", vec![]),
+        ("_result".to_string(), Value::str("ok"))
+    );
+    let (_, args) = wait_command(&mut c, h, |name, _| name == "onNews");
+    assert_eq!(args, [Value::str("first")]);
+    // It came on a flow of its own: TC metadata for the NetConnection (stream 0), answering the
+    // client's NetConnection flow, not on the flow the call's answer came on.
+    let flow_of = |c: &Client, wanted: &dyn Fn(&str, f64) -> bool| {
+        c.events.iter().find_map(|(hh, e)| match e {
+            EndpointEvent::Session(Event::Message { flow: f, data }) if *hh == h => {
+                let tc = TcMessage::parse(data).ok()?;
+                let cmd = Command::parse(&tc).ok()?;
+                wanted(&cmd.name, cmd.transaction_id).then_some(*f)
+            }
+            _ => None,
+        })
+    };
+    let news_flow = flow_of(&c, &|n, _| n == "onNews").unwrap();
+    let answer_flow = flow_of(&c, &|n, t| n == "_result" && t == 2.0).unwrap();
+    assert_ne!(news_flow, answer_flow);
+    let opened = c.events.iter().find_map(|(hh, e)| match e {
+        EndpointEvent::Session(Event::FlowOpened {
+            flow: f,
+            metadata,
+            associated,
+        }) if *hh == h && *f == news_flow => Some((metadata.clone(), *associated)),
+        _ => None,
+    });
+    let (metadata, associated) = opened.expect("the writer's flow opened");
+    assert_eq!(metadata, tc_metadata(0));
+    assert_eq!(associated, Some(flow));
+    // Closed, its flow finishes.
+    call(&mut c, h, flow, 3.0, "done", vec![]);
+    assert!(c.pump(|ev| {
+        ev.iter().any(|(hh, e)| *hh == h
+        && matches!(e, EndpointEvent::Session(Event::FlowFinished { flow: f }) if *f == news_flow))
+    }));
+}

@@ -102,6 +102,25 @@ pub enum AppAction {
         /// Its arguments.
         args: Vec<Value<'static>>,
     },
+    /// A server-to-client call on the application's flow writer `writer` of the client
+    /// (`writer:newFlowWriter()`, then `writeAMFMessage` on it).
+    WriterCall {
+        /// The client's session.
+        session: u32,
+        /// The applications' number for the writer.
+        writer: u32,
+        /// The method called on the client.
+        method: String,
+        /// Its arguments.
+        args: Vec<Value<'static>>,
+    },
+    /// Close the application's flow writer `writer` of the client (`close()` on it).
+    WriterClose {
+        /// The client's session.
+        session: u32,
+        /// The applications' number for the writer.
+        writer: u32,
+    },
     /// Close the client's session (`writer:close()` on its NetConnection writer).
     Close {
         /// The client's session.

@@ -106,6 +106,8 @@ const TAG_DOWN_GROUP_MEMBERS: u8 = 0x92;
 const TAG_DOWN_SERVER_PUBLISH: u8 = 0x93;
 const TAG_DOWN_MEDIA: u8 = 0x94;
 const TAG_DOWN_WATCH: u8 = 0x95;
+const TAG_DOWN_WRITER: u8 = 0x96;
+const TAG_DOWN_CLOSE_WRITER: u8 = 0x97;
 /// Most counters in one [`Down::Stats`].
 pub const MAX_STATS: usize = 64;
 /// Bytes of one counter on the wire.
@@ -481,6 +483,24 @@ pub enum Down {
         session_id: u32,
         /// The messages, with the limits of [`Down::Reply`].
         messages: Vec<Vec<u8>>,
+    },
+    /// Send server-to-client messages on the application's flow writer `writer` of the
+    /// session (`writer:newFlowWriter()`): a NetConnection flow of its own, opened at its first
+    /// message.
+    Writer {
+        /// The session.
+        session_id: u32,
+        /// The applications' number for the writer.
+        writer: u32,
+        /// The messages, with the limits of [`Down::Reply`].
+        messages: Vec<Vec<u8>>,
+    },
+    /// Close the application's flow writer `writer` of the session, in order.
+    CloseWriter {
+        /// The session.
+        session_id: u32,
+        /// The applications' number for the writer.
+        writer: u32,
     },
     /// Close the session in order (Close Request).
     Close {
@@ -896,6 +916,15 @@ impl Down {
                 session_id: r.u32()?,
                 messages: r.messages()?,
             },
+            TAG_DOWN_WRITER => Down::Writer {
+                session_id: r.u32()?,
+                writer: r.u32()?,
+                messages: r.messages()?,
+            },
+            TAG_DOWN_CLOSE_WRITER => Down::CloseWriter {
+                session_id: r.u32()?,
+                writer: r.u32()?,
+            },
             TAG_DOWN_CLOSE => Down::Close {
                 session_id: r.u32()?,
             },
@@ -1026,6 +1055,21 @@ impl Down {
                 w.u8(TAG_DOWN_CALL)?;
                 w.u32(*session_id)?;
                 w.messages(messages)
+            }
+            Down::Writer {
+                session_id,
+                writer,
+                messages,
+            } => {
+                w.u8(TAG_DOWN_WRITER)?;
+                w.u32(*session_id)?;
+                w.u32(*writer)?;
+                w.messages(messages)
+            }
+            Down::CloseWriter { session_id, writer } => {
+                w.u8(TAG_DOWN_CLOSE_WRITER)?;
+                w.u32(*session_id)?;
+                w.u32(*writer)
             }
             Down::Close { session_id } => {
                 w.u8(TAG_DOWN_CLOSE)?;
@@ -2112,6 +2156,15 @@ mod tests {
                 session_id,
                 messages
             }),
+            (any::<u32>(), any::<u32>(), arb_messages()).prop_map(
+                |(session_id, writer, messages)| Down::Writer {
+                    session_id,
+                    writer,
+                    messages
+                }
+            ),
+            any::<(u32, u32)>()
+                .prop_map(|(session_id, writer)| Down::CloseWriter { session_id, writer }),
             any::<u32>().prop_map(|session_id| Down::Close { session_id }),
             any::<u32>().prop_map(|session_id| Down::Kill { session_id }),
             vec(any::<u64>(), 0..=MAX_STATS).prop_map(|values| Down::Stats { values }),
@@ -2246,7 +2299,7 @@ mod tests {
         /// Arbitrary bodies behind a valid version and tag reach the field parsers.
         #[test]
         fn arbitrary_bodies_never_panic(
-            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_TIMINGS, TAG_DOWN_WELCOME..=TAG_DOWN_WATCH],
+            tag in prop_oneof![TAG_UP_HELLO..=TAG_UP_TIMINGS, TAG_DOWN_WELCOME..=TAG_DOWN_CLOSE_WRITER],
             body in vec(any::<u8>(), 0..512),
         ) {
             let mut data = vec![IPC_VERSION, tag];

@@ -451,6 +451,30 @@ impl NetConnections {
                     self.call(session, &method, args)
                         .map(|d| (owner(session), d)),
                 ),
+                AppAction::WriterCall {
+                    session,
+                    writer,
+                    method,
+                    args,
+                } => {
+                    if let Some(Down::Call { messages, .. }) = self.call(session, &method, args) {
+                        let d = Down::Writer {
+                            session_id: session,
+                            writer,
+                            messages,
+                        };
+                        out.push((owner(session), d));
+                    }
+                }
+                AppAction::WriterClose { session, writer } => {
+                    if self.clients.contains_key(&session) {
+                        let d = Down::CloseWriter {
+                            session_id: session,
+                            writer,
+                        };
+                        out.push((owner(session), d));
+                    }
+                }
                 AppAction::Close { session } => {
                     if self.clients.contains_key(&session) {
                         out.extend(self.close(session).into_iter().map(|d| (owner(session), d)));

@@ -95,6 +95,9 @@ counters! {
         media_published,
         /// Publishers' messages sent to the control plane for the applications' media events.
         media_events,
+        /// Messages for an application's flow writer dropped: the session has no NetConnection
+        /// yet, or already the most writers.
+        drop_writer,
         /// Media messages applications pushed into streams published on this worker.
         media_pushed,
         /// Pushed media messages dropped: the stream is not published here (any more), or the

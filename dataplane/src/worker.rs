@@ -234,6 +234,8 @@ struct Entry {
     /// The client's NetGroup (`GC`) flows (digest §1.14), and the group each joined with the
     /// worker's join number (kept for a restarted control plane, which gets them in order).
     groups: Vec<(FlowId, Option<Joined>)>,
+    /// The applications' flow writers (`writer:newFlowWriter()`): their number and our flow.
+    writers: Vec<(u32, FlowId)>,
     session: Session,
     peer_id: [u8; 32],
     /// NetConnection state kept for a restarted control plane.
@@ -247,6 +249,29 @@ impl Entry {
     /// Our reply flow for the client's `flow`, if one was opened.
     fn reply_of(&self, flow: FlowId) -> Option<FlowId> {
         self.replies.iter().find(|r| r.0 == flow).map(|r| r.1)
+    }
+
+    /// Our flow for the applications' writer `writer`, opened now if it is new: a NetConnection
+    /// flow (`TC`, stream 0) answering the client's control flow, like our NetConnection
+    /// replies (RFC 7425 §5.1.1). `None` before the client's NetConnection, or past
+    /// [`MAX_WRITERS_PER_SESSION`].
+    fn writer_flow(&mut self, writer: u32) -> Option<FlowId> {
+        if let Some(&(_, f)) = self.writers.iter().find(|w| w.0 == writer) {
+            return Some(f);
+        }
+        if self.writers.len() >= MAX_WRITERS_PER_SESSION {
+            return None;
+        }
+        let metadata = FlowMetadata::Tc {
+            stream_id: 0,
+            receive_intent: ReceiveIntent::Sequence,
+        };
+        let f = self
+            .session
+            .open_flow(&metadata.to_vec(), Some(self.control?))
+            .ok()?;
+        self.writers.push((writer, f));
+        Some(f)
     }
 
     /// Our reply flow for the client's `flow`, opened on first use: same metadata (RFC 7425
@@ -473,6 +498,9 @@ const MEDIA_ITEMS_PER_TURN: usize = 4096;
 /// sessions ahead (rtmfp's `session::lookahead`): each stage reads what the one before asked
 /// for, a visit earlier, and one visit (a subscriber's message, a datagram) outlasts a miss.
 const LOOKAHEAD: [(usize, Stage); 3] = [(3, Stage::Fields), (2, Stage::Heap), (1, Stage::Flows)];
+/// Most flow writers the applications may open on one session (`writer:newFlowWriter()`);
+/// messages for more are dropped.
+pub const MAX_WRITERS_PER_SESSION: usize = 16;
 /// Capacity of each worker's queue of media from other workers.
 pub const MEDIA_QUEUE: usize = 8192;
 
@@ -1102,6 +1130,37 @@ impl<IO: BatchIo> Worker<IO> {
                 session_id,
                 messages,
             } => self.reply(now, session_id, None, &messages),
+            Down::Writer {
+                session_id,
+                writer,
+                messages,
+            } => {
+                let Some(slot) = self.slot_of(session_id) else {
+                    return;
+                };
+                if let Some(e) = self.entry_mut(slot) {
+                    let Some(flow) = e.writer_flow(writer) else {
+                        self.counters.drop_writer += 1;
+                        return;
+                    };
+                    for m in &messages {
+                        let _ = e.session.send(now, flow, m, SendOptions::default());
+                    }
+                    self.mark_dirty(slot);
+                }
+            }
+            Down::CloseWriter { session_id, writer } => {
+                let Some(slot) = self.slot_of(session_id) else {
+                    return;
+                };
+                if let Some(e) = self.entry_mut(slot) {
+                    if let Some(i) = e.writers.iter().position(|w| w.0 == writer) {
+                        let (_, flow) = e.writers.swap_remove(i);
+                        let _ = e.session.close_flow(flow);
+                        self.mark_dirty(slot);
+                    }
+                }
+            }
             Down::Close { session_id } => {
                 // Closing aborts the flows (RFC 7016 §3.5.5): first let the last replies (an
                 // `_error` for a refused connect) be delivered.
@@ -1232,6 +1291,7 @@ impl<IO: BatchIo> Worker<IO> {
             replies: Vec::new(),
             streams: Vec::new(),
             groups: Vec::new(),
+            writers: Vec::new(),
             control: None,
             armed: None,
             dirty: false,

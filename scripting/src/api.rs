@@ -3,8 +3,8 @@
 //! and constructors are Lua (`prelude.lua`); the functions that reach the server, the
 //! serialisers and the hashes are native.
 //!
-//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`, `newFlowWriter`. The
-//! sockets and `sendMail` are in [`crate::sockets`].
+//! Not provided (Updraft has no such subsystem yet): `cumulus.servers`. The sockets and
+//! `sendMail` are in [`crate::sockets`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -324,6 +324,33 @@ fn natives(
                         .map(|(t, at)| f64::from(t.idle_ms) / 1000.0 + at.elapsed().as_secs_f64())
                 })
                 .unwrap_or(0.0))
+        })?,
+    )?;
+    let o = Arc::clone(outbox);
+    n.set(
+        "writerCall",
+        lua.create_function(
+            move |_, (session, writer, method, args): (u32, u32, String, MultiValue)| {
+                let mut c = FromLua::new();
+                let args = args.iter().map(|a| c.value(a)).collect();
+                push(
+                    &o,
+                    AppAction::WriterCall {
+                        session,
+                        writer,
+                        method,
+                        args,
+                    },
+                    c.bytes_read(),
+                );
+                Ok(())
+            },
+        )?,
+    )?;
+    n.set(
+        "writerClose",
+        queue(lua, outbox, |(session, writer): (u32, u32)| {
+            vec![AppAction::WriterClose { session, writer }]
         })?,
     )?;
     n.set(
@@ -672,6 +699,14 @@ impl Api {
     /// A connected TCP client object for the accepted connection `id`.
     pub fn accepted(&self, id: u32) -> mlua::Result<Table> {
         self.host_fn("accepted")?.call(id)
+    }
+
+    /// The open flow writers (`newFlowWriter`) and their sessions.
+    pub fn flow_writers(&self) -> mlua::Result<Vec<(Table, u32)>> {
+        let list: Vec<Table> = self.host_fn("flow_writers")?.call(())?;
+        list.iter()
+            .map(|pair| Ok((pair.raw_get(1)?, pair.raw_get(2)?)))
+            .collect()
     }
 
     /// Marks a listener's play ended: its switches send nothing any more.

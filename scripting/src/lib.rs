@@ -31,7 +31,7 @@
 //! application's own, the socket factories and `sendMail` of [`sockets`]), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
 //! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
 //! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
-//! `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
+//! `newFlowWriter`, `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
 //! `pushDataPacket`, `flush`) and listeners (with their QOS objects and the listener's
 //! `receiveAudio`, `receiveVideo` and sample access switches), and the logging functions
 //! `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
@@ -1034,6 +1034,12 @@ impl Applications for LuaApps {
                 if let Err(e) = self.invoke(&app, &f, (table.clone(),)) {
                     tracing::error!(app = %app, event = "client:onManage", error = %e, "script error");
                 }
+            }
+        }
+        // And the flow writers' (`writer:onManage()`), in their client's application.
+        for (writer, session) in self.api.flow_writers().unwrap_or_default() {
+            if let Some(app) = self.clients.get(&session).map(|c| c.app.clone()) {
+                self.method(&app, &writer, "onManage", ());
             }
         }
     }

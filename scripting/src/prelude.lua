@@ -162,52 +162,100 @@ cumulus = setmetatable({
 
 local host = {}
 
--- A client's NetConnection writer; after the client leaves it sends nothing (its session
--- number may serve another client by then).
+-- The applications' flow writers (`newFlowWriter`) while open, with their session: their
+-- `onManage` runs every manage tick. And the last writer number of each session.
+local flow_writers = {}
+local writer_numbers = {}
+
+-- A client's NetConnection writer, and what ends it (and its flow writers) when the client
+-- leaves: after that they send nothing (the session number may serve another client by then).
 local function writer(session)
 	local alive = true
-	local w = { reliable = true }
-	function w:writeAMFMessage(name, ...)
-		if alive then
-			native.call(session, name, ...)
-		end
-	end
-	-- The `_result` of the call being handled (inside the client's method; the first write
-	-- answers, and a value the method returns then is not sent).
-	function w:writeAMFResult(...)
-		if alive then
-			native.result(session, ...)
-		end
-	end
-	-- onStatus on the NetConnection: level "status", code "NetConnection.<code>", the
-	-- description, then any further name/value pairs (as Cumulus's FlowWriter).
-	function w:writeStatusResponse(code, description, ...)
-		local info = { level = "status", code = "NetConnection" }
-		if code and code ~= "" then
-			info.code = "NetConnection." .. code
-		end
-		if description and description ~= "" then
-			info.description = description
-		end
-		for i = 1, select("#", ...), 2 do
-			local k, v = select(i, ...)
-			if k ~= nil then
-				info[k] = v
+	local function make(number) -- nil: the NetConnection's own writer
+		local open = true
+		local w = { reliable = true }
+		local function call(name, ...)
+			if not (alive and open) then
+				return
+			end
+			if number then
+				native.writerCall(session, number, name, ...)
+			else
+				native.call(session, name, ...)
 			end
 		end
-		if alive then
-			native.call(session, "onStatus", info)
+		function w:writeAMFMessage(name, ...)
+			call(name, ...)
 		end
-	end
-	function w:flush() end
-	function w:close()
-		if alive then
-			native.close(session)
+		-- The `_result` of the call being handled (inside the client's method; the first write
+		-- answers, and a value the method returns then is not sent). A flow writer answers no
+		-- call: it does nothing there.
+		function w:writeAMFResult(...)
+			if alive and number == nil then
+				native.result(session, ...)
+			end
 		end
+		-- onStatus on the NetConnection: level "status", code "NetConnection.<code>", the
+		-- description, then any further name/value pairs (as Cumulus's FlowWriter).
+		function w:writeStatusResponse(code, description, ...)
+			local info = { level = "status", code = "NetConnection" }
+			if code and code ~= "" then
+				info.code = "NetConnection." .. code
+			end
+			if description and description ~= "" then
+				info.description = description
+			end
+			for i = 1, select("#", ...), 2 do
+				local k, v = select(i, ...)
+				if k ~= nil then
+					info[k] = v
+				end
+			end
+			call("onStatus", info)
+		end
+		function w:flush() end
+		-- A writer on a NetConnection flow of its own (as Cumulus: it answers the client's
+		-- NetConnection flow), with an `onManage` of its own.
+		function w:newFlowWriter()
+			local n = (writer_numbers[session] or 0) + 1
+			writer_numbers[session] = n
+			local fw = make(n)
+			flow_writers[fw] = session
+			return fw
+		end
+		-- A flow writer closes its flow; the NetConnection's own closes the session.
+		function w:close()
+			if not alive then
+				return
+			end
+			if number == nil then
+				native.close(session)
+			elseif open then
+				open = false
+				flow_writers[w] = nil
+				native.writerClose(session, number)
+			end
+		end
+		return w
 	end
-	return w, function()
+	return make(nil), function()
 		alive = false
+		for fw, s in pairs(flow_writers) do
+			if s == session then
+				flow_writers[fw] = nil
+			end
+		end
+		writer_numbers[session] = nil
 	end
+end
+
+-- The open flow writers and their sessions, for their `onManage`.
+function host.flow_writers()
+	local list = {}
+	for fw, s in pairs(flow_writers) do
+		list[#list + 1] = { fw, s }
+	end
+	return list
 end
 
 local detach = setmetatable({}, { __mode = "k" })

@@ -1590,3 +1590,57 @@ fn send_mail_talks_smtp_and_tells_on_sent() {
         }
     }
 }
+
+#[test]
+fn flow_writers_send_on_their_own_until_closed_and_manage_every_tick() {
+    let www = Www::new();
+    www.write(
+        "",
+        r#"
+        ticks = 0
+        function onConnection(client)
+            function client:open()
+                w = client.writer:newFlowWriter()
+                function w:onManage() ticks = ticks + 1 end
+                w:writeAMFMessage("onTick", 1)
+                w:writeStatusResponse("Custom", "hi")
+                w:writeAMFResult("not a call's")
+                local other = client.writer:newFlowWriter()
+                other:writeAMFMessage("onOther")
+            end
+            function client:close() w:close() w:close() w:writeAMFMessage("late") end
+        end
+        "#,
+    );
+    let mut apps = www.apps();
+    connect(&mut apps, 1, "", &[]);
+    let c = client(1, "");
+    apps.call(&c, "open", &[]);
+    let actions = apps.take_actions();
+    let calls: Vec<(u32, &str)> = actions
+        .iter()
+        .map(|a| match a {
+            AppAction::WriterCall { writer, method, .. } => (*writer, method.as_str()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // The answer of a call goes on the NetConnection only: none from a flow writer.
+    assert_eq!(calls, [(1, "onTick"), (1, "onStatus"), (2, "onOther")]);
+    apps.manage();
+    apps.manage();
+    assert_eq!(eval::<f64>(&mut apps, "", "ticks"), 2.0);
+    apps.call(&c, "close", &[]);
+    assert_eq!(
+        apps.take_actions(),
+        [AppAction::WriterClose {
+            session: 1,
+            writer: 1
+        }]
+    );
+    apps.manage();
+    assert_eq!(
+        eval::<f64>(&mut apps, "", "ticks"),
+        2.0,
+        "a closed writer is not managed"
+    );
+}

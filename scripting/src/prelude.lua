@@ -384,10 +384,24 @@ local function socket_object(id, methods)
 end
 
 -- A TCP client: `connect(host, port)` (nil, or the error), `send(data)`, `disconnect()`.
+-- As in Cumulus, a disconnection (the script's own too) runs `onDisconnection()`, and
+-- connecting a connected client disconnects it first.
 local function tcp_client(id, connected)
 	local o
 	local m = {}
+	function m:disconnect()
+		if open_sockets[id] == nil then
+			return
+		end
+		native.socketClose(id)
+		open_sockets[id] = nil
+		local f = rawget(o, "onDisconnection")
+		if f then
+			f(o)
+		end
+	end
 	function m:connect(host, port)
+		m.disconnect(o)
 		local err = native.tcpConnect(id, tostring(host), tonumber(port) or 0)
 		rawset(o, "error", err)
 		if err == nil then
@@ -401,10 +415,6 @@ local function tcp_client(id, connected)
 			rawset(o, "error", err)
 		end
 		return err
-	end
-	function m:disconnect()
-		native.socketClose(id)
-		open_sockets[id] = nil
 	end
 	o = socket_object(id, m)
 	if connected then

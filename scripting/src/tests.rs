@@ -1320,18 +1320,20 @@ fn a_tcp_client_connects_sends_and_gets_what_it_left_unconsumed_again() {
         got, closed = "", nil
         function onConnection(client)
             function client:open(port)
+                closed = nil
                 tcp = cumulus:createTCPClient()
                 -- Consumes all but the last byte, which comes again with the next reception.
                 function tcp:onReception(data)
                     got = got .. data:sub(1, #data - 1)
                     return 1
                 end
-                function tcp:onDisconnection() closed = tcp.error or "by the peer" end
+                function tcp:onDisconnection() closed = tcp.error or "no error" end
                 local err = tcp:connect("127.0.0.1", port)
                 if err then return err end
                 tcp:send("hello")
                 return tcp.connected
             end
+            function client:drop() tcp:disconnect() tcp:disconnect() return closed end
             function client:unconnected()
                 local t = cumulus:createTCPClient()
                 local ok, err = pcall(t.send, t, "x")
@@ -1363,8 +1365,18 @@ fn a_tcp_client_connects_sends_and_gets_what_it_left_unconsumed_again() {
     )
     .is_some()));
     assert_eq!(eval::<String>(&mut apps, "", "got"), "abcde");
-    assert_eq!(eval::<String>(&mut apps, "", "closed"), "by the peer");
+    assert_eq!(eval::<String>(&mut apps, "", "closed"), "no error");
     assert!(!eval::<bool>(&mut apps, "", "tcp.connected"));
+    // The script's own disconnection runs onDisconnection too (once), as in Cumulus.
+    assert_eq!(
+        apps.call(&c, "open", &[Value::Number(f64::from(port))]),
+        CallOutcome::Result(Value::Boolean(true))
+    );
+    let (_peer, _) = listener.accept().unwrap();
+    assert_eq!(
+        apps.call(&c, "drop", &[]),
+        CallOutcome::Result(Value::String("no error".into()))
+    );
     // Nobody listens now: connect answers the error.
     drop(listener);
     assert!(matches!(

@@ -687,6 +687,8 @@ impl LuaApps {
                     s.close(id);
                 }
                 let _ = self.api.forget_socket(id);
+                // Cumulus's scripts read `mail.error` in `onSent()`; it is the argument too.
+                let _ = object.raw_set("error", error.clone());
                 self.method(app, &object, "onSent", (error,));
             }
             Event::Accepted(stream) => {

@@ -482,7 +482,8 @@ cumulus.createUDPSocket = method(function(allowBroadcast)
 end)
 
 -- `cumulus:sendMail(sender, subject, content, recipient...)`: a mail object whose
--- `onSent(error)` (nil when the SMTP server took it) the script may define.
+-- `onSent()` the script may define runs when it is done, with the mail's `error` nil when the
+-- SMTP server took it (and the error as its argument too).
 cumulus.sendMail = method(function(sender, subject, content, ...)
 	local recipients = {}
 	for i = 1, select("#", ...) do

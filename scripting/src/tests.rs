@@ -1553,7 +1553,10 @@ fn send_mail_talks_smtp_and_tells_on_sent() {
         function onConnection(client)
             function client:mail(to)
                 local m = cumulus:sendMail("server@example.org", "Hello", "line 1\n.dot", to, "b@example.org")
-                function m:onSent(err) sent = err or "sent" end
+                function m:onSent(err)
+                    assert(err == self.error)
+                    sent = err or "sent"
+                end
             end
             function client:nobody() return (pcall(cumulus.sendMail, cumulus, "a@b", "s", "c")) end
             function client:inject() return (pcall(cumulus.sendMail, cumulus, "a@b\r\nRCPT TO:<x>", "s", "c", "d@e")) end

@@ -774,3 +774,50 @@ fn a_flow_writer_reaches_the_client_on_a_netconnection_flow_of_its_own() {
         && matches!(e, EndpointEvent::Session(Event::FlowFinished { flow: f }) if *f == news_flow))
     }));
 }
+
+#[test]
+fn a_script_closes_a_clients_publication() {
+    let app = r#"
+    function onPublish(client, publication) live = publication end
+    function onConnection(client)
+        function client:kick() live:close("Publish.Kicked", "enough") end
+    end
+    "#;
+    let www = sample_www("lua-close-publisher");
+    std::fs::write(www.0.join("live/main.lua"), app).unwrap();
+    let server = start_server_on(www, &[]);
+    let addr = server.addr;
+    let (mut publisher, ph, _) = support::live::publishing(addr, 110);
+    let (mut admin, h, nc, _) = support::live::netstream_client(addr, 111);
+    let kick = Command::new("kick", 4.0, Value::Null, vec![])
+        .to_message(ObjectEncoding::Amf0, 0)
+        .unwrap();
+    admin.send(h, nc, &kick);
+    // The publisher hears the status and a close on its NetStream, and its publication ends.
+    let closed = |c: &Client| {
+        c.messages_of(Some(ph))
+            .iter()
+            .filter_map(|m| command_reply(m))
+            .any(|(name, _, _)| name == "close")
+    };
+    assert!(run_until(
+        &mut [&mut publisher, &mut admin],
+        Duration::from_secs(5),
+        |c| closed(c[0])
+    ));
+    let got = codes(&publisher);
+    assert!(
+        got.contains(&"NetStream.Publish.Kicked".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"NetStream.Unpublish.Success".to_string()),
+        "{got:?}"
+    );
+    // The name is free again.
+    let (mut other, oh, _, oflow) = support::live::netstream_client(addr, 112);
+    other.send(oh, oflow, &command("publish", 0.0, vec![Value::str("cam")]));
+    assert!(run_until(&mut [&mut other], Duration::from_secs(5), |c| {
+        codes(c[0]).contains(&"NetStream.Publish.Start".to_string())
+    }));
+}

@@ -157,6 +157,18 @@ pub enum AppAction {
         /// The stream name.
         name: String,
     },
+    /// Close a client's publication of `name` in `app` (`publication:close(code,
+    /// description)`, Cumulus's `closePublisher`).
+    ClosePublisher {
+        /// The application path.
+        app: String,
+        /// The stream name.
+        name: String,
+        /// The status code after `NetStream.` (none when empty).
+        code: String,
+        /// The status description.
+        description: String,
+    },
     /// Feed a media message to the subscribers of stream `name` in `app`, published by the
     /// server or by a client (`publication:pushAudioPacket`, `pushVideoPacket`,
     /// `pushDataPacket`).

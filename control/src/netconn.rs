@@ -512,6 +512,16 @@ impl NetConnections {
                 AppAction::Unpublish { app, name } => {
                     out.extend(self.streams.unpublish_server(&stream_key(&app, &name)));
                 }
+                AppAction::ClosePublisher {
+                    app,
+                    name,
+                    code,
+                    description,
+                } => {
+                    let key = stream_key(&app, &name);
+                    out.extend(self.streams.close_publisher(&key, &code, &description));
+                    self.notify_ended();
+                }
                 AppAction::Push { app, name, message } => {
                     out.extend(self.streams.push(&stream_key(&app, &name), message));
                 }

@@ -32,6 +32,9 @@ pub fn sample_access(audio: bool, video: bool) -> Vec<u8> {
 /// A NetStream of a client: its session and the client's flow for it.
 type StreamFlow = (u32, u64);
 
+/// The command a publisher's NetStream gets when an application closes its publication.
+const CLOSE_COMMAND: &str = "close";
+
 /// A stream's key: its application path and name (names are per application).
 pub fn stream_key(app: &str, name: &str) -> String {
     format!("{app}/{name}")
@@ -260,6 +263,33 @@ impl Streams {
             Some(p) if p.0 == SERVER_SESSION => self.stop(p),
             _ => Vec::new(),
         }
+    }
+
+    /// `publication:close(code, description)` on a client's publication of the stream `key`
+    /// (Cumulus's `closePublisher`): the publisher hears `onStatus` with `NetStream.<code>` (when
+    /// a code is given) and a `close` on its NetStream, and the publication ends. Nothing for
+    /// the server's own publications (`close()` ends those) or a stream nobody publishes.
+    pub fn close_publisher(&mut self, key: &str, code: &str, description: &str) -> Vec<Routed> {
+        let Some(p) = self
+            .by_key
+            .get(key)
+            .and_then(|s| s.publisher)
+            .filter(|p| p.0 != SERVER_SESSION)
+        else {
+            return Vec::new();
+        };
+        let mut messages = Vec::new();
+        if !code.is_empty() {
+            messages.push(status_message(
+                status::LEVEL_STATUS,
+                &format!("NetStream.{code}"),
+                description,
+            ));
+        }
+        messages.extend(Command::call(CLOSE_COMMAND, vec![]).to_message(ObjectEncoding::Amf0, 0));
+        let mut out = vec![reply(p, messages)];
+        out.extend(self.stop(p));
+        out
     }
 
     /// A media message an application pushes into the stream `key`, for the worker where it
@@ -618,6 +648,27 @@ mod tests {
             s.push("live/tv", vec![9]),
             Some((0, Down::Media { stream: 1, .. }))
         ));
+    }
+
+    #[test]
+    fn closing_a_clients_publication_tells_its_publisher_and_ends_it() {
+        let mut s = Streams::new();
+        s.publish("live/cam", "cam", PUB).unwrap();
+        s.play("live/cam", "cam", SUB1, false);
+        let out = s.close_publisher("live/cam", "Publish.Kicked", "enough");
+        assert_eq!(
+            codes(&out, PUB),
+            ["NetStream.Publish.Kicked", status::UNPUBLISH_SUCCESS]
+        );
+        assert_eq!(codes(&out, SUB1), [status::PLAY_UNPUBLISH_NOTIFY]);
+        assert!(out
+            .iter()
+            .any(|(_, d)| matches!(d, Down::Unpublish { stream: 1 })));
+        assert_eq!(s.published_by(PUB), None);
+        // Nobody publishes it now; the server's own publications are closed otherwise.
+        assert!(s.close_publisher("live/cam", "", "").is_empty());
+        s.publish_server("live/tv", "tv").unwrap();
+        assert!(s.close_publisher("live/tv", "", "").is_empty());
     }
 
     #[test]

@@ -465,6 +465,21 @@ fn natives(
         })?,
     )?;
     n.set(
+        "closePublisher",
+        queue(
+            lua,
+            outbox,
+            |(app, name, code, description): (String, String, String, String)| {
+                vec![AppAction::ClosePublisher {
+                    app,
+                    name,
+                    code,
+                    description,
+                }]
+            },
+        )?,
+    )?;
+    n.set(
         "unpublish",
         queue(lua, outbox, |(app, name): (String, String)| {
             vec![AppAction::Unpublish { app, name }]

@@ -336,6 +336,11 @@ function host.publication(name, client, app, live)
 		videoQOS = q,
 	}
 	pushes(p, app, name, live or always)
+	-- A client's publication: its publisher hears `NetStream.<code>` (when given) and `close`,
+	-- and the publication ends (Cumulus's closePublisher).
+	function p:close(code, description)
+		native.closePublisher(app, name, code and tostring(code) or "", description and tostring(description) or "")
+	end
 	return p, admin
 end
 

@@ -30,6 +30,8 @@ const PRELUDE: &str = include_str!("prelude.lua");
 /// control plane (one event); more are dropped with a warning, so a script in a loop cannot
 /// exhaust memory.
 pub const MAX_PENDING_ACTIONS: usize = 65_536;
+/// The writer number of a client's NetConnection writer (its flow writers count from 1).
+const NETCONNECTION_WRITER: u32 = 0;
 /// Most bytes of strings the queued calls may carry between two drains.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
@@ -254,22 +256,29 @@ fn natives(
         }
     }
     n.set("configs", configs)?;
+    // A server-to-client call on the NetConnection (`writer` 0) or on a flow writer.
     let o = Arc::clone(outbox);
     n.set(
         "call",
         lua.create_function(
-            move |_, (session, method, args): (u32, String, MultiValue)| {
+            move |_, (session, writer, method, args): (u32, u32, String, MultiValue)| {
                 let mut c = FromLua::new();
                 let args = args.iter().map(|a| c.value(a)).collect();
-                push(
-                    &o,
+                let action = if writer == NETCONNECTION_WRITER {
                     AppAction::Call {
                         session,
                         method,
                         args,
-                    },
-                    c.bytes_read(),
-                );
+                    }
+                } else {
+                    AppAction::WriterCall {
+                        session,
+                        writer,
+                        method,
+                        args,
+                    }
+                };
+                push(&o, action, c.bytes_read());
                 Ok(())
             },
         )?,
@@ -325,27 +334,6 @@ fn natives(
                 })
                 .unwrap_or(0.0))
         })?,
-    )?;
-    let o = Arc::clone(outbox);
-    n.set(
-        "writerCall",
-        lua.create_function(
-            move |_, (session, writer, method, args): (u32, u32, String, MultiValue)| {
-                let mut c = FromLua::new();
-                let args = args.iter().map(|a| c.value(a)).collect();
-                push(
-                    &o,
-                    AppAction::WriterCall {
-                        session,
-                        writer,
-                        method,
-                        args,
-                    },
-                    c.bytes_read(),
-                );
-                Ok(())
-            },
-        )?,
     )?;
     n.set(
         "writerClose",

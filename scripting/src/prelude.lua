@@ -175,13 +175,8 @@ local function writer(session)
 		local open = true
 		local w = { reliable = true }
 		local function call(name, ...)
-			if not (alive and open) then
-				return
-			end
-			if number then
-				native.writerCall(session, number, name, ...)
-			else
-				native.call(session, name, ...)
+			if alive and open then
+				native.call(session, number or 0, name, ...)
 			end
 		end
 		function w:writeAMFMessage(name, ...)

@@ -498,6 +498,9 @@ const MEDIA_ITEMS_PER_TURN: usize = 4096;
 /// sessions ahead (rtmfp's `session::lookahead`): each stage reads what the one before asked
 /// for, a visit earlier, and one visit (a subscriber's message, a datagram) outlasts a miss.
 const LOOKAHEAD: [(usize, Stage); 3] = [(3, Stage::Fields), (2, Stage::Heap), (1, Stage::Flows)];
+/// Sessions a turn visits for the timing report (Cumulus's `client.ping`): a pass over a
+/// worker's sessions is spread over turns.
+const TIMINGS_PER_TURN: usize = 1024;
 /// Most flow writers the applications may open on one session (`writer:newFlowWriter()`);
 /// messages for more are dropped.
 pub const MAX_WRITERS_PER_SESSION: usize = 16;
@@ -552,6 +555,10 @@ pub struct Worker<IO: BatchIo> {
     /// Last flow-synchronisation ID sent.
     sync_id: u32,
     last_report: std::time::Instant,
+    /// The next table slot of the sessions' timing report under way (see
+    /// [`Worker::report_timings`]), and the entries gathered so far.
+    timings_cursor: Option<usize>,
+    timings: Vec<SessionTiming>,
     /// Messages for the control plane waiting for room on the link.
     outbox: VecDeque<Vec<u8>>,
     /// Bytes in `outbox`.
@@ -596,6 +603,8 @@ impl<IO: BatchIo> Worker<IO> {
             publishing_ns: HashMap::new(),
             sync_id: 0,
             last_report: std::time::Instant::now(),
+            timings_cursor: None,
+            timings: Vec::new(),
             outbox: VecDeque::new(),
             outbox_bytes: 0,
             group_joins: 0,
@@ -717,8 +726,10 @@ impl<IO: BatchIo> Worker<IO> {
         self.flush();
         if self.last_report.elapsed() >= REPORT_PERIOD {
             self.report_streams();
-            self.report_timings(now);
+            // A new pass over the sessions' timings, unless one is still under way.
+            self.timings_cursor.get_or_insert(0);
         }
+        self.report_timings(now);
         self.counters.publications = self.streams.values().filter(|s| s.published).count() as u64;
         self.counters.subscribers = self
             .streams
@@ -1769,25 +1780,33 @@ impl<IO: BatchIo> Worker<IO> {
 
     /// Tells the applications how every session's link is doing (with the stream reports;
     /// not while the link to them is down or backed up, as for QoS).
+    ///
+    /// A pass visits [`TIMINGS_PER_TURN`] sessions a turn, so that no turn waits for the memory
+    /// of every session at once; its entries go up [`MAX_TIMING_ENTRIES`] at a time.
     fn report_timings(&mut self, now: Instant) {
-        if self.link.is_none() || !self.outbox.is_empty() {
+        let Some(start) = self.timings_cursor else {
             return;
-        }
+        };
+        let end = start.saturating_add(TIMINGS_PER_TURN).min(self.table.len());
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let entries: Vec<SessionTiming> = self
-            .table
-            .iter()
-            .flatten()
-            .map(|e| SessionTiming {
+        let visited = self.table.get(start..end).unwrap_or_default();
+        self.timings
+            .extend(visited.iter().flatten().map(|e| SessionTiming {
                 session_id: e.id,
                 rtt_ms: e.session.srtt().map_or(0, ms),
                 idle_ms: ms(now.saturating_duration_since(e.session.last_received())),
-            })
-            .collect();
-        for chunk in entries.chunks(MAX_TIMING_ENTRIES) {
-            self.send_up(&Up::Timings {
-                entries: chunk.to_vec(),
-            });
+            }));
+        let done = end >= self.table.len();
+        self.timings_cursor = (!done).then_some(end);
+        if done || self.timings.len() >= MAX_TIMING_ENTRIES {
+            let entries = std::mem::take(&mut self.timings);
+            if self.link.is_some() && self.outbox.is_empty() {
+                for chunk in entries.chunks(MAX_TIMING_ENTRIES) {
+                    self.send_up(&Up::Timings {
+                        entries: chunk.to_vec(),
+                    });
+                }
+            }
         }
     }
 
@@ -2276,6 +2295,53 @@ mod tests {
         m.extend_from_slice(&ts.to_be_bytes());
         m.extend_from_slice(&[if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
         Arc::from(m)
+    }
+
+    #[test]
+    fn a_timing_pass_visits_a_bounded_number_of_sessions_a_turn() {
+        use rtmfp::crypto::{DirectionOptions, SessionKeys, DERIVED_LEN};
+        use updraft_control::ids::IdAllocator;
+        use updraft_control::ipc::SessionSecrets;
+        let mut w = worker(0, Vec::new(), 1);
+        let mut ids = IdAllocator::new(0);
+        let n = TIMINGS_PER_TURN * 2 + 100;
+        for i in 0..n {
+            let session_id = ids.allocate().unwrap();
+            let peer_id = [u8::try_from(i % 251).unwrap(); 32];
+            w.on_down(Down::Install {
+                session_id,
+                far_session_id: 9,
+                address: "192.0.2.7:4000".parse().unwrap(),
+                peer_id,
+                secrets: SessionSecrets {
+                    keys: SessionKeys {
+                        encrypt: [1; DERIVED_LEN],
+                        decrypt: [2; DERIVED_LEN],
+                        tx_hmac_key: [3; DERIVED_LEN],
+                        rx_hmac_key: [4; DERIVED_LEN],
+                        near_nonce: [5; DERIVED_LEN],
+                        far_nonce: [6; DERIVED_LEN],
+                    },
+                    send: DirectionOptions::default(),
+                    receive: DirectionOptions::default(),
+                },
+            });
+        }
+        assert_eq!(w.table.iter().flatten().count(), n);
+        let now = w.now();
+        // No pass under way: nothing.
+        w.report_timings(now);
+        assert!(w.timings.is_empty());
+        w.timings_cursor = Some(0);
+        w.report_timings(now);
+        assert_eq!(w.timings.len(), TIMINGS_PER_TURN);
+        w.report_timings(now);
+        assert_eq!(w.timings.len(), 2 * TIMINGS_PER_TURN);
+        assert!(w.timings_cursor.is_some());
+        // The last slice ends the pass and sends what it gathered (dropped: no control link).
+        w.report_timings(now);
+        assert_eq!(w.timings_cursor, None);
+        assert!(w.timings.is_empty());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::ids::SERVER_SESSION;
 /// Length of a group ID and of a peer ID (SHA-256).
 pub use rtmfp::flash::netgroup::GROUP_ID_LEN as ID_LEN;
 /// How many of the most recent members a newcomer hears of (Cumulus: 5).
@@ -25,15 +27,13 @@ pub const STITCH_DISTANCE: usize = 5;
 /// Most groups one session may be in at once (one per `GC` flow); more joins are ignored.
 pub const MAX_GROUPS_PER_SESSION: usize = 16;
 
-/// The session of the applications' own members (`cumulus.groups:join`, a peer the server
-/// knows of, on another server say): 0 is no session's ID (RFC 7016 §2.2.2). Each has a flow
-/// number of its own, is told nothing (there is no one to tell), and counts against
-/// [`MAX_SERVER_MEMBERS`] rather than [`MAX_GROUPS_PER_SESSION`].
-pub const SERVER_SESSION: u32 = 0;
 /// Most members the applications may add at once, over all groups; more joins are ignored.
 pub const MAX_SERVER_MEMBERS: usize = 65_536;
 
-/// A member of a group: a session's `GC` flow, and the session's peer ID.
+/// A member of a group: a session's `GC` flow, and the session's peer ID. The applications' own
+/// members (`cumulus.groups:join`, a peer the server knows of, on another server say) have
+/// [`SERVER_SESSION`] and a flow number of their own; they are told nothing (there is no one
+/// to tell), and count against [`MAX_SERVER_MEMBERS`] rather than [`MAX_GROUPS_PER_SESSION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     /// The session.

@@ -5,6 +5,12 @@
 //! A worker finds a session by array index and a generation check: no hashing, nothing to
 //! flood. The control plane allocates; a worker frees a slot by reporting the session closed.
 
+/// The "session" of what the server itself does where sessions otherwise stand: its own
+/// publications (`cumulus:publish`) and the group members its applications add
+/// (`cumulus.groups:join`). 0 is no session's ID (it marks startup packets, RFC 7016 §2.2.2),
+/// and names worker 0.
+pub const SERVER_SESSION: u32 = 0;
+
 /// Bits of the slot field.
 const SLOT_BITS: u32 = 16;
 /// Bits of the generation field.

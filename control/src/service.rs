@@ -24,9 +24,9 @@ use socket2::Socket;
 
 use crate::apps::{AppAction, Applications, MANAGE_PERIOD};
 use crate::dh::{DhPool, Done, Job};
-use crate::groups::{Groups, Introduction, Member, SERVER_SESSION};
+use crate::groups::{Groups, Introduction, Member};
 use crate::handshake::{Action, HandshakeLimits, HandshakeStats, Handshakes, Rendezvous};
-use crate::ids::{IdAllocator, SessionIdParts};
+use crate::ids::{IdAllocator, SessionIdParts, SERVER_SESSION};
 use crate::ipc::{Down, Up, IPC_VERSION, MAX_GROUP_MEMBERS, MAX_MESSAGE};
 use crate::netconn::{NetConnections, PeerLocation};
 use crate::streams::Routed;

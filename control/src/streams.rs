@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use rtmfp::amf::Value;
 use rtmfp::flash::command::{status, status_object, Command, DataMessage, ObjectEncoding};
 
-use crate::ids::SessionIdParts;
+use crate::ids::{SessionIdParts, SERVER_SESSION};
 use crate::ipc::{Down, StreamEntry};
 
 /// A message for a worker: the worker's index and the message.
@@ -40,15 +40,12 @@ pub fn stream_key(app: &str, name: &str) -> String {
     format!("{app}/{name}")
 }
 
-/// The session of a publication the server itself makes (`cumulus:publish`): 0 is no
-/// session's ID (it marks startup packets, RFC 7016 §2.2.2), and names worker 0, where such
-/// publications live. Its flow is the stream's number.
-const SERVER_SESSION: u32 = 0;
-
 #[derive(Debug)]
 struct Stream {
     id: u32,
     name: String,
+    /// Who publishes it: a client's NetStream, or the server itself (`cumulus:publish`:
+    /// [`SERVER_SESSION`], so on worker 0, with the stream's number as its flow).
     publisher: Option<StreamFlow>,
     subscribers: Vec<StreamFlow>,
 }

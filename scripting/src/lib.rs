@@ -56,6 +56,7 @@ use updraft_control::apps::{
     url_parts, AppAction, Applications, CallOutcome, ClientInfo, ConnectDetails, ConnectVerdict,
     MediaPacket, Waker, APP_SCRIPT,
 };
+use updraft_control::ids::SERVER_SESSION;
 use updraft_control::ipc::{MediaEvents, QosEntry, SessionTiming};
 use updraft_control::streams::stream_key;
 
@@ -97,13 +98,10 @@ struct Publication {
     table: Table,
     /// The editor of its `listeners` collection.
     listeners: Table,
-    /// The publisher's session; [`SERVER`] for the applications' own (`cumulus:publish`).
+    /// The publisher's session; [`SERVER_SESSION`] for the applications' own
+    /// (`cumulus:publish`).
     session: u32,
 }
-
-/// The "session" of the applications' own publications: 0 is no session's ID (RFC 7016
-/// §2.2.2).
-const SERVER: u32 = 0;
 
 /// A connected client.
 struct Client {
@@ -446,7 +444,7 @@ impl LuaApps {
         let own: Vec<String> = self
             .publications
             .values()
-            .filter(|p| p.session == SERVER && p.app == path)
+            .filter(|p| p.session == SERVER_SESSION && p.app == path)
             .map(|p| p.name.clone())
             .collect();
         for name in own {
@@ -609,7 +607,7 @@ impl LuaApps {
         if self
             .publications
             .get(key)
-            .is_some_and(|p| p.session == SERVER)
+            .is_some_and(|p| p.session == SERVER_SESSION)
         {
             if let Some(p) = self.forget(key) {
                 let _ = self.api.remove_publication(&p.name, &p.table);
@@ -1192,7 +1190,7 @@ impl Applications for LuaApps {
                     let made = self.api.take_made(&stream_key(app, name));
                     let accepted = made.and_then(|made| match made {
                         Some((table, admin)) => {
-                            self.accept_publication(app, name, table, admin, SERVER)
+                            self.accept_publication(app, name, table, admin, SERVER_SESSION)
                         }
                         None => Ok(()),
                     });

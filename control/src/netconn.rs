@@ -457,11 +457,11 @@ impl NetConnections {
                     method,
                     args,
                 } => {
-                    if let Some(Down::Call { messages, .. }) = self.call(session, &method, args) {
+                    if let Some(message) = self.call_message(session, &method, args) {
                         let d = Down::Writer {
                             session_id: session,
                             writer,
-                            messages,
+                            messages: vec![message],
                         };
                         out.push((owner(session), d));
                     }
@@ -565,14 +565,18 @@ impl NetConnections {
 
     /// A server-to-client call: `method(args…)` on the client's NetConnection.
     pub fn call(&self, session: u32, method: &str, args: Vec<Value<'_>>) -> Option<Down> {
-        self.clients.get(&session)?;
-        let message = Command::call(method, args)
-            .to_message(ObjectEncoding::Amf0, 0)
-            .ok()?;
         Some(Down::Call {
             session_id: session,
-            messages: vec![message],
+            messages: vec![self.call_message(session, method, args)?],
         })
+    }
+
+    /// The message of a server-to-client call `method(args…)` for a known client.
+    fn call_message(&self, session: u32, method: &str, args: Vec<Value<'_>>) -> Option<Vec<u8>> {
+        self.clients.get(&session)?;
+        Command::call(method, args)
+            .to_message(ObjectEncoding::Amf0, 0)
+            .ok()
     }
 
     /// Closes a client's NetConnection: `close()`, then the session.

@@ -363,8 +363,7 @@ impl Service {
         l.outbox.push_back(self.out_buf.clone());
     }
 
-    /// Sends each message to its worker, in order.
-    /// Sends what the NetConnection layer answered, then applies the NetGroup memberships the
+    /// Sends each message to its worker, in order, then applies the NetGroup memberships the
     /// applications asked for meanwhile (`cumulus.groups:join`, `member:release()`).
     fn send_routed(&mut self, routed: Vec<Routed>) {
         for (worker, d) in &routed {

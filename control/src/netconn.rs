@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use rtmfp::amf::amf0;
 use rtmfp::amf::Value;
 use rtmfp::flash::command::{
-    status, status_object, Command, NetCommand, ObjectEncoding, AMF3_FORMAT_SELECTOR,
-    PLAY_START_UNBUFFERED,
+    amf_body, status, status_object, Command, NetCommand, ObjectEncoding, PLAY_START_UNBUFFERED,
 };
 use rtmfp::flash::message::{MessageType, TcMessage, UserControl};
 use rtmfp::flash::FlashError;
@@ -23,14 +22,9 @@ use crate::ids::SessionIdParts;
 use crate::ipc::{Down, Failure, NetState, QosEntry, SessionTiming, StreamEntry};
 use crate::streams::{sample_access, stream_key, Ended, Routed, Streams};
 
-/// A data message's handler name and the bytes of the values after it (RFC 7425 §5.1.1: an
-/// AMF3 data message's body is an AMF0 body behind a format byte of 0).
+/// A data message's handler name and the bytes of the values after it.
 fn data_handler(kind: MessageType, payload: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
-    let body = if kind == MessageType::AMF3_DATA {
-        payload.strip_prefix(&[AMF3_FORMAT_SELECTOR])?
-    } else {
-        payload
-    };
+    let body = amf_body(kind, payload).ok()?;
     let mut r = amf0::Reader::new(body);
     let Value::String(handler) = r.read_value().ok()? else {
         return None;
@@ -918,7 +912,7 @@ enum Dispatched {
 mod tests {
     use super::*;
     use crate::ipc::MediaEvents;
-    use rtmfp::flash::command::names;
+    use rtmfp::flash::command::{names, AMF3_FORMAT_SELECTOR};
 
     /// `on_message` without the worker of each message (one worker in these tests).
     trait Plain {

@@ -132,19 +132,25 @@ impl ObjectEncoding {
     }
 }
 
-/// Decodes the AMF values of a command or data message payload.
-fn read_values<'a>(kind: MessageType, payload: &'a [u8]) -> Result<Vec<Value<'a>>, FlashError> {
-    let body = if kind == MessageType::AMF0_COMMAND || kind == MessageType::AMF0_DATA {
-        payload
+/// The AMF0 values of a command or data message payload: the payload itself, or for the AMF3
+/// types what follows its format selector (RFC 7425 §5.1.1).
+pub fn amf_body(kind: MessageType, payload: &[u8]) -> Result<&[u8], FlashError> {
+    if kind == MessageType::AMF0_COMMAND || kind == MessageType::AMF0_DATA {
+        Ok(payload)
     } else if kind == MessageType::AMF3_COMMAND || kind == MessageType::AMF3_DATA {
         match payload.split_first() {
-            Some((&AMF3_FORMAT_SELECTOR, rest)) => rest,
-            Some((&other, _)) => return Err(FlashError::InvalidFormatSelector(other)),
-            None => return Err(FlashError::UnexpectedEnd),
+            Some((&AMF3_FORMAT_SELECTOR, rest)) => Ok(rest),
+            Some((&other, _)) => Err(FlashError::InvalidFormatSelector(other)),
+            None => Err(FlashError::UnexpectedEnd),
         }
     } else {
-        return Err(FlashError::UnexpectedMessageType(kind.0));
-    };
+        Err(FlashError::UnexpectedMessageType(kind.0))
+    }
+}
+
+/// Decodes the AMF values of a command or data message payload.
+fn read_values<'a>(kind: MessageType, payload: &'a [u8]) -> Result<Vec<Value<'a>>, FlashError> {
+    let body = amf_body(kind, payload)?;
     let mut reader = amf0::Reader::new(body);
     let mut values = Vec::new();
     while reader.remaining() > 0 {

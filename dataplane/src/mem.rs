@@ -154,11 +154,10 @@ mod tests {
     #[test]
     fn a_worker_on_memory_installs_sessions_and_counts_datagrams() {
         use crate::worker::{handoff_queues, Shared, Worker, WorkerSetup};
-        use rtmfp::crypto::{DirectionOptions, SessionKeys, DERIVED_LEN};
         use socket2::{Domain, Socket, Type};
         use std::io::Write;
         use updraft_control::ids::IdAllocator;
-        use updraft_control::ipc::{Down, SessionSecrets};
+        use updraft_control::ipc::Down;
 
         let (io, peer) = MemIo::pair().unwrap();
         let shared = Arc::new(Shared::new(1).unwrap());
@@ -188,18 +187,7 @@ mod tests {
             far_session_id: 9,
             address: "192.0.2.7:4000".parse().unwrap(),
             peer_id: [3; 32],
-            secrets: SessionSecrets {
-                keys: SessionKeys {
-                    encrypt: [1; DERIVED_LEN],
-                    decrypt: [2; DERIVED_LEN],
-                    tx_hmac_key: [3; DERIVED_LEN],
-                    rx_hmac_key: [4; DERIVED_LEN],
-                    near_nonce: [5; DERIVED_LEN],
-                    far_nonce: [6; DERIVED_LEN],
-                },
-                send: DirectionOptions::default(),
-                receive: DirectionOptions::default(),
-            },
+            secrets: crate::worker::test_secrets(),
         };
         let mut msg = Vec::new();
         install.encode(&mut msg).unwrap();

@@ -1023,7 +1023,7 @@ impl<IO: BatchIo> Worker<IO> {
             }
             Down::Media { stream, message } => {
                 let published = self.streams.get(&stream).is_some_and(|s| s.published);
-                match prepare(message).filter(|_| published) {
+                match published.then(|| prepare(message)).flatten() {
                     Some(message) => {
                         self.counters.media_pushed += 1;
                         self.on_media(now, stream, message, true, Flush::Now);
@@ -2264,6 +2264,24 @@ impl<IO: BatchIo> Worker<IO> {
     }
 }
 
+/// Keys for a session a test installs by hand: any values, each key its own.
+#[cfg(test)]
+pub(crate) fn test_secrets() -> updraft_control::ipc::SessionSecrets {
+    use rtmfp::crypto::{DirectionOptions, SessionKeys, DERIVED_LEN};
+    updraft_control::ipc::SessionSecrets {
+        keys: SessionKeys {
+            encrypt: [1; DERIVED_LEN],
+            decrypt: [2; DERIVED_LEN],
+            tx_hmac_key: [3; DERIVED_LEN],
+            rx_hmac_key: [4; DERIVED_LEN],
+            near_nonce: [5; DERIVED_LEN],
+            far_nonce: [6; DERIVED_LEN],
+        },
+        send: DirectionOptions::default(),
+        receive: DirectionOptions::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2299,9 +2317,7 @@ mod tests {
 
     #[test]
     fn a_timing_pass_visits_a_bounded_number_of_sessions_a_turn() {
-        use rtmfp::crypto::{DirectionOptions, SessionKeys, DERIVED_LEN};
         use updraft_control::ids::IdAllocator;
-        use updraft_control::ipc::SessionSecrets;
         let mut w = worker(0, Vec::new(), 1);
         let mut ids = IdAllocator::new(0);
         let n = TIMINGS_PER_TURN * 2 + 100;
@@ -2313,18 +2329,7 @@ mod tests {
                 far_session_id: 9,
                 address: "192.0.2.7:4000".parse().unwrap(),
                 peer_id,
-                secrets: SessionSecrets {
-                    keys: SessionKeys {
-                        encrypt: [1; DERIVED_LEN],
-                        decrypt: [2; DERIVED_LEN],
-                        tx_hmac_key: [3; DERIVED_LEN],
-                        rx_hmac_key: [4; DERIVED_LEN],
-                        near_nonce: [5; DERIVED_LEN],
-                        far_nonce: [6; DERIVED_LEN],
-                    },
-                    send: DirectionOptions::default(),
-                    receive: DirectionOptions::default(),
-                },
+                secrets: test_secrets(),
             });
         }
         assert_eq!(w.table.iter().flatten().count(), n);

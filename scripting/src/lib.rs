@@ -123,8 +123,6 @@ pub struct LuaApps {
     outbox: Arc<Mutex<Outbox>>,
     /// The scripts' sockets.
     sockets: Arc<Mutex<Sockets>>,
-    /// Wakes the control loop (to poll again when receptions are left over).
-    waker: Option<Waker>,
     /// When the running event must end, read by the Lua hook.
     deadline: Arc<Mutex<Option<std::time::Instant>>>,
     /// How long one event may run ([`SCRIPT_TIME_LIMIT`] unless changed).
@@ -247,7 +245,6 @@ impl LuaApps {
             api,
             outbox,
             sockets,
-            waker: None,
             deadline,
             time_limit: SCRIPT_TIME_LIMIT,
             handshake_hook: false,
@@ -662,8 +659,7 @@ impl LuaApps {
                 let kept = self.sockets.lock().map(|mut s| s.keep(id, &data, rest));
                 if let Ok(Err(e)) = kept {
                     tracing::warn!(app, socket = id, error = %e, "script's TCP client dropped");
-                    let _ = object.raw_set("error", e);
-                    let _ = self.api.forget_socket(id);
+                    self.socket_ended(id, &object, Some(e));
                     self.method(app, &object, "onDisconnection", ());
                 }
             }
@@ -673,20 +669,12 @@ impl LuaApps {
                 }
             }
             Event::Closed(error) => {
-                if let Ok(mut s) = self.sockets.lock() {
-                    s.close(id);
-                }
-                let _ = object.raw_set("error", error);
-                let _ = self.api.forget_socket(id);
+                self.socket_ended(id, &object, error);
                 self.method(app, &object, "onDisconnection", ());
             }
             Event::MailSent(error) => {
-                if let Ok(mut s) = self.sockets.lock() {
-                    s.close(id);
-                }
-                let _ = self.api.forget_socket(id);
                 // Cumulus's scripts read `mail.error` in `onSent()`; it is the argument too.
-                let _ = object.raw_set("error", error.clone());
+                self.socket_ended(id, &object, error.clone());
                 self.method(app, &object, "onSent", (error,));
             }
             Event::Accepted(stream) => {
@@ -707,6 +695,16 @@ impl LuaApps {
                 }
             }
         }
+    }
+
+    /// Socket `id` (the script's `object`) is done: closed, its `error` field set, and no
+    /// longer handed receptions. Its event comes next.
+    fn socket_ended(&self, id: u32, object: &Table, error: Option<String>) {
+        if let Ok(mut s) = self.sockets.lock() {
+            s.close(id);
+        }
+        let _ = object.raw_set("error", error);
+        let _ = self.api.forget_socket(id);
     }
 
     /// The environment of a connected client's application, if it is still loaded.
@@ -1147,9 +1145,8 @@ impl Applications for LuaApps {
 
     fn set_waker(&mut self, waker: Waker) {
         if let Ok(mut s) = self.sockets.lock() {
-            s.set_waker(Arc::clone(&waker));
+            s.set_waker(waker);
         }
-        self.waker = Some(waker);
     }
 
     fn poll(&mut self) {
@@ -1170,10 +1167,8 @@ impl Applications for LuaApps {
             }
         }
         // More than one poll takes: come back at once.
-        if self.sockets.lock().is_ok_and(|s| s.has_events()) {
-            if let Some(w) = &self.waker {
-                w();
-            }
+        if let Ok(s) = self.sockets.lock() {
+            s.wake_if_waiting();
         }
     }
 

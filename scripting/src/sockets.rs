@@ -486,9 +486,13 @@ impl Sockets {
             .map(|e| e.app.clone())
     }
 
-    /// Whether receptions wait (more than one poll took).
-    pub fn has_events(&self) -> bool {
-        !self.events_rx.is_empty()
+    /// Wakes the control loop again when receptions still wait (more than one poll took).
+    pub fn wake_if_waiting(&self) {
+        if !self.events_rx.is_empty() {
+            if let Some(w) = &self.waker {
+                w();
+            }
+        }
     }
 
     /// Starts the thread of socket `id`'s new opening, running `body` with what reports its

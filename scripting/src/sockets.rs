@@ -611,9 +611,40 @@ fn info_value(lua: &Lua, info: Info) -> mlua::Result<LuaValue> {
     })
 }
 
+/// What the socket natives reach: the sockets, and the path of the application whose script
+/// runs (`outbox.app`), which a socket opened now belongs to.
+#[derive(Clone)]
+struct Natives {
+    sockets: Arc<Mutex<Sockets>>,
+    outbox: Arc<Mutex<Outbox>>,
+}
+
+impl Natives {
+    /// Runs `f` on the sockets.
+    fn run<R>(&self, f: impl FnOnce(&mut Sockets) -> Result<R, String>) -> Result<R, String> {
+        let mut sockets = self
+            .sockets
+            .lock()
+            .map_err(|_| "sockets unavailable".to_string())?;
+        f(&mut sockets)
+    }
+
+    /// Runs `f` on the sockets with the running application's path (what opens a socket).
+    fn run_as<R>(
+        &self,
+        f: impl FnOnce(&mut Sockets, &str) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let app = self
+            .outbox
+            .lock()
+            .map(|o| o.app.clone())
+            .unwrap_or_default();
+        self.run(|s| f(s, &app))
+    }
+}
+
 /// Adds the socket functions to the prelude's `native` table `n`: each socket object of the
-/// prelude calls them with its number. The application a socket belongs to is the one whose
-/// script runs (`outbox.app`).
+/// prelude calls them with its number.
 pub(crate) fn natives(
     lua: &Lua,
     n: &Table,
@@ -621,104 +652,81 @@ pub(crate) fn natives(
     outbox: &Arc<Mutex<Outbox>>,
     smtp: SmtpSettings,
 ) -> mlua::Result<()> {
-    let app = {
-        let o = Arc::clone(outbox);
-        move || o.lock().map(|o| o.app.clone()).unwrap_or_default()
+    let host = Natives {
+        sockets: Arc::clone(sockets),
+        outbox: Arc::clone(outbox),
     };
-    let s = Arc::clone(sockets);
+    let lua_error = mlua::Error::RuntimeError;
+    let h = host.clone();
     n.set(
         "socketNew",
-        lua.create_function(move |_, ()| Ok(s.lock().map(|mut s| s.new_id()).unwrap_or(0)))?,
+        lua.create_function(move |_, ()| Ok(h.run(|s| Ok(s.new_id())).unwrap_or(0)))?,
     )?;
     // TCPClient:connect(host, port): nil, or the error.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "tcpConnect",
-        lua.create_function(move |_, (id, host, port): (u32, String, u16)| {
-            let app = a();
-            Ok(s.lock()
-                .map_err(|_| "sockets unavailable".to_string())
-                .and_then(|mut s| s.connect(id, &app, &host, port))
-                .err())
+        lua.create_function(move |_, (id, to, port): (u32, String, u16)| {
+            Ok(h.run_as(|s, app| s.connect(id, app, &to, port)).err())
         })?,
     )?;
     // TCPClient:send(data): an error when not connected; nil, or the write's error.
-    let s = Arc::clone(sockets);
+    let h = host.clone();
     n.set(
         "tcpSend",
         lua.create_function(move |_, (id, data): (u32, mlua::String)| {
-            let mut s = s
-                .lock()
-                .map_err(|_| mlua::Error::RuntimeError("sockets unavailable".into()))?;
-            s.send(id, &data.as_bytes())
-                .map_err(mlua::Error::RuntimeError)
+            h.run(|s| s.send(id, &data.as_bytes())).map_err(lua_error)
         })?,
     )?;
     // TCPServer:start(port): whether it listens.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "tcpListen",
         lua.create_function(move |_, (id, port): (u32, u16)| {
-            let app = a();
-            let started = s
-                .lock()
-                .map_err(|_| "sockets unavailable".to_string())
-                .and_then(|mut s| s.listen(id, &app, port));
-            if let Err(e) = &started {
-                tracing::warn!(app, port, error = %e, "TCPServer:start");
-            }
+            let started = h.run_as(|s, app| {
+                s.listen(id, app, port)
+                    .inspect_err(|e| tracing::warn!(app, port, error = %e, "TCPServer:start"))
+            });
             Ok(started.is_ok())
         })?,
     )?;
     // UDPSocket:bind(address): nil, or the error.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "udpBind",
         lua.create_function(move |_, (id, address, broadcast): (u32, String, bool)| {
-            let app = a();
-            Ok(address_of(&address)
-                .and_then(|to| {
-                    s.lock()
-                        .map_err(|_| "sockets unavailable".to_string())
-                        .and_then(|mut s| s.bind(id, &app, to, broadcast))
-                })
+            let to = address_of(&address);
+            Ok(to
+                .and_then(|to| h.run_as(|s, app| s.bind(id, app, to, broadcast)))
                 .err())
         })?,
     )?;
     // UDPSocket:connect(address): an error on failure.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "udpConnect",
         lua.create_function(move |_, (id, address, broadcast): (u32, String, bool)| {
-            let app = a();
-            address_of(&address)
-                .and_then(|to| {
-                    s.lock()
-                        .map_err(|_| "sockets unavailable".to_string())
-                        .and_then(|mut s| s.udp_connect(id, &app, to, broadcast))
-                })
-                .map_err(mlua::Error::RuntimeError)
+            let to = address_of(&address);
+            to.and_then(|to| h.run_as(|s, app| s.udp_connect(id, app, to, broadcast)))
+                .map_err(lua_error)
         })?,
     )?;
     // UDPSocket:send(data[, address]): an error on failure.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "udpSend",
         lua.create_function(
             move |_, (id, data, address, broadcast): (u32, mlua::String, Option<String>, bool)| {
-                let app = a();
                 let to = address.as_deref().map(address_of).transpose();
                 to.and_then(|to| {
-                    s.lock()
-                        .map_err(|_| "sockets unavailable".to_string())
-                        .and_then(|mut s| s.send_to(id, &app, &data.as_bytes(), to, broadcast))
+                    h.run_as(|s, app| s.send_to(id, app, &data.as_bytes(), to, broadcast))
                 })
-                .map_err(mlua::Error::RuntimeError)
+                .map_err(lua_error)
             },
         )?,
     )?;
     // cumulus:sendMail(sender, subject, content, recipient...): an error when it cannot start.
-    let (s, a) = (Arc::clone(sockets), app.clone());
+    let h = host.clone();
     n.set(
         "sendMail",
         lua.create_function(
@@ -730,36 +738,33 @@ pub(crate) fn natives(
                 String,
                 Vec<String>,
             )| {
-                let app = a();
                 let mail = Mail {
                     sender,
                     subject,
                     content,
                     recipients,
                 };
-                s.lock()
-                    .map_err(|_| "sockets unavailable".to_string())
-                    .and_then(|mut s| s.send_mail(id, &app, &smtp, mail))
-                    .map_err(mlua::Error::RuntimeError)
+                h.run_as(|s, app| s.send_mail(id, app, &smtp, mail))
+                    .map_err(lua_error)
             },
         )?,
     )?;
     // disconnect(), stop(), close().
-    let s = Arc::clone(sockets);
+    let h = host.clone();
     n.set(
         "socketClose",
         lua.create_function(move |_, id: u32| {
-            if let Ok(mut s) = s.lock() {
+            let _ = h.run(|s| {
                 s.close(id);
-            }
+                Ok(())
+            });
             Ok(())
         })?,
     )?;
-    let s = Arc::clone(sockets);
     n.set(
         "socketInfo",
         lua.create_function(move |lua, (id, name): (u32, String)| {
-            let info = s.lock().map_or(Info::None, |s| s.info(id, &name));
+            let info = host.run(|s| Ok(s.info(id, &name))).unwrap_or(Info::None);
             info_value(lua, info)
         })?,
     )?;

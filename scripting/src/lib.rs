@@ -28,11 +28,12 @@
 //! **Objects.** See [`api`]: the `cumulus` object (`clients`, `publications`, `configs`,
 //! `epochTime`, `toAMF`, `toAMF0`, `fromAMF`, `absolutePath`, `split`, `sha256`,
 //! `addToBlacklist`, `removeFromBlacklist`, `publish(name)` for a publication of the
-//! application's own, the socket factories and `sendMail` of [`sockets`]), the client (`id`, `rawId`, `path`, `address`, `pageUrl`, `swfUrl`,
-//! `flashVersion`, `ping`, `elapsedFromReception`, the connect URL's query parameters,
-//! `writer`), the writer (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`,
-//! `newFlowWriter`, `close`), publications (with the push API: `pushAudioPacket`, `pushVideoPacket`,
-//! `pushDataPacket`, `flush`) and listeners (with their QOS objects and the listener's
+//! application's own, the socket factories and `sendMail` of [`sockets`]), the client (`id`,
+//! `rawId`, `path`, `address`, `pageUrl`, `swfUrl`, `flashVersion`, `ping`,
+//! `elapsedFromReception`, the connect URL's query parameters, `writer`), the writer
+//! (`writeAMFMessage`, `writeAMFResult`, `writeStatusResponse`, `newFlowWriter`, `close`),
+//! publications (with the push API: `pushAudioPacket`, `pushVideoPacket`, `pushDataPacket`,
+//! `flush`) and listeners (with their QOS objects and the listener's
 //! `receiveAudio`, `receiveVideo` and sample access switches), and the logging functions
 //! `ERROR`, `WARN`, `NOTE`, `INFO`, `DEBUG`, `TRACE`.
 //!

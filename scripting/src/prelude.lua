@@ -383,6 +383,12 @@ local function socket_object(id, methods)
 	})
 end
 
+-- Closes socket `id`: it gets no more receptions.
+local function close_socket(id)
+	native.socketClose(id)
+	open_sockets[id] = nil
+end
+
 -- A TCP client: `connect(host, port)` (nil, or the error), `send(data)`, `disconnect()`.
 -- As in Cumulus, a disconnection (the script's own too) runs `onDisconnection()`, and
 -- connecting a connected client disconnects it first.
@@ -393,8 +399,7 @@ local function tcp_client(id, connected)
 		if open_sockets[id] == nil then
 			return
 		end
-		native.socketClose(id)
-		open_sockets[id] = nil
+		close_socket(id)
 		local f = rawget(o, "onDisconnection")
 		if f then
 			f(o)
@@ -436,8 +441,7 @@ local function tcp_server(id)
 		return ok
 	end
 	function m:stop()
-		native.socketClose(id)
-		open_sockets[id] = nil
+		close_socket(id)
 	end
 	o = socket_object(id, m)
 	return o
@@ -464,8 +468,7 @@ local function udp_socket(id, broadcast)
 		open_sockets[id] = o
 	end
 	function m:close()
-		native.socketClose(id)
-		open_sockets[id] = nil
+		close_socket(id)
 	end
 	o = socket_object(id, m)
 	return o
